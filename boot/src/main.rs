@@ -1,0 +1,2 @@
+//! shoji.efi
+fn main() {}

@@ -1,0 +1,2 @@
+//! shojictl: the guest-side tool for Shoji.
+fn main() {}

@@ -1,0 +1,2 @@
+//! The end-to-end harness.
+fn main() {}
