@@ -1,9 +1,1002 @@
 //! The kernel-profile format: how to find the current task and read its identity fields in a
 //! particular guest kernel, derived by the agent from the kernel's own BTF and pushed to Shoji.
 //!
-//! The format is completed by the introspection work (issue 4); this module is its single home.
+//! A profile names no C type: every identity field is a small *program* of steps starting at the
+//! `task_struct` address (follow a pointer, add an offset, read an index and scale by it, read the
+//! value). The hypervisor runs these programs through `shoji-introspect`, checking every pointer
+//! and every value it reads; a failed step yields "unknown", never a fault.
+//!
+//! # Binary encoding (version 1, all integers little-endian)
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 8 | [`PROFILE_MAGIC`] |
+//! | 8 | 4 | format version ([`PROFILE_VERSION`]) |
+//! | 12 | 4 | total length in bytes (must equal [`ENCODED_LEN`]) |
+//! | 16 | 32 | fingerprint: SHA-256 of the kernel's BTF blob (`/sys/kernel/btf/vmlinux`) |
+//! | 48 | 64 | kernel release (`uname -r`), NUL padded |
+//! | 112 | 8 | kernel virtual address of the BTF blob (`__start_BTF`, 0 = unknown) |
+//! | 120 | 4 | length of the BTF blob |
+//! | 124 | 4 | current-task method: 1 = per-CPU pointer, 2 = stack/`thread_info` |
+//! | 128 | 4 | per-CPU offset of the current-task pointer (method 1) / THREAD_SIZE (method 2) |
+//! | 132 | 4 | unused (method 1) / offset of `task` in `thread_info` (method 2) |
+//! | 136 | 4 | per-CPU offset of the preempt count ([`NONE32`] = unknown) |
+//! | 140 | 4 | offset of `flags` in `task_struct` |
+//! | 144 | 8 | kernel virtual address of `page_offset_base` (0 = not randomized / unknown) |
+//! | 152 | 8 | default direct-map base (used when the variable is unknown) |
+//! | 160 | 4 | inode number of the initial user namespace (`PROC_USER_INIT_INO`) |
+//! | 164 | 40 | [`UidMapLayout`], ten `u32` in declaration order |
+//! | 204 | 24 | cache-key offsets in `task_struct`, [`KEY_COUNT`] `u32`, each an 8-byte field ([`NONE32`] = unused) |
+//! | 228 | 15 × 68 | one [`Program`] per [`FieldId`], in `FieldId` order |
+//!
+//! A program is encoded as `len: u8`, 3 zero bytes, then [`MAX_STEPS`] steps of 8 bytes each
+//! (`op: u8, width: u8, aux: u16, off: u32`); steps past `len` must be zero.
+#![allow(clippy::manual_range_contains)]
 
 /// Magic at the start of a serialized profile ("SHJPROF\0").
 pub const PROFILE_MAGIC: [u8; 8] = *b"SHJPROF\0";
 /// Current profile format version.
 pub const PROFILE_VERSION: u32 = 1;
+/// "No value" marker for optional `u32` fields of the encoding.
+pub const NONE32: u32 = u32::MAX;
+/// Most steps one field program may have.
+pub const MAX_STEPS: usize = 8;
+/// Number of identity field programs.
+pub const FIELD_COUNT: usize = 15;
+/// Number of cache-key slots.
+pub const KEY_COUNT: usize = 6;
+/// Largest structure offset a step may name (bytes).
+pub const MAX_OFFSET: u32 = 1 << 16;
+/// Largest array stride an indexed step may use (bytes).
+pub const MAX_STRIDE: u32 = 4096;
+/// Largest index bound an indexed step may declare.
+pub const MAX_INDEX: u16 = 64;
+/// Largest number of uid_map extents a layout may declare (the kernel's UID_GID_MAP_MAX_EXTENTS).
+pub const MAX_UID_EXTENTS: u32 = 340;
+/// Bytes of one encoded program.
+pub const PROGRAM_LEN: usize = 4 + 8 * MAX_STEPS;
+/// Bytes of an encoded version-1 profile.
+pub const ENCODED_LEN: usize = 228 + FIELD_COUNT * PROGRAM_LEN;
+
+/// Linux preempt-count masks (x86, `include/linux/preempt.h`).
+pub mod preempt {
+    /// Bit set while a task serves soft interrupts (`SOFTIRQ_OFFSET`).
+    pub const SOFTIRQ_OFFSET: u32 = 0x100;
+    /// Softirq count including bottom-half-disabled sections.
+    pub const SOFTIRQ_MASK: u32 = 0xff00;
+    /// Hard-interrupt nesting.
+    pub const HARDIRQ_MASK: u32 = 0xf_0000;
+    /// NMI nesting.
+    pub const NMI_MASK: u32 = 0xf0_0000;
+    /// x86 keeps PREEMPT_NEED_RESCHED inverted in bit 31.
+    pub const NEED_RESCHED: u32 = 0x8000_0000;
+}
+
+/// `PF_KTHREAD` in `task_struct::flags`.
+pub const PF_KTHREAD: u32 = 0x0020_0000;
+/// Linux's highest possible pid (`PID_MAX_LIMIT` on 64-bit).
+pub const PID_MAX_LIMIT: u32 = 4 * 1024 * 1024;
+/// Lowest inode number proc gives a namespace (the fixed initial ones start just below
+/// `PROC_DYNAMIC_FIRST` = 0xF0000000).
+pub const NS_INUM_MIN: u32 = 0xEFFF_FFF0;
+
+/// An identity field a program reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FieldId {
+    /// Thread id, initial pid namespace (`u32`).
+    Pid = 0,
+    /// Thread-group id, initial pid namespace (`u32`).
+    Tgid,
+    /// Thread id in the task's pid namespace (`u32`).
+    PidLocal,
+    /// Thread-group id in the task's pid namespace (`u32`).
+    TgidLocal,
+    /// Process-group id, initial namespace (`u32`).
+    Pgid,
+    /// Real uid as a global kuid (`u32`).
+    Uid,
+    /// Effective uid as a global kuid (`u32`).
+    Euid,
+    /// Inode number of the task's user namespace (`u32`).
+    UserNsId,
+    /// Inode number of the network namespace (`u32`).
+    NetNsId,
+    /// Inode number of the pid namespace (`u32`).
+    PidNsId,
+    /// cgroup v2 id (`u64`).
+    CgroupId,
+    /// Start time, ns since boot (`u64`).
+    StartTime,
+    /// Inode number of the executable (`u64`).
+    ExeInode,
+    /// `comm` (16 bytes).
+    Comm,
+    /// Address of the task's `user_namespace` (a program ending in a pointer step).
+    UserNsPtr,
+}
+
+impl FieldId {
+    /// Every field, in encoding order.
+    pub const ALL: [FieldId; FIELD_COUNT] = [
+        FieldId::Pid,
+        FieldId::Tgid,
+        FieldId::PidLocal,
+        FieldId::TgidLocal,
+        FieldId::Pgid,
+        FieldId::Uid,
+        FieldId::Euid,
+        FieldId::UserNsId,
+        FieldId::NetNsId,
+        FieldId::PidNsId,
+        FieldId::CgroupId,
+        FieldId::StartTime,
+        FieldId::ExeInode,
+        FieldId::Comm,
+        FieldId::UserNsPtr,
+    ];
+
+    /// Short name for listings.
+    pub fn name(self) -> &'static str {
+        match self {
+            FieldId::Pid => "pid",
+            FieldId::Tgid => "tgid",
+            FieldId::PidLocal => "pid_local",
+            FieldId::TgidLocal => "tgid_local",
+            FieldId::Pgid => "pgid",
+            FieldId::Uid => "uid",
+            FieldId::Euid => "euid",
+            FieldId::UserNsId => "userns_id",
+            FieldId::NetNsId => "netns_id",
+            FieldId::PidNsId => "pidns_id",
+            FieldId::CgroupId => "cgroup_id",
+            FieldId::StartTime => "start_time",
+            FieldId::ExeInode => "exe_inode",
+            FieldId::Comm => "comm",
+            FieldId::UserNsPtr => "userns_ptr",
+        }
+    }
+
+    /// Width in bytes of the value the program must end with (0: ends in an address).
+    pub fn value_width(self) -> u8 {
+        match self {
+            FieldId::CgroupId | FieldId::StartTime | FieldId::ExeInode => 8,
+            FieldId::Comm => 16,
+            FieldId::UserNsPtr => 0,
+            _ => 4,
+        }
+    }
+}
+
+/// One step of a field program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Op {
+    /// Unused slot.
+    End = 0,
+    /// `addr = *(u64 *)(addr + off)`; the result must be a plausible kernel pointer.
+    Ptr = 1,
+    /// `addr = addr + off`.
+    Add = 2,
+    /// `idx = *(u{width*8} *)(addr + off)`; fails when `idx > aux`.
+    Index = 3,
+    /// `addr = addr + idx * off` (off is the array stride; needs a preceding `Index`).
+    AddIndex = 4,
+    /// Result = the `width` bytes at `addr + off`; must be the last step.
+    Value = 5,
+}
+
+impl Op {
+    /// Decode an op byte.
+    pub fn from_u8(b: u8) -> Option<Op> {
+        Some(match b {
+            0 => Op::End,
+            1 => Op::Ptr,
+            2 => Op::Add,
+            3 => Op::Index,
+            4 => Op::AddIndex,
+            5 => Op::Value,
+            _ => return None,
+        })
+    }
+}
+
+/// One step: operation, width, auxiliary value and offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    /// The operation.
+    pub op: Op,
+    /// Width in bytes (`Index`, `Value`).
+    pub width: u8,
+    /// Auxiliary value (`Index`: the largest accepted index).
+    pub aux: u16,
+    /// Offset (or stride for `AddIndex`).
+    pub off: u32,
+}
+
+impl Step {
+    /// The empty step.
+    pub const END: Step = Step {
+        op: Op::End,
+        width: 0,
+        aux: 0,
+        off: 0,
+    };
+    /// Follow the pointer at `off`.
+    pub const fn ptr(off: u32) -> Step {
+        Step {
+            op: Op::Ptr,
+            width: 8,
+            aux: 0,
+            off,
+        }
+    }
+    /// Add `off`.
+    pub const fn add(off: u32) -> Step {
+        Step {
+            op: Op::Add,
+            width: 0,
+            aux: 0,
+            off,
+        }
+    }
+    /// Read an index of `width` bytes at `off`, at most `max`.
+    pub const fn index(off: u32, width: u8, max: u16) -> Step {
+        Step {
+            op: Op::Index,
+            width,
+            aux: max,
+            off,
+        }
+    }
+    /// Advance by index × `stride`.
+    pub const fn add_index(stride: u32) -> Step {
+        Step {
+            op: Op::AddIndex,
+            width: 0,
+            aux: 0,
+            off: stride,
+        }
+    }
+    /// Read `width` bytes at `off` as the result.
+    pub const fn value(off: u32, width: u8) -> Step {
+        Step {
+            op: Op::Value,
+            width,
+            aux: 0,
+            off,
+        }
+    }
+}
+
+/// A field program: up to [`MAX_STEPS`] steps from the `task_struct` address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Program {
+    /// Number of steps in use (0 = the field is not described: always unknown).
+    pub len: u8,
+    /// The steps.
+    pub steps: [Step; MAX_STEPS],
+}
+
+impl Default for Program {
+    fn default() -> Self {
+        Program::EMPTY
+    }
+}
+
+impl Program {
+    /// The empty program (field unknown).
+    pub const EMPTY: Program = Program {
+        len: 0,
+        steps: [Step::END; MAX_STEPS],
+    };
+
+    /// Build from a slice of steps (`None` if too long).
+    pub fn from_steps(steps: &[Step]) -> Option<Program> {
+        if steps.len() > MAX_STEPS {
+            return None;
+        }
+        let mut p = Program::EMPTY;
+        p.steps[..steps.len()].copy_from_slice(steps);
+        p.len = steps.len() as u8;
+        Some(p)
+    }
+
+    /// The steps in use.
+    pub fn steps(&self) -> &[Step] {
+        &self.steps[..(self.len as usize).min(MAX_STEPS)]
+    }
+
+    fn validate(&self, field: FieldId) -> Result<(), ProfileError> {
+        let bad = Err(ProfileError::BadProgram(field));
+        if self.len as usize > MAX_STEPS {
+            return bad;
+        }
+        for s in &self.steps[self.len as usize..] {
+            if *s != Step::END {
+                return bad;
+            }
+        }
+        if self.len == 0 {
+            return Ok(());
+        }
+        let mut have_index = false;
+        let n = self.len as usize;
+        for (i, s) in self.steps().iter().enumerate() {
+            let last = i + 1 == n;
+            match s.op {
+                Op::End => return bad,
+                Op::Ptr | Op::Add => {
+                    if s.off >= MAX_OFFSET {
+                        return bad;
+                    }
+                }
+                Op::Index => {
+                    if s.off >= MAX_OFFSET
+                        || !matches!(s.width, 1 | 2 | 4)
+                        || s.aux > MAX_INDEX
+                        || last
+                    {
+                        return bad;
+                    }
+                    have_index = true;
+                }
+                Op::AddIndex => {
+                    if !have_index || s.off == 0 || s.off > MAX_STRIDE {
+                        return bad;
+                    }
+                    have_index = false;
+                }
+                Op::Value => {
+                    if !last || s.off >= MAX_OFFSET || s.width != field.value_width() {
+                        return bad;
+                    }
+                }
+            }
+        }
+        let ends_in_value = self.steps()[n - 1].op == Op::Value;
+        let want_value = field.value_width() != 0;
+        if ends_in_value != want_value {
+            return bad;
+        }
+        if !want_value && self.steps()[n - 1].op != Op::Ptr {
+            return bad;
+        }
+        Ok(())
+    }
+}
+
+/// How the current task is found at a VM exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CurrentTask {
+    /// `*(u64 *)(per_cpu_base + offset)`: `current_task` (≤ 6.1) or `pcpu_hot.current_task`
+    /// (≥ 6.2); the per-CPU base is the kernel's GS base.
+    PerCpu {
+        /// Offset of the pointer in the per-CPU area.
+        offset: u32,
+    },
+    /// Kernels without THREAD_INFO_IN_TASK: `thread_info` sits at the base of the kernel stack
+    /// (`rsp & !(thread_size - 1)`) and holds the task pointer.
+    StackThreadInfo {
+        /// THREAD_SIZE (a power of two).
+        thread_size: u32,
+        /// Offset of `task` in `struct thread_info`.
+        task_offset: u32,
+    },
+}
+
+/// Where a user namespace keeps its uid map (`struct uid_gid_map`) and how extents look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UidMapLayout {
+    /// Offset of `uid_map` in `struct user_namespace`.
+    pub map_off: u32,
+    /// Offset of `nr_extents` in `struct uid_gid_map`.
+    pub nr_extents_off: u32,
+    /// Offset of the inline `extent[]` array in `struct uid_gid_map`.
+    pub extents_off: u32,
+    /// Offset of the `forward` pointer used when there are more than `base_extents` extents.
+    pub forward_off: u32,
+    /// Size of `struct uid_gid_extent`.
+    pub extent_size: u32,
+    /// Offset of `first` (id inside the namespace) in an extent.
+    pub first_off: u32,
+    /// Offset of `lower_first` (global kuid) in an extent.
+    pub lower_first_off: u32,
+    /// Offset of `count` in an extent.
+    pub count_off: u32,
+    /// Number of inline extents (UID_GID_MAP_MAX_BASE_EXTENTS).
+    pub base_extents: u32,
+    /// Upper bound on extents (UID_GID_MAP_MAX_EXTENTS).
+    pub max_extents: u32,
+}
+
+impl UidMapLayout {
+    fn words(&self) -> [u32; 10] {
+        [
+            self.map_off,
+            self.nr_extents_off,
+            self.extents_off,
+            self.forward_off,
+            self.extent_size,
+            self.first_off,
+            self.lower_first_off,
+            self.count_off,
+            self.base_extents,
+            self.max_extents,
+        ]
+    }
+    fn from_words(w: [u32; 10]) -> Self {
+        UidMapLayout {
+            map_off: w[0],
+            nr_extents_off: w[1],
+            extents_off: w[2],
+            forward_off: w[3],
+            extent_size: w[4],
+            first_off: w[5],
+            lower_first_off: w[6],
+            count_off: w[7],
+            base_extents: w[8],
+            max_extents: w[9],
+        }
+    }
+    /// Whether the layout is described (a zero extent size means "no uid mapping").
+    pub fn is_present(&self) -> bool {
+        self.extent_size != 0
+    }
+    fn validate(&self) -> Result<(), ProfileError> {
+        if !self.is_present() {
+            return Ok(());
+        }
+        let ok = self.map_off < MAX_OFFSET
+            && self.nr_extents_off < 256
+            && self.extents_off < 256
+            && self.forward_off < 256
+            && self.extent_size >= 12
+            && self.extent_size <= 64
+            && self.first_off.saturating_add(4) <= self.extent_size
+            && self.lower_first_off.saturating_add(4) <= self.extent_size
+            && self.count_off.saturating_add(4) <= self.extent_size
+            && self.base_extents >= 1
+            && self.base_extents <= 16
+            && self.max_extents >= self.base_extents
+            && self.max_extents <= MAX_UID_EXTENTS;
+        if ok {
+            Ok(())
+        } else {
+            Err(ProfileError::BadUidMap)
+        }
+    }
+}
+
+/// A kernel profile, decoded and validated (or being built by the agent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelProfile {
+    /// SHA-256 of the kernel's BTF blob.
+    pub fingerprint: [u8; 32],
+    /// Kernel release string, NUL padded.
+    pub release: [u8; 64],
+    /// Kernel virtual address of the BTF blob (`__start_BTF`), 0 if unknown.
+    pub btf_va: u64,
+    /// Length of the BTF blob.
+    pub btf_len: u32,
+    /// How to find the current task.
+    pub current: CurrentTask,
+    /// Per-CPU offset of the preempt count, if known.
+    pub preempt_offset: Option<u32>,
+    /// Offset of `flags` in `task_struct`.
+    pub task_flags_off: u32,
+    /// Kernel virtual address of `page_offset_base` (0 = unknown).
+    pub page_offset_base_va: u64,
+    /// Default direct-map base.
+    pub direct_map_default: u64,
+    /// Inode number of the initial user namespace.
+    pub init_userns_inum: u32,
+    /// uid_map layout, for namespace-local uids.
+    pub uid_map: UidMapLayout,
+    /// Offsets in `task_struct` of the 8-byte fields whose change invalidates a cached identity.
+    pub key_offsets: [Option<u32>; KEY_COUNT],
+    /// One program per [`FieldId`].
+    pub fields: [Program; FIELD_COUNT],
+}
+
+/// Why a profile was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProfileError {
+    /// Shorter than its header or than its declared length.
+    Truncated,
+    /// Wrong magic.
+    BadMagic,
+    /// Unsupported format version.
+    BadVersion(u32),
+    /// Declared length does not match the version's length.
+    BadLength,
+    /// Unknown current-task method or implausible parameters.
+    BadCurrentTask,
+    /// A field program is malformed.
+    BadProgram(FieldId),
+    /// The uid-map layout is implausible.
+    BadUidMap,
+    /// Some other header value is implausible.
+    BadHeader,
+    /// Output buffer too small (encoding).
+    BufferTooSmall,
+}
+
+struct Writer<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
+}
+
+impl Writer<'_> {
+    fn put(&mut self, b: &[u8]) {
+        // Callers check the buffer length first; out-of-range writes are dropped, never panic.
+        if let Some(dst) = self.buf.get_mut(self.pos..self.pos + b.len()) {
+            dst.copy_from_slice(b);
+        }
+        self.pos += b.len();
+    }
+    fn u8(&mut self, v: u8) {
+        self.put(&[v]);
+    }
+    fn u16(&mut self, v: u16) {
+        self.put(&v.to_le_bytes());
+    }
+    fn u32(&mut self, v: u32) {
+        self.put(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.put(&v.to_le_bytes());
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], ProfileError> {
+        let end = self.pos.checked_add(N).ok_or(ProfileError::Truncated)?;
+        let s = self.buf.get(self.pos..end).ok_or(ProfileError::Truncated)?;
+        let mut a = [0u8; N];
+        a.copy_from_slice(s);
+        self.pos = end;
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, ProfileError> {
+        Ok(self.take::<1>()?[0])
+    }
+    fn u16(&mut self) -> Result<u16, ProfileError> {
+        Ok(u16::from_le_bytes(self.take()?))
+    }
+    fn u32(&mut self) -> Result<u32, ProfileError> {
+        Ok(u32::from_le_bytes(self.take()?))
+    }
+    fn u64(&mut self) -> Result<u64, ProfileError> {
+        Ok(u64::from_le_bytes(self.take()?))
+    }
+}
+
+fn opt32(v: Option<u32>) -> u32 {
+    v.unwrap_or(NONE32)
+}
+
+fn from_opt32(v: u32) -> Option<u32> {
+    if v == NONE32 {
+        None
+    } else {
+        Some(v)
+    }
+}
+
+/// Lowest canonical kernel-half address with 4-level paging.
+pub const KERNEL_HALF_4: u64 = 0xffff_8000_0000_0000;
+/// Lowest canonical kernel-half address with 5-level paging.
+pub const KERNEL_HALF_5: u64 = 0xff00_0000_0000_0000;
+
+impl KernelProfile {
+    /// An empty profile (all fields unknown) with the given current-task method.
+    pub fn empty(current: CurrentTask) -> Self {
+        KernelProfile {
+            fingerprint: [0; 32],
+            release: [0; 64],
+            btf_va: 0,
+            btf_len: 0,
+            current,
+            preempt_offset: None,
+            task_flags_off: 0,
+            page_offset_base_va: 0,
+            direct_map_default: 0xffff_8880_0000_0000,
+            init_userns_inum: 0xEFFF_FFFD,
+            uid_map: UidMapLayout::default(),
+            key_offsets: [None; KEY_COUNT],
+            fields: [Program::EMPTY; FIELD_COUNT],
+        }
+    }
+
+    /// The program of one field.
+    pub fn field(&self, f: FieldId) -> &Program {
+        &self.fields[f as usize]
+    }
+
+    /// The release string without padding (lossy: bytes up to the first NUL).
+    pub fn release_str(&self) -> &str {
+        let n = self.release.iter().position(|&b| b == 0).unwrap_or(64);
+        core::str::from_utf8(&self.release[..n]).unwrap_or("?")
+    }
+
+    /// Check every value for plausibility.
+    pub fn validate(&self) -> Result<(), ProfileError> {
+        match self.current {
+            CurrentTask::PerCpu { offset } => {
+                if offset >= (1 << 24) || offset % 8 != 0 {
+                    return Err(ProfileError::BadCurrentTask);
+                }
+            }
+            CurrentTask::StackThreadInfo {
+                thread_size,
+                task_offset,
+            } => {
+                if !thread_size.is_power_of_two()
+                    || !(4096..=1 << 20).contains(&thread_size)
+                    || task_offset >= 4096
+                    || task_offset % 8 != 0
+                {
+                    return Err(ProfileError::BadCurrentTask);
+                }
+            }
+        }
+        if let Some(p) = self.preempt_offset {
+            if p >= (1 << 24) || p % 4 != 0 {
+                return Err(ProfileError::BadHeader);
+            }
+        }
+        if self.task_flags_off >= MAX_OFFSET || self.task_flags_off % 4 != 0 {
+            return Err(ProfileError::BadHeader);
+        }
+        let kernel = |v: u64| v == 0 || v >= KERNEL_HALF_5;
+        if !kernel(self.page_offset_base_va)
+            || !kernel(self.btf_va)
+            || self.direct_map_default < KERNEL_HALF_5
+            || self.direct_map_default % (1 << 30) != 0
+            || self.init_userns_inum < NS_INUM_MIN
+        {
+            return Err(ProfileError::BadHeader);
+        }
+        for k in self.key_offsets.iter().flatten() {
+            if *k >= MAX_OFFSET || k % 8 != 0 {
+                return Err(ProfileError::BadHeader);
+            }
+        }
+        self.uid_map.validate()?;
+        for f in FieldId::ALL {
+            self.field(f).validate(f)?;
+        }
+        Ok(())
+    }
+
+    /// Encode into `out` (at least [`ENCODED_LEN`] bytes); returns the length written.
+    pub fn encode(&self, out: &mut [u8]) -> Result<usize, ProfileError> {
+        if out.len() < ENCODED_LEN {
+            return Err(ProfileError::BufferTooSmall);
+        }
+        let mut w = Writer { buf: out, pos: 0 };
+        w.put(&PROFILE_MAGIC);
+        w.u32(PROFILE_VERSION);
+        w.u32(ENCODED_LEN as u32);
+        w.put(&self.fingerprint);
+        w.put(&self.release);
+        w.u64(self.btf_va);
+        w.u32(self.btf_len);
+        match self.current {
+            CurrentTask::PerCpu { offset } => {
+                w.u32(1);
+                w.u32(offset);
+                w.u32(0);
+            }
+            CurrentTask::StackThreadInfo {
+                thread_size,
+                task_offset,
+            } => {
+                w.u32(2);
+                w.u32(thread_size);
+                w.u32(task_offset);
+            }
+        }
+        w.u32(opt32(self.preempt_offset));
+        w.u32(self.task_flags_off);
+        w.u64(self.page_offset_base_va);
+        w.u64(self.direct_map_default);
+        w.u32(self.init_userns_inum);
+        for v in self.uid_map.words() {
+            w.u32(v);
+        }
+        for k in self.key_offsets {
+            w.u32(opt32(k));
+        }
+        for p in &self.fields {
+            w.u8(p.len);
+            w.put(&[0, 0, 0]);
+            for s in &p.steps {
+                w.u8(s.op as u8);
+                w.u8(s.width);
+                w.u16(s.aux);
+                w.u32(s.off);
+            }
+        }
+        Ok(w.pos)
+    }
+
+    /// Decode and validate an encoded profile.
+    pub fn decode(bytes: &[u8]) -> Result<KernelProfile, ProfileError> {
+        let mut r = Reader { buf: bytes, pos: 0 };
+        if r.take::<8>()? != PROFILE_MAGIC {
+            return Err(ProfileError::BadMagic);
+        }
+        let version = r.u32()?;
+        if version != PROFILE_VERSION {
+            return Err(ProfileError::BadVersion(version));
+        }
+        let total = r.u32()? as usize;
+        if total != ENCODED_LEN {
+            return Err(ProfileError::BadLength);
+        }
+        if bytes.len() < total {
+            return Err(ProfileError::Truncated);
+        }
+        if bytes.len() > total {
+            return Err(ProfileError::BadLength);
+        }
+        let fingerprint = r.take::<32>()?;
+        let release = r.take::<64>()?;
+        let btf_va = r.u64()?;
+        let btf_len = r.u32()?;
+        let method = r.u32()?;
+        let a = r.u32()?;
+        let b = r.u32()?;
+        let current = match method {
+            1 if b == 0 => CurrentTask::PerCpu { offset: a },
+            2 => CurrentTask::StackThreadInfo {
+                thread_size: a,
+                task_offset: b,
+            },
+            _ => return Err(ProfileError::BadCurrentTask),
+        };
+        let preempt_offset = from_opt32(r.u32()?);
+        let task_flags_off = r.u32()?;
+        let page_offset_base_va = r.u64()?;
+        let direct_map_default = r.u64()?;
+        let init_userns_inum = r.u32()?;
+        let mut words = [0u32; 10];
+        for w in words.iter_mut() {
+            *w = r.u32()?;
+        }
+        let mut key_offsets = [None; KEY_COUNT];
+        for k in key_offsets.iter_mut() {
+            *k = from_opt32(r.u32()?);
+        }
+        let mut fields = [Program::EMPTY; FIELD_COUNT];
+        for (i, p) in fields.iter_mut().enumerate() {
+            p.len = r.u8()?;
+            if r.take::<3>()? != [0, 0, 0] {
+                return Err(ProfileError::BadProgram(FieldId::ALL[i]));
+            }
+            for s in p.steps.iter_mut() {
+                let op = Op::from_u8(r.u8()?).ok_or(ProfileError::BadProgram(FieldId::ALL[i]))?;
+                s.op = op;
+                s.width = r.u8()?;
+                s.aux = r.u16()?;
+                s.off = r.u32()?;
+            }
+        }
+        let p = KernelProfile {
+            fingerprint,
+            release,
+            btf_va,
+            btf_len,
+            current,
+            preempt_offset,
+            task_flags_off,
+            page_offset_base_va,
+            direct_map_default,
+            init_userns_inum,
+            uid_map: UidMapLayout::from_words(words),
+            key_offsets,
+            fields,
+        };
+        p.validate()?;
+        Ok(p)
+    }
+}
+
+/// SHA-256 (FIPS 180-4), streaming; used for the kernel fingerprint.
+#[derive(Clone)]
+pub struct Sha256 {
+    h: [u32; 8],
+    block: [u8; 64],
+    fill: usize,
+    len: u64,
+}
+
+const K256: [u32; 64] = [
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+];
+
+impl Default for Sha256 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sha256 {
+    /// A fresh hasher.
+    pub fn new() -> Self {
+        Sha256 {
+            h: [
+                0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
+                0x5be0cd19,
+            ],
+            block: [0; 64],
+            fill: 0,
+            len: 0,
+        }
+    }
+
+    fn compress(&mut self) {
+        let mut w = [0u32; 64];
+        for (i, c) in self.block.chunks_exact(4).enumerate() {
+            w[i] = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
+        }
+        for i in 16..64 {
+            let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
+            let s1 = w[i - 2].rotate_right(17) ^ w[i - 2].rotate_right(19) ^ (w[i - 2] >> 10);
+            w[i] = w[i - 16]
+                .wrapping_add(s0)
+                .wrapping_add(w[i - 7])
+                .wrapping_add(s1);
+        }
+        let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = self.h;
+        for i in 0..64 {
+            let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
+            let ch = (e & f) ^ (!e & g);
+            let t1 = h
+                .wrapping_add(s1)
+                .wrapping_add(ch)
+                .wrapping_add(K256[i])
+                .wrapping_add(w[i]);
+            let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
+            let maj = (a & b) ^ (a & c) ^ (b & c);
+            let t2 = s0.wrapping_add(maj);
+            h = g;
+            g = f;
+            f = e;
+            e = d.wrapping_add(t1);
+            d = c;
+            c = b;
+            b = a;
+            a = t1.wrapping_add(t2);
+        }
+        for (x, y) in self.h.iter_mut().zip([a, b, c, d, e, f, g, h]) {
+            *x = x.wrapping_add(y);
+        }
+    }
+
+    /// Feed bytes.
+    pub fn update(&mut self, mut data: &[u8]) {
+        self.len = self.len.wrapping_add(data.len() as u64);
+        while !data.is_empty() {
+            let n = (64 - self.fill).min(data.len());
+            self.block[self.fill..self.fill + n].copy_from_slice(&data[..n]);
+            self.fill += n;
+            data = &data[n..];
+            if self.fill == 64 {
+                self.compress();
+                self.fill = 0;
+            }
+        }
+    }
+
+    /// Finish and return the digest.
+    pub fn finish(mut self) -> [u8; 32] {
+        let bits = self.len.wrapping_mul(8);
+        self.update(&[0x80]);
+        while self.fill != 56 {
+            self.update(&[0]);
+        }
+        self.update(&bits.to_be_bytes());
+        let mut out = [0u8; 32];
+        for (o, h) in out.chunks_exact_mut(4).zip(self.h) {
+            o.copy_from_slice(&h.to_be_bytes());
+        }
+        out
+    }
+}
+
+/// SHA-256 of one buffer.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(data);
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> KernelProfile {
+        let mut p = KernelProfile::empty(CurrentTask::PerCpu { offset: 0x1fb80 });
+        p.preempt_offset = Some(0x1fb40);
+        p.task_flags_off = 44;
+        p.key_offsets[0] = Some(0x700);
+        p.fields[FieldId::Pid as usize] =
+            Program::from_steps(&[Step::ptr(0x500), Step::value(0x60, 4)]).unwrap();
+        p.fields[FieldId::PidLocal as usize] = Program::from_steps(&[
+            Step::ptr(0x500),
+            Step::index(4, 4, 32),
+            Step::add_index(16),
+            Step::value(0x60, 4),
+        ])
+        .unwrap();
+        p.fields[FieldId::UserNsPtr as usize] =
+            Program::from_steps(&[Step::ptr(0x700), Step::ptr(0x88)]).unwrap();
+        p
+    }
+
+    #[test]
+    fn sha256_vectors() {
+        let h = sha256(b"abc");
+        assert_eq!(h[..4], [0xba, 0x78, 0x16, 0xbf]);
+        assert_eq!(h[28..], [0xf2, 0x00, 0x15, 0xad]);
+        let h = sha256(&[b'a'; 1000]);
+        // echo -n (1000 × 'a') | sha256sum = 41edece4...
+        assert_eq!(h[..4], [0x41, 0xed, 0xec, 0xe4]);
+    }
+
+    #[test]
+    fn round_trip() {
+        let p = sample();
+        p.validate().unwrap();
+        let mut buf = [0u8; ENCODED_LEN];
+        assert_eq!(p.encode(&mut buf).unwrap(), ENCODED_LEN);
+        assert_eq!(KernelProfile::decode(&buf).unwrap(), p);
+    }
+
+    #[test]
+    fn every_truncation_and_byte_flip_is_handled() {
+        let mut buf = [0u8; ENCODED_LEN];
+        sample().encode(&mut buf).unwrap();
+        for n in 0..ENCODED_LEN {
+            assert!(KernelProfile::decode(&buf[..n]).is_err());
+        }
+        for i in 0..ENCODED_LEN {
+            for v in [0u8, 1, 0x7f, 0xff] {
+                let mut b = buf;
+                b[i] = v;
+                if let Ok(p) = KernelProfile::decode(&b) {
+                    p.validate().unwrap();
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_programs_are_refused() {
+        let mut p = sample();
+        p.fields[FieldId::Pid as usize] = Program::from_steps(&[Step::value(0, 8)]).unwrap();
+        assert_eq!(p.validate(), Err(ProfileError::BadProgram(FieldId::Pid)));
+        let mut p = sample();
+        p.fields[FieldId::Pid as usize] = Program::from_steps(&[Step::add_index(8)]).unwrap();
+        assert!(p.validate().is_err());
+        let mut p = sample();
+        p.fields[FieldId::UserNsPtr as usize] =
+            Program::from_steps(&[Step::value(0, 4)]).unwrap();
+        assert!(p.validate().is_err());
+    }
+}

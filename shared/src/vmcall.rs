@@ -175,6 +175,143 @@ impl Status {
 /// Length of the agent key (bytes).
 pub const AGENT_KEY_LEN: usize = 32;
 
+/// Largest guest buffer a single call may name (bytes); longer requests get [`Status::BadBuffer`].
+pub const MAX_BUFFER_LEN: usize = 64 * 1024;
+
+/// Length of the [`Function::WhoAmI`] reply.
+pub const WHOAMI_LEN: usize = 104;
+/// Version of the WhoAmI reply layout.
+pub const WHOAMI_VERSION: u16 = 1;
+
+/// The WhoAmI reply: a fixed little-endian encoding of [`TaskIdentity`](crate::TaskIdentity).
+///
+/// | offset | size | field |
+/// |---|---|---|
+/// | 0 | 2 | layout version ([`WHOAMI_VERSION`]) |
+/// | 2 | 1 | context: 0 task, 1 kernel thread, 2 hard irq, 3 soft irq, 255 unknown |
+/// | 3 | 1 | zero |
+/// | 4 | 4 | validity bitmap: bit `i` set when field `i` below is known |
+/// | 8 | 8 | task_struct address |
+/// | 16 | 44 | `u32` fields 0..=10: pid, tgid, pid_local, tgid_local, pgid, uid, euid, uid_local, userns_id, netns_id, pidns_id |
+/// | 60 | 4 | zero |
+/// | 64 | 24 | `u64` fields 11..=13: cgroup_id, start_time, exe_inode |
+/// | 88 | 16 | field 14: comm, NUL padded |
+///
+/// Unknown fields are zero and their bit is clear.
+pub mod whoami {
+    use super::{WHOAMI_LEN, WHOAMI_VERSION};
+    use crate::identity::{ExecContext, TaskIdentity, COMM_LEN};
+
+    fn ctx_code(c: ExecContext) -> u8 {
+        match c {
+            ExecContext::Task => 0,
+            ExecContext::KernelThread => 1,
+            ExecContext::HardIrq => 2,
+            ExecContext::SoftIrq => 3,
+            ExecContext::Unknown => 255,
+        }
+    }
+
+    fn ctx_from(b: u8) -> Option<ExecContext> {
+        Some(match b {
+            0 => ExecContext::Task,
+            1 => ExecContext::KernelThread,
+            2 => ExecContext::HardIrq,
+            3 => ExecContext::SoftIrq,
+            255 => ExecContext::Unknown,
+            _ => return None,
+        })
+    }
+
+    fn u32s(id: &TaskIdentity) -> [Option<u32>; 11] {
+        [
+            id.pid,
+            id.tgid,
+            id.pid_local,
+            id.tgid_local,
+            id.pgid,
+            id.uid,
+            id.euid,
+            id.uid_local,
+            id.userns_id,
+            id.netns_id,
+            id.pidns_id,
+        ]
+    }
+
+    /// Encode an identity.
+    pub fn encode(id: &TaskIdentity) -> [u8; WHOAMI_LEN] {
+        let mut out = [0u8; WHOAMI_LEN];
+        out[0..2].copy_from_slice(&WHOAMI_VERSION.to_le_bytes());
+        out[2] = ctx_code(id.context);
+        let mut valid = 0u32;
+        out[8..16].copy_from_slice(&id.task.to_le_bytes());
+        for (i, v) in u32s(id).iter().enumerate() {
+            if let Some(v) = v {
+                valid |= 1 << i;
+                out[16 + 4 * i..20 + 4 * i].copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        for (i, v) in [id.cgroup_id, id.start_time, id.exe_inode].iter().enumerate() {
+            if let Some(v) = v {
+                valid |= 1 << (11 + i);
+                out[64 + 8 * i..72 + 8 * i].copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        if let Some(c) = id.comm {
+            valid |= 1 << 14;
+            out[88..88 + COMM_LEN].copy_from_slice(&c);
+        }
+        out[4..8].copy_from_slice(&valid.to_le_bytes());
+        out
+    }
+
+    /// Decode a reply (`None` if too short, wrong version or malformed).
+    pub fn decode(b: &[u8]) -> Option<TaskIdentity> {
+        let b: &[u8; WHOAMI_LEN] = b.get(..WHOAMI_LEN)?.try_into().ok()?;
+        if u16::from_le_bytes([b[0], b[1]]) != WHOAMI_VERSION || b[3] != 0 {
+            return None;
+        }
+        let valid = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+        if valid >> 15 != 0 {
+            return None;
+        }
+        let u32_at = |i: usize| {
+            let o = 16 + 4 * i;
+            (valid & (1 << i) != 0).then(|| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]))
+        };
+        let u64_at = |i: usize| {
+            let o = 64 + 8 * i;
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[o..o + 8]);
+            (valid & (1 << (11 + i)) != 0).then(|| u64::from_le_bytes(a))
+        };
+        let mut task = [0u8; 8];
+        task.copy_from_slice(&b[8..16]);
+        let mut comm = [0u8; COMM_LEN];
+        comm.copy_from_slice(&b[88..88 + COMM_LEN]);
+        Some(TaskIdentity {
+            task: u64::from_le_bytes(task),
+            context: ctx_from(b[2])?,
+            pid: u32_at(0),
+            tgid: u32_at(1),
+            pid_local: u32_at(2),
+            tgid_local: u32_at(3),
+            pgid: u32_at(4),
+            uid: u32_at(5),
+            euid: u32_at(6),
+            uid_local: u32_at(7),
+            userns_id: u32_at(8),
+            netns_id: u32_at(9),
+            pidns_id: u32_at(10),
+            cgroup_id: u64_at(0),
+            start_time: u64_at(1),
+            exe_inode: u64_at(2),
+            comm: (valid & (1 << 14) != 0).then_some(comm),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,6 +324,26 @@ mod tests {
         s[4..8].copy_from_slice(&c.to_le_bytes());
         s[8..].copy_from_slice(&d.to_le_bytes());
         assert_eq!(&s, &SIGNATURE);
+    }
+
+    #[test]
+    fn whoami_round_trip() {
+        use crate::identity::{ExecContext, TaskIdentity};
+        let mut id = TaskIdentity {
+            task: 0xffff_8880_1234_5678,
+            context: ExecContext::Task,
+            pid: Some(42),
+            uid_local: Some(0),
+            cgroup_id: Some(7),
+            comm: Some(*b"curl\0\0\0\0\0\0\0\0\0\0\0\0"),
+            ..Default::default()
+        };
+        let enc = whoami::encode(&id);
+        assert_eq!(whoami::decode(&enc), Some(id));
+        id.context = ExecContext::Unknown;
+        id.comm = None;
+        assert_eq!(whoami::decode(&whoami::encode(&id)), Some(id));
+        assert_eq!(whoami::decode(&enc[..50]), None);
     }
 
     #[test]
