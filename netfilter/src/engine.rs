@@ -1,0 +1,897 @@
+//! The decision engine: attributes a frame, checks it for spoofing and scanning, applies the
+//! sender's egress and each receiver's ingress policy, and emits the (re-tagged) copies.
+//!
+//! See the crate documentation for the policy model. The per-frame path allocates nothing: the
+//! frame is parsed into a small summary, lookups go through fixed indexes, and rewritten frames
+//! are built in a buffer inside the engine.
+
+use core::net::Ipv4Addr;
+
+use shoji_shared::{
+    ContainerId, Direction, DropReason, FrameFilter, FrameMeta, FrameSink, TaskIdentity, Verdict,
+};
+
+use crate::config::{BroadcastScope, EngineConfig, HostPolicy};
+use crate::counters::{Counters, EngineCounters};
+use crate::events::{Event, EventKind, EventRead, EventRing, PolicyChange};
+use crate::fragments::{DatagramDecision, DatagramKey, FragmentTable, LaterFragment};
+use crate::parse::{
+    is_group_mac, parse_frame, Network, ParsedFrame, Transport, ETHERTYPE_VLAN, ETH_HEADER_LEN,
+    FRAME_BUFFER_LEN, MAX_FRAME, VLAN_TAG_LEN,
+};
+use crate::registry::{ContainerSlot, ContainerSpec, Registry, RegistryError};
+use crate::rules::{Action, Flow, ProtocolClass, RuleError, RuleOutcome, RuleSet, Side};
+use crate::scan::{InboundScans, InboundVerdict, Probe, ScanVerdict};
+use crate::spoof::{self, SpoofFinding};
+
+/// A party on the guest side of the NIC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Party {
+    /// The host (untagged frames).
+    Host,
+    /// The container in this registry slot.
+    Container(u16),
+}
+
+/// The full outcome of one decision ("what and why").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Pass or drop (with the reason).
+    pub verdict: Verdict,
+    /// The container that sent the frame (TX), `None` for the host or the wire.
+    pub sender: Option<ContainerId>,
+    /// The rule of the sender's (TX) or the first receiver's (RX) policy that decided, if a rule
+    /// (not the default) did.
+    pub rule: Option<u16>,
+    /// Whether a copy went to the wire.
+    pub to_wire: bool,
+    /// How many copies went into the guest (relays and RX deliveries).
+    pub to_guest: u16,
+}
+
+impl Decision {
+    fn dropped(sender: Option<ContainerId>, reason: DropReason) -> Decision {
+        Decision {
+            verdict: Verdict::Drop(reason),
+            sender,
+            rule: None,
+            to_wire: false,
+            to_guest: 0,
+        }
+    }
+}
+
+/// Why the host policy was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostPolicyError {
+    /// Index of the bad rule.
+    pub index: u16,
+    /// What is wrong with it.
+    pub error: RuleError,
+}
+
+/// The policy engine. Implements [`FrameFilter`].
+pub struct Engine<'s> {
+    config: EngineConfig,
+    registry: Registry<'s>,
+    host: HostPolicy,
+    host_rules: RuleSet,
+    counters: EngineCounters,
+    events: EventRing,
+    fragments: FragmentTable,
+    inbound: InboundScans,
+    now: u64,
+    drops_until_sample: u32,
+    buf: [u8; FRAME_BUFFER_LEN],
+}
+
+/// Where one copy of a frame goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Wire,
+    Host,
+    Container(u16),
+}
+
+/// Build the outgoing frame in `buf`: the original without its in-frame tag, with `tag` added.
+fn rewrite<'b>(
+    buf: &'b mut [u8; FRAME_BUFFER_LEN],
+    frame: &[u8],
+    parsed: &ParsedFrame,
+    tag: Option<u16>,
+) -> &'b [u8] {
+    let rest = &frame[parsed.ethertype_offset..];
+    buf[..12].copy_from_slice(&frame[..12]);
+    let mut at = 12;
+    if let Some(vid) = tag {
+        buf[12..14].copy_from_slice(&ETHERTYPE_VLAN.to_be_bytes());
+        buf[14..16].copy_from_slice(&(vid & 0x0fff).to_be_bytes());
+        at = 16;
+    }
+    let end = at + rest.len();
+    buf[at..end].copy_from_slice(rest);
+    &buf[..end]
+}
+
+fn probe_of(parsed: &ParsedFrame, side: Side) -> Option<Probe> {
+    let Network::Ipv4(ip) = parsed.network else {
+        return None;
+    };
+    let host = match side {
+        Side::Egress => ip.dst,
+        Side::Ingress => ip.dst,
+    };
+    match ip.transport {
+        Transport::Tcp {
+            dst_port, flags, ..
+        } if flags.is_connection_attempt() => Some(Probe {
+            host,
+            port: Some(dst_port),
+        }),
+        Transport::Udp { dst_port, .. } => Some(Probe {
+            host,
+            port: Some(dst_port),
+        }),
+        Transport::Icmp { icmp_type: 8, .. } => Some(Probe { host, port: None }),
+        _ => None,
+    }
+}
+
+impl<'s> Engine<'s> {
+    /// An engine storing containers in `slots`, with `config` and a permissive host policy.
+    pub fn new(slots: &'s mut [ContainerSlot], config: EngineConfig) -> Engine<'s> {
+        let drops_until_sample = config.drop_sample_every;
+        Engine {
+            config,
+            registry: Registry::new(slots),
+            host: HostPolicy::default(),
+            host_rules: RuleSet::new(),
+            counters: EngineCounters::default(),
+            events: EventRing::new(),
+            fragments: FragmentTable::new(),
+            inbound: InboundScans::new(),
+            now: 0,
+            drops_until_sample,
+            buf: [0; FRAME_BUFFER_LEN],
+        }
+    }
+
+    /// Set the current time (monotonic; from the TSC in the hypervisor, explicit in tests).
+    pub fn set_now(&mut self, now: u64) {
+        self.now = now;
+    }
+
+    /// The current time as last set.
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Replace the configuration.
+    pub fn set_config(&mut self, config: EngineConfig) {
+        self.drops_until_sample = config.drop_sample_every;
+        self.config = config;
+        self.events.push(
+            self.now,
+            EventKind::Policy {
+                container: None,
+                change: PolicyChange::Config,
+            },
+        );
+    }
+
+    /// The host policy.
+    pub fn host_policy(&self) -> &HostPolicy {
+        &self.host
+    }
+
+    /// Replace the host policy.
+    pub fn set_host_policy(&mut self, policy: HostPolicy) -> Result<(), HostPolicyError> {
+        let rules = RuleSet::compile(&policy.rules).map_err(|(i, error)| HostPolicyError {
+            index: i as u16,
+            error,
+        })?;
+        self.host = policy;
+        self.host_rules = rules;
+        self.events.push(
+            self.now,
+            EventKind::Policy {
+                container: None,
+                change: PolicyChange::HostPolicy,
+            },
+        );
+        Ok(())
+    }
+
+    /// The registry (read-only).
+    pub fn registry(&self) -> &Registry<'s> {
+        &self.registry
+    }
+
+    /// Register a container.
+    pub fn register(&mut self, spec: ContainerSpec) -> Result<(), RegistryError> {
+        let id = spec.id;
+        self.registry.add(spec)?;
+        self.policy_event(id, PolicyChange::Registered);
+        Ok(())
+    }
+
+    /// Replace a container's registration (addresses, identity, rules, defaults).
+    pub fn update(&mut self, spec: ContainerSpec) -> Result<(), RegistryError> {
+        let id = spec.id;
+        self.registry.update(spec)?;
+        self.policy_event(id, PolicyChange::Updated);
+        Ok(())
+    }
+
+    /// Unregister a container; returns its final counters.
+    pub fn unregister(&mut self, id: ContainerId) -> Result<Counters, RegistryError> {
+        let counters = self.registry.remove(id)?;
+        self.policy_event(id, PolicyChange::Unregistered);
+        Ok(counters)
+    }
+
+    fn policy_event(&mut self, id: ContainerId, change: PolicyChange) {
+        self.events.push(
+            self.now,
+            EventKind::Policy {
+                container: Some(id),
+                change,
+            },
+        );
+    }
+
+    /// Counters of a container.
+    pub fn container_counters(&self, id: ContainerId) -> Option<&Counters> {
+        let slot = self.registry.slot_of(id)?;
+        self.registry.get(slot).map(|c| &c.counters)
+    }
+
+    /// Engine-wide counters (host, unattributed, total).
+    pub fn counters(&self) -> &EngineCounters {
+        &self.counters
+    }
+
+    /// Read events from sequence number `from_seq` on.
+    pub fn read_events(&self, from_seq: u64, out: &mut [Event]) -> EventRead {
+        self.events.read(from_seq, out)
+    }
+
+    /// The event ring.
+    pub fn events(&self) -> &EventRing {
+        &self.events
+    }
+
+    /// When a container is blocked by the scan detector, until when.
+    pub fn scan_blocked_until(&mut self, id: ContainerId) -> Option<u64> {
+        let now = self.now;
+        let slot = self.registry.slot_of(id)?;
+        let c = self.registry.get_mut(slot)?;
+        if c.scan.is_blocked(now) {
+            c.scan.blocked_until()
+        } else {
+            None
+        }
+    }
+
+    /// Lift a container's scan block (operator action); returns whether it existed.
+    pub fn unblock_container(&mut self, id: ContainerId) -> bool {
+        let Some(slot) = self.registry.slot_of(id) else {
+            return false;
+        };
+        match self.registry.get_mut(slot) {
+            Some(c) => {
+                c.scan.unblock();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether an inbound source is blocked now.
+    pub fn is_source_blocked(&mut self, source: Ipv4Addr) -> bool {
+        self.inbound.is_blocked(self.now, source)
+    }
+
+    /// Lift an inbound source's block (operator action).
+    pub fn unblock_source(&mut self, source: Ipv4Addr) -> bool {
+        self.inbound.unblock(source)
+    }
+
+    fn party_id(&self, party: Party) -> Option<ContainerId> {
+        match party {
+            Party::Host => None,
+            Party::Container(s) => self.registry.id_of(s),
+        }
+    }
+
+    fn party_counters(&mut self, party: Option<Party>) -> &mut Counters {
+        match party {
+            None => &mut self.counters.unattributed,
+            Some(Party::Host) => &mut self.counters.host,
+            Some(Party::Container(slot)) => match self.registry.get_mut(slot) {
+                Some(c) => &mut c.counters,
+                None => &mut self.counters.unattributed,
+            },
+        }
+    }
+
+    /// Count a drop for `party` (not the total), sampling it into the event ring.
+    fn count_drop(&mut self, party: Option<Party>, direction: Direction, reason: DropReason) {
+        self.party_counters(party).count_drop(reason);
+        if self.config.drop_sample_every != 0 {
+            self.drops_until_sample = self.drops_until_sample.saturating_sub(1);
+            if self.drops_until_sample == 0 {
+                self.drops_until_sample = self.config.drop_sample_every;
+                let container = party.and_then(|p| self.party_id(p));
+                self.events.push(
+                    self.now,
+                    EventKind::DropSample {
+                        container,
+                        direction,
+                        reason,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Finish a decision that drops the frame at the sender stage.
+    fn drop_frame(
+        &mut self,
+        party: Option<Party>,
+        direction: Direction,
+        reason: DropReason,
+    ) -> Decision {
+        self.count_drop(party, direction, reason);
+        self.counters.total.count_drop(reason);
+        let sender = match direction {
+            Direction::Tx => party.and_then(|p| self.party_id(p)),
+            Direction::Rx => None,
+        };
+        Decision::dropped(sender, reason)
+    }
+
+    fn spoof_event(&mut self, direction: Direction, sender: Option<Party>, f: &SpoofFinding) {
+        let sender = sender.and_then(|p| self.party_id(p));
+        let claimed = f.claimed.and_then(|s| self.registry.id_of(s));
+        self.events.push(
+            self.now,
+            EventKind::Spoof {
+                reason: f.reason,
+                direction,
+                sender,
+                claimed,
+                mac: f.mac,
+                ipv4: f.ipv4,
+            },
+        );
+    }
+
+    /// Decide one frame; emit what passes through `out`.
+    pub fn decide(
+        &mut self,
+        meta: &FrameMeta<'_>,
+        frame: &[u8],
+        out: &mut dyn FrameSink,
+    ) -> Decision {
+        if frame.len() > MAX_FRAME {
+            return self.drop_frame(None, meta.direction, DropReason::Oversize);
+        }
+        let parsed = match parse_frame(frame) {
+            Ok(p) => p,
+            Err(e) => {
+                let party = match meta.direction {
+                    Direction::Tx => self.peek_tx_party(frame, meta.descriptor_vlan),
+                    Direction::Rx => None,
+                };
+                return self.drop_frame(party, meta.direction, e.reason());
+            }
+        };
+        match meta.direction {
+            Direction::Tx => self.decide_tx(meta, frame, &parsed, out),
+            Direction::Rx => self.decide_rx(meta, frame, &parsed, out),
+        }
+    }
+
+    /// Best-effort attribution of an unparseable TX frame, for counting.
+    fn peek_tx_party(&self, frame: &[u8], descriptor_vlan: Option<u16>) -> Option<Party> {
+        let vlan = if frame.len() >= ETH_HEADER_LEN + VLAN_TAG_LEN
+            && u16::from_be_bytes([frame[12], frame[13]]) == ETHERTYPE_VLAN
+        {
+            Some(u16::from_be_bytes([frame[14], frame[15]]) & 0x0fff)
+        } else {
+            descriptor_vlan.map(|v| v & 0x0fff)
+        };
+        match vlan {
+            None | Some(0) => Some(Party::Host),
+            Some(v) => self.registry.by_vlan(v).map(Party::Container),
+        }
+    }
+
+    fn decide_tx(
+        &mut self,
+        meta: &FrameMeta<'_>,
+        frame: &[u8],
+        parsed: &ParsedFrame,
+        out: &mut dyn FrameSink,
+    ) -> Decision {
+        const DIR: Direction = Direction::Tx;
+        let vlan = match (parsed.vlan, meta.descriptor_vlan) {
+            (Some(_), Some(_)) => {
+                let party = self.peek_tx_party(frame, None);
+                return self.drop_frame(party, DIR, DropReason::Malformed);
+            }
+            (Some(v), None) | (None, Some(v)) => v & 0x0fff,
+            (None, None) => 0,
+        };
+        let sender = if vlan == 0 {
+            Party::Host
+        } else {
+            match self.registry.by_vlan(vlan) {
+                Some(slot) => Party::Container(slot),
+                None => return self.drop_frame(None, DIR, DropReason::UnknownVlan),
+            }
+        };
+        let sender_slot = match sender {
+            Party::Container(s) => Some(s),
+            Party::Host => None,
+        };
+        let task: Option<&TaskIdentity> = meta.task.filter(|t| t.is_actor());
+
+        // Attribution: port identity and task identity must agree; addresses must be the sender's.
+        let checked =
+            spoof::check_identity(&self.registry, sender_slot, parsed, task).and_then(|()| {
+                match sender_slot {
+                    Some(slot) => spoof::check_container_tx(&self.registry, slot, parsed),
+                    None => spoof::check_host_tx(&self.registry, parsed),
+                }
+            });
+        if let Err(finding) = checked {
+            self.spoof_event(DIR, Some(sender), &finding);
+            return self.drop_frame(Some(sender), DIR, finding.reason);
+        }
+
+        // The scan detector: a blocked container sends nothing; probes are recorded.
+        if let Some(slot) = sender_slot {
+            if let Some(reason) = self.outbound_scan(slot, parsed) {
+                return self.drop_frame(Some(sender), DIR, reason);
+            }
+        }
+
+        // IPv4 options and fragments.
+        let mut policy_settled = false;
+        let mut first_fragment_key = None;
+        if let Network::Ipv4(ip) = parsed.network {
+            if ip.source_routed && !self.config.allow_source_route {
+                return self.drop_frame(Some(sender), DIR, DropReason::PolicyDenied);
+            }
+            match self.fragment_stage(DIR, parsed) {
+                FragmentStage::Unfragmented => {}
+                FragmentStage::First(key) => first_fragment_key = Some(key),
+                FragmentStage::FollowPass => policy_settled = true,
+                FragmentStage::Drop(reason) => {
+                    return self.drop_frame(Some(sender), DIR, reason);
+                }
+            }
+        }
+
+        // The sender's egress policy.
+        let flow = Flow::of(parsed, Side::Egress);
+        let mut rule = None;
+        if !policy_settled {
+            let outcome = self.evaluate(sender, &flow, task);
+            rule = outcome.rule;
+            if let Err(reason) = Self::verdict_of(sender, &flow, outcome) {
+                self.record_first_fragment(first_fragment_key, DatagramDecision::Drop(reason));
+                let mut d = self.drop_frame(Some(sender), DIR, reason);
+                d.rule = rule;
+                return d;
+            }
+        }
+
+        // Delivery: the wire, another container (relay), or the host.
+        let mut decision = Decision {
+            verdict: Verdict::Pass,
+            sender: self.party_id(sender),
+            rule,
+            to_wire: false,
+            to_guest: 0,
+        };
+        let mut first_denial = None;
+        let len = frame.len();
+        let mut deliver = |engine: &mut Self, target: Target, decision: &mut Decision| match engine
+            .deliver(target, frame, parsed, policy_settled, out)
+        {
+            Ok(()) => {
+                if target == Target::Wire {
+                    decision.to_wire = true;
+                } else {
+                    decision.to_guest += 1;
+                    engine.party_counters(Some(sender)).relayed += 1;
+                }
+            }
+            Err(reason) => {
+                first_denial.get_or_insert(reason);
+            }
+        };
+        let dst = parsed.dst_mac;
+        if !is_group_mac(&dst) {
+            let target = match self.registry.by_mac(&dst) {
+                Some(slot) if Party::Container(slot) == sender => None,
+                Some(slot) => Some(Target::Container(slot)),
+                None if sender != Party::Host && self.host.macs.contains(&dst) => {
+                    Some(Target::Host)
+                }
+                None => Some(Target::Wire),
+            };
+            if let Some(t) = target {
+                deliver(self, t, &mut decision);
+            }
+        } else {
+            let arp_target = match parsed.network {
+                Network::Arp(arp) => {
+                    if let Some(slot) = self.registry.by_ipv4(arp.target_ip) {
+                        Some(if Party::Container(slot) == sender {
+                            Target::Wire
+                        } else {
+                            Target::Container(slot)
+                        })
+                    } else if sender != Party::Host && self.host.ipv4.contains(&arp.target_ip) {
+                        Some(Target::Host)
+                    } else {
+                        None
+                    }
+                }
+                _ => None,
+            };
+            match arp_target {
+                Some(t) => deliver(self, t, &mut decision),
+                None => {
+                    deliver(self, Target::Wire, &mut decision);
+                    if self.config.broadcast == BroadcastScope::Everyone {
+                        if sender != Party::Host {
+                            deliver(self, Target::Host, &mut decision);
+                        }
+                        for slot in 0..self.registry.capacity() as u16 {
+                            if Party::Container(slot) != sender && self.registry.get(slot).is_some()
+                            {
+                                deliver(self, Target::Container(slot), &mut decision);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        if decision.to_wire || decision.to_guest > 0 {
+            self.party_counters(Some(sender)).count_tx(len);
+            self.counters.total.count_tx(len);
+            self.record_first_fragment(first_fragment_key, DatagramDecision::Pass);
+            decision
+        } else {
+            let reason = first_denial.unwrap_or(DropReason::NoDestination);
+            self.record_first_fragment(first_fragment_key, DatagramDecision::Drop(reason));
+            self.counters.total.count_drop(reason);
+            if first_denial.is_none() {
+                self.count_drop(Some(sender), DIR, reason);
+            }
+            decision.verdict = Verdict::Drop(reason);
+            decision
+        }
+    }
+
+    fn decide_rx(
+        &mut self,
+        meta: &FrameMeta<'_>,
+        frame: &[u8],
+        parsed: &ParsedFrame,
+        out: &mut dyn FrameSink,
+    ) -> Decision {
+        const DIR: Direction = Direction::Rx;
+        // Tags from the wire mean nothing here (and must never reach a container's VLAN as-is).
+        if parsed.vlan.is_some() || meta.descriptor_vlan.is_some() {
+            return self.drop_frame(None, DIR, DropReason::UnknownVlan);
+        }
+        let source_ip = match parsed.network {
+            Network::Ipv4(ip) => Some(ip.src),
+            Network::Arp(arp) => Some(arp.sender_ip),
+            _ => None,
+        };
+        if let Some(src) = source_ip {
+            if self.inbound.is_blocked(self.now, src) {
+                return self.drop_frame(None, DIR, DropReason::ScanSourceBlocked);
+            }
+        }
+        if let Err(finding) = spoof::check_rx(&self.registry, parsed) {
+            self.spoof_event(DIR, None, &finding);
+            let victim = finding.claimed.map(Party::Container);
+            return self.drop_frame(victim, DIR, finding.reason);
+        }
+
+        let mut policy_settled = false;
+        let mut first_fragment_key = None;
+        if let Network::Ipv4(ip) = parsed.network {
+            if ip.source_routed && !self.config.allow_source_route {
+                return self.drop_frame(None, DIR, DropReason::PolicyDenied);
+            }
+            if let Some(probe) = probe_of(parsed, Side::Ingress) {
+                if self.inbound_scan(ip.src, probe) {
+                    return self.drop_frame(None, DIR, DropReason::ScanSourceBlocked);
+                }
+            }
+            match self.fragment_stage(DIR, parsed) {
+                FragmentStage::Unfragmented => {}
+                FragmentStage::First(key) => first_fragment_key = Some(key),
+                FragmentStage::FollowPass => policy_settled = true,
+                FragmentStage::Drop(reason) => return self.drop_frame(None, DIR, reason),
+            }
+        }
+
+        let mut decision = Decision {
+            verdict: Verdict::Pass,
+            sender: None,
+            rule: None,
+            to_wire: false,
+            to_guest: 0,
+        };
+        let mut first_denial = None;
+        let mut deliver = |engine: &mut Self, target: Target, decision: &mut Decision| match engine
+            .deliver(target, frame, parsed, policy_settled, out)
+        {
+            Ok(()) => decision.to_guest += 1,
+            Err(reason) => {
+                first_denial.get_or_insert(reason);
+            }
+        };
+        let dst = parsed.dst_mac;
+        if !is_group_mac(&dst) {
+            let target = match self.registry.by_mac(&dst) {
+                Some(slot) => Some(Target::Container(slot)),
+                None if self.host.macs.is_empty() || self.host.macs.contains(&dst) => {
+                    Some(Target::Host)
+                }
+                None => None,
+            };
+            if let Some(t) = target {
+                deliver(self, t, &mut decision);
+            }
+        } else {
+            let arp_target = match parsed.network {
+                Network::Arp(arp) => self.registry.by_ipv4(arp.target_ip),
+                _ => None,
+            };
+            match arp_target {
+                Some(slot) => deliver(self, Target::Container(slot), &mut decision),
+                None => {
+                    deliver(self, Target::Host, &mut decision);
+                    if self.config.broadcast == BroadcastScope::Everyone {
+                        for slot in 0..self.registry.capacity() as u16 {
+                            if self.registry.get(slot).is_some() {
+                                deliver(self, Target::Container(slot), &mut decision);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        if decision.to_guest > 0 {
+            self.counters.total.count_rx(frame.len());
+            self.record_first_fragment(first_fragment_key, DatagramDecision::Pass);
+            decision
+        } else {
+            let reason = first_denial.unwrap_or(DropReason::NoDestination);
+            self.record_first_fragment(first_fragment_key, DatagramDecision::Drop(reason));
+            self.counters.total.count_drop(reason);
+            if first_denial.is_none() {
+                self.count_drop(None, DIR, reason);
+            }
+            decision.verdict = Verdict::Drop(reason);
+            decision
+        }
+    }
+
+    /// Apply `target`'s ingress policy (unless settled by a first fragment) and emit the copy.
+    /// Drops are counted on the receiving party.
+    fn deliver(
+        &mut self,
+        target: Target,
+        frame: &[u8],
+        parsed: &ParsedFrame,
+        policy_settled: bool,
+        out: &mut dyn FrameSink,
+    ) -> Result<(), DropReason> {
+        let (party, tag) = match target {
+            Target::Wire => {
+                out.to_wire(rewrite(&mut self.buf, frame, parsed, None));
+                return Ok(());
+            }
+            Target::Host => (Party::Host, None),
+            Target::Container(slot) => match self.registry.get(slot) {
+                Some(c) => (Party::Container(slot), Some(c.spec.vlan)),
+                None => return Err(DropReason::NoDestination),
+            },
+        };
+        if !policy_settled {
+            let flow = Flow::of(parsed, Side::Ingress);
+            let outcome = self.evaluate(party, &flow, None);
+            if let Err(reason) = Self::verdict_of(party, &flow, outcome) {
+                self.count_drop(Some(party), Direction::Rx, reason);
+                return Err(reason);
+            }
+        }
+        self.party_counters(Some(party)).count_rx(frame.len());
+        out.to_guest(rewrite(&mut self.buf, frame, parsed, tag));
+        Ok(())
+    }
+
+    /// Evaluate `party`'s rules for `flow`.
+    #[inline]
+    fn evaluate(&self, party: Party, flow: &Flow, task: Option<&TaskIdentity>) -> RuleOutcome {
+        match party {
+            Party::Host => {
+                let default = match flow.side {
+                    Side::Egress => self.host.default_egress,
+                    Side::Ingress => self.host.default_ingress,
+                };
+                self.host_rules.evaluate(flow, task, default)
+            }
+            Party::Container(slot) => match self.registry.get(slot) {
+                Some(c) => {
+                    let default = match flow.side {
+                        Side::Egress => c.spec.default_egress,
+                        Side::Ingress => c.spec.default_ingress,
+                    };
+                    c.rules.evaluate(flow, task, default)
+                }
+                None => RuleOutcome {
+                    action: Action::Deny,
+                    rule: None,
+                },
+            },
+        }
+    }
+
+    /// Turn a rule outcome into pass or a drop reason. Containers: IPv6 needs a matching allow
+    /// rule whatever the default; frames that are neither ARP, IPv4 nor IPv6 are denied.
+    fn verdict_of(party: Party, flow: &Flow, outcome: RuleOutcome) -> Result<(), DropReason> {
+        let is_container = matches!(party, Party::Container(_));
+        if is_container && flow.class == ProtocolClass::Ipv6 {
+            return match (outcome.rule, outcome.action) {
+                (Some(_), Action::Allow) => Ok(()),
+                _ => Err(DropReason::Ipv6Denied),
+            };
+        }
+        if is_container && flow.class == ProtocolClass::NonIp {
+            return Err(DropReason::PolicyDenied);
+        }
+        match outcome.action {
+            Action::Allow => Ok(()),
+            Action::Deny => Err(DropReason::PolicyDenied),
+        }
+    }
+
+    /// Scan-detector stage for a container's frame: `Some(reason)` when it must be dropped.
+    fn outbound_scan(&mut self, slot: u16, parsed: &ParsedFrame) -> Option<DropReason> {
+        let now = self.now;
+        let enabled = self.config.scan.enabled;
+        let probe = if enabled {
+            probe_of(parsed, Side::Egress)
+        } else {
+            None
+        };
+        let c = self.registry.get_mut(slot)?;
+        if c.scan.is_blocked(now) {
+            return Some(DropReason::PortScanBlocked);
+        }
+        let probe = probe?;
+        match c.scan.record(now, &self.config.scan, probe) {
+            ScanVerdict::Clear => None,
+            ScanVerdict::NewlyBlocked(counts, until) => {
+                let container = c.spec.id;
+                self.events.push(
+                    now,
+                    EventKind::OutboundScan {
+                        container,
+                        distinct_ports: counts.ports,
+                        distinct_hosts: counts.hosts,
+                        blocked_until: until,
+                    },
+                );
+                Some(DropReason::PortScanBlocked)
+            }
+        }
+    }
+
+    /// Record an inbound probe; true when this probe got its source blocked.
+    fn inbound_scan(&mut self, source: Ipv4Addr, probe: Probe) -> bool {
+        if !self.config.scan.enabled {
+            return false;
+        }
+        match self
+            .inbound
+            .record(self.now, &self.config.scan, source, probe)
+        {
+            InboundVerdict::Clear => false,
+            InboundVerdict::Scan {
+                counts,
+                blocked_until,
+            } => {
+                self.events.push(
+                    self.now,
+                    EventKind::InboundScan {
+                        source,
+                        distinct_ports: counts.ports,
+                        distinct_hosts: counts.hosts,
+                        blocked_until,
+                    },
+                );
+                blocked_until.is_some()
+            }
+        }
+    }
+
+    fn fragment_stage(&mut self, direction: Direction, parsed: &ParsedFrame) -> FragmentStage {
+        let Network::Ipv4(ip) = parsed.network else {
+            return FragmentStage::Unfragmented;
+        };
+        if !ip.fragment.is_fragment() {
+            return FragmentStage::Unfragmented;
+        }
+        let key = DatagramKey {
+            src: ip.src,
+            dst: ip.dst,
+            ident: ip.ident,
+            protocol: ip.protocol,
+            direction,
+        };
+        let (now, timeout) = (self.now, self.config.fragment_timeout);
+        if !ip.fragment.is_later() {
+            return if self
+                .fragments
+                .first_fragment(key, ip.fragment.len, now, timeout)
+            {
+                FragmentStage::First(key)
+            } else {
+                FragmentStage::Drop(DropReason::BadFragment)
+            };
+        }
+        match self
+            .fragments
+            .later_fragment(&key, ip.fragment.offset, ip.fragment.len, now, timeout)
+        {
+            LaterFragment::Known(DatagramDecision::Pass) => FragmentStage::FollowPass,
+            LaterFragment::Known(DatagramDecision::Drop(reason)) => FragmentStage::Drop(reason),
+            LaterFragment::Overlap => FragmentStage::Drop(DropReason::BadFragment),
+            LaterFragment::Orphan => match self.config.orphan_fragments {
+                Action::Allow => FragmentStage::FollowPass,
+                Action::Deny => FragmentStage::Drop(DropReason::BadFragment),
+            },
+        }
+    }
+
+    fn record_first_fragment(&mut self, key: Option<DatagramKey>, decision: DatagramDecision) {
+        if let Some(key) = key {
+            let (now, timeout) = (self.now, self.config.fragment_timeout);
+            self.fragments.decide(&key, decision, now, timeout);
+        }
+    }
+}
+
+enum FragmentStage {
+    Unfragmented,
+    First(DatagramKey),
+    FollowPass,
+    Drop(DropReason),
+}
+
+impl FrameFilter for Engine<'_> {
+    fn filter(&mut self, meta: &FrameMeta<'_>, frame: &[u8], out: &mut dyn FrameSink) -> Verdict {
+        self.decide(meta, frame, out).verdict
+    }
+}

@@ -1,0 +1,451 @@
+//! The container registry: who owns which VLAN, MAC, IPv4 address, cgroup and network namespace,
+//! with each container's rules, counters and scan state.
+//!
+//! Storage is a caller-provided slice of [`ContainerSlot`]s (so the hypervisor can place it in
+//! reserved memory and tests on the heap); lookups go through fixed hash indexes (O(1)) and a
+//! direct VLAN table. Nothing here allocates.
+
+use core::net::Ipv4Addr;
+
+use shoji_shared::ContainerId;
+
+use crate::counters::Counters;
+use crate::index::{FixedIndex, IndexError};
+use crate::parse::{is_group_mac, MacAddr};
+use crate::rules::{Action, Rule, RuleError, RuleSet, MAX_RULES};
+use crate::scan::OutboundScan;
+
+/// Most containers a registry holds (also the size its indexes are built for).
+pub const MAX_CONTAINERS: usize = 1024;
+/// Most MAC addresses per container.
+pub const MAX_MACS: usize = 2;
+/// Most IPv4 addresses per container.
+pub const MAX_IPV4: usize = 4;
+/// Highest usable VLAN id (4095 is reserved, 0 means "priority tag only").
+pub const MAX_VLAN: u16 = 4094;
+
+/// A container registration, as plain data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSpec {
+    /// The container's handle.
+    pub id: ContainerId,
+    /// Its VLAN on the guest bridge (1 to 4094).
+    pub vlan: u16,
+    /// cgroup v2 id its tasks run in, if known.
+    pub cgroup_id: Option<u64>,
+    /// Network-namespace inode its tasks use, if known.
+    pub netns_id: Option<u32>,
+    /// Its MAC addresses.
+    pub macs: heapless::Vec<MacAddr, MAX_MACS>,
+    /// Its IPv4 addresses.
+    pub ipv4: heapless::Vec<Ipv4Addr, MAX_IPV4>,
+    /// What happens to frames it sends that no rule matches.
+    pub default_egress: Action,
+    /// What happens to frames for it that no rule matches.
+    pub default_ingress: Action,
+    /// Ordered rules; the first match decides.
+    pub rules: heapless::Vec<Rule, MAX_RULES>,
+}
+
+impl ContainerSpec {
+    /// A spec with one MAC and one address, allow-all defaults and no rules.
+    pub fn new(id: u32, vlan: u16, mac: MacAddr, ip: Ipv4Addr) -> ContainerSpec {
+        let mut macs = heapless::Vec::new();
+        let _ = macs.push(mac);
+        let mut ipv4 = heapless::Vec::new();
+        let _ = ipv4.push(ip);
+        ContainerSpec {
+            id: ContainerId(id),
+            vlan,
+            cgroup_id: None,
+            netns_id: None,
+            macs,
+            ipv4,
+            default_egress: Action::Allow,
+            default_ingress: Action::Allow,
+            rules: heapless::Vec::new(),
+        }
+    }
+
+    /// Whether `mac` is one of the container's.
+    #[inline]
+    pub fn owns_mac(&self, mac: &MacAddr) -> bool {
+        self.macs.iter().any(|m| m == mac)
+    }
+
+    /// Whether `ip` is one of the container's.
+    #[inline]
+    pub fn owns_ipv4(&self, ip: Ipv4Addr) -> bool {
+        self.ipv4.iter().any(|a| *a == ip)
+    }
+
+    /// Check what can be checked without the rest of the registry.
+    pub fn validate(&self) -> Result<(), RegistryError> {
+        if self.vlan == 0 || self.vlan > MAX_VLAN {
+            return Err(RegistryError::InvalidVlan(self.vlan));
+        }
+        if self.macs.is_empty() {
+            return Err(RegistryError::NoMac);
+        }
+        for (i, mac) in self.macs.iter().enumerate() {
+            if is_group_mac(mac) || *mac == [0; 6] {
+                return Err(RegistryError::InvalidMac(*mac));
+            }
+            if self.macs[..i].contains(mac) {
+                return Err(RegistryError::DuplicateMac(*mac));
+            }
+        }
+        for (i, ip) in self.ipv4.iter().enumerate() {
+            if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
+                return Err(RegistryError::InvalidIpv4(*ip));
+            }
+            if self.ipv4[..i].contains(ip) {
+                return Err(RegistryError::DuplicateIpv4(*ip));
+            }
+        }
+        RuleSet::compile(&self.rules).map_err(|(index, error)| RegistryError::InvalidRule {
+            index: index as u16,
+            error,
+        })?;
+        Ok(())
+    }
+}
+
+/// Why a registration, update or removal was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistryError {
+    /// The registry holds as many containers as it can.
+    Full,
+    /// A container with this id is already registered.
+    DuplicateId(ContainerId),
+    /// No container with this id is registered.
+    NotFound(ContainerId),
+    /// VLAN 0 or above 4094.
+    InvalidVlan(u16),
+    /// The VLAN belongs to another container.
+    VlanInUse(u16, ContainerId),
+    /// A container needs at least one MAC.
+    NoMac,
+    /// A group (multicast/broadcast) or all-zero MAC.
+    InvalidMac(MacAddr),
+    /// The same MAC twice in one spec.
+    DuplicateMac(MacAddr),
+    /// The MAC belongs to another container.
+    MacInUse(MacAddr, ContainerId),
+    /// Unspecified, broadcast, multicast or loopback address.
+    InvalidIpv4(Ipv4Addr),
+    /// The same address twice in one spec.
+    DuplicateIpv4(Ipv4Addr),
+    /// The address belongs to another container.
+    Ipv4InUse(Ipv4Addr, ContainerId),
+    /// The cgroup belongs to another container.
+    CgroupInUse(u64, ContainerId),
+    /// The network namespace belongs to another container.
+    NetnsInUse(u32, ContainerId),
+    /// A rule is invalid.
+    InvalidRule {
+        /// Index of the rule.
+        index: u16,
+        /// What is wrong with it.
+        error: RuleError,
+    },
+}
+
+/// A registered container with its live state.
+#[derive(Debug, Clone)]
+pub struct Container {
+    /// The registration.
+    pub spec: ContainerSpec,
+    /// The compiled rules.
+    pub rules: RuleSet,
+    /// Its counters.
+    pub counters: Counters,
+    /// Its outbound scan state.
+    pub scan: OutboundScan,
+}
+
+/// One storage slot of the registry.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerSlot {
+    container: Option<Container>,
+}
+
+impl ContainerSlot {
+    /// An empty slot (for building storage: `[ContainerSlot::EMPTY; N]` or `vec![...]`).
+    pub const EMPTY: ContainerSlot = ContainerSlot { container: None };
+}
+
+const NO_SLOT: u16 = u16::MAX;
+
+/// The registry.
+#[derive(Debug)]
+pub struct Registry<'s> {
+    slots: &'s mut [ContainerSlot],
+    len: usize,
+    by_vlan: [u16; 4096],
+    by_id: FixedIndex<u32, { 2 * MAX_CONTAINERS }>,
+    by_mac: FixedIndex<MacAddr, { 2 * MAX_CONTAINERS * MAX_MACS }>,
+    by_ipv4: FixedIndex<u32, { 2 * MAX_CONTAINERS * MAX_IPV4 }>,
+    by_cgroup: FixedIndex<u64, { 2 * MAX_CONTAINERS }>,
+    by_netns: FixedIndex<u32, { 2 * MAX_CONTAINERS }>,
+}
+
+impl<'s> Registry<'s> {
+    /// A registry storing containers in `slots` (capacity: `min(slots.len(), MAX_CONTAINERS)`).
+    pub fn new(slots: &'s mut [ContainerSlot]) -> Registry<'s> {
+        for s in slots.iter_mut() {
+            s.container = None;
+        }
+        Registry {
+            slots,
+            len: 0,
+            by_vlan: [NO_SLOT; 4096],
+            by_id: FixedIndex::new(0),
+            by_mac: FixedIndex::new([0; 6]),
+            by_ipv4: FixedIndex::new(0),
+            by_cgroup: FixedIndex::new(0),
+            by_netns: FixedIndex::new(0),
+        }
+    }
+
+    /// How many containers it can hold.
+    pub fn capacity(&self) -> usize {
+        self.slots.len().min(MAX_CONTAINERS)
+    }
+
+    /// How many containers are registered.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no container is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The container in slot `slot`.
+    #[inline]
+    pub fn get(&self, slot: u16) -> Option<&Container> {
+        self.slots.get(slot as usize)?.container.as_ref()
+    }
+
+    /// The container in slot `slot`, mutably.
+    #[inline]
+    pub fn get_mut(&mut self, slot: u16) -> Option<&mut Container> {
+        self.slots.get_mut(slot as usize)?.container.as_mut()
+    }
+
+    /// Slot of the container with this id.
+    pub fn slot_of(&self, id: ContainerId) -> Option<u16> {
+        self.by_id.get(&id.0)
+    }
+
+    /// Slot of the container on `vlan`.
+    #[inline]
+    pub fn by_vlan(&self, vlan: u16) -> Option<u16> {
+        match self.by_vlan.get(vlan as usize) {
+            Some(&s) if s != NO_SLOT => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Slot of the container owning `mac`.
+    #[inline]
+    pub fn by_mac(&self, mac: &MacAddr) -> Option<u16> {
+        if self.by_mac.is_empty() {
+            return None;
+        }
+        self.by_mac.get(mac)
+    }
+
+    /// Slot of the container owning `ip`.
+    #[inline]
+    pub fn by_ipv4(&self, ip: Ipv4Addr) -> Option<u16> {
+        if self.by_ipv4.is_empty() {
+            return None;
+        }
+        self.by_ipv4.get(&u32::from(ip))
+    }
+
+    /// Slot of the container whose tasks run in cgroup `id`.
+    #[inline]
+    pub fn by_cgroup(&self, id: u64) -> Option<u16> {
+        if self.by_cgroup.is_empty() {
+            return None;
+        }
+        self.by_cgroup.get(&id)
+    }
+
+    /// Slot of the container whose tasks use network namespace `id`.
+    #[inline]
+    pub fn by_netns(&self, id: u32) -> Option<u16> {
+        if self.by_netns.is_empty() {
+            return None;
+        }
+        self.by_netns.get(&id)
+    }
+
+    /// The id of the container in `slot`.
+    pub fn id_of(&self, slot: u16) -> Option<ContainerId> {
+        self.get(slot).map(|c| c.spec.id)
+    }
+
+    /// Iterate over registered containers with their slots.
+    pub fn iter(&self) -> impl Iterator<Item = (u16, &Container)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.container.as_ref().map(|c| (i as u16, c)))
+    }
+
+    /// Check that `spec` claims nothing another container (other than `slot_self`) owns.
+    fn check_conflicts(
+        &self,
+        spec: &ContainerSpec,
+        slot_self: Option<u16>,
+    ) -> Result<(), RegistryError> {
+        let other = |s: Option<u16>| -> Option<ContainerId> {
+            match s {
+                Some(s) if Some(s) != slot_self => self.id_of(s),
+                _ => None,
+            }
+        };
+        if let Some(owner) = other(self.by_vlan(spec.vlan)) {
+            return Err(RegistryError::VlanInUse(spec.vlan, owner));
+        }
+        for mac in &spec.macs {
+            if let Some(owner) = other(self.by_mac(mac)) {
+                return Err(RegistryError::MacInUse(*mac, owner));
+            }
+        }
+        for ip in &spec.ipv4 {
+            if let Some(owner) = other(self.by_ipv4(*ip)) {
+                return Err(RegistryError::Ipv4InUse(*ip, owner));
+            }
+        }
+        if let Some(cg) = spec.cgroup_id {
+            if let Some(owner) = other(self.by_cgroup(cg)) {
+                return Err(RegistryError::CgroupInUse(cg, owner));
+            }
+        }
+        if let Some(ns) = spec.netns_id {
+            if let Some(owner) = other(self.by_netns(ns)) {
+                return Err(RegistryError::NetnsInUse(ns, owner));
+            }
+        }
+        Ok(())
+    }
+
+    fn index(&mut self, slot: u16, spec: &ContainerSpec) -> Result<(), IndexError> {
+        self.by_vlan[spec.vlan as usize] = slot;
+        self.by_id.insert(spec.id.0, slot)?;
+        for mac in &spec.macs {
+            self.by_mac.insert(*mac, slot)?;
+        }
+        for ip in &spec.ipv4 {
+            self.by_ipv4.insert(u32::from(*ip), slot)?;
+        }
+        if let Some(cg) = spec.cgroup_id {
+            self.by_cgroup.insert(cg, slot)?;
+        }
+        if let Some(ns) = spec.netns_id {
+            self.by_netns.insert(ns, slot)?;
+        }
+        Ok(())
+    }
+
+    fn unindex(&mut self, spec: &ContainerSpec) {
+        self.by_vlan[spec.vlan as usize] = NO_SLOT;
+        self.by_id.remove(&spec.id.0);
+        for mac in &spec.macs {
+            self.by_mac.remove(mac);
+        }
+        for ip in &spec.ipv4 {
+            self.by_ipv4.remove(&u32::from(*ip));
+        }
+        if let Some(cg) = spec.cgroup_id {
+            self.by_cgroup.remove(&cg);
+        }
+        if let Some(ns) = spec.netns_id {
+            self.by_netns.remove(&ns);
+        }
+    }
+
+    /// Register a new container; returns its slot.
+    pub fn add(&mut self, spec: ContainerSpec) -> Result<u16, RegistryError> {
+        spec.validate()?;
+        if let Some(slot) = self.slot_of(spec.id) {
+            let _ = slot;
+            return Err(RegistryError::DuplicateId(spec.id));
+        }
+        self.check_conflicts(&spec, None)?;
+        if self.len >= self.capacity() {
+            return Err(RegistryError::Full);
+        }
+        let Some(slot) = self.slots[..self.capacity()]
+            .iter()
+            .position(|s| s.container.is_none())
+        else {
+            return Err(RegistryError::Full);
+        };
+        let slot = slot as u16;
+        let rules =
+            RuleSet::compile(&spec.rules).map_err(|(index, error)| RegistryError::InvalidRule {
+                index: index as u16,
+                error,
+            })?;
+        // The indexes are sized for MAX_CONTAINERS full specs, so this cannot fail; undo if it
+        // somehow does.
+        if self.index(slot, &spec).is_err() {
+            self.unindex(&spec);
+            return Err(RegistryError::Full);
+        }
+        self.slots[slot as usize].container = Some(Container {
+            spec,
+            rules,
+            counters: Counters::ZERO,
+            scan: OutboundScan::NEW,
+        });
+        self.len += 1;
+        Ok(slot)
+    }
+
+    /// Replace a registered container's spec (same id); counters and scan state are kept.
+    pub fn update(&mut self, spec: ContainerSpec) -> Result<u16, RegistryError> {
+        spec.validate()?;
+        let slot = self
+            .slot_of(spec.id)
+            .ok_or(RegistryError::NotFound(spec.id))?;
+        self.check_conflicts(&spec, Some(slot))?;
+        let rules =
+            RuleSet::compile(&spec.rules).map_err(|(index, error)| RegistryError::InvalidRule {
+                index: index as u16,
+                error,
+            })?;
+        let Some(old) = self.get(slot).map(|c| c.spec.clone()) else {
+            return Err(RegistryError::NotFound(spec.id));
+        };
+        self.unindex(&old);
+        if self.index(slot, &spec).is_err() {
+            self.unindex(&spec);
+            let _ = self.index(slot, &old);
+            return Err(RegistryError::Full);
+        }
+        if let Some(c) = self.get_mut(slot) {
+            c.spec = spec;
+            c.rules = rules;
+        }
+        Ok(slot)
+    }
+
+    /// Unregister a container; returns its final counters.
+    pub fn remove(&mut self, id: ContainerId) -> Result<Counters, RegistryError> {
+        let slot = self.slot_of(id).ok_or(RegistryError::NotFound(id))?;
+        let Some(container) = self.slots[slot as usize].container.take() else {
+            return Err(RegistryError::NotFound(id));
+        };
+        self.unindex(&container.spec);
+        self.len -= 1;
+        Ok(container.counters)
+    }
+}

@@ -1,0 +1,376 @@
+//! Port-scan detection: distinct destination ports and hosts probed within a time window.
+//!
+//! A *probe* is a TCP connection attempt (SYN without ACK), a UDP datagram or an ICMP echo
+//! request. Each tracked party keeps a fixed window: when the window has elapsed, the next probe
+//! starts a new one. A party that reaches either threshold within one window is a scanner.
+//!
+//! Outbound, the scanner is a container (attributed by its port identity, which it cannot
+//! forge) and is blocked outbound for a configured time. Inbound, the scanner is a source
+//! address on the wire, which may be spoofed: it is recorded, and blocked only when the
+//! configuration says so and the address is not on the allow-list (the gateway, say).
+
+use core::net::Ipv4Addr;
+
+use crate::index::IndexKey;
+use crate::rules::Ipv4Cidr;
+
+/// Most distinct ports or hosts a window tracks; thresholds are clamped to this.
+pub const PROBE_SET_CAPACITY: usize = 64;
+/// Number of inbound sources tracked at once.
+pub const INBOUND_SOURCES: usize = 128;
+/// Number of inbound sources that can be blocked at once.
+pub const BLOCKED_SOURCES: usize = 64;
+/// Number of allow-list entries.
+pub const ALLOW_LIST_LEN: usize = 16;
+
+/// Scan-detector settings. Times are in the engine's time unit (nanoseconds by convention).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanConfig {
+    /// Whether detection runs at all.
+    pub enabled: bool,
+    /// Length of a window.
+    pub window: u64,
+    /// Distinct destination ports in one window that make a scan (2 to 64).
+    pub port_threshold: u16,
+    /// Distinct destination hosts in one window that make a scan (2 to 64).
+    pub host_threshold: u16,
+    /// How long a scanning container stays blocked outbound.
+    pub block_for: u64,
+    /// Whether an inbound scanner's source address is blocked (else only recorded).
+    pub block_inbound_sources: bool,
+    /// How long an inbound scanner stays blocked.
+    pub inbound_block_for: u64,
+    /// Addresses never blocked as inbound scanners, whatever they seem to do.
+    pub allow_list: heapless::Vec<Ipv4Cidr, ALLOW_LIST_LEN>,
+}
+
+impl Default for ScanConfig {
+    fn default() -> Self {
+        ScanConfig {
+            enabled: true,
+            window: 2_000_000_000,
+            port_threshold: 24,
+            host_threshold: 48,
+            block_for: 60_000_000_000,
+            block_inbound_sources: true,
+            inbound_block_for: 60_000_000_000,
+            allow_list: heapless::Vec::new(),
+        }
+    }
+}
+
+impl ScanConfig {
+    /// Whether `ip` is on the allow-list.
+    pub fn is_allow_listed(&self, ip: Ipv4Addr) -> bool {
+        self.allow_list.iter().any(|c| c.contains(ip))
+    }
+
+    fn port_limit(&self) -> usize {
+        (self.port_threshold as usize).clamp(2, PROBE_SET_CAPACITY)
+    }
+
+    fn host_limit(&self) -> usize {
+        (self.host_threshold as usize).clamp(2, PROBE_SET_CAPACITY)
+    }
+}
+
+/// One probe: a destination host, and a port when the protocol has ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    /// Destination address.
+    pub host: Ipv4Addr,
+    /// Destination port (TCP/UDP).
+    pub port: Option<u16>,
+}
+
+/// Distinct ports and hosts seen in the current window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeWindow {
+    start: u64,
+    active: bool,
+    ports: [u16; PROBE_SET_CAPACITY],
+    port_count: u8,
+    hosts: [u32; PROBE_SET_CAPACITY],
+    host_count: u8,
+}
+
+/// The counts after a probe was recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowCounts {
+    /// Distinct ports in the window.
+    pub ports: u16,
+    /// Distinct hosts in the window.
+    pub hosts: u16,
+    /// Whether a threshold is reached.
+    pub is_scan: bool,
+}
+
+impl ProbeWindow {
+    /// An empty window.
+    pub const EMPTY: ProbeWindow = ProbeWindow {
+        start: 0,
+        active: false,
+        ports: [0; PROBE_SET_CAPACITY],
+        port_count: 0,
+        hosts: [0; PROBE_SET_CAPACITY],
+        host_count: 0,
+    };
+
+    fn expired(&self, now: u64, window: u64) -> bool {
+        !self.active || now.saturating_sub(self.start) >= window
+    }
+
+    /// Record `probe` at `now`, starting a new window if the current one has elapsed.
+    pub fn record(&mut self, now: u64, config: &ScanConfig, probe: Probe) -> WindowCounts {
+        if self.expired(now, config.window) {
+            *self = ProbeWindow::EMPTY;
+            self.start = now;
+            self.active = true;
+        }
+        if let Some(port) = probe.port {
+            let n = self.port_count as usize;
+            if !self.ports[..n].contains(&port) && n < PROBE_SET_CAPACITY {
+                self.ports[n] = port;
+                self.port_count += 1;
+            }
+        }
+        let host = u32::from(probe.host);
+        let n = self.host_count as usize;
+        if !self.hosts[..n].contains(&host) && n < PROBE_SET_CAPACITY {
+            self.hosts[n] = host;
+            self.host_count += 1;
+        }
+        WindowCounts {
+            ports: u16::from(self.port_count),
+            hosts: u16::from(self.host_count),
+            is_scan: self.port_count as usize >= config.port_limit()
+                || self.host_count as usize >= config.host_limit(),
+        }
+    }
+}
+
+/// Outbound scan state of one container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboundScan {
+    window: ProbeWindow,
+    blocked_until: Option<u64>,
+}
+
+/// What recording an outbound probe found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanVerdict {
+    /// Nothing unusual.
+    Clear,
+    /// This probe made the container a scanner: it is now blocked.
+    NewlyBlocked(WindowCounts, u64),
+}
+
+impl OutboundScan {
+    /// No history.
+    pub const NEW: OutboundScan = OutboundScan {
+        window: ProbeWindow::EMPTY,
+        blocked_until: None,
+    };
+
+    /// Whether the container is blocked at `now` (an expired block is lifted).
+    #[inline]
+    pub fn is_blocked(&mut self, now: u64) -> bool {
+        match self.blocked_until {
+            Some(until) if now < until => true,
+            Some(_) => {
+                self.blocked_until = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// The end of the current block, if blocked.
+    pub fn blocked_until(&self) -> Option<u64> {
+        self.blocked_until
+    }
+
+    /// Lift the block (operator action).
+    pub fn unblock(&mut self) {
+        self.blocked_until = None;
+        self.window = ProbeWindow::EMPTY;
+    }
+
+    /// Record a probe; blocks the container when it crosses a threshold.
+    pub fn record(&mut self, now: u64, config: &ScanConfig, probe: Probe) -> ScanVerdict {
+        let counts = self.window.record(now, config, probe);
+        if counts.is_scan {
+            let until = now.saturating_add(config.block_for);
+            self.blocked_until = Some(until);
+            self.window = ProbeWindow::EMPTY;
+            ScanVerdict::NewlyBlocked(counts, until)
+        } else {
+            ScanVerdict::Clear
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct SourceEntry {
+    source: u32,
+    used: bool,
+    window: ProbeWindow,
+}
+
+/// What recording an inbound probe found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboundVerdict {
+    /// Nothing unusual.
+    Clear,
+    /// The source crossed a threshold; `blocked_until` is set when it is now blocked.
+    Scan {
+        /// The counts that crossed the threshold.
+        counts: WindowCounts,
+        /// End of the block, when one was imposed.
+        blocked_until: Option<u64>,
+    },
+}
+
+/// Inbound scan tracking and the blocked-source list.
+#[derive(Debug, Clone)]
+pub struct InboundScans {
+    sources: [SourceEntry; INBOUND_SOURCES],
+    blocked: [(u32, u64); BLOCKED_SOURCES],
+    blocked_len: usize,
+}
+
+const WAYS: usize = 4;
+
+impl InboundScans {
+    /// Nothing tracked.
+    pub const fn new() -> InboundScans {
+        InboundScans {
+            sources: [SourceEntry {
+                source: 0,
+                used: false,
+                window: ProbeWindow::EMPTY,
+            }; INBOUND_SOURCES],
+            blocked: [(0, 0); BLOCKED_SOURCES],
+            blocked_len: 0,
+        }
+    }
+
+    /// Whether `source` is blocked at `now` (expired blocks are dropped from the list).
+    #[inline]
+    pub fn is_blocked(&mut self, now: u64, source: Ipv4Addr) -> bool {
+        if self.blocked_len == 0 {
+            return false;
+        }
+        let ip = u32::from(source);
+        let mut i = 0;
+        let mut hit = false;
+        while i < self.blocked_len {
+            let (addr, until) = self.blocked[i];
+            if now >= until {
+                self.blocked_len -= 1;
+                self.blocked[i] = self.blocked[self.blocked_len];
+                continue;
+            }
+            hit |= addr == ip;
+            i += 1;
+        }
+        hit
+    }
+
+    /// Number of sources currently on the blocked list (including not yet purged expired ones).
+    pub fn blocked_count(&self) -> usize {
+        self.blocked_len
+    }
+
+    /// Remove `source` from the blocked list (operator action); returns whether it was there.
+    pub fn unblock(&mut self, source: Ipv4Addr) -> bool {
+        let ip = u32::from(source);
+        for i in 0..self.blocked_len {
+            if self.blocked[i].0 == ip {
+                self.blocked_len -= 1;
+                self.blocked[i] = self.blocked[self.blocked_len];
+                return true;
+            }
+        }
+        false
+    }
+
+    fn block(&mut self, ip: u32, until: u64) {
+        for entry in self.blocked[..self.blocked_len].iter_mut() {
+            if entry.0 == ip {
+                entry.1 = entry.1.max(until);
+                return;
+            }
+        }
+        if self.blocked_len < BLOCKED_SOURCES {
+            self.blocked[self.blocked_len] = (ip, until);
+            self.blocked_len += 1;
+        } else {
+            // Full: replace the block that ends soonest.
+            let mut victim = 0;
+            for i in 1..BLOCKED_SOURCES {
+                if self.blocked[i].1 < self.blocked[victim].1 {
+                    victim = i;
+                }
+            }
+            self.blocked[victim] = (ip, until);
+        }
+    }
+
+    /// Record a probe from `source`.
+    pub fn record(
+        &mut self,
+        now: u64,
+        config: &ScanConfig,
+        source: Ipv4Addr,
+        probe: Probe,
+    ) -> InboundVerdict {
+        let ip = u32::from(source);
+        let base = (ip.hash32() as usize) & (INBOUND_SOURCES - 1) & !(WAYS - 1);
+        let mut chosen = None;
+        let mut oldest = base;
+        for i in base..base + WAYS {
+            let e = &self.sources[i];
+            if e.used && e.source == ip {
+                chosen = Some(i);
+                break;
+            }
+            if !e.used || e.window.expired(now, config.window) {
+                chosen.get_or_insert(i);
+            } else if e.window.start < self.sources[oldest].window.start {
+                oldest = i;
+            }
+        }
+        let i = chosen.unwrap_or(oldest);
+        let entry = &mut self.sources[i];
+        if !(entry.used && entry.source == ip) {
+            *entry = SourceEntry {
+                source: ip,
+                used: true,
+                window: ProbeWindow::EMPTY,
+            };
+        }
+        let counts = entry.window.record(now, config, probe);
+        if !counts.is_scan {
+            return InboundVerdict::Clear;
+        }
+        entry.window = ProbeWindow::EMPTY;
+        let blocked_until = if config.block_inbound_sources && !config.is_allow_listed(source) {
+            let until = now.saturating_add(config.inbound_block_for);
+            self.block(ip, until);
+            Some(until)
+        } else {
+            None
+        };
+        InboundVerdict::Scan {
+            counts,
+            blocked_until,
+        }
+    }
+}
+
+impl Default for InboundScans {
+    fn default() -> Self {
+        InboundScans::new()
+    }
+}

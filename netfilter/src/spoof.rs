@@ -1,0 +1,178 @@
+//! Spoof checks: does a frame's claimed identity belong to the party its port names?
+//!
+//! TX from a container: the source MAC, the IPv4 source, and an ARP packet's sender fields must
+//! be the container's own; a trusted task identity (cgroup or network namespace) naming another
+//! container is a spoof too. TX from the host: the frame must not claim a container's addresses.
+//! RX: ARP claiming a registered container's address from a MAC that is not that container's.
+
+use core::net::Ipv4Addr;
+
+use shoji_shared::{DropReason, TaskIdentity};
+
+use crate::parse::{MacAddr, Network, ParsedFrame, Transport};
+use crate::registry::Registry;
+
+/// A spoof that was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpoofFinding {
+    /// `SpoofedMac`, `SpoofedIp`, `SpoofedArp` or `IdentityMismatch`.
+    pub reason: DropReason,
+    /// Slot of the container the frame claimed to be, if it names a registered one.
+    pub claimed: Option<u16>,
+    /// The MAC claimed.
+    pub mac: MacAddr,
+    /// The IPv4 address claimed, if any.
+    pub ipv4: Option<Ipv4Addr>,
+}
+
+/// The container a trusted task belongs to (by cgroup first, then network namespace).
+pub fn task_container(registry: &Registry<'_>, task: &TaskIdentity) -> Option<u16> {
+    if !task.is_actor() {
+        return None;
+    }
+    task.cgroup_id
+        .and_then(|cg| registry.by_cgroup(cg))
+        .or_else(|| task.netns_id.and_then(|ns| registry.by_netns(ns)))
+}
+
+fn source_ipv4(frame: &ParsedFrame) -> Option<Ipv4Addr> {
+    match frame.network {
+        Network::Arp(arp) => Some(arp.sender_ip),
+        Network::Ipv4(ip) => Some(ip.src),
+        _ => None,
+    }
+}
+
+/// Whether an unspecified IPv4 source is legitimate: DHCP client traffic (UDP 68 to 67).
+fn is_dhcp_client(frame: &ParsedFrame) -> bool {
+    matches!(
+        frame.network,
+        Network::Ipv4(ip) if ip.src.is_unspecified()
+            && matches!(ip.transport, Transport::Udp { src_port: 68, dst_port: 67 })
+    )
+}
+
+/// Check the identity signals of a TX frame: port (`sender`, `None` = host) against the trusted
+/// task identity.
+pub fn check_identity(
+    registry: &Registry<'_>,
+    sender: Option<u16>,
+    frame: &ParsedFrame,
+    task: Option<&TaskIdentity>,
+) -> Result<(), SpoofFinding> {
+    let Some(task) = task else { return Ok(()) };
+    match task_container(registry, task) {
+        Some(owner) if Some(owner) != sender => Err(SpoofFinding {
+            reason: DropReason::IdentityMismatch,
+            claimed: Some(owner),
+            mac: frame.src_mac,
+            ipv4: source_ipv4(frame),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Check a TX frame sent from container `slot`'s port.
+pub fn check_container_tx(
+    registry: &Registry<'_>,
+    slot: u16,
+    frame: &ParsedFrame,
+) -> Result<(), SpoofFinding> {
+    let Some(container) = registry.get(slot) else {
+        return Ok(());
+    };
+    let spec = &container.spec;
+    let finding = |reason, mac: MacAddr, ipv4: Option<Ipv4Addr>| {
+        let claimed = ipv4
+            .and_then(|ip| registry.by_ipv4(ip))
+            .filter(|s| *s != slot)
+            .or_else(|| registry.by_mac(&mac).filter(|s| *s != slot));
+        SpoofFinding {
+            reason,
+            claimed,
+            mac,
+            ipv4,
+        }
+    };
+    if !spec.owns_mac(&frame.src_mac) {
+        return Err(finding(
+            DropReason::SpoofedMac,
+            frame.src_mac,
+            source_ipv4(frame),
+        ));
+    }
+    match frame.network {
+        Network::Arp(arp) => {
+            let ip_ok = arp.sender_ip.is_unspecified() || spec.owns_ipv4(arp.sender_ip);
+            if arp.sender_mac != frame.src_mac || !ip_ok {
+                return Err(finding(
+                    DropReason::SpoofedArp,
+                    arp.sender_mac,
+                    Some(arp.sender_ip),
+                ));
+            }
+        }
+        Network::Ipv4(ip) => {
+            if !spec.owns_ipv4(ip.src) && !is_dhcp_client(frame) {
+                return Err(finding(DropReason::SpoofedIp, frame.src_mac, Some(ip.src)));
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Check a TX frame from the host: it must not claim a container's MAC or address.
+pub fn check_host_tx(registry: &Registry<'_>, frame: &ParsedFrame) -> Result<(), SpoofFinding> {
+    if registry.is_empty() {
+        return Ok(());
+    }
+    if let Some(owner) = registry.by_mac(&frame.src_mac) {
+        return Err(SpoofFinding {
+            reason: DropReason::SpoofedMac,
+            claimed: Some(owner),
+            mac: frame.src_mac,
+            ipv4: source_ipv4(frame),
+        });
+    }
+    let (reason, mac, ip) = match frame.network {
+        Network::Arp(arp) => (DropReason::SpoofedArp, arp.sender_mac, arp.sender_ip),
+        Network::Ipv4(ip) => (DropReason::SpoofedIp, frame.src_mac, ip.src),
+        _ => return Ok(()),
+    };
+    let arp_mac_owner = match frame.network {
+        Network::Arp(arp) => registry.by_mac(&arp.sender_mac),
+        _ => None,
+    };
+    if let Some(owner) = registry.by_ipv4(ip).or(arp_mac_owner) {
+        return Err(SpoofFinding {
+            reason,
+            claimed: Some(owner),
+            mac,
+            ipv4: Some(ip),
+        });
+    }
+    Ok(())
+}
+
+/// Check an RX frame: ARP claiming a container's address from a MAC that is not the container's.
+pub fn check_rx(registry: &Registry<'_>, frame: &ParsedFrame) -> Result<(), SpoofFinding> {
+    let Network::Arp(arp) = frame.network else {
+        return Ok(());
+    };
+    let Some(owner) = registry.by_ipv4(arp.sender_ip) else {
+        return Ok(());
+    };
+    let Some(container) = registry.get(owner) else {
+        return Ok(());
+    };
+    if !container.spec.owns_mac(&arp.sender_mac) || !container.spec.owns_mac(&frame.src_mac) {
+        return Err(SpoofFinding {
+            reason: DropReason::SpoofedArp,
+            claimed: Some(owner),
+            mac: arp.sender_mac,
+            ipv4: Some(arp.sender_ip),
+        });
+    }
+    Ok(())
+}
