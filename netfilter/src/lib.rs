@@ -7,6 +7,7 @@ extern crate std;
 
 pub mod config;
 pub mod counters;
+pub mod encoding;
 pub mod engine;
 pub mod events;
 pub mod fragments;
