@@ -1,2 +1,18 @@
-//! Shoji's VMX core: VMCS, EPT, exit dispatch, VMCALL dispatcher, counters and log.
+//! Shoji's VMX core: VMCS set-up, EPT, exit dispatch, VMCALL dispatcher, counters and log.
+//!
+//! The policy-free logic (MTRR types, EPT construction, CPUID and MSR answers, counters) is plain
+//! code tested on the host; the VMX instructions and the exit entry point live in [`vmx`] and run
+//! only on the real (or emulated) CPU.
 #![no_std]
+
+pub mod ept;
+pub mod mtrr;
+pub mod counters;
+pub mod cpuid;
+pub mod msr;
+pub mod arena;
+pub mod log;
+pub mod paging;
+pub mod setup;
+#[cfg(target_arch = "x86_64")]
+pub mod vmx;

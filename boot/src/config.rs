@@ -1,0 +1,295 @@
+//! The configuration file `shoji.cfg`, read from the directory `shoji.efi` was started from.
+//!
+//! One `key = value` per line; `#` starts a comment; blank lines are ignored; unknown keys,
+//! repeated keys and bad values are errors (a typo must not silently weaken protection).
+//!
+//! | key | value | default |
+//! |---|---|---|
+//! | `image` | path of the next EFI image on the same volume (`\vmlinuz`, `\EFI\debian\shimx64.efi`), or `none` | required |
+//! | `cmdline` | load options passed to the image (a kernel command line) | empty |
+//! | `fail_mode` | `open` (boot unprotected when Shoji cannot start) or `closed` (refuse to boot) | `closed` |
+//! | `log_level` | `error`, `warn`, `info`, `debug`, `trace` | `info` |
+//! | `log_port` | I/O port of Shoji's log UART (`0x2f8` = COM2), `0` for none | `0x2f8` |
+//! | `agent_key` | 64 hex digits: the key the guest agent proves for privileged calls | none (privileged calls refused) |
+//! | `expose_hypervisor_memory` | `true` leaves Shoji's memory visible to the guest: TEST ONLY | `false` |
+
+use alloc::string::{String, ToString};
+use core::fmt;
+
+/// What to do when Shoji cannot protect the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailMode {
+    /// Boot the configured image unprotected, saying so on the console.
+    Open,
+    /// Refuse to boot.
+    Closed,
+}
+
+/// The image to start after Shoji is running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NextImage {
+    /// A path on the volume Shoji was loaded from.
+    Path(String),
+    /// Start nothing (tests that only need Shoji itself).
+    None,
+}
+
+/// A parsed configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Image to start.
+    pub image: NextImage,
+    /// Its load options.
+    pub cmdline: String,
+    /// Fail mode.
+    pub fail_mode: FailMode,
+    /// Log level 0 (error) to 4 (trace).
+    pub log_level: u8,
+    /// Log UART port.
+    pub log_port: u16,
+    /// The agent key, if provisioned.
+    pub agent_key: Option<[u8; 32]>,
+    /// Test-only: do not hide Shoji's memory.
+    pub expose_hypervisor_memory: bool,
+}
+
+/// A configuration error: the line (1-based, 0 = whole file) and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// 1-based line number, 0 when not tied to a line.
+    pub line: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "line {}: {}", self.line, self.message)
+        }
+    }
+}
+
+fn err(line: usize, message: impl ToString) -> ConfigError {
+    ConfigError { line, message: message.to_string() }
+}
+
+const KEYS: [&str; 7] = [
+    "image",
+    "cmdline",
+    "fail_mode",
+    "log_level",
+    "log_port",
+    "agent_key",
+    "expose_hypervisor_memory",
+];
+
+/// Parse the configuration text.
+pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    let mut seen = [false; KEYS.len()];
+    let mut image = None;
+    let mut cfg = Config {
+        image: NextImage::None,
+        cmdline: String::new(),
+        fail_mode: FailMode::Closed,
+        log_level: 2,
+        log_port: 0x2f8,
+        agent_key: None,
+        expose_hypervisor_memory: false,
+    };
+    for (n, raw) in text.lines().enumerate() {
+        let line = n + 1;
+        let content = raw.trim_start_matches('\u{feff}').trim();
+        if content.is_empty() || content.starts_with('#') {
+            continue;
+        }
+        let (key, value) = content
+            .split_once('=')
+            .ok_or_else(|| err(line, "expected `key = value`"))?;
+        let key = key.trim();
+        let value = value.trim();
+        let idx = KEYS
+            .iter()
+            .position(|k| *k == key)
+            .ok_or_else(|| err(line, alloc::format!("unknown key `{key}`")))?;
+        if core::mem::replace(&mut seen[idx], true) {
+            return Err(err(line, alloc::format!("`{key}` is given twice")));
+        }
+        match key {
+            "image" => {
+                if value.is_empty() {
+                    return Err(err(line, "`image` is empty"));
+                }
+                image = Some(if value == "none" {
+                    NextImage::None
+                } else {
+                    NextImage::Path(normalize_path(value))
+                });
+            }
+            "cmdline" => cfg.cmdline = value.to_string(),
+            "fail_mode" => {
+                cfg.fail_mode = parse_fail_mode(value)
+                    .ok_or_else(|| err(line, "`fail_mode` must be `open` or `closed`"))?
+            }
+            "log_level" => {
+                cfg.log_level = match value {
+                    "error" => 0,
+                    "warn" => 1,
+                    "info" => 2,
+                    "debug" => 3,
+                    "trace" => 4,
+                    _ => return Err(err(line, "`log_level` must be error, warn, info, debug or trace")),
+                }
+            }
+            "log_port" => {
+                cfg.log_port = parse_u64(value)
+                    .and_then(|v| u16::try_from(v).ok())
+                    .ok_or_else(|| err(line, "`log_port` must be an I/O port number (0-0xffff)"))?
+            }
+            "agent_key" => cfg.agent_key = Some(parse_key(value).map_err(|m| err(line, m))?),
+            "expose_hypervisor_memory" => {
+                cfg.expose_hypervisor_memory = match value {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(err(line, "`expose_hypervisor_memory` must be true or false")),
+                }
+            }
+            // Every name in KEYS is handled above.
+            _ => {}
+        }
+    }
+    cfg.image = image.ok_or_else(|| err(0, "`image` is missing (name the next EFI image, or `none`)"))?;
+    Ok(cfg)
+}
+
+/// Find the fail mode in a configuration that does not parse as a whole, so that a broken file
+/// still honours the operator's choice when it can be read.
+pub fn fail_mode_hint(text: &str) -> Option<FailMode> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once('=')?;
+        (k.trim() == "fail_mode").then(|| parse_fail_mode(v.trim()))?
+    })
+}
+
+fn parse_fail_mode(v: &str) -> Option<FailMode> {
+    match v {
+        "open" => Some(FailMode::Open),
+        "closed" => Some(FailMode::Closed),
+        _ => None,
+    }
+}
+
+fn parse_u64(v: &str) -> Option<u64> {
+    if let Some(hex) = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        u64::from_str_radix(hex, 16).ok()
+    } else {
+        v.parse().ok()
+    }
+}
+
+fn parse_key(v: &str) -> Result<[u8; 32], &'static str> {
+    if v.len() != 64 {
+        return Err("`agent_key` must be 64 hex digits (32 bytes)");
+    }
+    let mut key = [0u8; 32];
+    for (i, byte) in key.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&v[2 * i..2 * i + 2], 16)
+            .map_err(|_| "`agent_key` must be 64 hex digits (32 bytes)")?;
+    }
+    if key.iter().all(|b| *b == 0) {
+        return Err("`agent_key` must not be all zeros");
+    }
+    Ok(key)
+}
+
+/// Use UEFI's backslashes and make the path absolute.
+fn normalize_path(p: &str) -> String {
+    let p = p.replace('/', "\\");
+    if p.starts_with('\\') {
+        p
+    } else {
+        alloc::format!("\\{p}")
+    }
+}
+
+/// The directory part of a UEFI file path (`\EFI\BOOT\BOOTX64.EFI` -> `\EFI\BOOT`).
+pub fn directory_of(path: &str) -> &str {
+    match path.rfind('\\') {
+        Some(i) => &path[..i],
+        None => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = "# Shoji\n\
+        image = \\vmlinuz\n\
+        cmdline = initrd=\\initrd.img console=ttyS0 quiet\n\
+        fail_mode = open\n\
+        log_level = debug\n\
+        log_port = 0x3f8\n\
+        agent_key = 00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n\
+        expose_hypervisor_memory = false\n";
+
+    #[test]
+    fn full_config_parses() {
+        let c = parse(FULL).unwrap();
+        assert_eq!(c.image, NextImage::Path("\\vmlinuz".into()));
+        assert_eq!(c.cmdline, "initrd=\\initrd.img console=ttyS0 quiet");
+        assert_eq!(c.fail_mode, FailMode::Open);
+        assert_eq!(c.log_level, 3);
+        assert_eq!(c.log_port, 0x3f8);
+        assert_eq!(c.agent_key.unwrap()[1], 0x11);
+        assert!(!c.expose_hypervisor_memory);
+    }
+
+    #[test]
+    fn defaults_are_safe() {
+        let c = parse("image = EFI/debian/grubx64.efi").unwrap();
+        assert_eq!(c.image, NextImage::Path("\\EFI\\debian\\grubx64.efi".into()));
+        assert_eq!(c.fail_mode, FailMode::Closed);
+        assert_eq!(c.agent_key, None);
+        assert_eq!(c.log_port, 0x2f8);
+        assert_eq!(parse("image = none\r\n").unwrap().image, NextImage::None);
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let cases = [
+            ("image = a\nfoo = 1", 2, "unknown key"),
+            ("image = a\nimage = b", 2, "twice"),
+            ("image = a\nfail_mode = maybe", 2, "open"),
+            ("image = a\njust text", 2, "key = value"),
+            ("image = a\nagent_key = 1234", 2, "64 hex"),
+            ("image = a\nagent_key = zz112233445566778899aabbccddeeff00112233445566778899aabbccddeeff", 2, "64 hex"),
+            ("image = a\nagent_key = 0000000000000000000000000000000000000000000000000000000000000000", 2, "zeros"),
+            ("image = a\nlog_port = 0x10000", 2, "port"),
+            ("image = a\nexpose_hypervisor_memory = yes", 2, "true or false"),
+            ("image =", 1, "empty"),
+            ("fail_mode = open", 0, "missing"),
+        ];
+        for (text, line, needle) in cases {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.line, line, "{text}: {e}");
+            assert!(e.to_string().contains(needle), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn fail_mode_survives_a_broken_file() {
+        assert_eq!(fail_mode_hint("fail_mode = open\nbroken line"), Some(FailMode::Open));
+        assert_eq!(fail_mode_hint("garbage"), None);
+        assert_eq!(fail_mode_hint("fail_mode = sideways"), None);
+    }
+
+    #[test]
+    fn directories() {
+        assert_eq!(directory_of("\\EFI\\BOOT\\BOOTX64.EFI"), "\\EFI\\BOOT");
+        assert_eq!(directory_of("\\shoji.efi"), "");
+        assert_eq!(directory_of("shoji.efi"), "");
+    }
+}

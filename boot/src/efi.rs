@@ -1,0 +1,412 @@
+//! The boot sequence, BitVisor-style:
+//!
+//! 1. Copy Shoji's own image into memory reserved as `EfiReservedMemoryType` (the firmware's
+//!    LoaderCode copy is reclaimed by the OS later), before anything initializes global state,
+//!    and apply the image's relocations for the move.
+//! 2. Read `shoji.cfg` beside the application, check VMX.
+//! 3. Build Shoji's page tables and the setup page, then take every CPU into VMX non-root mode:
+//!    the bootstrap processor here, the application processors through UEFI MP services. The
+//!    firmware keeps running, now as Shoji's guest.
+//! 4. Check on every CPU, from guest code, that CPUID shows Shoji's signature.
+//! 5. Start the configured image (a Linux kernel, GRUB or shim) with its command line.
+//!
+//! When Shoji cannot start, the configured fail mode decides: `open` boots the image unprotected
+//! and says so, `closed` refuses to boot.
+
+extern crate alloc;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::ffi::c_void;
+use core::ptr::NonNull;
+use shoji_boot::config::{self, Config, FailMode, NextImage};
+use shoji_boot::pe;
+use shoji_hypervisor::arena::Arena;
+use shoji_hypervisor::setup::{layout, Setup, SETUP_MAGIC};
+use shoji_hypervisor::vmx::launch::{self, LaunchArgs};
+use uefi::boot::{self, AllocateType, LoadImageSource, MemoryType};
+use uefi::prelude::*;
+use uefi::proto::device_path::text::{AllowShortcuts, DisplayOnly};
+use uefi::proto::device_path::{build, DevicePath};
+use uefi::proto::loaded_image::LoadedImage;
+use uefi::proto::pi::mp::MpServices;
+use uefi::{println, CString16};
+
+/// Size of Shoji's reserved memory.
+const REGION_SIZE: u64 = 32 << 20;
+/// Where the configuration is looked for when the application's own path is unknown.
+const FALLBACK_CONFIG: &str = "\\EFI\\BOOT\\shoji.cfg";
+
+/// Shoji's image, copied and relocated into reserved memory.
+struct Placement {
+    region: u64,
+    original_base: u64,
+    image_size: u64,
+}
+
+#[entry]
+fn main() -> Status {
+    // Step 1 first: the copy must be taken while the image's data is still as loaded.
+    let placement = place_image();
+    if uefi::helpers::init().is_err() {
+        return Status::ABORTED;
+    }
+    println!("shoji: starting Shoji {}", env!("CARGO_PKG_VERSION"));
+    let (cfg, own_dir) = match load_config() {
+        Ok(c) => c,
+        Err((reason, mode)) => {
+            println!("shoji: configuration error: {reason}");
+            return fail(mode, None, placement.ok());
+        }
+    };
+    let placement = match placement {
+        Ok(p) => p,
+        Err(reason) => {
+            println!("shoji: cannot place the hypervisor: {reason}");
+            return fail(cfg.fail_mode, Some((&cfg, &own_dir)), None);
+        }
+    };
+    if let Err(reason) = vmx_available() {
+        println!("shoji: VMX unavailable: {reason}");
+        return fail(cfg.fail_mode, Some((&cfg, &own_dir)), Some(placement));
+    }
+    match start_hypervisor(&cfg, &placement) {
+        Ok(cpus) => println!("shoji: hypervisor running on {cpus} cpu(s)"),
+        Err(HvError::NotStarted(reason)) => {
+            println!("shoji: hypervisor failed to start: {reason}");
+            return fail(cfg.fail_mode, Some((&cfg, &own_dir)), Some(placement));
+        }
+        Err(HvError::Partial(reason)) => {
+            // The bootstrap processor is virtualized: the region can no longer be freed.
+            println!("shoji: hypervisor only partly started: {reason}");
+            return fail(cfg.fail_mode, Some((&cfg, &own_dir)), None);
+        }
+    }
+    match &cfg.image {
+        NextImage::None => {
+            println!("shoji: image = none: no image to start");
+            Status::SUCCESS
+        }
+        NextImage::Path(path) => match start_image(path, &cfg.cmdline) {
+            Ok(()) => Status::SUCCESS,
+            Err(reason) => {
+                println!("shoji: cannot start {path}: {reason}");
+                fail(cfg.fail_mode, None, None)
+            }
+        },
+    }
+}
+
+/// Act on the fail mode. With `Some(cfg)`, fail-open boots the configured image unprotected;
+/// an unused reserved region is given back.
+fn fail(mode: FailMode, boot: Option<(&Config, &str)>, unused: Option<Placement>) -> Status {
+    if let Some(p) = unused {
+        // SAFETY: the region was allocated by `place_image` and no CPU runs Shoji from it.
+        let _ = unsafe { boot::free_pages(region_ptr(p.region), (REGION_SIZE / 4096) as usize) };
+    }
+    match mode {
+        FailMode::Closed => {
+            println!("shoji: fail-closed: refusing to boot");
+            loop {
+                boot::stall(1_000_000);
+            }
+        }
+        FailMode::Open => {
+            println!("shoji: fail-open: booting WITHOUT protection");
+            match boot {
+                Some((cfg, _)) => match &cfg.image {
+                    NextImage::Path(path) => match start_image(path, &cfg.cmdline) {
+                        Ok(()) => Status::SUCCESS,
+                        Err(reason) => {
+                            println!("shoji: cannot start {path}: {reason}");
+                            Status::LOAD_ERROR
+                        }
+                    },
+                    NextImage::None => Status::SUCCESS,
+                },
+                None => Status::ABORTED,
+            }
+        }
+    }
+}
+
+fn region_ptr(addr: u64) -> NonNull<u8> {
+    NonNull::new(addr as *mut u8).unwrap_or(NonNull::dangling())
+}
+
+/// Copy the running image into freshly reserved memory and relocate it there.
+fn place_image() -> Result<Placement, &'static str> {
+    let (base, size) = {
+        let li = boot::open_protocol_exclusive::<LoadedImage>(boot::image_handle())
+            .map_err(|_| "LoadedImage protocol unavailable")?;
+        let (b, s) = li.info();
+        (b as u64, s)
+    };
+    // SAFETY: the firmware loaded this image at `base` with `size` bytes.
+    let original = unsafe { core::slice::from_raw_parts(base as *const u8, size as usize) };
+    let image_size = pe::size_of_image(original).map_err(|_| "own image is not PE32+")? as u64;
+    if layout::IMAGE + image_size + (1 << 20) > REGION_SIZE {
+        return Err("own image does not fit the reserved region");
+    }
+    let region = boot::allocate_pages(
+        AllocateType::MaxAddress(0xffff_ffff),
+        MemoryType::RESERVED,
+        (REGION_SIZE / 4096) as usize,
+    )
+    .map_err(|_| "cannot allocate reserved memory")?
+    .as_ptr() as u64;
+    let copy_base = region + layout::IMAGE;
+    // SAFETY: `region` is REGION_SIZE bytes of memory just allocated to Shoji; the image copy
+    // fits (checked above) and does not overlap the original.
+    let copy = unsafe {
+        core::ptr::write_bytes(region as *mut u8, 0, layout::IMAGE as usize);
+        core::ptr::copy_nonoverlapping(base as *const u8, copy_base as *mut u8, image_size as usize);
+        core::slice::from_raw_parts_mut(copy_base as *mut u8, image_size as usize)
+    };
+    if pe::relocate(copy, copy_base.wrapping_sub(base)).is_err() {
+        // SAFETY: allocated just above, unused.
+        let _ = unsafe { boot::free_pages(region_ptr(region), (REGION_SIZE / 4096) as usize) };
+        return Err("cannot relocate own image");
+    }
+    Ok(Placement { region, original_base: base, image_size })
+}
+
+/// Read and parse `shoji.cfg` from the application's directory. On error, the reason and the
+/// fail mode to apply (the file's own, if readable, else closed).
+fn load_config() -> Result<(Config, String), (String, FailMode)> {
+    let own_path = {
+        let li = boot::open_protocol_exclusive::<LoadedImage>(boot::image_handle()).ok();
+        li.and_then(|li| {
+            li.file_path()
+                .and_then(|p| p.to_string(DisplayOnly(false), AllowShortcuts(false)).ok())
+                .map(|s| String::from(&s))
+        })
+    };
+    let dir = own_path
+        .as_deref()
+        .map(config::directory_of)
+        .unwrap_or("\\EFI\\BOOT")
+        .into();
+    let path = match own_path {
+        Some(_) => alloc::format!("{dir}\\shoji.cfg"),
+        None => FALLBACK_CONFIG.into(),
+    };
+    let text = read_file(&path).map_err(|e| (alloc::format!("cannot read {path}: {e}"), FailMode::Closed))?;
+    let text = String::from_utf8(text).map_err(|_| (alloc::format!("{path} is not UTF-8 text"), FailMode::Closed))?;
+    config::parse(&text)
+        .map(|c| (c, dir))
+        .map_err(|e| (alloc::format!("{path}: {e}"), config::fail_mode_hint(&text).unwrap_or(FailMode::Closed)))
+}
+
+fn read_file(path: &str) -> Result<Vec<u8>, String> {
+    let fs = boot::get_image_file_system(boot::image_handle()).map_err(|e| alloc::format!("{:?}", e.status()))?;
+    let mut fs = uefi::fs::FileSystem::new(fs);
+    let cpath = CString16::try_from(path).map_err(|_| String::from("path is not UCS-2"))?;
+    fs.read(uefi::fs::Path::new(&cpath)).map_err(|e| alloc::format!("{e}"))
+}
+
+fn vmx_available() -> Result<(), String> {
+    let leaf1 = core::arch::x86_64::__cpuid(1);
+    if leaf1.ecx & (1 << 5) == 0 {
+        return Err("the CPU does not report VMX (CPUID.1:ECX.VMX = 0)".into());
+    }
+    let fc = shoji_hypervisor::vmx::rdmsr(shoji_hypervisor::msr::IA32_FEATURE_CONTROL);
+    let locked = fc & shoji_hypervisor::msr::FEATURE_CONTROL_LOCK != 0;
+    if locked && fc & shoji_hypervisor::msr::FEATURE_CONTROL_VMX_OUTSIDE_SMX == 0 {
+        return Err(alloc::format!(
+            "VMX is disabled and locked by the firmware (IA32_FEATURE_CONTROL = {fc:#x}); enable it in the firmware setup"
+        ));
+    }
+    Ok(())
+}
+
+enum HvError {
+    /// Nothing runs under Shoji: the region can be given back.
+    NotStarted(String),
+    /// Some CPUs run under Shoji.
+    Partial(String),
+}
+
+/// Argument block for the AP procedures.
+#[repr(C)]
+struct ApCall {
+    entry: u64,
+    host_cr3: u64,
+    args: LaunchArgs,
+    result: u64,
+    signature: [u32; 4],
+}
+
+extern "efiapi" fn ap_virtualize(arg: *mut c_void) {
+    // SAFETY: `arg` is the `ApCall` the BSP passed to `startup_this_ap` and waits on.
+    let call = unsafe { &mut *(arg as *mut ApCall) };
+    // SAFETY: entry, setup and CR3 were prepared by `start_hypervisor`.
+    call.result = unsafe { launch::virtualize_this_cpu(call.entry, &mut call.args, call.host_cr3) };
+}
+
+extern "efiapi" fn ap_read_signature(arg: *mut c_void) {
+    // SAFETY: as above.
+    let call = unsafe { &mut *(arg as *mut ApCall) };
+    let r = core::arch::x86_64::__cpuid(shoji_shared::vmcall::CPUID_LEAF_SIGNATURE);
+    call.signature = [r.eax, r.ebx, r.ecx, r.edx];
+}
+
+fn signature_text(sig: [u32; 4]) -> ([u8; 12], bool) {
+    let mut s = [0u8; 12];
+    s[..4].copy_from_slice(&sig[1].to_le_bytes());
+    s[4..8].copy_from_slice(&sig[2].to_le_bytes());
+    s[8..].copy_from_slice(&sig[3].to_le_bytes());
+    (s, s == shoji_shared::vmcall::SIGNATURE)
+}
+
+fn report_signature(cpu: usize, sig: [u32; 4]) -> bool {
+    let (text, ok) = signature_text(sig);
+    if ok {
+        println!("shoji: cpu {cpu} sees signature {}", core::str::from_utf8(&text).unwrap_or("?"));
+    } else {
+        println!("shoji: cpu {cpu} does NOT see Shoji's signature (got {:02x?})", text);
+    }
+    ok
+}
+
+/// Build the setup page and page tables, then virtualize every CPU. Returns the CPU count.
+fn start_hypervisor(cfg: &Config, p: &Placement) -> Result<usize, HvError> {
+    let region = p.region;
+    let setup_ptr = (region + layout::SETUP) as *mut Setup;
+    // SAFETY: the setup page is inside the reserved region and not used by anything else.
+    let setup = unsafe { &mut *setup_ptr };
+    let phys_bits = core::arch::x86_64::__cpuid(0x8000_0008).eax & 0xff;
+    let gb_pages = core::arch::x86_64::__cpuid(0x8000_0001).edx & (1 << 26) != 0;
+    let image_end = (region + layout::IMAGE + p.image_size + 0xfff) & !0xfff;
+    *setup = Setup {
+        magic: SETUP_MAGIC,
+        region_base: region,
+        region_size: REGION_SIZE,
+        image_base: region + layout::IMAGE,
+        image_size: p.image_size,
+        arena_next: image_end,
+        arena_end: region + REGION_SIZE,
+        host_cr3: 0,
+        phys_top: 1u64 << phys_bits.clamp(32, 39),
+        log_port: cfg.log_port,
+        log_level: cfg.log_level,
+        expose_memory: cfg.expose_hypervisor_memory as u8,
+        agent_key_set: cfg.agent_key.is_some() as u8,
+        agent_key: cfg.agent_key.unwrap_or([0; 32]),
+        cpu_count: 1,
+    };
+    write_canary(region);
+    let host_cr3 = {
+        let end = setup.arena_end;
+        let mut arena = Arena::new(&mut setup.arena_next, end);
+        shoji_hypervisor::paging::build_identity_map(&mut arena, setup.phys_top, gb_pages)
+            .ok_or_else(|| HvError::NotStarted("no memory for page tables".into()))?
+    };
+    setup.host_cr3 = host_cr3;
+
+    let mp = boot::get_handle_for_protocol::<MpServices>()
+        .ok()
+        .and_then(|h| boot::open_protocol_exclusive::<MpServices>(h).ok());
+    let (cpus, bsp) = match &mp {
+        Some(mp) => {
+            let n = mp.get_number_of_processors().map(|c| c.enabled).unwrap_or(1);
+            (n.max(1), mp.who_am_i().unwrap_or(0))
+        }
+        None => (1, 0),
+    };
+    setup.cpu_count = cpus as u32;
+
+    let entry = launch::launch_entry as *const () as u64 - p.original_base + region + layout::IMAGE;
+    let mut args = LaunchArgs { setup: setup_ptr as u64, cpu_index: 0, ..Default::default() };
+    // SAFETY: the relocated image, setup page and page tables are ready.
+    let rc = unsafe { launch::virtualize_this_cpu(entry, &mut args, host_cr3) };
+    if rc != 0 {
+        return Err(HvError::NotStarted(alloc::format!(
+            "bootstrap processor: {} (details in Shoji's log)",
+            launch::error::describe(rc)
+        )));
+    }
+    let mut all_ok = report_signature(0, {
+        let r = core::arch::x86_64::__cpuid(shoji_shared::vmcall::CPUID_LEAF_SIGNATURE);
+        [r.eax, r.ebx, r.ecx, r.edx]
+    });
+    if let Some(mp) = &mp {
+        let mut index = 1u64;
+        for proc_no in (0..cpus).filter(|n| *n != bsp) {
+            let mut call = ApCall {
+                entry,
+                host_cr3,
+                args: LaunchArgs { setup: setup_ptr as u64, cpu_index: index, ..Default::default() },
+                result: u64::MAX,
+                signature: [0; 4],
+            };
+            let arg = &mut call as *mut ApCall as *mut c_void;
+            let started = mp.startup_this_ap(proc_no, ap_virtualize, arg, None, Some(core::time::Duration::from_secs(10)));
+            if started.is_err() || call.result != 0 {
+                return Err(HvError::Partial(alloc::format!(
+                    "processor {proc_no}: {}",
+                    if started.is_err() { "did not run the launch procedure" } else { launch::error::describe(call.result) }
+                )));
+            }
+            let checked = mp.startup_this_ap(proc_no, ap_read_signature, arg, None, Some(core::time::Duration::from_secs(10)));
+            if checked.is_err() {
+                println!("shoji: cpu {index} did not run the signature check");
+                all_ok = false;
+            } else {
+                all_ok &= report_signature(index as usize, call.signature);
+            }
+            index += 1;
+        }
+    }
+    if !all_ok {
+        return Err(HvError::Partial("not every CPU runs under Shoji".into()));
+    }
+    Ok(cpus)
+}
+
+fn write_canary(region: u64) {
+    // SAFETY: RDTSC has no side effects.
+    let tsc = unsafe { core::arch::x86_64::_rdtsc() };
+    let text = alloc::format!("{}{:016x}\n", core::str::from_utf8(layout::CANARY_PREFIX).unwrap_or(""), tsc);
+    // SAFETY: the canary page is the first page of Shoji's reserved region.
+    unsafe {
+        core::ptr::copy_nonoverlapping(text.as_ptr(), (region + layout::CANARY) as *mut u8, text.len())
+    };
+}
+
+/// Load `path` from the volume Shoji was started from and start it with `cmdline`.
+fn start_image(path: &str, cmdline: &str) -> Result<(), String> {
+    let device = {
+        let li = boot::open_protocol_exclusive::<LoadedImage>(boot::image_handle())
+            .map_err(|e| alloc::format!("{:?}", e.status()))?;
+        li.device().ok_or_else(|| String::from("Shoji's own volume is unknown"))?
+    };
+    let device_path = boot::open_protocol_exclusive::<DevicePath>(device)
+        .map_err(|e| alloc::format!("no device path for Shoji's volume ({:?})", e.status()))?;
+    let file = CString16::try_from(path).map_err(|_| String::from("path is not UCS-2"))?;
+    let mut buf = [core::mem::MaybeUninit::<u8>::uninit(); 1024];
+    let mut builder = build::DevicePathBuilder::with_buf(&mut buf);
+    for node in device_path.node_iter() {
+        builder = builder.push(&node).map_err(|_| String::from("device path too long"))?;
+    }
+    let full = builder
+        .push(&build::media::FilePath { path_name: &file })
+        .and_then(|b| b.finalize())
+        .map_err(|_| String::from("device path too long"))?;
+    let child = boot::load_image(
+        boot::image_handle(),
+        LoadImageSource::FromDevicePath { device_path: full, boot_policy: uefi::proto::BootPolicy::ExactMatch },
+    )
+    .map_err(|e| alloc::format!("load failed ({:?})", e.status()))?;
+    if !cmdline.is_empty() {
+        let options = CString16::try_from(cmdline).map_err(|_| String::from("cmdline is not UCS-2"))?;
+        let bytes = options.num_bytes();
+        let leaked: &'static CString16 = alloc::boxed::Box::leak(alloc::boxed::Box::new(options));
+        let mut li = boot::open_protocol_exclusive::<LoadedImage>(child)
+            .map_err(|e| alloc::format!("{:?}", e.status()))?;
+        // SAFETY: the options buffer is leaked, so it outlives the child image.
+        unsafe { li.set_load_options(leaked.as_ptr() as *const u8, bytes as u32) };
+    }
+    println!("shoji: starting {path}");
+    boot::start_image(child).map_err(|e| alloc::format!("image returned {:?}", e.status()))
+}

@@ -1,0 +1,55 @@
+//! The hand-over from the boot application to the hypervisor: one page of plain data at a fixed
+//! place in Shoji's reserved region, written before VMX starts and read by every CPU's launch.
+
+/// "SHOJISET": marks a filled [`Setup`] page.
+pub const SETUP_MAGIC: u64 = 0x5445_5349_4a4f_4853;
+
+/// Layout of Shoji's reserved region: the canary page first, then the setup page, then the copy
+/// of Shoji's image, then the arena that all other structures are allocated from.
+pub mod layout {
+    /// Offset of the canary page.
+    pub const CANARY: u64 = 0;
+    /// Offset of the setup page.
+    pub const SETUP: u64 = 0x1000;
+    /// Offset of the relocated image.
+    pub const IMAGE: u64 = 0x2000;
+    /// Prefix of the canary text Shoji writes into its own memory (tests search the guest's view
+    /// of memory for it).
+    pub const CANARY_PREFIX: &[u8; 13] = b"SHOJI-CANARY-";
+}
+
+/// Everything the hypervisor needs from the boot application.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Setup {
+    /// [`SETUP_MAGIC`].
+    pub magic: u64,
+    /// Physical base of the reserved region.
+    pub region_base: u64,
+    /// Size of the reserved region in bytes.
+    pub region_size: u64,
+    /// Physical base of Shoji's relocated image inside the region.
+    pub image_base: u64,
+    /// Size of the image.
+    pub image_size: u64,
+    /// Next free byte of the arena (page aligned); advanced as structures are allocated.
+    pub arena_next: u64,
+    /// End of the arena.
+    pub arena_end: u64,
+    /// Shoji's own page tables (identity map), built by the boot application.
+    pub host_cr3: u64,
+    /// Highest physical address (plus one) the host page tables and the EPT map.
+    pub phys_top: u64,
+    /// I/O port of Shoji's log UART (0 = no log).
+    pub log_port: u16,
+    /// Log level: 0 error, 1 warn, 2 info, 3 debug, 4 trace.
+    pub log_level: u8,
+    /// Test-only: leave Shoji's memory visible to the guest (1) instead of hiding it (0).
+    pub expose_memory: u8,
+    /// Whether `agent_key` was provisioned.
+    pub agent_key_set: u8,
+    /// The agent key from the configuration.
+    pub agent_key: [u8; 32],
+    /// Number of CPUs the boot application will virtualize.
+    pub cpu_count: u32,
+}
