@@ -629,7 +629,7 @@ impl KernelProfile {
     pub fn validate(&self) -> Result<(), ProfileError> {
         match self.current {
             CurrentTask::PerCpu { offset } => {
-                if offset >= (1 << 24) || offset % 8 != 0 {
+                if offset >= (1 << 24) || offset & 7 != 0 {
                     return Err(ProfileError::BadCurrentTask);
                 }
             }
@@ -640,31 +640,31 @@ impl KernelProfile {
                 if !thread_size.is_power_of_two()
                     || !(4096..=1 << 20).contains(&thread_size)
                     || task_offset >= 4096
-                    || task_offset % 8 != 0
+                    || task_offset & 7 != 0
                 {
                     return Err(ProfileError::BadCurrentTask);
                 }
             }
         }
         if let Some(p) = self.preempt_offset {
-            if p >= (1 << 24) || p % 4 != 0 {
+            if p >= (1 << 24) || p & 3 != 0 {
                 return Err(ProfileError::BadHeader);
             }
         }
-        if self.task_flags_off >= MAX_OFFSET || self.task_flags_off % 4 != 0 {
+        if self.task_flags_off >= MAX_OFFSET || self.task_flags_off & 3 != 0 {
             return Err(ProfileError::BadHeader);
         }
         let kernel = |v: u64| v == 0 || v >= KERNEL_HALF_5;
         if !kernel(self.page_offset_base_va)
             || !kernel(self.btf_va)
             || self.direct_map_default < KERNEL_HALF_5
-            || self.direct_map_default % (1 << 30) != 0
+            || self.direct_map_default & ((1 << 30) - 1) != 0
             || self.init_userns_inum < NS_INUM_MIN
         {
             return Err(ProfileError::BadHeader);
         }
         for k in self.key_offsets.iter().flatten() {
-            if *k >= MAX_OFFSET || k % 8 != 0 {
+            if *k >= MAX_OFFSET || k & 7 != 0 {
                 return Err(ProfileError::BadHeader);
             }
         }

@@ -1,0 +1,47 @@
+//! Cost of one attribution on a synthetic guest laid out by the real 6.1 / 6.12 profiles.
+//!
+//! `cargo bench -p shoji-introspect --bench attribution -- --warm-up-time 1 --measurement-time 3`
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::*;
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use shoji_introspect::{CountingMemory, Introspector, PagingMode};
+
+fn bench(c: &mut Criterion) {
+    for (name, label) in [("debian12-6.1", "6.1"), ("debian13-6.12", "6.12")] {
+        let mut g = Guest::new(fixture(name), PagingMode::Level4);
+        let task = g.make_task(&Spec::default());
+        g.set_current(task, 0x8000_0200);
+        let cpu = g.cpu();
+        let mut intro = Introspector::new(g.profile).unwrap();
+        intro.learn_direct_map(&g.mem, &cpu, RAM).unwrap();
+
+        // Reads per attribution, counted once.
+        let cm = CountingMemory::new(g.mem);
+        intro.flush();
+        let _ = intro.attribute(&cm, &cpu);
+        let (ur, ub) = (cm.reads(), cm.bytes_read());
+        cm.reset();
+        let _ = intro.attribute(&cm, &cpu);
+        let (cr, cb) = (cm.reads(), cm.bytes_read());
+        println!(
+            "{label}: guest memory reads per attribution: uncached {ur} ({ub} bytes), cached {cr} ({cb} bytes)"
+        );
+        let mem = cm.inner();
+
+        c.bench_function(&format!("attribute/{label}/cached"), |b| {
+            b.iter(|| black_box(intro.attribute(black_box(mem), black_box(&cpu))))
+        });
+        c.bench_function(&format!("attribute/{label}/uncached"), |b| {
+            b.iter(|| {
+                intro.flush();
+                black_box(intro.attribute(black_box(mem), black_box(&cpu)))
+            })
+        });
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

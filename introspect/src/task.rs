@@ -1,0 +1,796 @@
+//! Which guest task is running at a VM exit, in which context, and who it is.
+
+use shoji_shared::profile::{
+    preempt, CurrentTask, FieldId, KernelProfile, Op, Program, ProfileError, Sha256, KEY_COUNT,
+    NS_INUM_MIN, PF_KTHREAD, PID_MAX_LIMIT,
+};
+use shoji_shared::{ExecContext, GuestMemory, TaskIdentity};
+
+use crate::kmem::{DirectMap, DirectMapError, KernelView};
+use crate::paging::{translate, PageTables, WalkError};
+
+/// The guest vCPU state introspection needs, taken from the VMCS and MSRs at the exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuState {
+    /// Current privilege level (SS.DPL).
+    pub cpl: u8,
+    /// GS base from the VMCS.
+    pub gs_base: u64,
+    /// IA32_KERNEL_GS_BASE (holds the kernel's GS base while the guest runs at CPL 3).
+    pub kernel_gs_base: u64,
+    /// Guest RSP.
+    pub rsp: u64,
+    /// The guest's page tables (CR3 and paging mode).
+    pub pt: PageTables,
+}
+
+impl CpuState {
+    /// The kernel's per-CPU base: GS base at CPL 0, IA32_KERNEL_GS_BASE at CPL 3. If the chosen
+    /// one is not a kernel address (an exit between `swapgs` and the entry code), the other is
+    /// used when it is.
+    pub fn percpu_base(&self) -> Option<u64> {
+        let (first, second) = if self.cpl == 0 {
+            (self.gs_base, self.kernel_gs_base)
+        } else {
+            (self.kernel_gs_base, self.gs_base)
+        };
+        let ok = |v: u64| v >= self.pt.mode.kernel_half() && self.pt.mode.is_canonical(v);
+        if ok(first) {
+            Some(first)
+        } else if ok(second) {
+            Some(second)
+        } else {
+            None
+        }
+    }
+}
+
+/// Why the current task could not be found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CurrentError {
+    /// Neither GS base is a kernel address.
+    NoPerCpuBase,
+    /// The pointer read is not a plausible `task_struct` address.
+    BadTaskPointer(u64),
+    /// Reading guest memory failed.
+    Read(WalkError),
+}
+
+/// The current task and the raw preempt count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Current {
+    /// `task_struct` address.
+    pub task: u64,
+    /// Preempt count (with the inverted NEED_RESCHED bit masked out), if known.
+    pub preempt_count: Option<u32>,
+}
+
+/// Classify a preempt count (hard / soft interrupt, or neither).
+pub fn irq_context(pc: u32) -> Option<ExecContext> {
+    let pc = pc & !preempt::NEED_RESCHED;
+    if pc & (preempt::HARDIRQ_MASK | preempt::NMI_MASK) != 0 {
+        Some(ExecContext::HardIrq)
+    } else if pc & preempt::SOFTIRQ_OFFSET != 0 {
+        // Only *serving* softirqs counts: dev_queue_xmit() disables bottom halves
+        // (SOFTIRQ_DISABLE_OFFSET) in the sender's own context.
+        Some(ExecContext::SoftIrq)
+    } else {
+        None
+    }
+}
+
+fn kptr(mode_half: u64, v: u64) -> bool {
+    v >= mode_half && v & 7 == 0
+}
+
+const MAX_SPANS: usize = 4;
+const WINDOW_BYTES: usize = 2048;
+const SPAN_MAX: u32 = 1024;
+const SPAN_GAP: u32 = 512;
+/// Number of cached identities.
+pub const CACHE_ENTRIES: usize = 32;
+const MEMO: usize = 16;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Span {
+    off: u32,
+    len: u32,
+    /// Offset of this span in the window buffer.
+    at: u32,
+    has_key: bool,
+}
+
+/// Spans of `task_struct` read in one go, computed once per profile.
+#[derive(Debug, Clone, Copy, Default)]
+struct Spans {
+    spans: [Span; MAX_SPANS],
+    n: usize,
+}
+
+impl Spans {
+    fn compute(p: &KernelProfile) -> Spans {
+        // Candidates: cache keys and the first step of every field program.
+        let mut cand = [(0u32, 0u32, false); KEY_COUNT + shoji_shared::profile::FIELD_COUNT];
+        let mut n = 0usize;
+        for k in p.key_offsets.iter().flatten() {
+            if let Some(c) = cand.get_mut(n) {
+                *c = (*k, 8, true);
+                n += 1;
+            }
+        }
+        for prog in &p.fields {
+            if let Some(s) = prog.steps().first() {
+                let w = match s.op {
+                    Op::Ptr => 8,
+                    Op::Value | Op::Index => s.width as u32,
+                    _ => 0,
+                };
+                if w > 0 {
+                    if let Some(c) = cand.get_mut(n) {
+                        *c = (s.off, w, false);
+                        n += 1;
+                    }
+                }
+            }
+        }
+        let cand = cand.get_mut(..n).unwrap_or(&mut []);
+        cand.sort_unstable_by_key(|c| c.0);
+        let mut out = Spans::default();
+        let mut used = 0u32;
+        let mut cur: Option<Span> = None;
+        let push = |out: &mut Spans, s: Span, used: &mut u32| {
+            if out.n < MAX_SPANS && used.saturating_add(s.len) as usize <= WINDOW_BYTES {
+                if let Some(slot) = out.spans.get_mut(out.n) {
+                    *slot = Span { at: *used, ..s };
+                    out.n += 1;
+                    *used = used.saturating_add(s.len);
+                }
+            }
+        };
+        for &(off, len, key) in cand.iter() {
+            let end = off.saturating_add(len);
+            match cur.as_mut() {
+                Some(c)
+                    if off <= c.off.saturating_add(c.len).saturating_add(SPAN_GAP)
+                        && end.saturating_sub(c.off) <= SPAN_MAX =>
+                {
+                    c.len = c.len.max(end.saturating_sub(c.off));
+                    c.has_key |= key;
+                }
+                _ => {
+                    if let Some(c) = cur.take() {
+                        push(&mut out, c, &mut used);
+                    }
+                    cur = Some(Span {
+                        off,
+                        len,
+                        at: 0,
+                        has_key: key,
+                    });
+                }
+            }
+        }
+        if let Some(c) = cur {
+            push(&mut out, c, &mut used);
+        }
+        out
+    }
+}
+
+/// The parts of one `task_struct` read so far.
+struct Window {
+    task: u64,
+    buf: [u8; WINDOW_BYTES],
+    loaded: [bool; MAX_SPANS],
+}
+
+impl Window {
+    fn new(task: u64) -> Self {
+        Window {
+            task,
+            buf: [0; WINDOW_BYTES],
+            loaded: [false; MAX_SPANS],
+        }
+    }
+
+    fn load<M: GuestMemory + ?Sized>(
+        &mut self,
+        v: &KernelView<M>,
+        spans: &Spans,
+        only_keys: bool,
+    ) -> Result<(), WalkError> {
+        for (i, s) in spans.spans.iter().take(spans.n).enumerate() {
+            if (only_keys && !s.has_key) || self.loaded.get(i).copied().unwrap_or(true) {
+                continue;
+            }
+            let va = self
+                .task
+                .checked_add(s.off as u64)
+                .ok_or(WalkError::Memory(shoji_shared::MemError::BadRange))?;
+            let at = s.at as usize;
+            let dst = self
+                .buf
+                .get_mut(at..at.saturating_add(s.len as usize))
+                .ok_or(WalkError::Memory(shoji_shared::MemError::BadRange))?;
+            v.read(va, dst)?;
+            if let Some(l) = self.loaded.get_mut(i) {
+                *l = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes at `task + off` if a loaded span holds them.
+    fn get(&self, spans: &Spans, off: u64, len: usize) -> Option<&[u8]> {
+        for (i, s) in spans.spans.iter().take(spans.n).enumerate() {
+            if !self.loaded.get(i).copied().unwrap_or(false) {
+                continue;
+            }
+            let rel = off.checked_sub(s.off as u64)?;
+            if rel.checked_add(len as u64)? <= s.len as u64 {
+                let at = (s.at as usize).checked_add(rel as usize)?;
+                return self.buf.get(at..at.checked_add(len)?);
+            }
+        }
+        None
+    }
+}
+
+/// Small per-attribution memo of scalar reads (shared prefixes such as `task->cred`).
+struct Memo {
+    e: [(u64, u8, u64); MEMO],
+    n: usize,
+}
+
+/// Reader for one attribution: window, memo, then guest memory.
+struct Reader<'a, 'v, M: GuestMemory + ?Sized> {
+    view: &'a KernelView<'v, M>,
+    spans: &'a Spans,
+    win: &'a Window,
+    memo: Memo,
+}
+
+impl<M: GuestMemory + ?Sized> Reader<'_, '_, M> {
+    fn bytes(&mut self, va: u64, out: &mut [u8]) -> Option<()> {
+        if let Some(off) = va.checked_sub(self.win.task) {
+            if let Some(b) = self.win.get(self.spans, off, out.len()) {
+                out.copy_from_slice(b);
+                return Some(());
+            }
+        }
+        self.view.read(va, out).ok()
+    }
+
+    fn scalar(&mut self, va: u64, width: u8) -> Option<u64> {
+        for &(a, w, v) in self.memo.e.iter().take(self.memo.n.min(MEMO)) {
+            if a == va && w == width {
+                return Some(v);
+            }
+        }
+        let mut b = [0u8; 8];
+        let n = (width as usize).min(8);
+        self.bytes(va, b.get_mut(..n)?)?;
+        let v = u64::from_le_bytes(b);
+        let slot = self.memo.n % MEMO;
+        if let Some(e) = self.memo.e.get_mut(slot) {
+            *e = (va, width, v);
+        }
+        self.memo.n = self.memo.n.wrapping_add(1);
+        if self.memo.n >= 2 * MEMO {
+            self.memo.n = MEMO;
+        }
+        Some(v)
+    }
+}
+
+/// What a program produced.
+enum Out {
+    Value([u8; 16]),
+    Addr(u64),
+}
+
+/// Run a field program from `task`. Every failure is `None`.
+fn run<M: GuestMemory + ?Sized>(
+    r: &mut Reader<'_, '_, M>,
+    half: u64,
+    task: u64,
+    prog: &Program,
+) -> Option<Out> {
+    if prog.len == 0 {
+        return None;
+    }
+    let mut addr = task;
+    let mut idx: u64 = 0;
+    for s in prog.steps() {
+        match s.op {
+            Op::End => return None,
+            Op::Ptr => {
+                let p = r.scalar(addr.checked_add(s.off as u64)?, 8)?;
+                if !kptr(half, p) {
+                    return None;
+                }
+                addr = p;
+            }
+            Op::Add => addr = addr.checked_add(s.off as u64)?,
+            Op::Index => {
+                idx = r.scalar(addr.checked_add(s.off as u64)?, s.width)?;
+                if idx > s.aux as u64 {
+                    return None;
+                }
+            }
+            Op::AddIndex => addr = addr.checked_add(idx.checked_mul(s.off as u64)?)?,
+            Op::Value => {
+                let mut v = [0u8; 16];
+                let w = (s.width as usize).min(16);
+                let va = addr.checked_add(s.off as u64)?;
+                if w <= 8 {
+                    let x = r.scalar(va, s.width)?;
+                    v.get_mut(..8)?.copy_from_slice(&x.to_le_bytes());
+                } else {
+                    r.bytes(va, v.get_mut(..w)?)?;
+                }
+                return Some(Out::Value(v));
+            }
+        }
+    }
+    if addr >= half {
+        Some(Out::Addr(addr))
+    } else {
+        None
+    }
+}
+
+fn as_u64(o: Option<Out>) -> Option<u64> {
+    match o? {
+        Out::Value(v) => {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(v.get(..8)?);
+            Some(u64::from_le_bytes(b))
+        }
+        Out::Addr(_) => None,
+    }
+}
+
+fn as_u32(o: Option<Out>) -> Option<u32> {
+    as_u64(o).and_then(|v| u32::try_from(v).ok())
+}
+
+fn pid_ok(v: Option<u32>) -> Option<u32> {
+    v.filter(|&p| p <= PID_MAX_LIMIT)
+}
+
+fn ns_ok(v: Option<u32>) -> Option<u32> {
+    v.filter(|&i| i >= NS_INUM_MIN)
+}
+
+fn comm_ok(o: Option<Out>) -> Option<[u8; 16]> {
+    let Out::Value(v) = o? else {
+        return None;
+    };
+    // A NUL within TASK_COMM_LEN, nothing but NULs after it, printable-ish before it.
+    let nul = v.iter().position(|&b| b == 0)?;
+    let (name, rest) = v.split_at(nul);
+    if rest.iter().any(|&b| b != 0) || name.iter().any(|&b| b < 0x20 || b == 0x7f) {
+        return None;
+    }
+    Some(v)
+}
+
+#[derive(Clone, Copy)]
+struct Entry {
+    task: u64,
+    key: [u64; KEY_COUNT],
+    kthread: Option<bool>,
+    id: TaskIdentity,
+}
+
+/// Hit/miss counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Attributions answered from the cache.
+    pub hits: u64,
+    /// Attributions that read the identity afresh.
+    pub misses: u64,
+}
+
+/// Attributes VM exits to guest tasks through one validated kernel profile.
+///
+/// Keep one per vCPU (it holds a cache and is not synchronized).
+pub struct Introspector {
+    profile: KernelProfile,
+    spans: Spans,
+    dmap: Option<DirectMap>,
+    cache: [Option<Entry>; CACHE_ENTRIES],
+    next: usize,
+    stats: CacheStats,
+}
+
+impl Introspector {
+    /// Start using a profile (validated again here).
+    pub fn new(profile: KernelProfile) -> Result<Introspector, ProfileError> {
+        profile.validate()?;
+        Ok(Introspector {
+            spans: Spans::compute(&profile),
+            profile,
+            dmap: None,
+            cache: [None; CACHE_ENTRIES],
+            next: 0,
+            stats: CacheStats::default(),
+        })
+    }
+
+    /// The active profile.
+    pub fn profile(&self) -> &KernelProfile {
+        &self.profile
+    }
+
+    /// Cache counters.
+    pub fn stats(&self) -> CacheStats {
+        self.stats
+    }
+
+    /// Drop every cached identity.
+    pub fn flush(&mut self) {
+        self.cache = [None; CACHE_ENTRIES];
+    }
+
+    /// The direct map in use, if established.
+    pub fn direct_map(&self) -> Option<DirectMap> {
+        self.dmap
+    }
+
+    /// Establish the direct-map fast path at an exit at CPL 0 (kernel page tables): read
+    /// `page_offset_base` (or take the profile's default), then verify it against a page walk of
+    /// the per-CPU base. `ram_top` is the end of guest RAM.
+    pub fn learn_direct_map<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        cpu: &CpuState,
+        ram_top: u64,
+    ) -> Result<DirectMap, DirectMapError> {
+        let view = KernelView {
+            mem,
+            pt: cpu.pt,
+            dmap: None,
+        };
+        let base = if self.profile.page_offset_base_va != 0 {
+            view.u64(self.profile.page_offset_base_va)
+                .map_err(DirectMapError::Walk)?
+        } else {
+            self.profile.direct_map_default
+        };
+        let mut probes = [0u64; 2];
+        probes[0] = cpu.percpu_base().unwrap_or(0);
+        // A second probe: the current task (a slab object, in the direct map).
+        if let CurrentTask::PerCpu { offset } = self.profile.current {
+            if let Some(pc) = cpu.percpu_base().and_then(|b| b.checked_add(offset as u64)) {
+                probes[1] = view.u64(pc).unwrap_or(0);
+            }
+        }
+        let d = DirectMap::verify(mem, &cpu.pt, base, ram_top, &probes)?;
+        self.dmap = Some(d);
+        Ok(d)
+    }
+
+    /// Use a direct map established elsewhere (e.g. by another vCPU's introspector).
+    pub fn set_direct_map(&mut self, d: Option<DirectMap>) {
+        self.dmap = d;
+    }
+
+    /// Check the profile's fingerprint against the BTF in guest memory (after a kexec the
+    /// profile no longer matches). Reads `btf_len` bytes: call it rarely.
+    pub fn verify_fingerprint<M: GuestMemory + ?Sized>(
+        &self,
+        mem: &M,
+        pt: &PageTables,
+    ) -> Result<bool, WalkError> {
+        let p = &self.profile;
+        if p.btf_va == 0 || p.btf_len == 0 {
+            return Ok(false);
+        }
+        let view = KernelView {
+            mem,
+            pt: *pt,
+            dmap: self.dmap,
+        };
+        let mut h = Sha256::new();
+        let mut buf = [0u8; 4096];
+        let mut done = 0u64;
+        let total = p.btf_len as u64;
+        while done < total {
+            let n = (total - done).min(4096) as usize;
+            let chunk = buf.get_mut(..n).unwrap_or(&mut []);
+            view.read(p.btf_va.saturating_add(done), chunk)?;
+            h.update(chunk);
+            done += n as u64;
+        }
+        Ok(h.finish() == p.fingerprint)
+    }
+
+    fn view<'m, M: GuestMemory + ?Sized>(&self, mem: &'m M, cpu: &CpuState) -> KernelView<'m, M> {
+        KernelView {
+            mem,
+            pt: cpu.pt,
+            dmap: self.dmap,
+        }
+    }
+
+    /// Find the current task (and preempt count) at an exit.
+    pub fn current<M: GuestMemory + ?Sized>(
+        &self,
+        mem: &M,
+        cpu: &CpuState,
+    ) -> Result<Current, CurrentError> {
+        let view = self.view(mem, cpu);
+        let half = cpu.pt.mode.kernel_half();
+        let base = cpu.percpu_base();
+        let pre_off = self.profile.preempt_offset;
+        let (task, pc) = match self.profile.current {
+            CurrentTask::PerCpu { offset } => {
+                let base = base.ok_or(CurrentError::NoPerCpuBase)?;
+                let cur = offset as u64;
+                match pre_off.map(|p| p as u64) {
+                    // One read when both live in the same small window (pcpu_hot; or
+                    // current_task and __preempt_count side by side, as in 6.1).
+                    Some(p) if cur.abs_diff(p) < 120 => {
+                        let lo = cur.min(p);
+                        let len = (cur.max(p) - lo + 8) as usize;
+                        let mut b = [0u8; 128];
+                        let va = base
+                            .checked_add(lo)
+                            .ok_or(CurrentError::NoPerCpuBase)?;
+                        let dst = b.get_mut(..len).ok_or(CurrentError::NoPerCpuBase)?;
+                        view.read(va, dst).map_err(CurrentError::Read)?;
+                        let at = |o: u64, n: usize| b.get((o - lo) as usize..(o - lo) as usize + n);
+                        let t = at(cur, 8)
+                            .and_then(|s| s.try_into().ok())
+                            .map(u64::from_le_bytes)
+                            .ok_or(CurrentError::NoPerCpuBase)?;
+                        let pc = at(p, 4)
+                            .and_then(|s| s.try_into().ok())
+                            .map(u32::from_le_bytes);
+                        (t, pc)
+                    }
+                    other => {
+                        let t = view
+                            .u64(base.checked_add(cur).ok_or(CurrentError::NoPerCpuBase)?)
+                            .map_err(CurrentError::Read)?;
+                        let pc = other
+                            .and_then(|p| base.checked_add(p))
+                            .and_then(|va| view.u32(va).ok());
+                        (t, pc)
+                    }
+                }
+            }
+            CurrentTask::StackThreadInfo {
+                thread_size,
+                task_offset,
+            } => {
+                let rsp = cpu.rsp;
+                if cpu.cpl != 0 || rsp < half {
+                    // At CPL 3 the RSP is the user stack: the thread_info is out of reach.
+                    return Err(CurrentError::NoPerCpuBase);
+                }
+                let ti = rsp & !((thread_size as u64).wrapping_sub(1));
+                let t = view
+                    .u64(ti.checked_add(task_offset as u64).ok_or(CurrentError::NoPerCpuBase)?)
+                    .map_err(CurrentError::Read)?;
+                let pc = match (base, pre_off) {
+                    (Some(b), Some(p)) => b.checked_add(p as u64).and_then(|va| view.u32(va).ok()),
+                    _ => None,
+                };
+                (t, pc)
+            }
+        };
+        if !kptr(half, task) || !cpu.pt.mode.is_canonical(task) {
+            return Err(CurrentError::BadTaskPointer(task));
+        }
+        Ok(Current {
+            task,
+            preempt_count: pc.map(|v| v & !preempt::NEED_RESCHED),
+        })
+    }
+
+    /// Attribute an exit: the current task's identity and the context it runs in. Never fails:
+    /// whatever cannot be read is unknown.
+    pub fn attribute<M: GuestMemory + ?Sized>(&mut self, mem: &M, cpu: &CpuState) -> TaskIdentity {
+        let cur = match self.current(mem, cpu) {
+            Ok(c) => c,
+            Err(_) => return TaskIdentity::default(),
+        };
+        let irq = cur.preempt_count.map(irq_context);
+        let (mut id, kthread) = self.identity(mem, cpu, cur.task);
+        id.context = match (irq, kthread) {
+            (Some(Some(c)), _) => c,
+            (Some(None), Some(true)) => ExecContext::KernelThread,
+            (Some(None), Some(false)) => ExecContext::Task,
+            _ => ExecContext::Unknown,
+        };
+        id
+    }
+
+    /// The identity of the task at `task` (cached), and whether it is a kernel thread.
+    pub fn identity<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        cpu: &CpuState,
+        task: u64,
+    ) -> (TaskIdentity, Option<bool>) {
+        let view = self.view(mem, cpu);
+        let mut win = Window::new(task);
+        let key = if win.load(&view, &self.spans, true).is_ok() {
+            self.read_key(&view, &win)
+        } else {
+            None
+        };
+        if let Some(k) = key {
+            for e in self.cache.iter().flatten() {
+                if e.task == task && e.key == k {
+                    self.stats.hits = self.stats.hits.wrapping_add(1);
+                    return (e.id, e.kthread);
+                }
+            }
+        }
+        self.stats.misses = self.stats.misses.wrapping_add(1);
+        let _ = win.load(&view, &self.spans, false);
+        let half = cpu.pt.mode.kernel_half();
+        let (id, kthread) = self.read_identity(&view, &win, half, task);
+        if let Some(k) = key {
+            let slot = self.next % CACHE_ENTRIES;
+            if let Some(s) = self.cache.get_mut(slot) {
+                *s = Some(Entry {
+                    task,
+                    key: k,
+                    kthread,
+                    id,
+                });
+            }
+            self.next = slot.wrapping_add(1);
+        }
+        (id, kthread)
+    }
+
+    fn read_key<M: GuestMemory + ?Sized>(
+        &self,
+        view: &KernelView<M>,
+        win: &Window,
+    ) -> Option<[u64; KEY_COUNT]> {
+        let mut k = [0u64; KEY_COUNT];
+        for (slot, off) in k.iter_mut().zip(self.profile.key_offsets.iter()) {
+            let Some(off) = off else { continue };
+            *slot = match win.get(&self.spans, *off as u64, 8) {
+                Some(b) => u64::from_le_bytes(b.try_into().ok()?),
+                None => view.u64(win.task.checked_add(*off as u64)?).ok()?,
+            };
+        }
+        Some(k)
+    }
+
+    fn read_identity<M: GuestMemory + ?Sized>(
+        &self,
+        view: &KernelView<M>,
+        win: &Window,
+        half: u64,
+        task: u64,
+    ) -> (TaskIdentity, Option<bool>) {
+        let p = &self.profile;
+        let mut r = Reader {
+            view,
+            spans: &self.spans,
+            win,
+            memo: Memo {
+                e: [(0, 0, 0); MEMO],
+                n: 0,
+            },
+        };
+        let kthread = task
+            .checked_add(p.task_flags_off as u64)
+            .and_then(|va| r.scalar(va, 4))
+            .map(|f| f as u32 & PF_KTHREAD != 0);
+        let mut f = |id: FieldId| run(&mut r, half, task, p.field(id));
+        let pid = pid_ok(as_u32(f(FieldId::Pid)));
+        let tgid = pid_ok(as_u32(f(FieldId::Tgid)));
+        let pid_local = pid_ok(as_u32(f(FieldId::PidLocal)));
+        let tgid_local = pid_ok(as_u32(f(FieldId::TgidLocal)));
+        let pgid = pid_ok(as_u32(f(FieldId::Pgid)));
+        let uid = as_u32(f(FieldId::Uid)).filter(|&u| u != u32::MAX);
+        let euid = as_u32(f(FieldId::Euid)).filter(|&u| u != u32::MAX);
+        let userns_id = ns_ok(as_u32(f(FieldId::UserNsId)));
+        let netns_id = ns_ok(as_u32(f(FieldId::NetNsId)));
+        let pidns_id = ns_ok(as_u32(f(FieldId::PidNsId)));
+        let cgroup_id = as_u64(f(FieldId::CgroupId)).filter(|&c| c != 0);
+        let start_time = as_u64(f(FieldId::StartTime));
+        let exe_inode = as_u64(f(FieldId::ExeInode)).filter(|&i| i != 0);
+        let comm = comm_ok(f(FieldId::Comm));
+        let userns_ptr = match f(FieldId::UserNsPtr) {
+            Some(Out::Addr(a)) => Some(a),
+            _ => None,
+        };
+        let uid_local = match (uid, userns_id, userns_ptr) {
+            (Some(u), Some(ns), _) if ns == p.init_userns_inum => Some(u),
+            (Some(u), Some(_), Some(ns)) => map_uid(&mut r, half, p, ns, u),
+            _ => None,
+        };
+        (
+            TaskIdentity {
+                task,
+                context: ExecContext::Unknown,
+                pid,
+                tgid,
+                pid_local,
+                tgid_local,
+                pgid,
+                uid,
+                euid,
+                uid_local,
+                userns_id,
+                netns_id,
+                pidns_id,
+                cgroup_id,
+                start_time,
+                exe_inode,
+                comm,
+            },
+            kthread,
+        )
+    }
+}
+
+/// Map a global kuid to the id seen in the user namespace at `ns` (the kernel's `map_id_up`):
+/// the extent with `lower_first <= kuid < lower_first + count` gives `first + kuid - lower_first`.
+fn map_uid<M: GuestMemory + ?Sized>(
+    r: &mut Reader<'_, '_, M>,
+    half: u64,
+    p: &KernelProfile,
+    ns: u64,
+    kuid: u32,
+) -> Option<u32> {
+    let l = &p.uid_map;
+    if !l.is_present() {
+        return None;
+    }
+    let map = ns.checked_add(l.map_off as u64)?;
+    let nr = r.scalar(map.checked_add(l.nr_extents_off as u64)?, 4)? as u32;
+    if nr == 0 || nr > l.max_extents {
+        return None;
+    }
+    let array = if nr <= l.base_extents {
+        map.checked_add(l.extents_off as u64)?
+    } else {
+        let f = r.scalar(map.checked_add(l.forward_off as u64)?, 8)?;
+        if !kptr(half, f) {
+            return None;
+        }
+        f
+    };
+    // Read extents in batches of up to 16 (one guest read each).
+    let es = l.extent_size as usize;
+    let mut buf = [0u8; 16 * 64];
+    let mut i = 0u32;
+    while i < nr {
+        let batch = (nr - i).min(16);
+        let bytes = (batch as usize).checked_mul(es)?;
+        let va = array.checked_add((i as u64).checked_mul(es as u64)?)?;
+        let chunk = buf.get_mut(..bytes)?;
+        r.view.read(va, chunk).ok()?;
+        for e in chunk.chunks_exact(es) {
+            let rd = |o: u32| -> Option<u64> {
+                let o = o as usize;
+                let b = e.get(o..o.checked_add(4)?)?;
+                Some(u32::from_le_bytes(b.try_into().ok()?) as u64)
+            };
+            let (first, lower, count) = (rd(l.first_off)?, rd(l.lower_first_off)?, rd(l.count_off)?);
+            let k = kuid as u64;
+            if k >= lower && k < lower.checked_add(count)? {
+                return u32::try_from(first.checked_add(k - lower)?).ok();
+            }
+        }
+        i += batch;
+    }
+    None
+}
+
+/// Translate a per-CPU base to a guest-physical address (diagnostics).
+pub fn percpu_gpa<M: GuestMemory + ?Sized>(mem: &M, cpu: &CpuState) -> Option<u64> {
+    translate(mem, &cpu.pt, cpu.percpu_base()?).ok().map(|t| t.gpa)
+}

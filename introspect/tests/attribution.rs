@@ -1,0 +1,378 @@
+//! Attribution on synthetic guests laid out by the real Debian 12 (6.1) and Debian 13 (6.12)
+//! profiles.
+
+mod common;
+
+use common::*;
+use proptest::prelude::*;
+use shoji_introspect::{CountingMemory, Introspector, PagingMode};
+use shoji_shared::profile::{CurrentTask, FieldId, KernelProfile, ENCODED_LEN, PF_KTHREAD};
+use shoji_shared::{ExecContext, GuestMemory, TaskIdentity};
+
+const PROFILES: [&str; 2] = ["debian12-6.1", "debian13-6.12"];
+
+fn setup(name: &str, mode: PagingMode, spec: &Spec) -> (Guest, Introspector, u64) {
+    let mut g = Guest::new(fixture(name), mode);
+    let task = g.make_task(spec);
+    g.set_current(task, 0x8000_0000 | 0x200); // NEED_RESCHED clear (inverted) + bh disabled
+    let mut intro = Introspector::new(g.profile).unwrap();
+    intro.learn_direct_map(&g.mem, &g.cpu(), RAM).unwrap();
+    (g, intro, task)
+}
+
+fn check(id: &TaskIdentity, s: &Spec, task: u64) {
+    assert_eq!(id.task, task);
+    assert_eq!(id.pid, Some(s.pid));
+    assert_eq!(id.tgid, Some(s.tgid));
+    assert_eq!(id.pid_local, Some(s.pid_local));
+    assert_eq!(id.tgid_local, Some(s.tgid_local));
+    assert_eq!(id.pgid, Some(s.pgid));
+    assert_eq!(id.uid, Some(s.uid));
+    assert_eq!(id.euid, Some(s.euid));
+    assert_eq!(id.userns_id, Some(s.userns));
+    assert_eq!(id.netns_id, Some(s.netns));
+    assert_eq!(id.pidns_id, Some(s.pidns));
+    assert_eq!(id.cgroup_id, Some(s.cgroup));
+    assert_eq!(id.start_time, Some(s.start));
+    assert_eq!(id.exe_inode, Some(s.exe));
+    assert_eq!(id.comm, Some(s.comm));
+}
+
+#[test]
+fn fixtures_are_the_expected_layouts() {
+    let p61 = fixture("debian12-6.1");
+    let p612 = fixture("debian13-6.12");
+    // 6.1: per-cpu current_task and __preempt_count; 6.12: pcpu_hot.{current_task,preempt_count}.
+    assert_eq!(p61.current, CurrentTask::PerCpu { offset: 0x1fb80 });
+    assert_eq!(p61.preempt_offset, Some(0x1fb40));
+    assert_eq!(p612.current, CurrentTask::PerCpu { offset: 0x351c0 });
+    assert_eq!(p612.preempt_offset, Some(0x351c8));
+    assert_ne!(p61.fingerprint, p612.fingerprint);
+    assert!(p61.release_str().starts_with("6.1."));
+    assert!(p612.release_str().starts_with("6.12."));
+}
+
+#[test]
+fn full_identity_both_kernels_both_paging_modes() {
+    for name in PROFILES {
+        for mode in [PagingMode::Level4, PagingMode::Level5] {
+            let s = Spec::default();
+            let (g, mut intro, task) = setup(name, mode, &s);
+            let id = intro.attribute(&g.mem, &g.cpu());
+            check(&id, &s, task);
+            assert_eq!(id.uid_local, Some(0), "{name} {mode:?}");
+            assert_eq!(id.context, ExecContext::Task);
+            assert!(id.is_actor());
+        }
+    }
+}
+
+#[test]
+fn cpl3_uses_kernel_gs_base() {
+    for name in PROFILES {
+        let s = Spec::default();
+        let (g, mut intro, task) = setup(name, PagingMode::Level4, &s);
+        let mut cpu = g.cpu();
+        cpu.cpl = 3;
+        cpu.kernel_gs_base = cpu.gs_base;
+        cpu.gs_base = 0x7f00_1234_0000; // the user's FS/GS-style base
+        let id = intro.attribute(&g.mem, &cpu);
+        check(&id, &s, task);
+    }
+}
+
+#[test]
+fn contexts_from_preempt_count_and_flags() {
+    for name in PROFILES {
+        let s = Spec::default();
+        let (mut g, mut intro, _) = setup(name, PagingMode::Level4, &s);
+        for (pc, want) in [
+            (0x8000_0000, ExecContext::Task),
+            (0x0000_0000, ExecContext::Task), // NEED_RESCHED pending: bit 31 clear
+            (0x8000_0200, ExecContext::Task), // bottom halves disabled in dev_queue_xmit
+            (0x8000_0100, ExecContext::SoftIrq),
+            (0x8000_0300, ExecContext::SoftIrq),
+            (0x8001_0000, ExecContext::HardIrq),
+            (0x8010_0000, ExecContext::HardIrq), // NMI
+        ] {
+            g.set_preempt(pc);
+            assert_eq!(intro.attribute(&g.mem, &g.cpu()).context, want, "{name} {pc:#x}");
+        }
+        // A kernel thread: PF_KTHREAD, no mm.
+        let k = Spec {
+            flags: PF_KTHREAD | 0x40,
+            has_mm: false,
+            ..Spec::default()
+        };
+        let kt = g.make_task(&k);
+        g.set_current(kt, 0x8000_0000);
+        let id = intro.attribute(&g.mem, &g.cpu());
+        assert_eq!(id.context, ExecContext::KernelThread);
+        assert_eq!(id.exe_inode, None);
+        assert_eq!(id.pid, Some(k.pid));
+    }
+}
+
+#[test]
+fn old_kernels_thread_info_at_stack_base() {
+    let mut p = fixture("debian12-6.1");
+    p.current = CurrentTask::StackThreadInfo {
+        thread_size: 16384,
+        task_offset: 0,
+    };
+    let mut g = Guest::new(p, PagingMode::Level4);
+    let s = Spec::default();
+    let task = g.make_task(&s);
+    let stack = g.alloc(0x8000);
+    let stack = (stack + 0x3fff) & !0x3fff; // THREAD_SIZE aligned
+    g.w64(stack, task);
+    g.set_preempt(0x8000_0000);
+    let mut intro = Introspector::new(p).unwrap();
+    let mut cpu = g.cpu();
+    cpu.rsp = g.va(stack) + 0x3e58;
+    let id = intro.attribute(&g.mem, &cpu); // no direct map yet: page walks
+    check(&id, &s, task);
+    assert_eq!(id.context, ExecContext::Task);
+    cpu.cpl = 3;
+    cpu.rsp = 0x7ffd_0000_1000;
+    assert_eq!(intro.attribute(&g.mem, &cpu), TaskIdentity::default());
+}
+
+#[test]
+fn namespace_local_uid_mapping() {
+    for name in PROFILES {
+        // Inline extents (≤ 5).
+        let s = Spec {
+            uid: 201_000,
+            euid: 201_000,
+            extents: vec![(0, 100_000, 1000), (1000, 201_000, 10), (2000, 300_000, 5)],
+            ..Spec::default()
+        };
+        let (g, mut intro, _) = setup(name, PagingMode::Level4, &s);
+        assert_eq!(intro.attribute(&g.mem, &g.cpu()).uid_local, Some(1000));
+        // Forward array (> 5 extents).
+        let s = Spec {
+            uid: 500_007,
+            extents: (0..40).map(|i| (i * 10, 500_000 + i * 10, 10)).collect(),
+            ..Spec::default()
+        };
+        let (g, mut intro, _) = setup(name, PagingMode::Level4, &s);
+        assert_eq!(intro.attribute(&g.mem, &g.cpu()).uid_local, Some(7));
+        // Unmapped kuid: unknown, not overflowuid.
+        let s = Spec {
+            uid: 42,
+            ..Spec::default()
+        };
+        let (g, mut intro, _) = setup(name, PagingMode::Level4, &s);
+        assert_eq!(intro.attribute(&g.mem, &g.cpu()).uid_local, None);
+        // Initial user namespace: identity, no map read.
+        let s = Spec {
+            uid: 0,
+            euid: 0,
+            userns: 0xEFFF_FFFD,
+            extents: vec![],
+            ..Spec::default()
+        };
+        let (g, mut intro, _) = setup(name, PagingMode::Level4, &s);
+        assert_eq!(intro.attribute(&g.mem, &g.cpu()).uid_local, Some(0));
+    }
+}
+
+#[test]
+fn cached_attribution_costs_at_most_four_reads() {
+    for name in PROFILES {
+        let s = Spec::default();
+        let (g, mut intro, task) = setup(name, PagingMode::Level4, &s);
+        let cpu = g.cpu();
+        let cm = CountingMemory::new(g.mem);
+        let first = intro.attribute(&cm, &cpu);
+        let uncached = cm.reads();
+        cm.reset();
+        let again = intro.attribute(&cm, &cpu);
+        let cached = cm.reads();
+        assert_eq!(first, again);
+        check(&again, &s, task);
+        eprintln!("{name}: uncached {uncached} reads, cached {cached} reads");
+        assert!(cached <= 4, "{name}: {cached} reads");
+        assert!(uncached <= 40, "{name}: {uncached} reads");
+        assert_eq!(intro.stats().hits, 1);
+    }
+}
+
+#[test]
+fn cache_invalidated_by_key_changes() {
+    for name in PROFILES {
+        let s = Spec::default();
+        let (mut g, mut intro, task) = setup(name, PagingMode::Level4, &s);
+        let p = g.profile;
+        let cpu = g.cpu();
+        assert_eq!(intro.attribute(&g.mem, &cpu).uid, Some(s.uid));
+        // commit_creds(): a new cred with uid 0.
+        let cred_off = p.field(FieldId::Uid).steps()[0].off;
+        let uid_off = p.field(FieldId::Uid).steps()[1].off as u64;
+        let old = g.r64(g.task_slot(task, cred_off));
+        let new = g.alloc(0x2000);
+        let mut buf = vec![0u8; 0x2000];
+        g.mem.read(g.pa(old), &mut buf).unwrap();
+        g.mem.write(new, &buf).unwrap();
+        g.w32(new + uid_off, 0);
+        let slot = g.task_slot(task, cred_off);
+        let nva = g.va(new);
+        g.w64(slot, nva);
+        assert_eq!(intro.attribute(&g.mem, &cpu).uid, Some(0));
+        // Same task address reused by a new task: start_time differs.
+        let st = p.field(FieldId::StartTime).steps()[0].off;
+        let slot = g.task_slot(task, st);
+        g.w64(slot, 5);
+        assert_eq!(intro.attribute(&g.mem, &cpu).start_time, Some(5));
+        assert_eq!(intro.stats().hits, 0);
+        assert_eq!(intro.stats().misses, 3);
+    }
+}
+
+#[test]
+fn direct_map_is_verified_not_trusted() {
+    let s = Spec::default();
+    let (mut g, _, _) = setup("debian13-6.12", PagingMode::Level4, &s);
+    // A lying page_offset_base: the walk of the per-cpu base disagrees.
+    let va = g.profile.page_offset_base_va;
+    let mut intro = Introspector::new(g.profile).unwrap();
+    let t = shoji_introspect::translate(&g.mem, &g.pt(), va).unwrap();
+    g.w64(t.gpa, g.dmap_base + (1 << 30));
+    assert!(intro.learn_direct_map(&g.mem, &g.cpu(), RAM).is_err());
+    assert_eq!(intro.direct_map(), None);
+    // Without the fast path attribution still works, through page walks.
+    let id = intro.attribute(&g.mem, &g.cpu());
+    assert_eq!(id.pid, Some(s.pid));
+}
+
+#[test]
+fn hostile_pointers_end_in_unknown() {
+    for name in PROFILES {
+        let s = Spec::default();
+        let (mut g, mut intro, task) = setup(name, PagingMode::Level4, &s);
+        let p = g.profile;
+        let cpu = g.cpu();
+        // cred pointer into Shoji's memory, nsproxy outside RAM, cgroups into user space,
+        // thread_pid pointing at itself (a loop), signal misaligned.
+        let set = |g: &mut Guest, f: FieldId, v: u64| {
+            let off = p.field(f).steps()[0].off;
+            let slot = g.task_slot(task, off);
+            g.w64(slot, v);
+        };
+        let dm = g.dmap_base;
+        set(&mut g, FieldId::Uid, dm + HV_START + 0x100);
+        set(&mut g, FieldId::NetNsId, dm + (1 << 40));
+        set(&mut g, FieldId::CgroupId, 0x0000_7fff_0000_1000);
+        set(&mut g, FieldId::PidLocal, task + p.field(FieldId::PidLocal).steps()[0].off as u64);
+        set(&mut g, FieldId::TgidLocal, task + 3);
+        let id = intro.attribute(&g.mem, &cpu);
+        assert_eq!(id.uid, None);
+        assert_eq!(id.euid, None);
+        assert_eq!(id.userns_id, None);
+        assert_eq!(id.uid_local, None);
+        assert_eq!(id.netns_id, None);
+        assert_eq!(id.cgroup_id, None);
+        assert_eq!(id.tgid_local, None);
+        assert_eq!(id.pgid, None);
+        assert_eq!(id.pid, Some(s.pid));
+        assert_eq!(id.comm, Some(s.comm));
+        // Current task pointer into Shoji's memory / outside RAM / null.
+        for bad in [g.dmap_base + HV_START, g.dmap_base + RAM + 0x1000, 0, 0x1000] {
+            g.set_current(bad, 0x8000_0000);
+            let id = intro.attribute(&g.mem, &cpu);
+            assert_eq!(id.pid, None);
+            assert_eq!(id.context, ExecContext::Unknown);
+        }
+        // Garbage values: a comm without NUL, ns ids below proc's range, pids over PID_MAX.
+        g.set_current(task, 0x8000_0000);
+        let comm_off = p.field(FieldId::Comm).steps()[0].off;
+        let slot = g.task_slot(task, comm_off);
+        g.mem.write(slot, &[b'A'; 16]).unwrap();
+        let pid_off = p.field(FieldId::Pid).steps()[0].off;
+        let slot = g.task_slot(task, pid_off);
+        g.w32(slot, 0x7fff_ffff);
+        intro.flush();
+        let id = intro.attribute(&g.mem, &cpu);
+        assert_eq!(id.comm, None);
+        assert_eq!(id.pid, None);
+    }
+}
+
+#[test]
+fn lying_profiles_never_fault() {
+    // The 6.12 profile on a 6.1 guest (and vice versa): wrong offsets everywhere.
+    for (lay, run) in [("debian12-6.1", "debian13-6.12"), ("debian13-6.12", "debian12-6.1")] {
+        let s = Spec::default();
+        let (g, _, _) = setup(lay, PagingMode::Level4, &s);
+        let mut intro = Introspector::new(fixture(run)).unwrap();
+        let _ = intro.learn_direct_map(&g.mem, &g.cpu(), RAM);
+        let id = intro.attribute(&g.mem, &g.cpu());
+        assert_ne!(id.pid, Some(s.pid));
+    }
+}
+
+#[test]
+fn truncated_or_corrupt_profiles_are_refused() {
+    let path = format!("{}/fixtures/debian12-6.1.profile", env!("CARGO_MANIFEST_DIR"));
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(bytes.len(), ENCODED_LEN);
+    for n in [0, 8, 16, 100, ENCODED_LEN - 1] {
+        assert!(KernelProfile::decode(&bytes[..n]).is_err());
+    }
+    let mut b = bytes.clone();
+    b[8] = 2; // version
+    assert!(KernelProfile::decode(&b).is_err());
+    let mut b = bytes.clone();
+    b.push(0);
+    assert!(KernelProfile::decode(&b).is_err());
+}
+
+#[test]
+fn fingerprint_check_reads_guest_btf() {
+    let s = Spec::default();
+    let (mut g, intro, _) = setup("debian12-6.1", PagingMode::Level4, &s);
+    // No BTF mapped at __start_BTF: the check fails cleanly.
+    assert!(intro.verify_fingerprint(&g.mem, &g.pt()).is_err());
+    // Map a fake BTF there: fingerprint mismatch is reported as false.
+    let p = g.profile;
+    let pages = (p.btf_len as u64 + (p.btf_va & 0xfff)).div_ceil(4096);
+    let pa = g.alloc(pages * 4096);
+    for i in 0..pages {
+        g.map((p.btf_va & !0xfff) + i * 4096, pa + i * 4096, 4096, P);
+    }
+    assert_eq!(intro.verify_fingerprint(&g.mem, &g.pt()), Ok(false));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+
+    /// Random bytes over the task and every object it points to: never a panic.
+    #[test]
+    fn random_guest_memory_never_panics(seed in any::<u64>(), which in 0usize..2, flips in proptest::collection::vec((0usize..0x20000, any::<u8>()), 1..400)) {
+        let s = Spec::default();
+        let (mut g, mut intro, task) = setup(PROFILES[which], PagingMode::Level4, &s);
+        let base = g.pa(task) as usize;
+        for (i, (off, v)) in flips.iter().enumerate() {
+            let at = base + (off.wrapping_add(seed as usize).wrapping_mul(i + 1) % 0x20000);
+            g.mem.bytes[at] = *v;
+        }
+        let _ = intro.attribute(&g.mem, &g.cpu());
+        let _ = intro.attribute(&g.mem, &g.cpu());
+    }
+
+    /// Random profile bytes: refused, or valid and harmless.
+    #[test]
+    fn random_profiles_never_panic(flips in proptest::collection::vec((0usize..ENCODED_LEN, any::<u8>()), 1..8)) {
+        let path = format!("{}/fixtures/debian13-6.12.profile", env!("CARGO_MANIFEST_DIR"));
+        let mut b = std::fs::read(path).unwrap();
+        for (i, v) in flips { b[i] = v; }
+        if let Ok(p) = KernelProfile::decode(&b) {
+            let s = Spec::default();
+            let (g, _, _) = setup("debian13-6.12", PagingMode::Level4, &s);
+            let mut intro = Introspector::new(p).unwrap();
+            let _ = intro.learn_direct_map(&g.mem, &g.cpu(), RAM);
+            let _ = intro.attribute(&g.mem, &g.cpu());
+        }
+    }
+}
