@@ -1,0 +1,1155 @@
+//! Host tests: the engine between a simulated guest driver and a simulated 82540.
+
+use crate::desc::{cmd, popts, rx_sta, tucmd, RxWriteBack};
+use crate::engine::{Buffers, Config, Env, E1000};
+use crate::regs::{self, Ctrl, Int, Rctl, Tctl};
+use crate::sim::{GuestRam, SimDma, SimNic};
+use shoji_shared::{
+    Direction, DropReason, FrameFilter, FrameMeta, FrameSink, GuestMemory, TaskIdentity, Verdict,
+};
+use smoltcp::wire::{IpAddress, Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket};
+use std::boxed::Box;
+use std::vec;
+use std::vec::Vec;
+
+pub(crate) const RAM: usize = 8 << 20;
+pub(crate) const HV: (u64, u64) = (0x70_0000, 0x78_0000);
+const TX_RING: u64 = 0x1_0000;
+const RX_RING: u64 = 0x2_0000;
+const TX_BUFS: u64 = 0x10_0000;
+const RX_BUFS: u64 = 0x40_0000;
+const DMA_PHYS: u64 = 0x1_0000_0000;
+
+/// What the recording filter does with frames.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Pass,
+    DropAll,
+    /// TX frames go to the wire and are also relayed into the guest.
+    Hairpin,
+}
+
+pub(crate) struct Recorder {
+    pub mode: Mode,
+    pub seen: Vec<(Direction, Option<u16>, Option<u32>, Vec<u8>)>,
+}
+
+impl FrameFilter for Recorder {
+    fn filter(&mut self, meta: &FrameMeta<'_>, frame: &[u8], out: &mut dyn FrameSink) -> Verdict {
+        self.seen.push((meta.direction, meta.descriptor_vlan, meta.task.and_then(|t| t.pid), frame.to_vec()));
+        match (self.mode, meta.direction) {
+            (Mode::DropAll, _) => return Verdict::Drop(DropReason::PolicyDenied),
+            (_, Direction::Tx) => {
+                out.to_wire(frame);
+                if self.mode == Mode::Hairpin {
+                    out.to_guest(frame);
+                }
+            }
+            (_, Direction::Rx) => out.to_guest(frame),
+        }
+        Verdict::Pass
+    }
+}
+
+pub(crate) struct Rig {
+    pub nic: SimNic,
+    pub ram: GuestRam,
+    pub f: Recorder,
+    pub e: E1000<'static, SimNic, SimDma>,
+    pub task: Option<TaskIdentity>,
+    // Guest driver state.
+    pub tx_n: u32,
+    pub tx_tail: u32,
+    pub rx_n: u32,
+    pub rx_clean: u32,
+    pub rx_bsize: usize,
+    next_buf: u64,
+}
+
+fn cfg(ntx: u16, nrx: u16) -> Config {
+    Config { tx_descs: ntx, rx_descs: nrx, ..Config::default() }
+}
+
+impl Rig {
+    pub fn new(ntx: u16, nrx: u16) -> Rig {
+        let c = cfg(ntx, nrx);
+        let dma = SimDma::new(c.dma_bytes(), DMA_PHYS);
+        let nic = SimNic::new(dma.clone());
+        let bufs: &'static mut Buffers = Box::leak(Box::new(Buffers::new()));
+        let e = E1000::new(nic.clone(), dma, c, bufs).unwrap();
+        Rig {
+            nic,
+            ram: GuestRam::new(RAM, HV),
+            f: Recorder { mode: Mode::Pass, seen: Vec::new() },
+            e,
+            task: None,
+            tx_n: 0,
+            tx_tail: 0,
+            rx_n: 0,
+            rx_clean: 0,
+            rx_bsize: 2048,
+            next_buf: TX_BUFS,
+        }
+    }
+
+    pub fn w(&mut self, off: u32, v: u32) {
+        let mut env = Env { mem: &mut self.ram, filter: &mut self.f, task: self.task.as_ref() };
+        self.e.mmio_write(&mut env, off, 4, u64::from(v));
+    }
+
+    pub fn r(&mut self, off: u32) -> u32 {
+        let mut env = Env { mem: &mut self.ram, filter: &mut self.f, task: self.task.as_ref() };
+        self.e.mmio_read(&mut env, off, 4) as u32
+    }
+
+    pub fn poll(&mut self) {
+        let mut env = Env { mem: &mut self.ram, filter: &mut self.f, task: None };
+        self.e.poll(&mut env);
+    }
+
+    pub fn io_w(&mut self, port: u16, v: u32) {
+        let mut env = Env { mem: &mut self.ram, filter: &mut self.f, task: None };
+        self.e.io_write(&mut env, port, 4, v);
+    }
+
+    pub fn io_r(&mut self, port: u16) -> u32 {
+        let mut env = Env { mem: &mut self.ram, filter: &mut self.f, task: None };
+        self.e.io_read(&mut env, port, 4)
+    }
+
+    /// Configure like Linux's e1000_configure_tx/rx, with `rctl_extra` added to RCTL.
+    pub fn up(&mut self, tx_n: u32, rx_n: u32, rctl_extra: u32) {
+        self.tx_n = tx_n;
+        self.tx_tail = 0;
+        self.w(regs::TDBAL, TX_RING as u32);
+        self.w(regs::TDBAH, 0);
+        self.w(regs::TDLEN, tx_n * 16);
+        self.w(regs::TDH, 0);
+        self.w(regs::TDT, 0);
+        self.w(regs::TCTL, (Tctl::EN | Tctl::PSP).bits() | (0x0f << 4) | (0x40 << 12));
+        self.rx_n = rx_n;
+        self.rx_clean = 0;
+        let rctl = Rctl::from_bits_retain(Rctl::EN.bits() | Rctl::BAM.bits() | rctl_extra);
+        self.rx_bsize = rctl.buffer_size().unwrap() as usize;
+        for i in 0..rx_n {
+            let d = RX_RING + u64::from(i) * 16;
+            self.ram.write_u64(d, RX_BUFS + u64::from(i) * 0x4000).unwrap();
+            self.ram.write_u64(d + 8, 0).unwrap();
+        }
+        self.w(regs::RDBAL, RX_RING as u32);
+        self.w(regs::RDBAH, 0);
+        self.w(regs::RDLEN, rx_n * 16);
+        self.w(regs::RDH, 0);
+        self.w(regs::RDT, rx_n - 1);
+        self.w(regs::RCTL, rctl.bits());
+        self.w(regs::IMS, (Int::TXDW | Int::RXT0 | Int::RXDMT0 | Int::LSC | Int::RXSEQ).bits());
+    }
+
+    /// Copy `data` into guest memory for a TX buffer; returns its address.
+    pub fn buf(&mut self, data: &[u8]) -> u64 {
+        let a = self.next_buf;
+        self.ram.write(a, data).unwrap();
+        self.next_buf += (data.len() as u64 + 64) & !63;
+        if self.next_buf > 0x3f_0000 {
+            self.next_buf = TX_BUFS;
+        }
+        a
+    }
+
+    /// Write raw descriptors at the guest's tail (no doorbell).
+    pub fn put(&mut self, descs: &[[u8; 16]]) {
+        for d in descs {
+            self.ram.write(TX_RING + u64::from(self.tx_tail) * 16, d).unwrap();
+            self.tx_tail = (self.tx_tail + 1) % self.tx_n;
+        }
+    }
+
+    /// Post descriptors and ring TDT.
+    pub fn send(&mut self, descs: &[[u8; 16]]) {
+        self.put(descs);
+        let t = self.tx_tail;
+        self.w(regs::TDT, t);
+    }
+
+    /// One frame in one legacy descriptor.
+    pub fn send_frame(&mut self, frame: &[u8]) {
+        let a = self.buf(frame);
+        let d = legacy(a, frame.len() as u16, cmd::EOP | cmd::IFCS | cmd::RS);
+        self.send(&[d]);
+    }
+
+    pub fn tx_status(&self, idx: u32) -> u8 {
+        self.ram.bytes[(TX_RING + u64::from(idx) * 16 + 12) as usize]
+    }
+
+    /// Collect received frames from the guest ring like the driver's clean_rx, then give the
+    /// buffers back (RDT write). Returns (data, status of EOP desc, special, errors, descriptors).
+    pub fn rx(&mut self) -> Vec<(Vec<u8>, u8, u16, u8, usize)> {
+        let mut out = Vec::new();
+        let mut cur = Vec::new();
+        let mut descs = 0;
+        let mut errors = 0;
+        let mut cleaned = false;
+        for _ in 0..self.rx_n {
+            let d = RX_RING + u64::from(self.rx_clean) * 16;
+            let wb = RxWriteBack::from_u64(self.ram.read_u64(d + 8).unwrap());
+            if wb.status & rx_sta::DD == 0 {
+                break;
+            }
+            let a = self.ram.read_u64(d).unwrap();
+            let mut b = vec![0; usize::from(wb.len)];
+            self.ram.read(a, &mut b).unwrap();
+            cur.extend_from_slice(&b);
+            descs += 1;
+            errors |= wb.errors;
+            self.ram.write_u64(d + 8, 0).unwrap();
+            self.rx_clean = (self.rx_clean + 1) % self.rx_n;
+            cleaned = true;
+            if wb.status & rx_sta::EOP != 0 {
+                out.push((std::mem::take(&mut cur), wb.status, wb.special, errors, descs));
+                descs = 0;
+                errors = 0;
+            }
+        }
+        if cleaned {
+            let t = (self.rx_clean + self.rx_n - 1) % self.rx_n;
+            self.w(regs::RDT, t);
+        }
+        out
+    }
+
+    pub fn no_violations(&self) {
+        let s = self.nic.0.borrow();
+        assert!(s.violations.is_empty(), "NIC protocol violations: {:?}", s.violations);
+    }
+}
+
+pub(crate) fn legacy(addr: u64, len: u16, c: u8) -> [u8; 16] {
+    crate::desc::TxDesc::legacy_bytes(addr, len, c)
+}
+
+fn legacy_vlan(addr: u64, len: u16, c: u8, vlan: u16) -> [u8; 16] {
+    let mut d = legacy(addr, len, c | cmd::VLE);
+    d[14..16].copy_from_slice(&vlan.to_le_bytes());
+    d
+}
+
+#[allow(clippy::too_many_arguments)]
+fn context(ipcss: u8, ipcso: u8, ipcse: u16, tucss: u8, tucso: u8, paylen: u32, tu: u8, hdrlen: u8, mss: u16) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = ipcss;
+    c[1] = ipcso;
+    c[2..4].copy_from_slice(&ipcse.to_le_bytes());
+    c[4] = tucss;
+    c[5] = tucso;
+    let dw2 = (paylen & 0xf_ffff) | (u32::from(cmd::DEXT | cmd::RS | tu) << 24);
+    c[8..12].copy_from_slice(&dw2.to_le_bytes());
+    c[13] = hdrlen;
+    c[14..16].copy_from_slice(&mss.to_le_bytes());
+    c
+}
+
+fn data(addr: u64, len: u32, dcmd: u8, po: u8) -> [u8; 16] {
+    let mut d = [0u8; 16];
+    d[..8].copy_from_slice(&addr.to_le_bytes());
+    let dw2 = (len & 0xf_ffff) | (1 << 20) | (u32::from(dcmd | cmd::DEXT) << 24);
+    d[8..12].copy_from_slice(&dw2.to_le_bytes());
+    d[13] = po;
+    d
+}
+
+const SRC_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
+
+pub(crate) fn eth(ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&DST_MAC);
+    f.extend_from_slice(&SRC_MAC);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+pub(crate) fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+/// RFC 1071 sum, written independently of the engine's.
+fn rfc1071(chunks: &[&[u8]]) -> u16 {
+    let mut all = Vec::new();
+    for c in chunks {
+        all.extend_from_slice(c);
+    }
+    if all.len() % 2 == 1 {
+        all.push(0);
+    }
+    let mut s: u32 = 0;
+    for w in all.chunks(2) {
+        s += u32::from(u16::from_be_bytes([w[0], w[1]]));
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
+}
+
+/// An IPv4 TCP packet as Linux hands it to e1000 for offload: IP checksum zero, TCP checksum
+/// field holding the pseudo-header sum (with the length when `with_len`).
+fn ipv4_tcp(payload: &[u8], flags: u8, with_len: bool) -> Vec<u8> {
+    let tcp_len = 20 + payload.len();
+    let mut ip = vec![0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
+    ip[2..4].copy_from_slice(&((20 + tcp_len) as u16).to_be_bytes());
+    let mut tcp = vec![0u8; 20];
+    tcp[0..2].copy_from_slice(&1234u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&80u16.to_be_bytes());
+    tcp[4..8].copy_from_slice(&0x1000_0000u32.to_be_bytes());
+    tcp[8..12].copy_from_slice(&7u32.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = flags;
+    tcp[14..16].copy_from_slice(&65535u16.to_be_bytes());
+    let len_field = if with_len { tcp_len as u16 } else { 0 };
+    let pseudo = rfc1071(&[&ip[12..20], &[0, 6], &len_field.to_be_bytes()]);
+    tcp[16..18].copy_from_slice(&pseudo.to_be_bytes());
+    let mut p = ip;
+    p.extend_from_slice(&tcp);
+    p.extend_from_slice(payload);
+    eth(0x0800, &p)
+}
+
+fn ipv6_tcp(payload: &[u8], flags: u8) -> Vec<u8> {
+    let tcp_len = 20 + payload.len();
+    let mut ip = vec![0x60, 0, 0, 0, 0, 0, 6, 64];
+    ip[4..6].copy_from_slice(&(tcp_len as u16).to_be_bytes());
+    let src = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    let dst = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+    ip.extend_from_slice(&src);
+    ip.extend_from_slice(&dst);
+    let mut tcp = vec![0u8; 20];
+    tcp[4..8].copy_from_slice(&0xffff_ff00u32.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = flags;
+    let pseudo = rfc1071(&[&src, &dst, &[0, 6]]);
+    tcp[16..18].copy_from_slice(&pseudo.to_be_bytes());
+    let mut p = ip;
+    p.extend_from_slice(&tcp);
+    p.extend_from_slice(payload);
+    eth(0x86dd, &p)
+}
+
+fn check_v4_tcp(frame: &[u8]) -> (u16, u32, u8, Vec<u8>) {
+    let ip = Ipv4Packet::new_checked(&frame[14..]).expect("ipv4");
+    assert!(ip.verify_checksum(), "IPv4 header checksum");
+    assert_eq!(usize::from(ip.total_len()), frame.len() - 14);
+    let tcp = TcpPacket::new_checked(ip.payload()).expect("tcp");
+    let (s, d) = (IpAddress::Ipv4(ip.src_addr()), IpAddress::Ipv4(ip.dst_addr()));
+    assert!(tcp.verify_checksum(&s, &d), "TCP checksum");
+    // And independently: the full sum over pseudo-header and segment is 0xffff.
+    let seg = ip.payload();
+    let total = rfc1071(&[&frame[26..34], &[0, 6], &(seg.len() as u16).to_be_bytes(), seg]);
+    assert_eq!(total, 0xffff);
+    let flags = seg[13];
+    (ip.ident(), tcp.seq_number().0 as u32, flags, tcp.payload().to_vec())
+}
+
+// ---- TX --------------------------------------------------------------------------------------
+
+#[test]
+fn tx_single_frame_completes_and_interrupts() {
+    let mut r = Rig::new(64, 64);
+    r.up(8, 8, Rctl::SECRC.bits());
+    let irqs = r.nic.0.borrow().irqs;
+    let f = eth(0x0800, &pattern(100, 1));
+    r.send_frame(&f);
+    assert_eq!(r.nic.take_sent(), vec![f.clone()]);
+    assert_eq!(r.tx_status(0) & 1, 1, "DD written back");
+    assert_eq!(r.r(regs::TDH), 1);
+    assert!(r.nic.0.borrow().irqs > irqs, "guest interrupted through the real ICS");
+    let icr = r.r(regs::ICR);
+    assert_ne!(icr & Int::TXDW.bits(), 0);
+    assert_eq!(r.r(regs::ICR), 0, "ICR clears on read");
+    assert_eq!(r.e.counters().tx.frames, 1);
+    assert_eq!(r.e.counters().tx.bytes, f.len() as u64);
+    assert_eq!(r.e.counters().reg_writes[regs::RegId::Tdt as usize], 2);
+    assert_eq!(r.f.seen.len(), 1);
+    r.no_violations();
+}
+
+#[test]
+fn tx_wraps_around_the_guest_ring() {
+    let mut r = Rig::new(16, 16);
+    r.up(8, 8, Rctl::SECRC.bits());
+    let mut expect = Vec::new();
+    for batch in 0..7 {
+        let mut ds = Vec::new();
+        for k in 0..3 {
+            let f = eth(0x0800, &pattern(60 + batch * 3 + k, batch as u8));
+            let a = r.buf(&f);
+            ds.push(legacy(a, f.len() as u16, cmd::EOP | cmd::IFCS | cmd::RS));
+            expect.push(f);
+        }
+        r.send(&ds);
+        assert_eq!(r.r(regs::TDH), r.tx_tail);
+    }
+    assert_eq!(r.nic.take_sent(), expect);
+    assert_eq!(r.e.counters().tx.frames, 21);
+    r.no_violations();
+}
+
+#[test]
+fn tx_multi_descriptor_frame_and_partial_packet() {
+    let mut r = Rig::new(32, 32);
+    r.up(16, 8, Rctl::SECRC.bits());
+    let f = eth(0x0800, &pattern(3000 - 14, 9));
+    let (a, b, c) = (&f[..100], &f[100..1600], &f[1600..]);
+    let (aa, ab, ac) = (r.buf(a), r.buf(b), r.buf(c));
+    // Two descriptors without EOP: nothing may go out.
+    r.send(&[legacy(aa, a.len() as u16, cmd::IFCS), legacy(ab, b.len() as u16, cmd::IFCS)]);
+    assert!(r.nic.take_sent().is_empty());
+    assert_eq!(r.r(regs::TDH), 0, "head stays at the incomplete packet");
+    r.send(&[legacy(ac, c.len() as u16, cmd::EOP | cmd::IFCS | cmd::RS)]);
+    assert_eq!(r.nic.take_sent(), vec![f]);
+    assert_eq!(r.r(regs::TDH), 3);
+    assert_eq!(r.tx_status(2) & 1, 1);
+    assert_eq!(r.tx_status(0) & 1, 0, "no RS, no write-back");
+    r.no_violations();
+}
+
+#[test]
+fn tx_real_ring_full_stalls_then_resumes_without_loss() {
+    let mut r = Rig::new(8, 8);
+    r.up(32, 8, Rctl::SECRC.bits());
+    r.nic.0.borrow_mut().auto_tx = false;
+    let frames: Vec<Vec<u8>> = (0..20).map(|i| eth(0x0800, &pattern(200, i))).collect();
+    let mut ds = Vec::new();
+    for f in &frames {
+        let a = r.buf(f);
+        ds.push(legacy(a, f.len() as u16, cmd::EOP | cmd::IFCS | cmd::RS));
+    }
+    r.send(&ds);
+    let head = r.r(regs::TDH);
+    assert_eq!(head, 7, "Shoji's 8-entry ring holds 7 frames");
+    assert!(r.e.counters().tx_stalls > 0);
+    let mut sent = Vec::new();
+    for _ in 0..10 {
+        r.nic.run_tx();
+        sent.extend(r.nic.take_sent());
+        r.poll();
+    }
+    r.nic.run_tx();
+    sent.extend(r.nic.take_sent());
+    assert_eq!(sent, frames);
+    assert_eq!(r.r(regs::TDH), 20);
+    assert_eq!(r.e.counters().tx.dropped_total(), 0);
+    r.no_violations();
+}
+
+#[test]
+fn tx_checksum_offload_with_context() {
+    let mut r = Rig::new(32, 32);
+    r.up(16, 8, Rctl::SECRC.bits());
+    let f = ipv4_tcp(&pattern(333, 4), 0x18, true);
+    // Linux e1000_tx_csum: context with TUCSS/TUCSO, data descriptor with TXSM.
+    let ctx = context(14, 24, 33, 34, 34 + 16, 0, tucmd::TCP | tucmd::IP, 0, 0);
+    let a = r.buf(&f[..54]);
+    let b = r.buf(&f[54..]);
+    r.send(&[
+        ctx,
+        data(a, 54, cmd::IFCS, popts::TXSM | popts::IXSM),
+        data(b, (f.len() - 54) as u32, cmd::EOP | cmd::IFCS | cmd::RS, 0),
+    ]);
+    let sent = r.nic.take_sent();
+    assert_eq!(sent.len(), 1);
+    let (_, _, _, payload) = check_v4_tcp(&sent[0]);
+    assert_eq!(payload, pattern(333, 4));
+    assert_eq!(r.tx_status(0) & 1, 1, "context descriptor with RS reports DD");
+
+    // UDP over IPv4 with TXSM only.
+    let mut udp = vec![0u8; 8];
+    udp[0..2].copy_from_slice(&53u16.to_be_bytes());
+    udp[2..4].copy_from_slice(&5353u16.to_be_bytes());
+    let body = pattern(77, 3);
+    udp[4..6].copy_from_slice(&((8 + body.len()) as u16).to_be_bytes());
+    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0, 0, 64, 17, 0, 0, 192, 168, 0, 1, 192, 168, 0, 2];
+    ip[2..4].copy_from_slice(&((20 + 8 + body.len()) as u16).to_be_bytes());
+    let ipsum = !rfc1071(&[&ip]);
+    ip[10..12].copy_from_slice(&ipsum.to_be_bytes());
+    let pseudo = rfc1071(&[&ip[12..20], &[0, 17], &((8 + body.len()) as u16).to_be_bytes()]);
+    udp[6..8].copy_from_slice(&pseudo.to_be_bytes());
+    let mut p = ip;
+    p.extend_from_slice(&udp);
+    p.extend_from_slice(&body);
+    let f = eth(0x0800, &p);
+    let ctx = context(14, 24, 33, 34, 34 + 6, 0, tucmd::IP, 0, 0);
+    let a = r.buf(&f);
+    r.send(&[ctx, data(a, f.len() as u32, cmd::EOP | cmd::IFCS | cmd::RS, popts::TXSM)]);
+    let sent = r.nic.take_sent();
+    let ipp = Ipv4Packet::new_checked(&sent[0][14..]).unwrap();
+    assert!(ipp.verify_checksum());
+    let u = UdpPacket::new_checked(ipp.payload()).unwrap();
+    assert!(u.verify_checksum(&IpAddress::Ipv4(ipp.src_addr()), &IpAddress::Ipv4(ipp.dst_addr())));
+    r.no_violations();
+}
+
+#[test]
+fn tx_legacy_insert_checksum() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, Rctl::SECRC.bits());
+    let f = ipv4_tcp(&pattern(50, 1), 0x10, true);
+    let a = r.buf(&f);
+    let mut d = legacy(a, f.len() as u16, cmd::EOP | cmd::IFCS | cmd::RS | cmd::IC_TSE);
+    d[10] = 34 + 16; // CSO
+    d[13] = 34; // CSS
+    r.send(&[d]);
+    let sent = r.nic.take_sent();
+    let ipp = Ipv4Packet::new_checked(&sent[0][14..]).unwrap();
+    let t = TcpPacket::new_checked(ipp.payload()).unwrap();
+    assert!(t.verify_checksum(&IpAddress::Ipv4(ipp.src_addr()), &IpAddress::Ipv4(ipp.dst_addr())));
+}
+
+fn tso_v4(r: &mut Rig, payload: &[u8], mss: u16, flags: u8, split: &[usize]) -> Vec<Vec<u8>> {
+    let f = ipv4_tcp(payload, flags, false);
+    let hdr = 54u8;
+    let ctx = context(14, 24, 33, 34, 34 + 16, payload.len() as u32, tucmd::TCP | tucmd::IP | tucmd::TSE, hdr, mss);
+    let mut ds = vec![ctx];
+    let ha = r.buf(&f[..54]);
+    ds.push(data(ha, 54, cmd::IFCS | cmd::IC_TSE, popts::IXSM | popts::TXSM));
+    let mut off = 54;
+    for (i, &len) in split.iter().enumerate() {
+        let a = r.buf(&f[off..off + len]);
+        let last = i + 1 == split.len();
+        let c = cmd::IFCS | cmd::IC_TSE | if last { cmd::EOP | cmd::RS } else { 0 };
+        ds.push(data(a, len as u32, c, 0));
+        off += len;
+    }
+    assert_eq!(off, f.len());
+    r.send(&ds);
+    r.nic.take_sent()
+}
+
+#[test]
+fn tx_tso_ipv4_segments_match_reference() {
+    let mut r = Rig::new(64, 32);
+    r.up(32, 8, Rctl::SECRC.bits());
+    let payload = pattern(4500, 7);
+    let segs = tso_v4(&mut r, &payload, 1000, 0x19 /* FIN|PSH|ACK */, &[1500, 2000, 1000]);
+    assert_eq!(segs.len(), 5);
+    let mut joined = Vec::new();
+    for (k, s) in segs.iter().enumerate() {
+        let (id, seq, flags, p) = check_v4_tcp(s);
+        assert_eq!(id, 0x1234 + k as u16);
+        assert_eq!(seq, 0x1000_0000 + 1000 * k as u32);
+        if k + 1 < segs.len() {
+            assert_eq!(flags, 0x10, "FIN/PSH cleared on segment {k}");
+            assert_eq!(s.len(), 54 + 1000);
+        } else {
+            assert_eq!(flags, 0x19);
+            assert_eq!(s.len(), 54 + 500);
+        }
+        joined.extend_from_slice(&p);
+    }
+    assert_eq!(joined, payload);
+    let c = r.e.counters();
+    assert_eq!((c.tso_packets, c.tso_segments, c.tx.frames, c.tx_guest_packets), (1, 5, 5, 1));
+    // A 64 KiB TSO packet.
+    let big = pattern(65000, 3);
+    let segs = tso_v4(&mut r, &big, 1448, 0x10, &[20000, 20000, 25000]);
+    assert_eq!(segs.len(), 65000usize.div_ceil(1448));
+    let mut joined = Vec::new();
+    for s in &segs {
+        joined.extend(check_v4_tcp(s).3);
+    }
+    assert_eq!(joined, big);
+    r.no_violations();
+}
+
+#[test]
+fn tx_tso_ipv6() {
+    let mut r = Rig::new(64, 32);
+    r.up(16, 8, Rctl::SECRC.bits());
+    let payload = pattern(3000, 5);
+    let f = ipv6_tcp(&payload, 0x18);
+    let hdr = 14 + 40 + 20;
+    let ctx = context(14, 0, 0, 54, 54 + 16, payload.len() as u32, tucmd::TCP | tucmd::TSE, hdr as u8, 1200);
+    let a = r.buf(&f);
+    r.send(&[ctx, data(a, f.len() as u32, cmd::EOP | cmd::IFCS | cmd::RS | cmd::IC_TSE, popts::TXSM)]);
+    let segs = r.nic.take_sent();
+    assert_eq!(segs.len(), 3);
+    let mut joined = Vec::new();
+    for (k, s) in segs.iter().enumerate() {
+        let ip = Ipv6Packet::new_checked(&s[14..]).unwrap();
+        assert_eq!(usize::from(ip.payload_len()), s.len() - 54);
+        let t = TcpPacket::new_checked(ip.payload()).unwrap();
+        assert!(t.verify_checksum(&IpAddress::Ipv6(ip.src_addr()), &IpAddress::Ipv6(ip.dst_addr())));
+        assert_eq!(t.seq_number().0 as u32, 0xffff_ff00u32.wrapping_add(1200 * k as u32));
+        joined.extend_from_slice(t.payload());
+    }
+    assert_eq!(joined, payload);
+}
+
+#[test]
+fn tx_vlan_from_descriptor_and_in_frame() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, Rctl::SECRC.bits());
+    let f = eth(0x0800, &pattern(80, 2));
+    // VME clear: VLE is ignored, as on hardware.
+    let a = r.buf(&f);
+    r.send(&[legacy_vlan(a, f.len() as u16, cmd::EOP | cmd::IFCS | cmd::RS, 100)]);
+    assert_eq!(r.nic.take_sent(), vec![f.clone()]);
+    // VME set: the tag is inserted and reported to the filter.
+    let ctrl = r.r(regs::CTRL);
+    r.w(regs::CTRL, ctrl | Ctrl::VME.bits());
+    assert_eq!(r.nic.reg(regs::CTRL) & Ctrl::VME.bits(), 0, "real VME stays off");
+    assert_ne!(r.r(regs::CTRL) & Ctrl::VME.bits(), 0, "guest sees its VME");
+    r.send(&[legacy_vlan(a, f.len() as u16, cmd::EOP | cmd::IFCS | cmd::RS, 0x2064)]);
+    let sent = r.nic.take_sent();
+    let mut tagged = f[..12].to_vec();
+    tagged.extend_from_slice(&[0x81, 0x00, 0x20, 0x64]);
+    tagged.extend_from_slice(&f[12..]);
+    assert_eq!(sent, vec![tagged.clone()]);
+    assert_eq!(r.f.seen.last().unwrap().1, Some(0x2064));
+    // Tag in the frame itself: passes unchanged, no descriptor VLAN.
+    let a = r.buf(&tagged);
+    r.send(&[legacy(a, tagged.len() as u16, cmd::EOP | cmd::IFCS | cmd::RS)]);
+    assert_eq!(r.nic.take_sent(), vec![tagged]);
+    assert_eq!(r.f.seen.last().unwrap().1, None);
+    // TSO with a descriptor VLAN: every segment tagged.
+    let payload = pattern(2500, 1);
+    let fr = ipv4_tcp(&payload, 0x10, false);
+    let ctx = context(14, 24, 33, 34, 50, 2500, tucmd::TCP | tucmd::IP | tucmd::TSE, 54, 1000);
+    let a = r.buf(&fr);
+    let mut d = data(a, fr.len() as u32, cmd::EOP | cmd::IFCS | cmd::RS | cmd::IC_TSE | cmd::VLE, popts::IXSM | popts::TXSM);
+    d[14..16].copy_from_slice(&7u16.to_le_bytes());
+    r.send(&[ctx, d]);
+    let segs = r.nic.take_sent();
+    assert_eq!(segs.len(), 3);
+    for s in &segs {
+        assert_eq!(&s[12..16], &[0x81, 0, 0, 7]);
+        let mut untagged = s[..12].to_vec();
+        untagged.extend_from_slice(&s[16..]);
+        check_v4_tcp(&untagged);
+    }
+    r.no_violations();
+}
+
+#[test]
+fn tx_task_identity_reaches_the_filter() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, Rctl::SECRC.bits());
+    r.task = Some(TaskIdentity { pid: Some(4242), ..Default::default() });
+    r.send_frame(&eth(0x0800, &pattern(60, 0)));
+    assert_eq!(r.f.seen[0].2, Some(4242));
+    assert_eq!(r.f.seen[0].0, Direction::Tx);
+}
+
+#[test]
+fn tx_hostile_descriptors_are_dropped_and_counted() {
+    let mut r = Rig::new(32, 32);
+    r.up(16, 8, Rctl::SECRC.bits());
+    let good = eth(0x0800, &pattern(64, 0));
+    let ga = r.buf(&good);
+    let ok = legacy(ga, good.len() as u16, cmd::EOP | cmd::IFCS | cmd::RS);
+    let rs = cmd::EOP | cmd::IFCS | cmd::RS;
+    let cases: Vec<[u8; 16]> = vec![
+        legacy(HV.0 + 0x100, 64, rs),                   // Shoji's memory
+        legacy(HV.0 - 10, 64, rs),                      // straddles into Shoji's memory
+        legacy(RAM as u64 + 0x1000, 64, rs),            // beyond RAM (MMIO)
+        legacy(u64::MAX - 8, 64, rs),                   // wraps
+        legacy(ga, 0, rs),                              // zero length
+        data(ga, 0xf_ffff, cmd::EOP | cmd::RS, 0),      // overlong (1 MiB)
+    ];
+    let n = cases.len() as u64;
+    for c in cases {
+        r.send(&[c, ok]);
+    }
+    assert_eq!(r.nic.take_sent().len() as u64, n, "each good frame after a hostile one goes out");
+    let c = r.e.counters();
+    assert_eq!(c.tx.dropped(DropReason::HostileDescriptor), n - 1);
+    assert_eq!(c.tx.dropped(DropReason::Oversize), 1);
+    for i in 0..(2 * n as u32) {
+        assert_eq!(r.tx_status(i) & 1, 1, "descriptor {i} completed");
+    }
+    // Bad offload requests.
+    let f = ipv4_tcp(&pattern(100, 0), 0x10, false);
+    let a = r.buf(&f);
+    let rs_tse = cmd::EOP | cmd::IFCS | cmd::RS | cmd::IC_TSE;
+    r.send(&[context(14, 24, 33, 34, 50, 100, tucmd::TCP | tucmd::IP | tucmd::TSE, 54, 0), data(a, f.len() as u32, rs_tse, 3)]);
+    r.send(&[context(14, 24, 33, 34, 50, 100, tucmd::TCP | tucmd::IP | tucmd::TSE, 255, 100), data(a, f.len() as u32, rs_tse, 3)]);
+    r.send(&[context(14, 24, 33, 34, 250, 0, tucmd::TCP | tucmd::IP, 0, 0), data(a, f.len() as u32, rs, popts::TXSM)]);
+    let mut legacy_bad = legacy(a, f.len() as u16, rs | cmd::IC_TSE);
+    legacy_bad[10] = 200; // CSO beyond the frame
+    r.send(&[legacy_bad]);
+    // Context descriptor inside a packet, reserved descriptor type.
+    let mut reserved = [0u8; 16];
+    reserved[8..12].copy_from_slice(&((7u32 << 20) | (u32::from(cmd::DEXT | cmd::RS) << 24)).to_le_bytes());
+    r.send(&[legacy(a, 20, cmd::IFCS), context(0, 0, 0, 0, 0, 0, 0, 0, 0)]);
+    r.send(&[reserved]);
+    assert!(r.nic.take_sent().is_empty());
+    assert_eq!(r.e.counters().tx.dropped(DropReason::HostileDescriptor), n - 1 + 6);
+    r.send(&[ok]);
+    assert_eq!(r.nic.take_sent().len(), 1);
+    assert_eq!(r.ram.bytes[HV.0 as usize..HV.1 as usize].iter().filter(|b| **b != 0).count(), 0);
+    r.no_violations();
+}
+
+#[test]
+fn tx_ring_reprogramming_and_bad_ring_registers() {
+    let mut r = Rig::new(32, 32);
+    r.up(16, 8, Rctl::SECRC.bits());
+    r.send_frame(&eth(0x0800, &pattern(60, 1)));
+    // Tail beyond the ring: ignored and counted, never a panic.
+    r.w(regs::TDT, 4000);
+    assert_eq!(r.e.counters().ring_errors, 1);
+    // Ring shrinks under head/tail.
+    r.w(regs::TDT, 12);
+    r.w(regs::TDLEN, 8 * 16);
+    r.w(regs::TDT, 13);
+    assert!(r.e.counters().ring_errors >= 2);
+    // Ring base pointed into Shoji's memory: descriptors unreadable, consumed and counted.
+    r.w(regs::TDLEN, 8 * 16);
+    r.w(regs::TDBAL, HV.0 as u32);
+    r.w(regs::TDH, 0);
+    r.w(regs::TDT, 3);
+    assert_eq!(r.r(regs::TDH), 3);
+    assert!(r.e.counters().tx.dropped(DropReason::HostileDescriptor) >= 3);
+    // Re-program properly (as after ifdown/ifup) and traffic flows again.
+    r.nic.take_sent();
+    r.up(8, 8, Rctl::SECRC.bits());
+    r.send_frame(&eth(0x0800, &pattern(70, 2)));
+    assert_eq!(r.nic.take_sent().len(), 1);
+    r.no_violations();
+}
+
+#[test]
+fn tx_disabled_or_no_bus_master_holds_frames() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, Rctl::SECRC.bits());
+    r.w(regs::TCTL, 0);
+    r.send_frame(&eth(0x0800, &pattern(60, 1)));
+    assert!(r.nic.take_sent().is_empty());
+    r.w(regs::TCTL, Tctl::EN.bits());
+    assert_eq!(r.nic.take_sent().len(), 1);
+    let out = r.e.pci_config_write(0x04, 2, 0x0003, 0x0000_0007);
+    assert_eq!(out.write, crate::pci::PciWrite::Replace(0x7));
+    r.send_frame(&eth(0x0800, &pattern(60, 2)));
+    assert!(r.nic.take_sent().is_empty(), "guest turned bus mastering off");
+    r.e.pci_config_write(0x04, 2, 0x0007, 0x0000_0007);
+    r.poll();
+    assert_eq!(r.nic.take_sent().len(), 1);
+}
+
+// ---- RX --------------------------------------------------------------------------------------
+
+#[test]
+fn rx_delivery_at_icr_read_poll_and_rdt() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, Rctl::SECRC.bits());
+    let f1 = eth(0x0800, &pattern(100, 1));
+    r.nic.inject(&f1);
+    assert!(r.nic.irq_asserted(), "real RX interrupt reaches the guest");
+    let icr = r.r(regs::ICR);
+    assert_ne!(icr & Int::RXT0.bits(), 0);
+    let got = r.rx();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, f1);
+    assert_eq!(got[0].1 & (rx_sta::EOP | rx_sta::IXSM | rx_sta::DD), rx_sta::EOP | rx_sta::IXSM | rx_sta::DD);
+    // Delivered by the periodic poll.
+    let f2 = eth(0x0800, &pattern(200, 2));
+    r.nic.inject(&f2);
+    r.poll();
+    assert_eq!(r.rx()[0].0, f2);
+    // Short frames are padded to 60 bytes like the wire would.
+    r.nic.inject(&eth(0x0806, &[1, 2, 3]));
+    r.poll();
+    let got = r.rx();
+    assert_eq!(got[0].0.len(), 60);
+    assert_eq!(r.e.counters().rx.frames, 3);
+    r.no_violations();
+}
+
+#[test]
+fn rx_keeps_crc_when_guest_asks() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, 0);
+    let f = eth(0x0800, &pattern(100, 3));
+    r.nic.inject(&f);
+    r.poll();
+    let got = r.rx();
+    assert_eq!(got[0].0.len(), f.len() + 4);
+    assert_eq!(&got[0].0[..f.len()], &f[..]);
+    assert_eq!(crate::offload::crc32(&[&got[0].0]), 0x2144_df1c, "FCS residue");
+    assert_eq!(r.nic.reg(regs::RCTL) & Rctl::SECRC.bits(), Rctl::SECRC.bits(), "real NIC strips");
+}
+
+#[test]
+fn rx_honours_guest_buffer_size_and_lpe() {
+    let mut r = Rig::new(32, 32);
+    r.up(16, 16, Rctl::SECRC.bits() | (3 << 16)); // 256-byte buffers
+    let f = eth(0x0800, &pattern(1000, 1));
+    r.nic.inject(&f);
+    r.poll();
+    let got = r.rx();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, f);
+    assert_eq!(got[0].4, 4, "1014 bytes over 256-byte buffers");
+    // A jumbo frame without LPE is dropped; with LPE it arrives.
+    let j = eth(0x0800, &pattern(3000, 2));
+    r.nic.inject(&j);
+    r.poll();
+    assert!(r.rx().is_empty());
+    assert_eq!(r.e.counters().rx.dropped(DropReason::Oversize), 1);
+    r.w(regs::RCTL, Rctl::EN.bits() | Rctl::SECRC.bits() | Rctl::LPE.bits() | Rctl::BSEX.bits() | (3 << 16));
+    r.rx_bsize = 4096;
+    r.nic.inject(&j);
+    r.poll();
+    let got = r.rx();
+    assert_eq!(got[0].0, j);
+    assert_eq!(got[0].4, 1);
+    r.no_violations();
+}
+
+#[test]
+fn rx_vlan_stripping_follows_guest_vme() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, Rctl::SECRC.bits());
+    let inner = eth(0x0800, &pattern(100, 5));
+    let mut tagged = inner[..12].to_vec();
+    tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x2a]);
+    tagged.extend_from_slice(&inner[12..]);
+    r.nic.inject(&tagged);
+    r.poll();
+    let got = r.rx();
+    assert_eq!(got[0].0, tagged, "VME clear: tag stays in the frame");
+    assert_eq!(got[0].1 & rx_sta::VP, 0);
+    let ctrl = r.r(regs::CTRL);
+    r.w(regs::CTRL, ctrl | Ctrl::VME.bits());
+    r.nic.inject(&tagged);
+    r.poll();
+    let got = r.rx();
+    assert_eq!(got[0].0, inner);
+    assert_ne!(got[0].1 & rx_sta::VP, 0);
+    assert_eq!(got[0].2, 0x2a);
+    assert_eq!(r.f.seen.last().unwrap().3, tagged, "the filter saw the tag");
+    r.no_violations();
+}
+
+#[test]
+fn rx_guest_ring_full_backpressures_without_loss() {
+    let mut r = Rig::new(32, 16);
+    r.up(8, 8, Rctl::SECRC.bits());
+    let frames: Vec<Vec<u8>> = (0..12).map(|i| eth(0x0800, &pattern(300, i))).collect();
+    for f in &frames {
+        r.nic.inject(f);
+    }
+    r.poll();
+    assert!(r.e.counters().rx_stalls > 0);
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        got.extend(r.rx().into_iter().map(|x| x.0));
+        r.poll();
+    }
+    assert_eq!(got, frames);
+    assert_eq!(r.e.counters().rx.dropped_total(), 0);
+    // Real ring full too: 40 frames into a 16-entry real ring.
+    let frames: Vec<Vec<u8>> = (0..40).map(|i| eth(0x0800, &pattern(64, i))).collect();
+    for f in &frames {
+        r.nic.inject(f);
+    }
+    let mut got = Vec::new();
+    for _ in 0..20 {
+        r.poll();
+        got.extend(r.rx().into_iter().map(|x| x.0));
+    }
+    assert_eq!(got, frames);
+    r.no_violations();
+}
+
+#[test]
+fn rx_hostile_guest_buffers() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, Rctl::SECRC.bits());
+    // Descriptor 0 points into Shoji's memory, descriptor 1 beyond RAM.
+    r.ram.write_u64(RX_RING, HV.0).unwrap();
+    r.ram.write_u64(RX_RING + 16, RAM as u64 - 10).unwrap();
+    for i in 0..3 {
+        r.nic.inject(&eth(0x0800, &pattern(100, i)));
+    }
+    r.poll();
+    let got = r.rx();
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[0].3 & crate::desc::RX_ERR_RXE, crate::desc::RX_ERR_RXE);
+    assert_eq!(got[1].3 & crate::desc::RX_ERR_RXE, crate::desc::RX_ERR_RXE);
+    assert_eq!(got[2].3, 0);
+    assert_eq!(got[2].0, eth(0x0800, &pattern(100, 2)));
+    assert_eq!(r.e.counters().rx.dropped(DropReason::HostileDescriptor), 2);
+    assert!(r.ram.bytes[HV.0 as usize..HV.1 as usize].iter().all(|b| *b == 0));
+    // Ring registers out of range: frames dropped, counted, no panic.
+    r.w(regs::RDT, 9999);
+    r.nic.inject(&eth(0x0800, &pattern(100, 9)));
+    r.poll();
+    assert!(r.e.counters().rx.dropped(DropReason::HostileDescriptor) >= 3);
+    r.no_violations();
+}
+
+#[test]
+fn rx_disabled_drops_and_filter_drops_are_counted() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, Rctl::SECRC.bits());
+    r.w(regs::RCTL, Rctl::SECRC.bits());
+    r.w(regs::RCTL, Rctl::SECRC.bits() | Rctl::EN.bits());
+    r.f.mode = Mode::DropAll;
+    r.nic.inject(&eth(0x0800, &pattern(100, 1)));
+    r.poll();
+    assert!(r.rx().is_empty());
+    assert_eq!(r.e.counters().rx.dropped(DropReason::PolicyDenied), 1);
+    r.send_frame(&eth(0x0800, &pattern(100, 1)));
+    assert!(r.nic.take_sent().is_empty());
+    assert_eq!(r.e.counters().tx.dropped(DropReason::PolicyDenied), 1);
+    assert_eq!(r.tx_status(0) & 1, 1, "a filtered frame still completes its descriptor");
+}
+
+#[test]
+fn hairpin_relays_tx_into_guest_rx() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, Rctl::SECRC.bits());
+    r.f.mode = Mode::Hairpin;
+    let f = eth(0x0800, &pattern(90, 1));
+    r.send_frame(&f);
+    assert_eq!(r.nic.take_sent(), vec![f.clone()]);
+    let icr = r.r(regs::ICR);
+    assert_ne!(icr & Int::RXT0.bits(), 0);
+    assert_eq!(r.rx()[0].0, f);
+    assert_eq!(r.e.counters().hairpin_frames, 1);
+}
+
+// ---- registers, interrupts, reset ------------------------------------------------------------
+
+#[test]
+fn icr_virtualisation_no_spurious_no_lost() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, Rctl::SECRC.bits());
+    r.w(regs::IMC, u32::MAX);
+    assert_eq!(r.nic.reg(regs::IMS), 0);
+    r.send_frame(&eth(0x0800, &pattern(60, 1)));
+    assert!(!r.nic.irq_asserted(), "masked: no interrupt");
+    r.w(regs::IMS, Int::TXDW.bits());
+    assert!(r.nic.irq_asserted(), "pending cause raised when unmasked");
+    assert_eq!(r.r(regs::IMS), Int::TXDW.bits());
+    let icr = r.r(regs::ICR);
+    assert_eq!(icr & Int::TXDW.bits(), Int::TXDW.bits());
+    assert_eq!(icr & Int::DOORBELL.bits(), 0, "the doorbell is invisible");
+    assert!(!r.nic.irq_asserted(), "reading ICR deasserts");
+    assert_eq!(r.r(regs::ICR), 0);
+    // Link status change passes through.
+    r.w(regs::IMS, Int::LSC.bits());
+    {
+        let mut n = r.nic.clone();
+        crate::NicRegisters::write32(&mut n, regs::ICS, Int::LSC.bits());
+    }
+    assert!(r.nic.irq_asserted());
+    assert_eq!(r.r(regs::ICR), Int::LSC.bits());
+    // Guest ICS raises a virtual cause.
+    r.w(regs::ICS, Int::RXDMT0.bits());
+    let icr = r.r(regs::ICR);
+    assert_eq!(icr, Int::RXDMT0.bits());
+    // ICR write-one-to-clear.
+    r.w(regs::ICS, (Int::TXDW | Int::RXT0).bits());
+    r.w(regs::ICR, Int::TXDW.bits());
+    assert_eq!(r.r(regs::ICR), Int::RXT0.bits());
+    // Real TX completions never interrupt the guest by themselves.
+    assert_eq!(r.nic.reg(regs::IMS) & (Int::TXDW | Int::TXQE).bits(), 0);
+}
+
+#[test]
+fn guest_reset_through_io_bar_and_reinit() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, Rctl::SECRC.bits());
+    r.send_frame(&eth(0x0800, &pattern(60, 1)));
+    r.nic.take_sent();
+    r.nic.0.borrow_mut().reset_delay = 2;
+    // Linux resets the 82540 through IOADDR/IODATA.
+    r.io_w(0, regs::CTRL);
+    let ctrl = r.io_r(4);
+    r.io_w(4, ctrl | Ctrl::RST.bits());
+    assert_eq!(r.nic.0.borrow().resets, 1);
+    assert_eq!(r.io_r(0), regs::CTRL);
+    assert_eq!(r.e.counters().guest_resets, 1);
+    // Shadows are back to defaults.
+    assert_eq!(r.r(regs::TDLEN), 0);
+    assert_eq!(r.r(regs::RCTL), 0);
+    assert_eq!(r.r(regs::IMS), 0);
+    assert_eq!(r.r(regs::VET), regs::VET_DEFAULT);
+    for _ in 0..3 {
+        r.poll();
+    }
+    // The real rings were re-programmed at Shoji's DMA region once the device left reset.
+    assert_eq!(u64::from(r.nic.reg(regs::TDBAL)) | (u64::from(r.nic.reg(regs::TDBAH)) << 32), DMA_PHYS);
+    assert_eq!(r.nic.reg(regs::RDLEN), 32 * 16);
+    r.up(8, 8, Rctl::SECRC.bits());
+    let f = eth(0x0800, &pattern(70, 2));
+    r.send_frame(&f);
+    assert_eq!(r.nic.take_sent(), vec![f.clone()]);
+    r.nic.inject(&f);
+    r.poll();
+    assert_eq!(r.rx()[0].0, f);
+    r.no_violations();
+}
+
+#[test]
+fn ring_registers_never_reach_the_device() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, Rctl::SECRC.bits());
+    // Direct and 82542-alias writes of the ring base stay in the shadow.
+    r.w(regs::TDBAL, 0x1234_0000);
+    r.w(0x0420, 0x5678_0000);
+    r.w(0x0110, 0x9abc_0000);
+    assert_eq!(r.r(regs::TDBAL), 0x5678_0000);
+    assert_eq!(r.r(regs::RDBAL), 0x9abc_0000);
+    assert_eq!(u64::from(r.nic.reg(regs::TDBAL)), DMA_PHYS & 0xffff_ffff);
+    assert_eq!(u64::from(r.nic.reg(regs::RDBAL)), (DMA_PHYS + 32 * 16) & 0xffff_ffff);
+    // FIFO and packet-buffer access is refused.
+    r.w(0x3410, 1);
+    r.w(0x8000, 1);
+    r.w(0x1_0000, 0xdead_beef);
+    assert_eq!(r.r(0x3418), 0);
+    assert_eq!(r.nic.reg(0x1_0000), 0);
+    assert_eq!(r.e.counters().refused_accesses, 4);
+    // RSRPD is shadowed so the doorbell bit is never raised by the device.
+    r.w(regs::RSRPD, 100);
+    assert_eq!(r.r(regs::RSRPD), 100);
+    assert_eq!(r.nic.reg(regs::RSRPD), 0);
+    // Pass-through registers on trapped pages reach the device.
+    r.w(regs::TIPG, 0x0060_200a);
+    assert_eq!(r.nic.reg(regs::TIPG), 0x0060_200a);
+    assert_eq!(r.r(regs::STATUS), 0x83);
+    // Real RCTL uses Shoji's buffer size; the guest sees its own.
+    r.w(regs::RCTL, Rctl::EN.bits() | Rctl::BSEX.bits() | (1 << 16) | Rctl::VFE.bits());
+    assert_eq!(r.r(regs::RCTL), Rctl::EN.bits() | Rctl::BSEX.bits() | (1 << 16) | Rctl::VFE.bits());
+    let real = Rctl::from_bits_retain(r.nic.reg(regs::RCTL));
+    assert_eq!(real.buffer_size(), Some(2048));
+    assert!(!real.contains(Rctl::VFE));
+}
+
+#[test]
+fn partial_and_wide_accesses() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, Rctl::SECRC.bits());
+    let mut env = Env { mem: &mut r.ram, filter: &mut r.f, task: None };
+    r.e.mmio_write(&mut env, regs::TDBAL, 8, 0x0000_0001_2345_6780);
+    assert_eq!(r.e.mmio_read(&mut env, regs::TDBAH, 4), 1);
+    assert_eq!(r.e.mmio_read(&mut env, regs::TDBAL, 8), 0x0000_0001_2345_6780);
+    r.e.mmio_write(&mut env, regs::TDBAL + 1, 1, 0xaa);
+    assert_eq!(r.e.mmio_read(&mut env, regs::TDBAL, 4), 0x2345_aa80);
+    assert_eq!(r.e.mmio_read(&mut env, regs::TDBAL + 2, 2), 0x2345);
+    // Unaligned across a register boundary: refused.
+    let before = r.e.counters().refused_accesses;
+    r.e.mmio_write(&mut env, regs::TDBAL + 2, 4, 0);
+    assert_eq!(r.e.mmio_read(&mut env, regs::TDBAL + 3, 2), 0xffff_ffff_ffff_ffff);
+    assert_eq!(r.e.counters().refused_accesses, before + 2);
+    assert_eq!(r.e.mmio_read(&mut env, 0x2_0000, 4), 0xffff_ffff);
+}
+
+#[test]
+fn trapped_pages() {
+    use crate::regs::PAGE_SIZE;
+    let trapped: Vec<u32> = (0..32).filter(|p| E1000::<SimNic, SimDma>::page_is_trapped(*p)).collect();
+    assert_eq!(trapped, regs::TRAPPED_PAGES.to_vec());
+    for off in [regs::ICR, regs::TDT, regs::RDT, regs::RCTL] {
+        assert!(trapped.contains(&(off / PAGE_SIZE)));
+    }
+}
+
+#[test]
+fn counters_and_cost_hooks() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, Rctl::SECRC.bits());
+    for i in 0..4 {
+        r.send_frame(&eth(0x0800, &pattern(60, i)));
+    }
+    let c = r.e.counters_mut();
+    c.record_cost(crate::ExitCause::MmioWrite, 40_000, 8_000);
+    assert!(c.cost[crate::ExitCause::MmioWrite as usize].frames >= 4);
+    let (cyc, ins) = c.cost_per_frame(crate::ExitCause::MmioWrite).unwrap();
+    assert_eq!((cyc, ins), (10_000, 2_000));
+    assert!(c.exits[crate::ExitCause::MmioWrite as usize] > 0);
+    assert_eq!(c.reg_writes[regs::RegId::Tdt as usize], 5);
+    assert!(c.cost_per_frame(crate::ExitCause::IoBar).is_none());
+    r.e.note_refused_instruction();
+    assert_eq!(r.e.counters().insn_refused, 1);
+}
+
+#[test]
+fn setup_validates_config() {
+    let dma = SimDma::new(1 << 20, DMA_PHYS);
+    let nic = SimNic::new(dma.clone());
+    let b = Box::leak(Box::new(Buffers::new()));
+    assert!(matches!(E1000::new(nic.clone(), dma, cfg(12, 8), b), Err(crate::SetupError::BadRingSize)));
+    let dma = SimDma::new(100, DMA_PHYS);
+    let b = Box::leak(Box::new(Buffers::new()));
+    assert!(matches!(E1000::new(nic.clone(), dma, cfg(8, 8), b), Err(crate::SetupError::DmaTooSmall)));
+    let dma = SimDma::new(1 << 20, DMA_PHYS + 8);
+    let b = Box::leak(Box::new(Buffers::new()));
+    assert!(matches!(E1000::new(nic, dma, cfg(8, 8), b), Err(crate::SetupError::DmaMisaligned)));
+}
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Arbitrary descriptors, ring registers and register writes never panic, never make
+        /// the NIC touch memory outside Shoji's region and never write Shoji's memory.
+        #[test]
+        fn hostile_guest_never_breaks_the_engine(
+            descs in proptest::collection::vec(any::<[u8; 16]>(), 1..24),
+            writes in proptest::collection::vec((0usize..14, any::<u32>()), 0..24),
+            injected in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..1600), 0..6),
+        ) {
+            let mut r = Rig::new(8, 8);
+            r.up(16, 8, Rctl::SECRC.bits());
+            // Make descriptor addresses point at interesting places half the time.
+            for (i, d) in descs.iter().enumerate() {
+                let mut d = *d;
+                if i % 2 == 0 {
+                    let a = [TX_BUFS, HV.0 - 8, RAM as u64 - 4, 0][i % 4];
+                    d[..8].copy_from_slice(&a.to_le_bytes());
+                }
+                r.put(&[d]);
+            }
+            let t = r.tx_tail;
+            r.w(regs::TDT, t);
+            let offs = [regs::TDT, regs::TDH, regs::TDLEN, regs::TDBAL, regs::RDT, regs::RDH,
+                regs::RDLEN, regs::RCTL, regs::CTRL, regs::IMS, regs::ICS, regs::TCTL, regs::ICR, regs::VET];
+            for (k, v) in &writes {
+                let v = if offs[*k] == regs::CTRL { v & !Ctrl::RST.bits() } else { *v };
+                r.w(offs[*k], v);
+                r.poll();
+            }
+            for f in &injected {
+                r.nic.inject(f);
+            }
+            r.poll();
+            let _ = r.r(regs::ICR);
+            let _ = r.rx();
+            r.no_violations();
+            prop_assert!(r.ram.bytes[HV.0 as usize..HV.1 as usize].iter().all(|b| *b == 0));
+        }
+
+        /// Random guest RX ring contents never let a frame escape guest RAM.
+        #[test]
+        fn hostile_rx_descriptors(addrs in proptest::collection::vec(any::<u64>(), 8), bsize in 0u32..8) {
+            let mut r = Rig::new(8, 8);
+            let b = bsize & 3;
+            let bsex = if bsize >= 4 && b != 0 { Rctl::BSEX.bits() } else { 0 };
+            r.up(8, 8, Rctl::SECRC.bits() | Rctl::LPE.bits() | (b << 16) | bsex);
+            for (i, a) in addrs.iter().enumerate() {
+                r.ram.write_u64(RX_RING + i as u64 * 16, *a).unwrap();
+            }
+            for k in 0..6u8 {
+                r.nic.inject(&eth(0x0800, &pattern(100 + 700 * usize::from(k), k)));
+                r.poll();
+            }
+            r.no_violations();
+            prop_assert!(r.ram.bytes[HV.0 as usize..HV.1 as usize].iter().all(|b| *b == 0));
+        }
+    }
+}
