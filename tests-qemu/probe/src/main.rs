@@ -1,0 +1,352 @@
+//! `probe`: the guest test program of Shoji's end-to-end tests.
+//!
+//! Runs inside the Linux guest (static musl binary in the initramfs) and prints one line per
+//! finding, each starting with `probe <subcommand>:`, which the harness on the host matches in
+//! the serial console log. Instructions that may fault (`VMXON`, `VMREAD`, `VMCALL`) run in a
+//! child process (the probe re-executes itself), so the parent can report how the child died
+//! without installing signal handlers.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, ExitCode, ExitStatus};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use shoji_shared::vmcall::{Function, Status, CPUID_LEAF_SIGNATURE, SIGNATURE};
+
+/// The ASCII prefix of the canary that Shoji keeps in its reserved memory.
+const CANARY_PREFIX: &[u8] = b"SHOJI-CANARY-";
+/// Reserved ranges larger than this are not scanned (they are MMIO windows, not Shoji's memory).
+const MAX_RANGE: u64 = 64 << 20;
+/// Read size for `/dev/mem`.
+const CHUNK: usize = 64 << 10;
+/// Signal number of SIGILL on x86-64 Linux.
+const SIGILL: i32 = 4;
+
+/// Command line of the probe.
+#[derive(Parser, Debug)]
+#[command(name = "probe", about = "Shoji end-to-end guest probe")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+/// The probe's subcommands.
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Print the CPUID hypervisor bit, the leaf 0x40000000 signature and the VMX bit.
+    Cpuid,
+    /// Execute VMXON and VMREAD from ring 3 in child processes and report how they died.
+    Vmx,
+    /// Scan the Reserved ranges of /proc/iomem through /dev/mem for Shoji's canary.
+    Canary,
+    /// Ask Shoji to log its exit counters (VMCALL LogCounters).
+    LogCounters,
+    /// Internal: execute one instruction (run in a child process by `vmx` and `log-counters`).
+    #[command(hide = true)]
+    ExecInsn {
+        /// The instruction to execute.
+        insn: Insn,
+    },
+}
+
+/// Instructions that a child process executes.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Insn {
+    /// `VMXON` with a pointer to a zero physical address.
+    Vmxon,
+    /// `VMREAD` of the guest RIP field.
+    Vmread,
+    /// `VMCALL` LogCounters; prints the returned status.
+    Vmcall,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Cpuid => {
+            cpuid();
+            Ok(())
+        }
+        Cmd::Vmx => vmx(),
+        Cmd::Canary => canary(),
+        Cmd::LogCounters => log_counters(),
+        Cmd::ExecInsn { insn } => {
+            exec_insn(insn);
+            Ok(())
+        }
+    };
+    let _ = io::stdout().flush();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            println!("probe: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Execute CPUID.
+fn cpuid_regs(leaf: u32) -> (u32, u32, u32, u32) {
+    let r = std::arch::x86_64::__cpuid(leaf);
+    (r.eax, r.ebx, r.ecx, r.edx)
+}
+
+/// `probe cpuid`.
+fn cpuid() {
+    let (_, _, ecx1, _) = cpuid_regs(1);
+    let hv_bit = (ecx1 >> 31) & 1;
+    let vmx = (ecx1 >> 5) & 1;
+    let (max, b, c, d) = cpuid_regs(CPUID_LEAF_SIGNATURE);
+    let mut sig = [0u8; 12];
+    sig[..4].copy_from_slice(&b.to_le_bytes());
+    sig[4..8].copy_from_slice(&c.to_le_bytes());
+    sig[8..].copy_from_slice(&d.to_le_bytes());
+    let shown: String = if sig.iter().all(|&x| x == 0) {
+        "none".into()
+    } else {
+        sig.iter()
+            .map(|&x| if x.is_ascii_graphic() { x as char } else { '.' })
+            .collect()
+    };
+    println!(
+        "probe cpuid: hypervisor_bit={hv_bit} signature={shown} vmx={vmx} max_hv_leaf={max:#x} shoji={}",
+        u8::from(sig == SIGNATURE)
+    );
+}
+
+/// Name of a signal number, for the few that matter here.
+fn signal_name(sig: i32) -> String {
+    match sig {
+        4 => "SIGILL".into(),
+        5 => "SIGTRAP".into(),
+        7 => "SIGBUS".into(),
+        8 => "SIGFPE".into(),
+        9 => "SIGKILL".into(),
+        11 => "SIGSEGV".into(),
+        n => format!("SIG{n}"),
+    }
+}
+
+/// Run `probe exec-insn INSN` in a child process.
+fn run_child(insn: Insn) -> io::Result<(ExitStatus, String)> {
+    let name = insn
+        .to_possible_value()
+        .map(|v| v.get_name().to_owned())
+        .unwrap_or_default();
+    let out = Command::new("/proc/self/exe")
+        .args(["exec-insn", &name])
+        .output()?;
+    Ok((
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    ))
+}
+
+/// How a child ended, in a word.
+fn describe_status(status: ExitStatus) -> String {
+    match (status.signal(), status.code()) {
+        (Some(sig), _) => signal_name(sig),
+        (None, Some(code)) => format!("returned(exit={code})"),
+        (None, None) => "unknown".into(),
+    }
+}
+
+/// `probe vmx`.
+fn vmx() -> io::Result<()> {
+    let mut results = Vec::new();
+    for (label, insn) in [("vmxon", Insn::Vmxon), ("vmread", Insn::Vmread)] {
+        let (status, out) = run_child(insn)?;
+        let how = describe_status(status);
+        println!("probe vmx: child executing {label} ended with {how}");
+        if !out.trim().is_empty() {
+            println!("probe vmx: child {label} said: {}", out.trim());
+        }
+        results.push(format!("{label}={how}"));
+    }
+    println!("probe vmx: {} guest-alive", results.join(" "));
+    Ok(())
+}
+
+/// `probe exec-insn` (child side).
+fn exec_insn(insn: Insn) {
+    match insn {
+        Insn::Vmxon => {
+            let region: u64 = 0;
+            // SAFETY: VMXON only reads the 8-byte physical-address operand, which is a valid
+            // local. From ring 3 the CPU (or Shoji) raises #UD or #GP; this child process exists
+            // to die of that signal. Should it ever succeed, nothing in this process depends on
+            // the VMX state.
+            unsafe {
+                core::arch::asm!("vmxon qword ptr [{0}]", in(reg) &region, options(nostack));
+            }
+            println!("vmxon returned");
+        }
+        Insn::Vmread => {
+            let field: u64 = 0x681e; // guest RIP
+            let value: u64;
+            // SAFETY: VMREAD with register operands touches no memory. From ring 3 it raises #UD
+            // (or #GP), which kills this child process on purpose.
+            unsafe {
+                core::arch::asm!("vmread {0}, {1}", out(reg) value, in(reg) field, options(nostack));
+            }
+            println!("vmread returned {value:#x}");
+        }
+        Insn::Vmcall => {
+            let mut rax = Function::LogCounters.rax();
+            // SAFETY: VMCALL touches no memory of this process. Shoji returns a status in RAX and
+            // may write RBX, RCX, RDX (declared clobbered); without Shoji the CPU raises #UD,
+            // which kills this child process on purpose.
+            unsafe {
+                core::arch::asm!(
+                    "push rbx",
+                    "xor ebx, ebx",
+                    "vmcall",
+                    "pop rbx",
+                    inout("rax") rax,
+                    out("rcx") _,
+                    out("rdx") _,
+                    out("rsi") _,
+                );
+            }
+            let desc = Status::from_u64(rax).map_or("unknown status", Status::describe);
+            println!("status={rax} ({desc})");
+        }
+    }
+}
+
+/// `probe log-counters`.
+fn log_counters() -> io::Result<()> {
+    let (status, out) = run_child(Insn::Vmcall)?;
+    match status.signal() {
+        Some(SIGILL) => {
+            println!("probe log-counters: VMCALL raised #UD (SIGILL): Shoji is absent");
+        }
+        Some(sig) => println!(
+            "probe log-counters: VMCALL child died of {}",
+            signal_name(sig)
+        ),
+        None => println!("probe log-counters: {}", out.trim()),
+    }
+    Ok(())
+}
+
+/// One line of `/proc/iomem`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct IomemRange {
+    start: u64,
+    end: u64,
+    name: String,
+    depth: usize,
+}
+
+/// Parse `/proc/iomem` text.
+fn parse_iomem(text: &str) -> Vec<IomemRange> {
+    text.lines()
+        .filter_map(|line| {
+            let depth = line.len() - line.trim_start().len();
+            let (range, name) = line.trim().split_once(" : ")?;
+            let (s, e) = range.split_once('-')?;
+            Some(IomemRange {
+                start: u64::from_str_radix(s, 16).ok()?,
+                end: u64::from_str_radix(e, 16).ok()?,
+                name: name.to_owned(),
+                depth: depth / 2,
+            })
+        })
+        .collect()
+}
+
+/// Find `needle` in `hay`.
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// `probe canary`.
+fn canary() -> io::Result<()> {
+    let text = std::fs::read_to_string("/proc/iomem")?;
+    let ranges: Vec<IomemRange> = parse_iomem(&text)
+        .into_iter()
+        .filter(|r| r.name == "Reserved")
+        .collect();
+    for r in &ranges {
+        println!(
+            "probe canary: reserved {:#x}-{:#x} ({} KiB, depth {})",
+            r.start,
+            r.end,
+            (r.end - r.start + 1) / 1024,
+            r.depth
+        );
+    }
+    if ranges.iter().all(|r| r.start == 0 && r.end == 0) {
+        println!("probe canary: /proc/iomem shows no addresses (not root?)");
+    }
+    let mem = File::open("/dev/mem")?;
+    let (mut scanned_ranges, mut scanned_bytes, mut errors) = (0u64, 0u64, 0u64);
+    let mut buf = vec![0u8; CHUNK + CANARY_PREFIX.len()];
+    for r in &ranges {
+        let len = r.end.saturating_sub(r.start) + 1;
+        if len > MAX_RANGE || r.end <= r.start {
+            continue;
+        }
+        scanned_ranges += 1;
+        let mut carry = 0usize; // bytes kept from the previous chunk
+        let mut off = r.start;
+        while off <= r.end {
+            let want = CHUNK.min((r.end - off + 1) as usize);
+            match mem.read_at(&mut buf[carry..carry + want], off) {
+                Ok(n) if n > 0 => {
+                    scanned_bytes += n as u64;
+                    let window = &buf[..carry + n];
+                    if let Some(pos) = find(window, CANARY_PREFIX) {
+                        let addr = off - carry as u64 + pos as u64;
+                        let tail: String = window[pos..]
+                            .iter()
+                            .take(40)
+                            .take_while(|b| b.is_ascii_graphic())
+                            .map(|&b| b as char)
+                            .collect();
+                        println!("probe canary: found at {addr:#x}: {tail}");
+                        return Ok(());
+                    }
+                    let wlen = window.len();
+                    let keep = (CANARY_PREFIX.len() - 1).min(wlen);
+                    buf.copy_within(wlen - keep..wlen, 0);
+                    carry = keep;
+                    off += n as u64;
+                }
+                _ => {
+                    errors += 1;
+                    carry = 0;
+                    off += want as u64;
+                }
+            }
+        }
+    }
+    println!(
+        "probe canary: not found (scanned {scanned_ranges} ranges, {scanned_bytes} bytes, {errors} unreadable chunks)"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_iomem() {
+        let text = "00000000-00000fff : Reserved\n00001000-0009ffff : System RAM\n  01000000-01ffffff : Kernel code\n";
+        let r = parse_iomem(text);
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[0].name, "Reserved");
+        assert_eq!((r[1].start, r[1].end), (0x1000, 0x9ffff));
+        assert_eq!(r[2].depth, 1);
+    }
+
+    #[test]
+    fn finds_needle() {
+        assert_eq!(find(b"xxSHOJI-CANARY-1", CANARY_PREFIX), Some(2));
+        assert_eq!(find(b"SHOJI-CANARY", CANARY_PREFIX), None);
+    }
+}

@@ -1,0 +1,429 @@
+//! Emulators: Bochs (software VMX), QEMU+KVM (hardware VMX, where the machine has it) and
+//! QEMU with TCG (no VMX). A [`Machine`] is one running emulator whose serial logs the
+//! scenarios watch; dropping it kills the emulator and removes Bochs's lock files.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::netns::{Netns, GUEST_MAC, TAP};
+use crate::util::{check_cancelled, GroupChild};
+
+/// Debian's OVMF (one 2 MiB image with code and variables).
+pub const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
+/// Bochs's VGA BIOS.
+const VGABIOS: &str = "/usr/share/bochs/VGABIOS-lgpl-latest";
+/// Guest memory in MiB.
+pub const MEMORY_MIB: u32 = 256;
+/// Bochs's emulated instructions per second (`SHOJI_BOCHS_IPS` overrides).
+///
+/// Bochs's clock runs on instruction counts (`clock: sync=none`), so a lower value makes every
+/// firmware delay and timer period cost fewer host instructions; see docs/testing.md.
+pub const BOCHS_IPS: u64 = 50_000_000;
+
+/// Which emulator runs a machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Bochs 2.7: software VMX with EPT (slow, available everywhere).
+    Bochs,
+    /// QEMU with KVM and `-cpu host`: hardware VMX through nested virtualization.
+    QemuKvm,
+    /// QEMU with TCG: no VMX at all.
+    QemuTcg,
+}
+
+impl Backend {
+    /// Short name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Bochs => "bochs",
+            Backend::QemuKvm => "qemu-kvm",
+            Backend::QemuTcg => "qemu-tcg",
+        }
+    }
+
+    /// Factor applied to the scenario time limits (Bochs is the reference).
+    pub fn time_factor(self) -> f64 {
+        let base = match self {
+            Backend::Bochs => 1.0,
+            Backend::QemuKvm => 0.3,
+            Backend::QemuTcg => 0.4,
+        };
+        let scale = std::env::var("SHOJI_TIMEOUT_SCALE")
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(1.0);
+        base * scale
+    }
+}
+
+/// Is hardware VMX usable through KVM here (the `vmx` flag and a working `/dev/kvm`)?
+pub fn kvm_usable() -> bool {
+    let vmx = std::fs::read_to_string("/proc/cpuinfo")
+        .map(|c| {
+            c.lines()
+                .filter(|l| l.starts_with("flags"))
+                .any(|l| l.split_whitespace().any(|f| f == "vmx"))
+        })
+        .unwrap_or(false);
+    vmx && std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
+/// The backend for scenarios that need VMX: `SHOJI_BACKEND=bochs|kvm` forces one, else KVM
+/// where usable, else Bochs.
+pub fn vmx_backend() -> Backend {
+    match std::env::var("SHOJI_BACKEND").as_deref() {
+        Ok("bochs") => Backend::Bochs,
+        Ok("kvm") | Ok("qemu-kvm") => Backend::QemuKvm,
+        _ if kvm_usable() => Backend::QemuKvm,
+        _ => Backend::Bochs,
+    }
+}
+
+/// What to boot.
+#[derive(Debug, Clone)]
+pub struct MachineSpec {
+    /// The emulator.
+    pub backend: Backend,
+    /// Number of CPUs.
+    pub cpus: u32,
+    /// The ESP image (first disk).
+    pub esp: PathBuf,
+    /// An optional second disk (ext2 data disk).
+    pub data_disk: Option<PathBuf>,
+    /// Directory for the logs (console.log, shoji.log, emulator log).
+    pub dir: PathBuf,
+}
+
+/// Which serial log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// COM1: OVMF, the EFI console (Shoji's `shoji:` lines), Linux's `console=ttyS0`.
+    Console,
+    /// COM2 (port 0x2F8): Shoji's own log (`shoji-hv:` lines).
+    ShojiLog,
+}
+
+/// A running emulator.
+pub struct Machine {
+    child: GroupChild,
+    /// When the emulator was started (power-on).
+    pub started: Instant,
+    /// COM1 log file.
+    pub console: PathBuf,
+    /// COM2 log file.
+    pub shoji_log: PathBuf,
+    locks: Vec<PathBuf>,
+    /// Strings that end the run at once when they appear on the console.
+    pub fatal: Vec<String>,
+}
+
+fn lock_of(img: &Path) -> PathBuf {
+    let mut s = img.as_os_str().to_owned();
+    s.push(".lock");
+    PathBuf::from(s)
+}
+
+fn bochsrc(spec: &MachineSpec, console: &Path, shoji_log: &Path, net: bool) -> String {
+    let ips = std::env::var("SHOJI_BOCHS_IPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(BOCHS_IPS);
+    let clock =
+        std::env::var("SHOJI_BOCHS_CLOCK").unwrap_or_else(|_| "sync=none, time0=local".into());
+    let mut rc = format!(
+        "# Written by tests-qemu for one run.\n\
+         megs: {MEMORY_MIB}\n\
+         romimage: file={OVMF}, address=0xffe00000\n\
+         vgaromimage: file={VGABIOS}\n\
+         cpu: model=corei7_skylake_x, count={cpus}, ips={ips}, reset_on_triple_fault=0\n\
+         pci: enabled=1, chipset=i440fx{slot}\n\
+         clock: {clock}\n\
+         boot: disk\n\
+         ata0: enabled=1, ioaddr1=0x1f0, ioaddr2=0x3f0, irq=14\n\
+         ata0-master: type=disk, path={esp}, mode=flat\n\
+         com1: enabled=1, mode=file, dev={console}\n\
+         com2: enabled=1, mode=file, dev={shoji}\n\
+         port_e9_hack: enabled=1\n\
+         display_library: rfb, options=\"timeout=0\"\n\
+         log: bochs.log\n\
+         panic: action=fatal\n\
+         error: action=report\n\
+         info: action=ignore\n\
+         debug: action=ignore\n",
+        cpus = spec.cpus,
+        slot = if net { ", slot1=e1000" } else { "" },
+        esp = spec.esp.display(),
+        console = console.display(),
+        shoji = shoji_log.display(),
+    );
+    if let Some(d) = &spec.data_disk {
+        rc.push_str(&format!(
+            "ata0-slave: type=disk, path={}, mode=flat\n",
+            d.display()
+        ));
+    }
+    if net {
+        rc.push_str(&format!(
+            "e1000: enabled=1, mac={GUEST_MAC}, ethmod=tuntap, ethdev=/dev/net/tun:{TAP}, script=\"\"\n"
+        ));
+    }
+    rc
+}
+
+fn qemu_args(spec: &MachineSpec, console: &Path, shoji_log: &Path, net: bool) -> Vec<String> {
+    let mut a: Vec<String> = vec!["-nodefaults".into(), "-no-reboot".into()];
+    match spec.backend {
+        Backend::QemuKvm => a.extend(["-enable-kvm", "-cpu", "host"].map(String::from)),
+        _ => a.extend(["-accel", "tcg", "-cpu", "max"].map(String::from)),
+    }
+    a.extend([
+        "-machine".into(),
+        "pc".into(),
+        "-m".into(),
+        MEMORY_MIB.to_string(),
+        "-smp".into(),
+        spec.cpus.to_string(),
+        "-bios".into(),
+        OVMF.into(),
+        "-display".into(),
+        "none".into(),
+        "-drive".into(),
+        format!("file={},format=raw,if=ide,index=0", spec.esp.display()),
+        "-serial".into(),
+        format!("file:{}", console.display()),
+        "-serial".into(),
+        format!("file:{}", shoji_log.display()),
+        "-debugcon".into(),
+        format!("file:{}", spec.dir.join("debugcon.log").display()),
+    ]);
+    if let Some(d) = &spec.data_disk {
+        a.extend([
+            "-drive".into(),
+            format!("file={},format=raw,if=ide,index=1", d.display()),
+        ]);
+    }
+    if net {
+        a.extend([
+            "-netdev".into(),
+            format!("tap,id=n0,ifname={TAP},script=no,downscript=no"),
+            "-device".into(),
+            format!("e1000,netdev=n0,mac={GUEST_MAC},romfile="),
+        ]);
+    }
+    a
+}
+
+impl Machine {
+    /// Power on: write the emulator's config into `spec.dir` and start it inside `ns`.
+    pub fn start(spec: &MachineSpec, ns: &Netns) -> Result<Machine> {
+        check_cancelled()?;
+        std::fs::create_dir_all(&spec.dir)?;
+        let console = spec.dir.join("console.log");
+        let shoji_log = spec.dir.join("shoji.log");
+        for f in [&console, &shoji_log] {
+            std::fs::write(f, b"")?;
+        }
+        let mut images = vec![spec.esp.clone()];
+        images.extend(spec.data_disk.clone());
+        let locks: Vec<PathBuf> = images.iter().map(|i| lock_of(i)).collect();
+        for l in &locks {
+            let _ = std::fs::remove_file(l);
+        }
+        let out = std::fs::File::create(spec.dir.join("emulator.out"))?;
+        let err = out.try_clone()?;
+        let mut c: Command = match spec.backend {
+            Backend::Bochs => {
+                let rc = spec.dir.join("bochsrc");
+                std::fs::write(&rc, bochsrc(spec, &console, &shoji_log, true))?;
+                let dbg = spec.dir.join("bochs-debugger.rc");
+                std::fs::write(&dbg, "c\n")?;
+                let mut c = ns.command("bochs-bin", ["-q", "-f"]);
+                c.arg(&rc).arg("-rc").arg(&dbg);
+                c
+            }
+            Backend::QemuKvm | Backend::QemuTcg => {
+                let args = qemu_args(spec, &console, &shoji_log, true);
+                std::fs::write(
+                    spec.dir.join("qemu.cmdline"),
+                    format!("qemu-system-x86_64 {}\n", args.join(" ")),
+                )?;
+                ns.command("qemu-system-x86_64", args)
+            }
+        };
+        c.current_dir(&spec.dir)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        let child = GroupChild::spawn(&mut c).context("starting the emulator")?;
+        Ok(Machine {
+            child,
+            started: Instant::now(),
+            console,
+            shoji_log,
+            locks,
+            fatal: Vec::new(),
+        })
+    }
+
+    /// Current text of a serial log (carriage returns removed).
+    pub fn text(&self, stream: Stream) -> String {
+        let path = match stream {
+            Stream::Console => &self.console,
+            Stream::ShojiLog => &self.shoji_log,
+        };
+        let bytes = std::fs::read(path).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).replace('\r', "")
+    }
+
+    /// The first line of `stream` containing `pat`.
+    pub fn find_line(&self, stream: Stream, pat: &str) -> Option<String> {
+        self.text(stream)
+            .lines()
+            .find(|l| l.contains(pat))
+            .map(str::to_owned)
+    }
+
+    /// Time since power-on.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Wait until a line containing `pat` appears on `stream`; returns it with the time since
+    /// power-on. Fails on timeout, on a fatal console string, when the emulator exits, or on
+    /// Ctrl-C. `abort_on` names further strings that end the wait with an error.
+    pub fn wait_for(
+        &mut self,
+        stream: Stream,
+        pat: &str,
+        timeout: Duration,
+        abort_on: &[&str],
+    ) -> Result<(String, Duration)> {
+        let start = Instant::now();
+        loop {
+            if let Some(line) = self.find_line(stream, pat) {
+                return Ok((line, self.elapsed()));
+            }
+            let console = self.text(Stream::Console);
+            for bad in self
+                .fatal
+                .iter()
+                .map(String::as_str)
+                .chain(abort_on.iter().copied())
+            {
+                if let Some(l) = console.lines().find(|l| l.contains(bad)) {
+                    bail!("while waiting for {pat:?}: console shows {:?}", l.trim());
+                }
+            }
+            if let Some(st) = self.child.try_wait()? {
+                // One last look: the line may have been written just before the exit.
+                if let Some(line) = self.find_line(stream, pat) {
+                    return Ok((line, self.elapsed()));
+                }
+                bail!(
+                    "emulator exited ({st}) after {:.0}s before {pat:?} appeared",
+                    self.elapsed().as_secs_f64()
+                );
+            }
+            check_cancelled()?;
+            if std::env::var_os("SHOJI_DEBUG_WAIT").is_some() {
+                eprintln!(
+                    "wait {pat:?}: console {} bytes",
+                    self.text(Stream::Console).len()
+                );
+            }
+            if start.elapsed() >= timeout {
+                bail!(
+                    "timed out after {:.0}s waiting for {pat:?} ({:.0}s since power-on)",
+                    timeout.as_secs_f64(),
+                    self.elapsed().as_secs_f64()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Check that no line containing `pat` appears on `stream` for `window`; fails early if it
+    /// does. Returns Ok when the window passed (or the emulator exited) without it.
+    pub fn expect_absent(&mut self, stream: Stream, pat: &str, window: Duration) -> Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < window {
+            if let Some(l) = self.find_line(stream, pat) {
+                bail!("unexpected line {:?}", l.trim());
+            }
+            if self.child.try_wait()?.is_some() {
+                break;
+            }
+            check_cancelled()?;
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        match self.find_line(stream, pat) {
+            Some(l) => bail!("unexpected line {:?}", l.trim()),
+            None => Ok(()),
+        }
+    }
+
+    /// Let the guest power off by itself for up to `grace`, then kill the emulator.
+    pub fn stop(&mut self, grace: Duration) {
+        let _ = self.child.wait_timeout(grace);
+        self.child.kill();
+        for l in &self.locks {
+            let _ = std::fs::remove_file(l);
+        }
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        self.stop(Duration::ZERO);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bochsrc_has_the_measured_lines() {
+        let spec = MachineSpec {
+            backend: Backend::Bochs,
+            cpus: 2,
+            esp: "/x/esp.img".into(),
+            data_disk: None,
+            dir: "/x".into(),
+        };
+        let rc = bochsrc(&spec, Path::new("/x/c.log"), Path::new("/x/s.log"), true);
+        for l in [
+            "romimage: file=/usr/share/ovmf/OVMF.fd, address=0xffe00000",
+            "count=2",
+            "slot1=e1000",
+            "com2: enabled=1, mode=file, dev=/x/s.log",
+            "ethdev=/dev/net/tun:tap0",
+            "display_library: rfb",
+        ] {
+            assert!(rc.contains(l), "{l} missing");
+        }
+    }
+
+    #[test]
+    fn qemu_tcg_has_no_kvm() {
+        let spec = MachineSpec {
+            backend: Backend::QemuTcg,
+            cpus: 1,
+            esp: "/x/esp.img".into(),
+            data_disk: Some("/x/data.img".into()),
+            dir: "/x".into(),
+        };
+        let a = qemu_args(&spec, Path::new("/x/c.log"), Path::new("/x/s.log"), true).join(" ");
+        assert!(a.contains("-accel tcg -cpu max"));
+        assert!(!a.contains("kvm"));
+        assert!(a.contains("file:/x/s.log"));
+        assert!(a.contains("index=1"));
+    }
+}

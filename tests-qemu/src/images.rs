@@ -1,0 +1,442 @@
+//! Guest and boot images: the probe and shoji.efi builds, the initramfs (busybox, e1000.ko,
+//! init script, probe), the optional ext2 data disk, Shoji's config and the FAT ESP.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::kernel::Kernel;
+use crate::util::{build_dir, cargo, cmd, run_ok, run_visible, target_dir, workspace_root};
+
+/// Time limit for one cargo build.
+const BUILD_TIMEOUT: Duration = Duration::from_secs(1800);
+/// Time limit for one image tool invocation.
+const TOOL_TIMEOUT: Duration = Duration::from_secs(300);
+/// The guest's init script.
+const INIT_SCRIPT: &str = include_str!("../guest/init");
+/// The agent key written into the test config (and into the guest for later agent tests).
+pub const TEST_AGENT_KEY: &str = "5e0f1c2d3b4a59687766554433221100ffeeddccbbaa99887766554433221100";
+/// Size of the FAT ESP image in MiB (FAT32 wants at least ~33 MiB).
+const ESP_MIB: u64 = 40;
+
+/// Build the guest probe (static musl binary, stripped) and return its path.
+pub fn build_probe() -> Result<PathBuf> {
+    let target = "x86_64-unknown-linux-musl";
+    let st = run_visible(
+        cmd(
+            &cargo(),
+            [
+                "build",
+                "--release",
+                "-q",
+                "-p",
+                "shoji-probe",
+                "--target",
+                target,
+            ],
+        )
+        .env("CARGO_PROFILE_RELEASE_STRIP", "symbols")
+        .current_dir(workspace_root()),
+        BUILD_TIMEOUT,
+    )?;
+    if !st.success() {
+        bail!("building shoji-probe failed ({st})");
+    }
+    Ok(target_dir().join(target).join("release").join("probe"))
+}
+
+/// Build `shoji.efi` and return its path.
+pub fn build_shoji() -> Result<PathBuf> {
+    let target = "x86_64-unknown-uefi";
+    let st = run_visible(
+        cmd(
+            &cargo(),
+            [
+                "build",
+                "--release",
+                "-q",
+                "-p",
+                "shoji-boot",
+                "--target",
+                target,
+            ],
+        )
+        .current_dir(workspace_root()),
+        BUILD_TIMEOUT,
+    )?;
+    if !st.success() {
+        bail!("building shoji-boot (shoji.efi) failed ({st})");
+    }
+    let p = target_dir().join(target).join("release").join("shoji.efi");
+    if !p.is_file() {
+        bail!("{} was not produced", p.display());
+    }
+    Ok(p)
+}
+
+/// A minimal writer of the `newc` cpio format (what the kernel unpacks as initramfs).
+#[derive(Default)]
+pub struct Cpio {
+    data: Vec<u8>,
+    ino: u32,
+}
+
+impl Cpio {
+    fn header(&mut self, name: &str, mode: u32, size: usize, rdev: (u32, u32)) {
+        self.ino += 1;
+        let namesize = name.len() + 1;
+        let hdr = format!(
+            "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
+            self.ino, mode, 0, 0, 1, 0, size, 0, 0, rdev.0, rdev.1, namesize, 0
+        );
+        self.data.extend_from_slice(hdr.as_bytes());
+        self.data.extend_from_slice(name.as_bytes());
+        self.data.push(0);
+        self.pad();
+    }
+
+    fn pad(&mut self) {
+        while self.data.len() % 4 != 0 {
+            self.data.push(0);
+        }
+    }
+
+    /// Add a directory.
+    pub fn dir(&mut self, name: &str) {
+        self.header(name, 0o040755, 0, (0, 0));
+    }
+
+    /// Add a regular file with `mode` permission bits.
+    pub fn file(&mut self, name: &str, mode: u32, content: &[u8]) {
+        self.header(name, 0o100000 | mode, content.len(), (0, 0));
+        self.data.extend_from_slice(content);
+        self.pad();
+    }
+
+    /// Add a symbolic link.
+    pub fn symlink(&mut self, name: &str, target: &str) {
+        self.header(name, 0o120777, target.len(), (0, 0));
+        self.data.extend_from_slice(target.as_bytes());
+        self.pad();
+    }
+
+    /// Add a character device node.
+    pub fn chardev(&mut self, name: &str, major: u32, minor: u32) {
+        self.header(name, 0o020600, 0, (major, minor));
+    }
+
+    /// Finish the archive and return its bytes.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.header("TRAILER!!!", 0, 0, (0, 0));
+        while self.data.len() % 512 != 0 {
+            self.data.push(0);
+        }
+        self.data
+    }
+}
+
+/// How the initramfs is compressed (`SHOJI_INITRD_COMPRESS`: gzip, xz, zstd, none).
+fn compress(raw: Vec<u8>, out: &Path) -> Result<()> {
+    let method = std::env::var("SHOJI_INITRD_COMPRESS").unwrap_or_else(|_| "gzip".into());
+    let tmp = out.with_extension("cpio");
+    std::fs::write(&tmp, raw)?;
+    let args: &[&str] = match method.as_str() {
+        "none" => {
+            std::fs::rename(&tmp, out)?;
+            return Ok(());
+        }
+        "gzip" => &["gzip", "-9", "-n", "-c"],
+        "xz" => &["xz", "--check=crc32", "-9", "-c"],
+        "zstd" => &["zstd", "-19", "-q", "-c"],
+        other => bail!("unknown SHOJI_INITRD_COMPRESS={other}"),
+    };
+    let file = std::fs::File::create(out)?;
+    let mut c = cmd(args[0], &args[1..]);
+    c.arg(&tmp).stdout(file);
+    let st = run_visible(&mut c, TOOL_TIMEOUT)?;
+    std::fs::remove_file(&tmp)?;
+    if !st.success() {
+        bail!("{} failed", args[0]);
+    }
+    Ok(())
+}
+
+/// Modules (in load order) that let the guest mount the ext2 data disk on the IDE bus.
+const STORAGE_MODULES: &[&str] = &[
+    "drivers/scsi/scsi_common.ko",
+    "drivers/scsi/scsi_mod.ko",
+    "drivers/ata/libata.ko",
+    "drivers/ata/ata_piix.ko",
+    "drivers/scsi/sd_mod.ko",
+    "lib/crc16.ko",
+    "crypto/crc32c_generic.ko",
+    "lib/libcrc32c.ko",
+    "fs/mbcache.ko",
+    "fs/jbd2/jbd2.ko",
+    "fs/ext4/ext4.ko",
+];
+
+/// Build the initramfs at `out`. With `storage`, the modules to mount the data disk are added.
+pub fn build_initramfs(kernel: &Kernel, probe: &Path, out: &Path, storage: bool) -> Result<()> {
+    let busybox = Path::new("/bin/busybox");
+    let bb = std::fs::read(busybox).context("reading /bin/busybox (install busybox-static)")?;
+    if !bb.windows(8).any(|w| w == b"BusyBox ") {
+        bail!("/bin/busybox is not busybox");
+    }
+    let mut c = Cpio::default();
+    for d in [
+        "bin",
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+        "etc",
+        "etc/shoji",
+        "lib",
+        "lib/modules",
+        "root",
+        "mnt",
+    ] {
+        c.dir(d);
+    }
+    c.chardev("dev/console", 5, 1);
+    c.chardev("dev/null", 1, 3);
+    c.file("bin/busybox", 0o755, &bb);
+    c.symlink("bin/sh", "busybox");
+    c.file("init", 0o755, INIT_SCRIPT.as_bytes());
+    c.file("bin/probe", 0o755, &std::fs::read(probe)?);
+    c.file(
+        "lib/modules/e1000.ko",
+        0o644,
+        &std::fs::read(&kernel.e1000)?,
+    );
+    c.file(
+        "etc/shoji/agent.key",
+        0o600,
+        format!("{TEST_AGENT_KEY}\n").as_bytes(),
+    );
+    if storage {
+        c.dir("lib/modules/storage");
+        let mut order = String::new();
+        for m in STORAGE_MODULES {
+            let src = kernel.modules.join("kernel").join(m);
+            let Ok(bytes) = std::fs::read(&src) else {
+                continue; // built in, or absent in this flavour
+            };
+            let name = Path::new(m)
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy();
+            c.file(&format!("lib/modules/storage/{name}"), 0o644, &bytes);
+            order.push_str(&name);
+            order.push('\n');
+        }
+        c.file("lib/modules/storage/load-order", 0o644, order.as_bytes());
+    }
+    compress(c.finish(), out)
+}
+
+/// Build the ext2 data disk (`mke2fs -d`) from `extra` files (guest path, host path).
+pub fn build_data_disk(out: &Path, extra: &[(&str, PathBuf)]) -> Result<()> {
+    let stage = out.with_extension("d");
+    let _ = std::fs::remove_dir_all(&stage);
+    std::fs::create_dir_all(stage.join("bin"))?;
+    std::fs::write(stage.join("shoji-data"), "shoji test data disk\n")?;
+    for (guest, host) in extra {
+        let dst = stage.join(guest.trim_start_matches('/'));
+        if let Some(p) = dst.parent() {
+            std::fs::create_dir_all(p)?;
+        }
+        std::fs::copy(host, &dst).with_context(|| format!("copying {}", host.display()))?;
+    }
+    let _ = std::fs::remove_file(out);
+    run_ok(
+        cmd(
+            "mke2fs",
+            ["-q", "-F", "-t", "ext2", "-L", "shoji-data", "-d"],
+        )
+        .arg(&stage)
+        .arg(out)
+        .arg("64M"),
+        TOOL_TIMEOUT,
+    )?;
+    std::fs::remove_dir_all(&stage)?;
+    Ok(())
+}
+
+/// What happens when VMX is unavailable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailMode {
+    /// Boot the next image without protection.
+    Open,
+    /// Refuse to boot.
+    Closed,
+}
+
+/// Shoji's config file (`\EFI\BOOT\shoji.cfg`).
+#[derive(Debug, Clone)]
+pub struct ShojiConfig {
+    /// The image to chain-load; `None` writes `image = none` (start nothing).
+    pub image: Option<String>,
+    /// The kernel command line.
+    pub cmdline: String,
+    /// The fail mode.
+    pub fail_mode: FailMode,
+    /// Test-only: leave Shoji's memory visible to the guest.
+    pub expose_hypervisor_memory: bool,
+}
+
+impl ShojiConfig {
+    /// Render the config file.
+    pub fn render(&self) -> String {
+        format!(
+            "# Shoji configuration, written by the end-to-end harness (tests-qemu).\n\
+             image = {}\n\
+             cmdline = {}\n\
+             fail_mode = {}\n\
+             log_level = info\n\
+             log_port = 0x2f8\n\
+             agent_key = {TEST_AGENT_KEY}\n\
+             expose_hypervisor_memory = {}\n",
+            self.image.as_deref().unwrap_or("none"),
+            self.cmdline,
+            match self.fail_mode {
+                FailMode::Open => "open",
+                FailMode::Closed => "closed",
+            },
+            self.expose_hypervisor_memory
+        )
+    }
+}
+
+/// What goes onto an ESP.
+#[derive(Debug, Clone)]
+pub enum EspBoot {
+    /// `\EFI\BOOT\BOOTX64.EFI` = shoji.efi with this config beside it.
+    Shoji {
+        /// Path of shoji.efi.
+        efi: PathBuf,
+        /// Its config.
+        config: ShojiConfig,
+    },
+    /// No boot application: the UEFI shell runs `startup.nsh`, which starts the kernel directly.
+    Direct {
+        /// The kernel command line.
+        cmdline: String,
+    },
+}
+
+/// Build a FAT ESP image (no partition table) at `out`.
+pub fn build_esp(out: &Path, vmlinuz: &Path, initrd: &Path, boot: &EspBoot) -> Result<()> {
+    let _ = std::fs::remove_file(out);
+    let f = std::fs::File::create(out)?;
+    f.set_len(ESP_MIB << 20)?;
+    drop(f);
+    let img = out.as_os_str();
+    let mt = |prog: &str, args: &[&std::ffi::OsStr]| -> Result<()> {
+        let mut c = cmd(prog, ["-i".as_ref(), img]);
+        c.args(args);
+        run_ok(&mut c, TOOL_TIMEOUT).map(|_| ())
+    };
+    mt("mformat", &["-F".as_ref(), "::".as_ref()])?;
+    mt("mcopy", &[vmlinuz.as_os_str(), "::/vmlinuz".as_ref()])?;
+    mt("mcopy", &[initrd.as_os_str(), "::/initrd.img".as_ref()])?;
+    let dir = out.parent().unwrap_or(Path::new("."));
+    match boot {
+        EspBoot::Shoji { efi, config } => {
+            mt("mmd", &["::/EFI".as_ref(), "::/EFI/BOOT".as_ref()])?;
+            mt(
+                "mcopy",
+                &[efi.as_os_str(), "::/EFI/BOOT/BOOTX64.EFI".as_ref()],
+            )?;
+            let cfg = dir.join("shoji.cfg");
+            std::fs::write(&cfg, config.render())?;
+            mt(
+                "mcopy",
+                &[cfg.as_os_str(), "::/EFI/BOOT/shoji.cfg".as_ref()],
+            )?;
+        }
+        EspBoot::Direct { cmdline } => {
+            let nsh = dir.join("startup.nsh");
+            std::fs::write(&nsh, format!("\\vmlinuz {cmdline}\r\n"))?;
+            mt("mcopy", &[nsh.as_os_str(), "::/startup.nsh".as_ref()])?;
+        }
+    }
+    Ok(())
+}
+
+/// Everything the scenarios share: kernel, initramfs, probe, data disk, shoji.efi (if built).
+#[derive(Debug, Clone)]
+pub struct GuestImages {
+    /// The kernel.
+    pub kernel: Kernel,
+    /// The initramfs.
+    pub initrd: PathBuf,
+    /// The ext2 data disk.
+    pub data_disk: PathBuf,
+    /// The probe binary.
+    pub probe: PathBuf,
+}
+
+/// Build the guest images into `build/images/`.
+pub fn build_guest_images(flavour: crate::kernel::Flavour) -> Result<GuestImages> {
+    let kernel = crate::kernel::fetch(flavour)?;
+    let probe = build_probe()?;
+    let dir = build_dir().join("images");
+    std::fs::create_dir_all(&dir)?;
+    let initrd = dir.join("initrd.img");
+    build_initramfs(&kernel, &probe, &initrd, false)?;
+    let data_disk = dir.join("data.img");
+    build_data_disk(&data_disk, &[("bin/probe", probe.clone())])?;
+    Ok(GuestImages {
+        kernel,
+        initrd,
+        data_disk,
+        probe,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpio_is_newc_and_aligned() {
+        let mut c = Cpio::default();
+        c.dir("bin");
+        c.file("init", 0o755, b"#!/bin/sh\n");
+        c.symlink("bin/sh", "busybox");
+        let bytes = c.finish();
+        assert!(bytes.starts_with(b"070701"));
+        assert_eq!(bytes.len() % 512, 0);
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(text.contains("TRAILER!!!"));
+        assert!(text.contains("#!/bin/sh"));
+    }
+
+    #[test]
+    fn config_renders_every_key() {
+        let cfg = ShojiConfig {
+            image: None,
+            cmdline: "console=ttyS0".into(),
+            fail_mode: FailMode::Closed,
+            expose_hypervisor_memory: true,
+        }
+        .render();
+        for k in [
+            "image = none",
+            "cmdline = console=ttyS0",
+            "fail_mode = closed",
+            "log_port = 0x2f8",
+            "expose_hypervisor_memory = true",
+        ] {
+            assert!(cfg.contains(k), "{k} missing in {cfg}");
+        }
+        let key = cfg
+            .lines()
+            .find_map(|l| l.strip_prefix("agent_key = "))
+            .unwrap();
+        assert_eq!(key.len(), 64);
+    }
+}

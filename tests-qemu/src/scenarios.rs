@@ -1,0 +1,724 @@
+//! The end-to-end scenarios and the strings they expect (all markers live in [`markers`]).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::emulator::{vmx_backend, Backend, Machine, MachineSpec, Stream};
+use crate::images::{build_esp, EspBoot, FailMode, GuestImages, ShojiConfig};
+use crate::netns::{peer_checks, Netns, PeerResult};
+use crate::util::{build_dir, secs};
+
+/// Every string the harness expects from Shoji, the guest and the probe. Adjust here only.
+pub mod markers {
+    /// COM1, Shoji: `shoji: hypervisor running on N cpu(s)`.
+    pub const SHOJI_RUNNING: &str = "shoji: hypervisor running on ";
+    /// COM1, Shoji: one per CPU, `shoji: cpu K sees signature ShojiShojiHV`.
+    pub fn cpu_sees_signature(cpu: u32) -> String {
+        format!("shoji: cpu {cpu} sees signature ShojiShojiHV")
+    }
+    /// COM1, Shoji: `shoji: VMX unavailable: <reason>`.
+    pub const VMX_UNAVAILABLE: &str = "shoji: VMX unavailable: ";
+    /// COM1, Shoji: fail-open.
+    pub const FAIL_OPEN: &str = "shoji: fail-open: booting WITHOUT protection";
+    /// COM1, Shoji: fail-closed.
+    pub const FAIL_CLOSED: &str = "shoji: fail-closed: refusing to boot";
+    /// COM2, Shoji's log: `shoji-hv: reserved memory 0x<start>-0x<end>`.
+    pub const HV_RESERVED: &str = "shoji-hv: reserved memory 0x";
+    /// COM2, Shoji's log, after the LogCounters VMCALL: `shoji-hv: exits cpu0: reason=count ...`.
+    pub const HV_EXITS: &str = "shoji-hv: exits cpu0:";
+    /// COM1, the kernel's EFI stub (the firmware has loaded the kernel and the initramfs).
+    pub const EFI_STUB: &str = "EFI stub: ";
+    /// COM1, Linux's first line (replayed when the serial console starts).
+    pub const LINUX_VERSION: &str = "Linux version ";
+    /// COM1, guest init started.
+    pub const INIT_STARTED: &str = "SHOJI-TEST: init started";
+    /// COM1, guest waits for the peer.
+    pub const READY_FOR_PEER: &str = "SHOJI-TEST: READY-FOR-PEER";
+    /// COM1, guest about to power off.
+    pub const GUEST_DONE: &str = "SHOJI-TEST: done";
+    /// COM1, `probe cpuid: hypervisor_bit=B signature=S vmx=V ...`.
+    pub const PROBE_CPUID: &str = "probe cpuid: ";
+    /// The signature as the probe prints it.
+    pub const SIGNATURE_FIELD: &str = "signature=ShojiShojiHV";
+    /// COM1, the probe's VMX result when both instructions raised #UD and the guest lives on.
+    pub const PROBE_VMX_OK: &str = "probe vmx: vmxon=SIGILL vmread=SIGILL guest-alive";
+    /// COM1, probe vmx summary prefix.
+    pub const PROBE_VMX: &str = "probe vmx: vmx";
+    /// COM1, canary found.
+    pub const CANARY_FOUND: &str = "probe canary: found at ";
+    /// COM1, canary not found.
+    pub const CANARY_NOT_FOUND: &str = "probe canary: not found";
+    /// COM1, a Reserved range as the probe lists it (`probe canary: reserved 0xA-0xB ...`).
+    pub const CANARY_RESERVED: &str = "probe canary: reserved ";
+    /// COM1, LogCounters answered.
+    pub const LOG_COUNTERS_OK: &str = "probe log-counters: status=0";
+    /// COM1, LogCounters prefix.
+    pub const LOG_COUNTERS: &str = "probe log-counters: ";
+    /// COM1 strings that end a run at once.
+    pub const FATAL: &[&str] = &[
+        "Kernel panic",
+        "shoji: panic",
+        "shoji-hv: panic",
+        "!!!! X64 Exception",
+    ];
+}
+
+/// One scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scenario {
+    /// The name used on the command line and for the log directory.
+    pub name: &'static str,
+    /// What it proves.
+    pub about: &'static str,
+    /// Whether it needs shoji.efi.
+    pub needs_shoji: bool,
+    kind: Kind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Shoji,
+    NoShoji,
+    Exposed,
+    Smp,
+    TcgNoShoji,
+    TcgFailOpen,
+    TcgFailClosed,
+}
+
+/// All scenarios, longest first (so two workers finish together).
+pub const ALL: &[Scenario] = &[
+    Scenario {
+        name: "bochs-shoji",
+        about:
+            "Linux boots under Shoji: signature visible, VMX hidden, peer ping/arping answered, \
+                Shoji's memory Reserved and unreadable, VMXON/VMREAD from ring 3 give SIGILL, \
+                exit counters logged",
+        needs_shoji: true,
+        kind: Kind::Shoji,
+    },
+    Scenario {
+        name: "bochs-exposed",
+        about: "control: with expose_hypervisor_memory = true the probe FINDS the canary \
+                (so 'not found' under bochs-shoji means hidden, not a broken probe)",
+        needs_shoji: true,
+        kind: Kind::Exposed,
+    },
+    Scenario {
+        name: "bochs-no-shoji",
+        about: "control: the same images booted by the UEFI shell without Shoji show no signature",
+        needs_shoji: false,
+        kind: Kind::NoShoji,
+    },
+    Scenario {
+        name: "bochs-smp",
+        about: "two CPUs, image = none: Shoji runs on both and each CPU sees the signature",
+        needs_shoji: true,
+        kind: Kind::Smp,
+    },
+    Scenario {
+        name: "tcg-no-shoji",
+        about: "fast control on QEMU/TCG: the guest images boot and the peer works without Shoji",
+        needs_shoji: false,
+        kind: Kind::TcgNoShoji,
+    },
+    Scenario {
+        name: "tcg-fail-open",
+        about: "QEMU/TCG has no VMX: Shoji says so, fails open, Linux boots without the signature",
+        needs_shoji: true,
+        kind: Kind::TcgFailOpen,
+    },
+    Scenario {
+        name: "tcg-fail-closed",
+        about: "QEMU/TCG has no VMX: Shoji says so, fails closed, Linux never starts",
+        needs_shoji: true,
+        kind: Kind::TcgFailClosed,
+    },
+];
+
+/// Look a scenario up by name.
+pub fn find(name: &str) -> Option<&'static Scenario> {
+    ALL.iter().find(|s| s.name == name)
+}
+
+impl Scenario {
+    /// The emulator this scenario runs on here.
+    pub fn backend(&self) -> Backend {
+        match self.kind {
+            Kind::TcgNoShoji | Kind::TcgFailOpen | Kind::TcgFailClosed => Backend::QemuTcg,
+            _ => vmx_backend(),
+        }
+    }
+
+    /// The scenario's log directory: `build/e2e/<name>/`.
+    pub fn dir(&self) -> PathBuf {
+        build_dir().join("e2e").join(self.name)
+    }
+}
+
+/// One checked expectation.
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// What was checked.
+    pub what: String,
+    /// Whether it held.
+    pub ok: bool,
+    /// Evidence (the matching line, or why not).
+    pub detail: String,
+}
+
+/// The outcome of one scenario.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// Scenario name.
+    pub name: &'static str,
+    /// Emulator used.
+    pub backend: Backend,
+    /// Checks in order.
+    pub checks: Vec<Check>,
+    /// Milestones (label, time since power-on).
+    pub times: Vec<(String, Duration)>,
+    /// Set when the run stopped early.
+    pub error: Option<String>,
+    /// Log directory.
+    pub dir: PathBuf,
+    /// Interesting console and Shoji-log lines, for the demo.
+    pub highlights: Vec<String>,
+}
+
+impl Report {
+    /// Passed: no error and every check held.
+    pub fn passed(&self) -> bool {
+        self.error.is_none() && self.checks.iter().all(|c| c.ok)
+    }
+
+    fn check(&mut self, what: impl Into<String>, ok: bool, detail: impl Into<String>) {
+        self.checks.push(Check {
+            what: what.into(),
+            ok,
+            detail: detail.into(),
+        });
+    }
+
+    /// Time from power-on to the guest's init, when it got there.
+    pub fn time_to_init(&self) -> Option<Duration> {
+        self.times
+            .iter()
+            .find(|(l, _)| l == "init started")
+            .map(|(_, d)| *d)
+    }
+
+    /// Human-readable report.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "== {} [{}] {}",
+            self.name,
+            self.backend.name(),
+            if self.passed() { "PASSED" } else { "FAILED" }
+        );
+        for c in &self.checks {
+            let _ = writeln!(
+                s,
+                "   [{}] {}: {}",
+                if c.ok { "ok" } else { "FAIL" },
+                c.what,
+                c.detail.trim()
+            );
+        }
+        if let Some(e) = &self.error {
+            let _ = writeln!(s, "   error: {e}");
+        }
+        if !self.times.is_empty() {
+            let t: Vec<String> = self
+                .times
+                .iter()
+                .map(|(l, d)| format!("{l} {}", secs(*d)))
+                .collect();
+            let _ = writeln!(s, "   times since power-on: {}", t.join(", "));
+        }
+        let _ = writeln!(s, "   logs: {}", self.dir.display());
+        s
+    }
+}
+
+/// Kernel command line for the guest (`initrd=` is added per boot path).
+pub fn kernel_cmdline() -> String {
+    "console=ttyS0,115200 panic=0 nokaslr mitigations=off tsc=reliable no_timer_check \
+     random.trust_cpu=on shojitest=full"
+        .to_owned()
+}
+
+/// Inputs a scenario needs.
+pub struct Inputs<'a> {
+    /// Guest images.
+    pub images: &'a GuestImages,
+    /// shoji.efi, or why it is missing.
+    pub shoji: &'a Result<PathBuf, String>,
+}
+
+/// Run one scenario; never panics, always returns a report. Logs go to `build/e2e/<name>/`.
+pub fn run(sc: &Scenario, inputs: &Inputs<'_>) -> Report {
+    let dir = sc.dir();
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::create_dir_all(&dir);
+    let mut rep = Report {
+        name: sc.name,
+        backend: sc.backend(),
+        checks: Vec::new(),
+        times: Vec::new(),
+        error: None,
+        dir: dir.clone(),
+        highlights: Vec::new(),
+    };
+    if let Err(e) = run_inner(sc, inputs, &mut rep) {
+        rep.error = Some(format!("{e:#}"));
+    }
+    let _ = std::fs::write(dir.join("report.txt"), rep.render());
+    if rep.passed() {
+        // Keep the logs, drop the big disk copy.
+        let _ = std::fs::remove_file(dir.join("esp.img"));
+    }
+    rep
+}
+
+fn log(sc: &Scenario, msg: &str) {
+    eprintln!("[{}] {msg}", sc.name);
+}
+
+fn run_inner(sc: &Scenario, inputs: &Inputs<'_>, rep: &mut Report) -> Result<()> {
+    let images = inputs.images;
+    let dir = sc.dir();
+    let esp = dir.join("esp.img");
+    let cmdline = kernel_cmdline();
+    let with_initrd = format!("initrd=\\initrd.img {cmdline}");
+    let boot = match sc.kind {
+        Kind::NoShoji | Kind::TcgNoShoji => EspBoot::Direct {
+            cmdline: with_initrd,
+        },
+        _ => {
+            let efi = inputs
+                .shoji
+                .as_ref()
+                .map_err(|e| anyhow::anyhow!("shoji.efi is not available: {e}"))?;
+            EspBoot::Shoji {
+                efi: efi.clone(),
+                config: ShojiConfig {
+                    image: (sc.kind != Kind::Smp).then(|| "\\vmlinuz".to_owned()),
+                    cmdline: with_initrd,
+                    fail_mode: match sc.kind {
+                        Kind::TcgFailOpen => FailMode::Open,
+                        _ => FailMode::Closed,
+                    },
+                    expose_hypervisor_memory: sc.kind == Kind::Exposed,
+                },
+            }
+        }
+    };
+    build_esp(&esp, &images.kernel.vmlinuz, &images.initrd, &boot).context("building the ESP")?;
+    let ns = Netns::create(&Netns::name_for(sc.name))?;
+    let spec = MachineSpec {
+        backend: rep.backend,
+        cpus: if sc.kind == Kind::Smp { 2 } else { 1 },
+        esp,
+        data_disk: None,
+        dir: dir.clone(),
+    };
+    let f = rep.backend.time_factor();
+    let t = |s: u64| Duration::from_secs_f64(s as f64 * f);
+    log(sc, &format!("power on ({})", rep.backend.name()));
+    let mut m = Machine::start(&spec, &ns)?;
+    m.fatal = markers::FATAL.iter().map(|s| s.to_string()).collect();
+    let result = match sc.kind {
+        Kind::Smp => smp(sc, &mut m, rep, &t),
+        Kind::TcgFailClosed => fail_closed(sc, &mut m, rep, &t),
+        _ => linux(sc, &mut m, &ns, rep, &t),
+    };
+    m.stop(Duration::from_secs(15));
+    collect_highlights(&m, rep);
+    let _ = std::fs::write(dir.join("elapsed.txt"), format!("{:?}\n", rep.times));
+    result
+}
+
+/// Wait for a milestone and record its time.
+fn milestone(
+    sc: &Scenario,
+    m: &mut Machine,
+    rep: &mut Report,
+    label: &str,
+    stream: Stream,
+    pat: &str,
+    timeout: Duration,
+    abort_on: &[&str],
+) -> Result<String> {
+    let (line, at) = m.wait_for(stream, pat, timeout, abort_on)?;
+    log(sc, &format!("{label} after {}", secs(at)));
+    rep.times.push((label.to_owned(), at));
+    Ok(line)
+}
+
+/// Scenarios that boot Linux (with or without Shoji).
+fn linux(
+    sc: &Scenario,
+    m: &mut Machine,
+    ns: &Netns,
+    rep: &mut Report,
+    t: &dyn Fn(u64) -> Duration,
+) -> Result<()> {
+    let with_shoji = matches!(sc.kind, Kind::Shoji | Kind::Exposed);
+    if with_shoji {
+        let line = milestone(
+            sc,
+            m,
+            rep,
+            "shoji running",
+            Stream::Console,
+            markers::SHOJI_RUNNING,
+            t(300),
+            &[markers::VMX_UNAVAILABLE, markers::FAIL_CLOSED],
+        )?;
+        rep.check("Shoji starts VMX", true, line);
+    }
+    if sc.kind == Kind::TcgFailOpen {
+        let line = milestone(
+            sc,
+            m,
+            rep,
+            "vmx unavailable",
+            Stream::Console,
+            markers::VMX_UNAVAILABLE,
+            t(300),
+            &[markers::FAIL_CLOSED],
+        )?;
+        rep.check("Shoji reports VMX unavailable", true, line);
+        let line = milestone(
+            sc,
+            m,
+            rep,
+            "fail-open",
+            Stream::Console,
+            markers::FAIL_OPEN,
+            t(60),
+            &[markers::FAIL_CLOSED],
+        )?;
+        rep.check("Shoji fails open", true, line);
+    }
+    milestone(
+        sc,
+        m,
+        rep,
+        "kernel loaded (EFI stub)",
+        Stream::Console,
+        markers::EFI_STUB,
+        t(400),
+        &[],
+    )?;
+    milestone(
+        sc,
+        m,
+        rep,
+        "linux console",
+        Stream::Console,
+        markers::LINUX_VERSION,
+        t(400),
+        &[],
+    )?;
+    milestone(
+        sc,
+        m,
+        rep,
+        "init started",
+        Stream::Console,
+        markers::INIT_STARTED,
+        t(500),
+        &[],
+    )?;
+    let cpuid = milestone(
+        sc,
+        m,
+        rep,
+        "probe cpuid",
+        Stream::Console,
+        markers::PROBE_CPUID,
+        t(120),
+        &[],
+    )?;
+    let has_sig = cpuid.contains(markers::SIGNATURE_FIELD);
+    if with_shoji {
+        rep.check(
+            "guest sees Shoji's CPUID signature, VMX hidden",
+            has_sig && cpuid.contains("hypervisor_bit=1") && cpuid.contains("vmx=0"),
+            cpuid.trim(),
+        );
+    } else {
+        rep.check("guest sees NO Shoji signature", !has_sig, cpuid.trim());
+    }
+    milestone(
+        sc,
+        m,
+        rep,
+        "ready for peer",
+        Stream::Console,
+        markers::READY_FOR_PEER,
+        t(300),
+        &[],
+    )?;
+    let peer = peer_checks(ns);
+    let _ = std::fs::write(sc.dir().join("peer.log"), &peer.log);
+    rep.times.push(("peer checks done".into(), m.elapsed()));
+    peer_report(sc, rep, &peer);
+    milestone(
+        sc,
+        m,
+        rep,
+        "guest done",
+        Stream::Console,
+        markers::GUEST_DONE,
+        t(240),
+        &[],
+    )?;
+    let console = m.text(Stream::Console);
+    let find = |pat: &str| console.lines().find(|l| l.contains(pat)).map(str::trim);
+    // VMX instructions from ring 3.
+    let vmx = find(markers::PROBE_VMX).unwrap_or("no probe vmx line");
+    let vmx_ok = vmx.contains(markers::PROBE_VMX_OK);
+    // The canary.
+    let found = find(markers::CANARY_FOUND);
+    let not_found = find(markers::CANARY_NOT_FOUND);
+    let canary = found.or(not_found).unwrap_or("no probe canary result");
+    // Exit counters.
+    let counters = find(markers::LOG_COUNTERS).unwrap_or("no probe log-counters line");
+    match sc.kind {
+        Kind::Shoji => {
+            rep.check(
+                "VMXON and VMREAD from ring 3 raise #UD; guest goes on",
+                vmx_ok,
+                vmx,
+            );
+            rep.check(
+                "probe does NOT find Shoji's canary",
+                not_found.is_some(),
+                canary,
+            );
+            reserved_range_check(m, rep, &console);
+            rep.check(
+                "LogCounters VMCALL answered",
+                counters.contains(markers::LOG_COUNTERS_OK),
+                counters,
+            );
+            let (line, _) = m
+                .wait_for(Stream::ShojiLog, markers::HV_EXITS, t(30), &[])
+                .unwrap_or_else(|e| (format!("{e:#}"), Duration::ZERO));
+            let pairs = line
+                .split_once(markers::HV_EXITS)
+                .map(|(_, r)| r.split_whitespace().filter(|w| w.contains('=')).count())
+                .unwrap_or(0);
+            rep.check(
+                "exit counters in Shoji's log",
+                pairs > 0,
+                line.trim().to_owned(),
+            );
+        }
+        Kind::Exposed => {
+            rep.check(
+                "probe FINDS the canary when memory is exposed",
+                found.is_some(),
+                canary,
+            );
+        }
+        _ => {
+            // Controls: recorded, not required.
+            rep.highlights.push(format!("(control) {vmx}"));
+            rep.highlights.push(format!("(control) {canary}"));
+            rep.highlights.push(format!("(control) {counters}"));
+        }
+    }
+    Ok(())
+}
+
+fn peer_report(sc: &Scenario, rep: &mut Report, peer: &PeerResult) {
+    let detail = format!(
+        "ping {}/3, arping {}/3, done {}",
+        peer.ping_received,
+        peer.arping_received,
+        if peer.done_sent { "sent" } else { "NOT sent" }
+    );
+    log(sc, &format!("peer: {detail}"));
+    let ok = peer.ping_received > 0 && peer.arping_received > 0 && peer.done_sent;
+    match sc.kind {
+        Kind::Shoji | Kind::NoShoji | Kind::TcgNoShoji => {
+            rep.check("peer's ping and arping answered", ok, detail)
+        }
+        _ => rep.highlights.push(format!("peer: {detail}")),
+    }
+}
+
+/// Parse `0xA-0xB` at the start of `s`.
+fn parse_range(s: &str) -> Option<(u64, u64)> {
+    let s = s.trim().trim_start_matches("0x");
+    let (a, b) = s.split_once('-')?;
+    let b = b.trim_start_matches("0x");
+    let b = b.split(|c: char| !c.is_ascii_hexdigit()).next()?;
+    Some((
+        u64::from_str_radix(a, 16).ok()?,
+        u64::from_str_radix(b, 16).ok()?,
+    ))
+}
+
+/// Shoji's reserved range (from its log) lies inside a Reserved range of the guest's /proc/iomem.
+fn reserved_range_check(m: &Machine, rep: &mut Report, console: &str) {
+    let Some(line) = m.find_line(Stream::ShojiLog, markers::HV_RESERVED) else {
+        rep.check(
+            "Shoji's memory is Reserved in /proc/iomem",
+            false,
+            "no 'shoji-hv: reserved memory' line in shoji.log",
+        );
+        return;
+    };
+    let hv = line
+        .split_once("reserved memory ")
+        .and_then(|(_, r)| parse_range(r));
+    let guest: Vec<(u64, u64)> = console
+        .lines()
+        .filter_map(|l| l.split_once(markers::CANARY_RESERVED))
+        .filter_map(|(_, r)| parse_range(r))
+        .collect();
+    let ok = hv.is_some_and(|(s, e)| guest.iter().any(|&(gs, ge)| gs <= s && e <= ge));
+    rep.check(
+        "Shoji's memory is Reserved in /proc/iomem",
+        ok,
+        format!(
+            "{} within one of {} guest Reserved ranges",
+            line.trim(),
+            guest.len()
+        ),
+    );
+}
+
+/// bochs-smp: Shoji on two CPUs, no guest image.
+fn smp(
+    sc: &Scenario,
+    m: &mut Machine,
+    rep: &mut Report,
+    t: &dyn Fn(u64) -> Duration,
+) -> Result<()> {
+    let line = milestone(
+        sc,
+        m,
+        rep,
+        "shoji running",
+        Stream::Console,
+        markers::SHOJI_RUNNING,
+        t(600),
+        &[markers::VMX_UNAVAILABLE, markers::FAIL_CLOSED],
+    )?;
+    rep.check(
+        "Shoji runs on 2 CPUs",
+        line.contains("running on 2 cpu"),
+        line.trim(),
+    );
+    for cpu in 0..2 {
+        let pat = markers::cpu_sees_signature(cpu);
+        let r = m.wait_for(Stream::Console, &pat, t(120), &[]);
+        rep.check(
+            format!("cpu {cpu} sees the signature"),
+            r.is_ok(),
+            match r {
+                Ok((l, _)) => l.trim().to_owned(),
+                Err(e) => format!("{e:#}"),
+            },
+        );
+    }
+    Ok(())
+}
+
+/// tcg-fail-closed: the marker, then no Linux within a bounded wait.
+fn fail_closed(
+    sc: &Scenario,
+    m: &mut Machine,
+    rep: &mut Report,
+    t: &dyn Fn(u64) -> Duration,
+) -> Result<()> {
+    let line = milestone(
+        sc,
+        m,
+        rep,
+        "vmx unavailable",
+        Stream::Console,
+        markers::VMX_UNAVAILABLE,
+        t(300),
+        &[markers::FAIL_OPEN],
+    )?;
+    rep.check("Shoji reports VMX unavailable", true, line);
+    let line = milestone(
+        sc,
+        m,
+        rep,
+        "fail-closed",
+        Stream::Console,
+        markers::FAIL_CLOSED,
+        t(60),
+        &[markers::FAIL_OPEN],
+    )?;
+    rep.check("Shoji fails closed", true, line);
+    let window = Duration::from_secs(30);
+    let r = m.expect_absent(Stream::Console, markers::EFI_STUB, window);
+    rep.check(
+        format!("no kernel starts within {}", secs(window)),
+        r.is_ok(),
+        match r {
+            Ok(()) => "no EFI stub line".to_owned(),
+            Err(e) => format!("{e:#}"),
+        },
+    );
+    Ok(())
+}
+
+/// Collect the lines a person wants to see (demo output).
+fn collect_highlights(m: &Machine, rep: &mut Report) {
+    let console = m.text(Stream::Console);
+    for l in console.lines() {
+        let l = l.trim();
+        if l.starts_with("shoji:") || l.starts_with("probe ") || l.starts_with("SHOJI-TEST:") {
+            rep.highlights.push(l.to_owned());
+        }
+    }
+    for l in m.text(Stream::ShojiLog).lines().take(200) {
+        if l.contains("shoji-hv:") {
+            rep.highlights.push(l.trim().to_owned());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_findable() {
+        for s in ALL {
+            assert_eq!(find(s.name).unwrap().name, s.name);
+            assert_eq!(ALL.iter().filter(|o| o.name == s.name).count(), 1);
+        }
+    }
+
+    #[test]
+    fn ranges_parse() {
+        assert_eq!(parse_range("0x1000-0x1fff (4 KiB)"), Some((0x1000, 0x1fff)));
+        assert_eq!(
+            parse_range("0x7e00000-0x7ffffff"),
+            Some((0x7e00000, 0x7ffffff))
+        );
+        assert_eq!(parse_range("nonsense"), None);
+    }
+
+    #[test]
+    fn signature_marker_matches_shared_crate() {
+        assert!(markers::SIGNATURE_FIELD.ends_with("ShojiShojiHV"));
+        assert!(markers::cpu_sees_signature(1).contains("cpu 1 sees"));
+    }
+}
