@@ -229,7 +229,14 @@ mod tests {
         let l = TxDesc::legacy_bytes(0x1234_5678, 60, cmd::EOP | cmd::RS);
         assert_eq!(
             TxDesc::parse(&l),
-            TxDesc::Legacy { addr: 0x1234_5678, len: 60, cso: 0, cmd: 9, css: 0, special: 0 }
+            TxDesc::Legacy {
+                addr: 0x1234_5678,
+                len: 60,
+                cso: 0,
+                cmd: 9,
+                css: 0,
+                special: 0
+            }
         );
         let mut c = [0u8; 16];
         c[0] = 14;
@@ -237,21 +244,36 @@ mod tests {
         c[2..4].copy_from_slice(&33u16.to_le_bytes());
         c[4] = 34;
         c[5] = 50;
-        c[8..12].copy_from_slice(&(1000u32 | (0 << 20) | (u32::from(cmd::DEXT | tucmd::TSE | tucmd::IP | tucmd::TCP) << 24)).to_le_bytes());
+        c[8..12].copy_from_slice(
+            &(1000u32 | (u32::from(cmd::DEXT | tucmd::TSE | tucmd::IP | tucmd::TCP) << 24))
+                .to_le_bytes(),
+        );
         c[13] = 54;
         c[14..16].copy_from_slice(&1460u16.to_le_bytes());
         match TxDesc::parse(&c) {
             TxDesc::Context(x) => {
-                assert_eq!((x.ipcss, x.ipcso, x.ipcse, x.tucss, x.tucso), (14, 24, 33, 34, 50));
+                assert_eq!(
+                    (x.ipcss, x.ipcso, x.ipcse, x.tucss, x.tucso),
+                    (14, 24, 33, 34, 50)
+                );
                 assert_eq!((x.paylen, x.hdrlen, x.mss), (1000, 54, 1460));
                 assert_eq!(x.tucmd & tucmd::TSE, tucmd::TSE);
             }
             d => panic!("{d:?}"),
         }
         let mut d = [0u8; 16];
-        d[8..12].copy_from_slice(&(77u32 | (1 << 20) | (u32::from(cmd::DEXT | cmd::EOP) << 24)).to_le_bytes());
+        d[8..12].copy_from_slice(
+            &(77u32 | (1 << 20) | (u32::from(cmd::DEXT | cmd::EOP) << 24)).to_le_bytes(),
+        );
         d[13] = popts::TXSM;
-        assert!(matches!(TxDesc::parse(&d), TxDesc::Data { len: 77, popts: 2, .. }));
+        assert!(matches!(
+            TxDesc::parse(&d),
+            TxDesc::Data {
+                len: 77,
+                popts: 2,
+                ..
+            }
+        ));
         let mut r = [0u8; 16];
         r[8..12].copy_from_slice(&((5u32 << 20) | (u32::from(cmd::DEXT) << 24)).to_le_bytes());
         assert!(matches!(TxDesc::parse(&r), TxDesc::Reserved { .. }));
@@ -259,7 +281,13 @@ mod tests {
 
     #[test]
     fn rx_writeback_round_trip() {
-        let w = RxWriteBack { len: 1514, csum: 0, status: 0x0b, errors: 0, special: 0x0064 };
+        let w = RxWriteBack {
+            len: 1514,
+            csum: 0,
+            status: 0x0b,
+            errors: 0,
+            special: 0x0064,
+        };
         assert_eq!(RxWriteBack::from_u64(w.to_u64()), w);
     }
 }

@@ -37,7 +37,11 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { tx_descs: 256, rx_descs: 256, pci: PciLayout::default() }
+        Config {
+            tx_descs: 256,
+            rx_descs: 256,
+            pci: PciLayout::default(),
+        }
     }
 }
 
@@ -325,6 +329,11 @@ impl<N: NicRegisters, D: DmaRegion> Core<N, D> {
             return false;
         }
         self.hw.setup_pending = false;
+        // The device came out of reset with its default TCTL; the guest sees that unless it
+        // already wrote its own.
+        if self.g.tctl == 0 {
+            self.g.tctl = self.nic.read32(regs::TCTL);
+        }
         self.program_real_rings();
         true
     }
@@ -512,12 +521,16 @@ impl<N: NicRegisters, D: DmaRegion> Core<N, D> {
 
     fn guest_reset(&mut self, q: &mut [&mut FrameQueue; 2], value: u32) {
         self.ctr.guest_resets += 1;
-        self.nic.write32(regs::CTRL, (value & !Ctrl::VME.bits()) | Ctrl::RST.bits());
+        self.nic
+            .write32(regs::CTRL, (value & !Ctrl::VME.bits()) | Ctrl::RST.bits());
         let bus_master = self.g.bus_master;
         self.g = Guest::reset();
         self.g.bus_master = bus_master;
         self.rung = 0;
-        self.hw = Hw { setup_pending: true, ..Hw::default() };
+        self.hw = Hw {
+            setup_pending: true,
+            ..Hw::default()
+        };
         let lost = q[0].clear();
         for _ in 0..lost {
             self.ctr.drop(Direction::Tx, DropReason::NoBuffer);
@@ -548,7 +561,7 @@ impl<'b, N: NicRegisters, D: DmaRegion> E1000<'b, N, D> {
     /// Take over the NIC: capture the guest-visible state the device holds now, then point the
     /// device at Shoji's rings in `dma`.
     pub fn new(mut nic: N, dma: D, cfg: Config, bufs: &'b mut Buffers) -> Result<Self, SetupError> {
-        let ok = |n: u16| n % 8 == 0 && (8..=MAX_REAL_DESCS).contains(&n);
+        let ok = |n: u16| n & 7 == 0 && (8..=MAX_REAL_DESCS).contains(&n);
         if !ok(cfg.tx_descs) || !ok(cfg.rx_descs) {
             return Err(SetupError::BadRingSize);
         }
@@ -874,7 +887,14 @@ impl<'b, N: NicRegisters, D: DmaRegion> E1000<'b, N, D> {
                     c.write_real_ctrl();
                 }
             }
-            regs::ICR => c.g.icr &= !v,
+            regs::ICR => {
+                c.g.icr &= !v;
+                if c.g.icr & c.g.ims == 0 {
+                    // Nothing left for the guest: withdraw the doorbell (write one to clear).
+                    c.nic.write32(regs::ICR, Int::DOORBELL.bits());
+                    c.rung = 0;
+                }
+            }
             regs::ICS => c.raise(Int::from_bits_retain(v)),
             regs::IMS => {
                 c.g.ims |= v;

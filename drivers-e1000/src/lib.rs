@@ -17,8 +17,8 @@ pub mod engine;
 pub mod mmio_insn;
 pub mod offload;
 pub mod pci;
-pub mod regs;
 mod queue;
+pub mod regs;
 mod rx;
 mod tx;
 
@@ -29,7 +29,7 @@ pub mod sim;
 mod tests;
 
 pub use counters::{Counters, ExitCause};
-pub use engine::{Buffers, Config, E1000, Env, SetupError};
+pub use engine::{Buffers, Config, Env, SetupError, E1000};
 pub use pci::{BarMove, BarMovePolicy, PciLayout, PciOutcome, PciWrite};
 
 /// The real NIC's register file (the memory BAR), accessed by byte offset.

@@ -113,8 +113,12 @@ impl MmioAccess {
     pub fn write_value(&self, gprs: &[u64; 16]) -> Option<u64> {
         let v = match self.kind {
             AccessKind::Read { .. } => return None,
-            AccessKind::Write { src: WriteSource::Imm(v) } => v,
-            AccessKind::Write { src: WriteSource::Reg(r) } => {
+            AccessKind::Write {
+                src: WriteSource::Imm(v),
+            } => v,
+            AccessKind::Write {
+                src: WriteSource::Reg(r),
+            } => {
                 let full = gprs[usize::from(r.num & 15)];
                 if r.high_byte {
                     full >> 8
@@ -189,7 +193,11 @@ fn gpr(r: Register) -> Option<Gpr> {
     } else {
         return None;
     };
-    Some(Gpr { num: num as u8, width, high_byte })
+    Some(Gpr {
+        num: num as u8,
+        width,
+        high_byte,
+    })
 }
 
 /// Decode the instruction at the start of `bytes` (fetched by the caller from the guest's RIP)
@@ -253,10 +261,10 @@ pub fn decode(bytes: &[u8], bitness: u32) -> Result<MmioAccess, InsnError> {
             OpKind::Register => {
                 WriteSource::Reg(gpr(ins.op_register(other)).ok_or(InsnError::Unsupported)?)
             }
-            OpKind::Immediate8 | OpKind::Immediate16 | OpKind::Immediate32
-            | OpKind::Immediate32to64 => {
-                WriteSource::Imm(ins.immediate(other) & width_mask(width))
-            }
+            OpKind::Immediate8
+            | OpKind::Immediate16
+            | OpKind::Immediate32
+            | OpKind::Immediate32to64 => WriteSource::Imm(ins.immediate(other) & width_mask(width)),
             _ => return Err(InsnError::Unsupported),
         };
         AccessKind::Write { src }
@@ -276,45 +284,120 @@ mod tests {
     use proptest::prelude::*;
 
     fn r(num: u8, width: u8) -> Gpr {
-        Gpr { num, width, high_byte: false }
+        Gpr {
+            num,
+            width,
+            high_byte: false,
+        }
     }
 
     #[test]
     fn linux_readl_writel_forms() {
         // mov eax, [rdi+0xc0]   (readl of ICR)
         let a = decode(&[0x8b, 0x87, 0xc0, 0x00, 0x00, 0x00], 64).unwrap();
-        assert_eq!(a, MmioAccess { width: 4, kind: AccessKind::Read { dest: r(0, 4), extend: Extend::None }, len: 6 });
+        assert_eq!(
+            a,
+            MmioAccess {
+                width: 4,
+                kind: AccessKind::Read {
+                    dest: r(0, 4),
+                    extend: Extend::None
+                },
+                len: 6
+            }
+        );
         // mov [rax+0x3818], edx   (writel of TDT)
         let a = decode(&[0x89, 0x90, 0x18, 0x38, 0x00, 0x00], 64).unwrap();
-        assert_eq!(a, MmioAccess { width: 4, kind: AccessKind::Write { src: WriteSource::Reg(r(2, 4)) }, len: 6 });
+        assert_eq!(
+            a,
+            MmioAccess {
+                width: 4,
+                kind: AccessKind::Write {
+                    src: WriteSource::Reg(r(2, 4))
+                },
+                len: 6
+            }
+        );
         // mov dword [rax+0xd8], 0xffffffff   (writel(~0, IMC))
-        let a = decode(&[0xc7, 0x80, 0xd8, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff], 64).unwrap();
-        assert_eq!(a.kind, AccessKind::Write { src: WriteSource::Imm(0xffff_ffff) });
+        let a = decode(
+            &[0xc7, 0x80, 0xd8, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff],
+            64,
+        )
+        .unwrap();
+        assert_eq!(
+            a.kind,
+            AccessKind::Write {
+                src: WriteSource::Imm(0xffff_ffff)
+            }
+        );
         assert_eq!((a.width, a.len), (4, 10));
         // mov [r12+0x8], r13d   (REX.RB)
         let a = decode(&[0x45, 0x89, 0x6c, 0x24, 0x08], 64).unwrap();
-        assert_eq!(a.kind, AccessKind::Write { src: WriteSource::Reg(r(13, 4)) });
+        assert_eq!(
+            a.kind,
+            AccessKind::Write {
+                src: WriteSource::Reg(r(13, 4))
+            }
+        );
         // movzx ecx, word [rax]
         let a = decode(&[0x0f, 0xb7, 0x08], 64).unwrap();
-        assert_eq!(a, MmioAccess { width: 2, kind: AccessKind::Read { dest: r(1, 4), extend: Extend::Zero }, len: 3 });
+        assert_eq!(
+            a,
+            MmioAccess {
+                width: 2,
+                kind: AccessKind::Read {
+                    dest: r(1, 4),
+                    extend: Extend::Zero
+                },
+                len: 3
+            }
+        );
         // movzx eax, byte [rdx+1]
         let a = decode(&[0x0f, 0xb6, 0x42, 0x01], 64).unwrap();
         assert_eq!(a.width, 1);
         // movsx rax, byte [rbx]
         let a = decode(&[0x48, 0x0f, 0xbe, 0x03], 64).unwrap();
-        assert_eq!(a.kind, AccessKind::Read { dest: r(0, 8), extend: Extend::Sign });
+        assert_eq!(
+            a.kind,
+            AccessKind::Read {
+                dest: r(0, 8),
+                extend: Extend::Sign
+            }
+        );
         // mov rax, [rbx]   (readq)
         let a = decode(&[0x48, 0x8b, 0x03], 64).unwrap();
         assert_eq!((a.width, a.len), (8, 3));
         // mov [rbx], ah
         let a = decode(&[0x88, 0x23], 64).unwrap();
-        assert_eq!(a.kind, AccessKind::Write { src: WriteSource::Reg(Gpr { num: 0, width: 1, high_byte: true }) });
+        assert_eq!(
+            a.kind,
+            AccessKind::Write {
+                src: WriteSource::Reg(Gpr {
+                    num: 0,
+                    width: 1,
+                    high_byte: true
+                })
+            }
+        );
         // mov word [rax], 0x1234 (66 prefix)
         let a = decode(&[0x66, 0xc7, 0x00, 0x34, 0x12], 64).unwrap();
-        assert_eq!((a.width, a.kind), (2, AccessKind::Write { src: WriteSource::Imm(0x1234) }));
+        assert_eq!(
+            (a.width, a.kind),
+            (
+                2,
+                AccessKind::Write {
+                    src: WriteSource::Imm(0x1234)
+                }
+            )
+        );
         // mov qword [rax], -1 (imm32 sign-extended)
         let a = decode(&[0x48, 0xc7, 0x00, 0xff, 0xff, 0xff, 0xff], 64).unwrap();
-        assert_eq!(a.kind, AccessKind::Write { src: WriteSource::Imm(u64::MAX) });
+        assert_eq!(
+            a.kind,
+            AccessKind::Write {
+                src: WriteSource::Imm(u64::MAX)
+            }
+        );
         // 32-bit mode: mov eax, [0xfebc00c0] (moffs)
         let a = decode(&[0xa1, 0xc0, 0x00, 0xbc, 0xfe], 32).unwrap();
         assert_eq!((a.width, a.len), (4, 5));
@@ -335,7 +418,10 @@ mod tests {
         assert_eq!(decode(&[0xa5], 64), Err(InsnError::Unsupported));
         assert_eq!(decode(&[0xab], 64), Err(InsnError::Unsupported));
         // movd xmm0, [rax]
-        assert_eq!(decode(&[0x66, 0x0f, 0x6e, 0x00], 64), Err(InsnError::Unsupported));
+        assert_eq!(
+            decode(&[0x66, 0x0f, 0x6e, 0x00], 64),
+            Err(InsnError::Unsupported)
+        );
         assert_eq!(decode(&[0x8b, 0x00], 8), Err(InsnError::BadMode));
     }
 
@@ -345,7 +431,10 @@ mod tests {
         g[0] = 0xffff_ffff_ffff_ffff;
         let rd32 = decode(&[0x8b, 0x00], 64).unwrap();
         rd32.complete_read(&mut g, 0x1234_5678);
-        assert_eq!(g[0], 0x1234_5678, "32-bit destination clears the upper half");
+        assert_eq!(
+            g[0], 0x1234_5678,
+            "32-bit destination clears the upper half"
+        );
         g[0] = 0xffff_ffff_ffff_ffff;
         let rd8h = decode(&[0x8a, 0x20], 64).unwrap(); // mov ah, [rax]
         rd8h.complete_read(&mut g, 0x12);

@@ -127,7 +127,12 @@ impl TsoPlan {
         if segments > max_segments {
             return Err(OffloadError::BadTso);
         }
-        Ok(TsoPlan { hdrlen, mss, payload, segments })
+        Ok(TsoPlan {
+            hdrlen,
+            mss,
+            payload,
+            segments,
+        })
     }
 
     /// Build segment `k` of `pkt` into `out`; returns its length.
@@ -146,7 +151,9 @@ impl TsoPlan {
         }
         let seglen = self.mss.min(self.payload - start);
         let total = self.hdrlen + seglen;
-        let src = pkt.get(..self.hdrlen + self.payload).ok_or(OffloadError::BadTso)?;
+        let src = pkt
+            .get(..self.hdrlen + self.payload)
+            .ok_or(OffloadError::BadTso)?;
         let out = out.get_mut(..total).ok_or(OffloadError::SegmentTooLarge)?;
         out[..self.hdrlen].copy_from_slice(&src[..self.hdrlen]);
         out[self.hdrlen..].copy_from_slice(&src[self.hdrlen + start..self.hdrlen + start + seglen]);
@@ -183,7 +190,11 @@ impl TsoPlan {
             out[tucss + 4..tucss + 6].copy_from_slice(&ul.to_be_bytes());
         }
         if ixsm {
-            let end = if ctx.ipcse == 0 { None } else { Some(usize::from(ctx.ipcse)) };
+            let end = if ctx.ipcse == 0 {
+                None
+            } else {
+                Some(usize::from(ctx.ipcse))
+            };
             insert_checksum(out, ipcss, end, usize::from(ctx.ipcso), 0)?;
         }
         if txsm {

@@ -103,7 +103,12 @@ fn merge(real: u32, offset: u16, size: u8, value: u32) -> Option<u32> {
 
 impl PciState {
     pub fn new(layout: PciLayout) -> Self {
-        PciState { layout, guest_cmd: CMD_MEM | CMD_BUS_MASTER, sizing: [false; 6], denied: 0 }
+        PciState {
+            layout,
+            guest_cmd: CMD_MEM | CMD_BUS_MASTER,
+            sizing: [false; 6],
+            denied: 0,
+        }
     }
 
     pub fn guest_bus_master(&self) -> bool {
@@ -143,11 +148,17 @@ impl PciState {
     }
 
     pub fn write(&mut self, offset: u16, size: u8, value: u32, real: u32) -> PciOutcome {
-        let pass = PciOutcome { write: PciWrite::Pass, moved: None };
+        let pass = PciOutcome {
+            write: PciWrite::Pass,
+            moved: None,
+        };
         let aligned = offset & !3;
         let Some(new) = merge(real, offset, size, value) else {
             self.denied += 1;
-            return PciOutcome { write: PciWrite::Drop, moved: None };
+            return PciOutcome {
+                write: PciWrite::Drop,
+                moved: None,
+            };
         };
         if aligned == 0x04 {
             self.guest_cmd = new & (CMD_MEM | CMD_BUS_MASTER);
@@ -160,7 +171,10 @@ impl PciState {
                 _ => 0,
             };
             let v = (new & (0xffff | status_written)) | CMD_MEM | CMD_BUS_MASTER;
-            return PciOutcome { write: PciWrite::Replace(v), moved: None };
+            return PciOutcome {
+                write: PciWrite::Replace(v),
+                moved: None,
+            };
         }
         if (0x10..0x28).contains(&aligned) {
             let idx = usize::from((aligned - 0x10) / 4);
@@ -170,12 +184,18 @@ impl PciState {
             let size_mask = !(sz.max(flags + 1) - 1);
             if new & size_mask == size_mask {
                 self.sizing[idx] = true;
-                return PciOutcome { write: PciWrite::Drop, moved: None };
+                return PciOutcome {
+                    write: PciWrite::Drop,
+                    moved: None,
+                };
             }
             self.sizing[idx] = false;
             let base = new & size_mask;
             if base == real & size_mask {
-                return PciOutcome { write: PciWrite::Drop, moved: None };
+                return PciOutcome {
+                    write: PciWrite::Drop,
+                    moved: None,
+                };
             }
             return match self.layout.bar_move {
                 BarMovePolicy::Deny => {
@@ -183,11 +203,17 @@ impl PciState {
                     if self.denied <= 8 {
                         log::warn!("e1000: guest tried to move BAR{idx} to {base:#x}; refused");
                     }
-                    PciOutcome { write: PciWrite::Drop, moved: None }
+                    PciOutcome {
+                        write: PciWrite::Drop,
+                        moved: None,
+                    }
                 }
                 BarMovePolicy::Follow => PciOutcome {
                     write: PciWrite::Replace((new & size_mask) | (real & flags)),
-                    moved: Some(BarMove { bar: idx as u8, base: u64::from(base) }),
+                    moved: Some(BarMove {
+                        bar: idx as u8,
+                        base: u64::from(base),
+                    }),
                 },
             };
         }
@@ -210,7 +236,10 @@ mod tests {
         assert_eq!(out.write, PciWrite::Replace(0x0000_0007));
         assert!(p.guest_bus_master());
         // A dword write passes the guest's own status bits (write one to clear).
-        assert_eq!(p.write(0x04, 4, 0x8000_0006, 0).write, PciWrite::Replace(0x8000_0006));
+        assert_eq!(
+            p.write(0x04, 4, 0x8000_0006, 0).write,
+            PciWrite::Replace(0x8000_0006)
+        );
     }
 
     #[test]
@@ -222,7 +251,13 @@ mod tests {
         assert_eq!(p.write(0x10, 4, real, real).write, PciWrite::Drop);
         assert_eq!(p.read(0x10, 4, real), real);
         let out = p.write(0x10, 4, 0xe000_0000, real);
-        assert_eq!(out, PciOutcome { write: PciWrite::Drop, moved: None });
+        assert_eq!(
+            out,
+            PciOutcome {
+                write: PciWrite::Drop,
+                moved: None
+            }
+        );
         // I/O BAR sizing.
         assert_eq!(p.write(0x14, 4, 0xffff_ffff, 0xc001).write, PciWrite::Drop);
         assert_eq!(p.read(0x14, 4, 0xc001), 0xffff_ffc1);
@@ -234,9 +269,18 @@ mod tests {
 
     #[test]
     fn bar_move_followed_when_configured() {
-        let mut p = PciState::new(PciLayout { bar_move: BarMovePolicy::Follow, ..Default::default() });
+        let mut p = PciState::new(PciLayout {
+            bar_move: BarMovePolicy::Follow,
+            ..Default::default()
+        });
         let out = p.write(0x10, 4, 0xe000_0000, 0xfebc_0000);
         assert_eq!(out.write, PciWrite::Replace(0xe000_0000));
-        assert_eq!(out.moved, Some(BarMove { bar: 0, base: 0xe000_0000 }));
+        assert_eq!(
+            out.moved,
+            Some(BarMove {
+                bar: 0,
+                base: 0xe000_0000
+            })
+        );
     }
 }

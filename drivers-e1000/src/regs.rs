@@ -402,7 +402,10 @@ mod tests {
         ] {
             assert!(page_is_trapped(off / PAGE_SIZE), "{off:#x}");
         }
-        assert!(!page_is_trapped(0x4000 / PAGE_SIZE), "statistics pass through");
+        assert!(
+            !page_is_trapped(0x4000 / PAGE_SIZE),
+            "statistics pass through"
+        );
         assert!(!page_is_trapped(RAL0 / PAGE_SIZE));
     }
 
@@ -421,7 +424,10 @@ mod tests {
     fn buffer_sizes() {
         assert_eq!(Rctl::empty().buffer_size(), Some(2048));
         assert_eq!(Rctl::from_bits_retain(3 << 16).buffer_size(), Some(256));
-        assert_eq!((Rctl::BSEX | Rctl::from_bits_retain(1 << 16)).buffer_size(), Some(16384));
+        assert_eq!(
+            (Rctl::BSEX | Rctl::from_bits_retain(1 << 16)).buffer_size(),
+            Some(16384)
+        );
         assert_eq!(Rctl::BSEX.buffer_size(), None);
     }
 }

@@ -59,7 +59,9 @@ fn write_stream(
         if s >= e {
             continue;
         }
-        let dst = addr.checked_add((s - off) as u64).ok_or(MemError::BadRange)?;
+        let dst = addr
+            .checked_add((s - off) as u64)
+            .ok_or(MemError::BadRange)?;
         mem.write(dst, &p[s - ps..e - ps])?;
     }
     Ok(())
@@ -197,7 +199,9 @@ pub(crate) fn harvest<N: NicRegisters, D: DmaRegion>(
     if core.hw.setup_pending {
         return;
     }
-    let Buffers { wire, guest, rx, .. } = bufs;
+    let Buffers {
+        wire, guest, rx, ..
+    } = bufs;
     if !core.flush_guest(guest, env.mem) {
         core.ctr.rx_stalls += 1;
         return;
@@ -224,7 +228,8 @@ pub(crate) fn harvest<N: NicRegisters, D: DmaRegion>(
             }
             let len = usize::from(wb.len).min(REAL_BUF);
             if total + len <= MAX_WIRE_FRAME {
-                core.dma.read(core.rx_buf_off(i), &mut rx[total..total + len]);
+                core.dma
+                    .read(core.rx_buf_off(i), &mut rx[total..total + len]);
             } else {
                 oversize = true;
             }
@@ -270,8 +275,18 @@ pub(crate) fn harvest<N: NicRegisters, D: DmaRegion>(
             core.ctr.drop(Direction::Rx, r);
             continue;
         }
-        let meta = FrameMeta { direction: Direction::Rx, descriptor_vlan: None, task: None };
-        let mut sink = Sink { core: &mut *core, wire, guest, mem: &mut *env.mem, dir: Direction::Rx };
+        let meta = FrameMeta {
+            direction: Direction::Rx,
+            descriptor_vlan: None,
+            task: None,
+        };
+        let mut sink = Sink {
+            core: &mut *core,
+            wire,
+            guest,
+            mem: &mut *env.mem,
+            dir: Direction::Rx,
+        };
         if let Verdict::Drop(r) = env.filter.filter(&meta, &rx[..total], &mut sink) {
             core.ctr.drop(Direction::Rx, r);
             core.ctr.cost[core.cause as usize].frames += 1;

@@ -23,7 +23,10 @@ pub struct SimDma {
 impl SimDma {
     /// `len` zeroed bytes the NIC sees at bus address `phys`.
     pub fn new(len: usize, phys: u64) -> Self {
-        SimDma { mem: Rc::new(RefCell::new(vec![0; len])), phys }
+        SimDma {
+            mem: Rc::new(RefCell::new(vec![0; len])),
+            phys,
+        }
     }
 
     /// Translate a bus address range to an offset, `None` when outside the region.
@@ -65,7 +68,11 @@ pub struct GuestRam {
 impl GuestRam {
     /// `len` bytes of RAM, with `hv` reserved.
     pub fn new(len: usize, hv: (u64, u64)) -> Self {
-        GuestRam { bytes: vec![0; len], hv, refused: 0 }
+        GuestRam {
+            bytes: vec![0; len],
+            hv,
+            refused: 0,
+        }
     }
 
     fn check(&self, gpa: u64, len: usize) -> Result<usize, MemError> {
@@ -211,7 +218,9 @@ impl SimState {
                 Some(b)
             }
             None => {
-                self.violations.push(std::format!("{what}: DMA read outside Shoji's region at {phys:#x}+{len}"));
+                self.violations.push(std::format!(
+                    "{what}: DMA read outside Shoji's region at {phys:#x}+{len}"
+                ));
                 None
             }
         }
@@ -224,7 +233,9 @@ impl SimState {
                 true
             }
             None => {
-                self.violations.push(std::format!("{what}: DMA write outside Shoji's region at {phys:#x}"));
+                self.violations.push(std::format!(
+                    "{what}: DMA write outside Shoji's region at {phys:#x}"
+                ));
                 false
             }
         }
@@ -252,7 +263,8 @@ impl SimState {
             };
             let c = d[11];
             if c & cmd::DEXT != 0 {
-                self.violations.push("extended TX descriptor on the real ring".into());
+                self.violations
+                    .push("extended TX descriptor on the real ring".into());
             }
             let addr = u64::from_le_bytes(d[..8].try_into().unwrap());
             let len = usize::from(u16::from_le_bytes([d[8], d[9]]));
@@ -315,7 +327,11 @@ impl SimState {
             if !rctl.contains(Rctl::SECRC) {
                 f.extend_from_slice(&crate::offload::crc32(&[&f]).to_le_bytes());
             }
-            let wire_len = if rctl.contains(Rctl::SECRC) { f.len() + 4 } else { f.len() };
+            let wire_len = if rctl.contains(Rctl::SECRC) {
+                f.len() + 4
+            } else {
+                f.len()
+            };
             if !rctl.contains(Rctl::LPE) && wire_len > 1522 {
                 self.rx_oversize += 1;
                 self.rx_queue.pop_front();
@@ -331,7 +347,9 @@ impl SimState {
             for (k, c) in chunks.iter().enumerate() {
                 let h = self.r(regs::RDH);
                 let da = base + u64::from(h) * 16;
-                let Some(d) = self.read_dma(da, 8, "rx desc") else { return };
+                let Some(d) = self.read_dma(da, 8, "rx desc") else {
+                    return;
+                };
                 let addr = u64::from_le_bytes(d[..8].try_into().unwrap());
                 if !self.write_dma(addr, c, "rx buffer") {
                     return;
@@ -343,7 +361,13 @@ impl SimState {
                 if vp {
                     status |= rx_sta::VP;
                 }
-                let wb = RxWriteBack { len: c.len() as u16, csum: 0, status, errors: 0, special };
+                let wb = RxWriteBack {
+                    len: c.len() as u16,
+                    csum: 0,
+                    status,
+                    errors: 0,
+                    special,
+                };
                 self.write_dma(da + 8, &wb.to_u64().to_le_bytes(), "rx writeback");
                 self.w(regs::RDH, (h + 1) % n);
             }

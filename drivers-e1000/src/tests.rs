@@ -29,14 +29,22 @@ pub(crate) enum Mode {
     Hairpin,
 }
 
+/// What the filter saw: direction, descriptor VLAN, task pid, frame.
+type Seen = (Direction, Option<u16>, Option<u32>, Vec<u8>);
+
 pub(crate) struct Recorder {
     pub mode: Mode,
-    pub seen: Vec<(Direction, Option<u16>, Option<u32>, Vec<u8>)>,
+    pub seen: Vec<Seen>,
 }
 
 impl FrameFilter for Recorder {
     fn filter(&mut self, meta: &FrameMeta<'_>, frame: &[u8], out: &mut dyn FrameSink) -> Verdict {
-        self.seen.push((meta.direction, meta.descriptor_vlan, meta.task.and_then(|t| t.pid), frame.to_vec()));
+        self.seen.push((
+            meta.direction,
+            meta.descriptor_vlan,
+            meta.task.and_then(|t| t.pid),
+            frame.to_vec(),
+        ));
         match (self.mode, meta.direction) {
             (Mode::DropAll, _) => return Verdict::Drop(DropReason::PolicyDenied),
             (_, Direction::Tx) => {
@@ -67,7 +75,11 @@ pub(crate) struct Rig {
 }
 
 fn cfg(ntx: u16, nrx: u16) -> Config {
-    Config { tx_descs: ntx, rx_descs: nrx, ..Config::default() }
+    Config {
+        tx_descs: ntx,
+        rx_descs: nrx,
+        ..Config::default()
+    }
 }
 
 impl Rig {
@@ -80,7 +92,10 @@ impl Rig {
         Rig {
             nic,
             ram: GuestRam::new(RAM, HV),
-            f: Recorder { mode: Mode::Pass, seen: Vec::new() },
+            f: Recorder {
+                mode: Mode::Pass,
+                seen: Vec::new(),
+            },
             e,
             task: None,
             tx_n: 0,
@@ -93,27 +108,47 @@ impl Rig {
     }
 
     pub fn w(&mut self, off: u32, v: u32) {
-        let mut env = Env { mem: &mut self.ram, filter: &mut self.f, task: self.task.as_ref() };
+        let mut env = Env {
+            mem: &mut self.ram,
+            filter: &mut self.f,
+            task: self.task.as_ref(),
+        };
         self.e.mmio_write(&mut env, off, 4, u64::from(v));
     }
 
     pub fn r(&mut self, off: u32) -> u32 {
-        let mut env = Env { mem: &mut self.ram, filter: &mut self.f, task: self.task.as_ref() };
+        let mut env = Env {
+            mem: &mut self.ram,
+            filter: &mut self.f,
+            task: self.task.as_ref(),
+        };
         self.e.mmio_read(&mut env, off, 4) as u32
     }
 
     pub fn poll(&mut self) {
-        let mut env = Env { mem: &mut self.ram, filter: &mut self.f, task: None };
+        let mut env = Env {
+            mem: &mut self.ram,
+            filter: &mut self.f,
+            task: None,
+        };
         self.e.poll(&mut env);
     }
 
     pub fn io_w(&mut self, port: u16, v: u32) {
-        let mut env = Env { mem: &mut self.ram, filter: &mut self.f, task: None };
+        let mut env = Env {
+            mem: &mut self.ram,
+            filter: &mut self.f,
+            task: None,
+        };
         self.e.io_write(&mut env, port, 4, v);
     }
 
     pub fn io_r(&mut self, port: u16) -> u32 {
-        let mut env = Env { mem: &mut self.ram, filter: &mut self.f, task: None };
+        let mut env = Env {
+            mem: &mut self.ram,
+            filter: &mut self.f,
+            task: None,
+        };
         self.e.io_read(&mut env, port, 4)
     }
 
@@ -126,14 +161,19 @@ impl Rig {
         self.w(regs::TDLEN, tx_n * 16);
         self.w(regs::TDH, 0);
         self.w(regs::TDT, 0);
-        self.w(regs::TCTL, (Tctl::EN | Tctl::PSP).bits() | (0x0f << 4) | (0x40 << 12));
+        self.w(
+            regs::TCTL,
+            (Tctl::EN | Tctl::PSP).bits() | (0x0f << 4) | (0x40 << 12),
+        );
         self.rx_n = rx_n;
         self.rx_clean = 0;
         let rctl = Rctl::from_bits_retain(Rctl::EN.bits() | Rctl::BAM.bits() | rctl_extra);
         self.rx_bsize = rctl.buffer_size().unwrap() as usize;
         for i in 0..rx_n {
             let d = RX_RING + u64::from(i) * 16;
-            self.ram.write_u64(d, RX_BUFS + u64::from(i) * 0x4000).unwrap();
+            self.ram
+                .write_u64(d, RX_BUFS + u64::from(i) * 0x4000)
+                .unwrap();
             self.ram.write_u64(d + 8, 0).unwrap();
         }
         self.w(regs::RDBAL, RX_RING as u32);
@@ -142,7 +182,10 @@ impl Rig {
         self.w(regs::RDH, 0);
         self.w(regs::RDT, rx_n - 1);
         self.w(regs::RCTL, rctl.bits());
-        self.w(regs::IMS, (Int::TXDW | Int::RXT0 | Int::RXDMT0 | Int::LSC | Int::RXSEQ).bits());
+        self.w(
+            regs::IMS,
+            (Int::TXDW | Int::RXT0 | Int::RXDMT0 | Int::LSC | Int::RXSEQ).bits(),
+        );
     }
 
     /// Copy `data` into guest memory for a TX buffer; returns its address.
@@ -159,7 +202,9 @@ impl Rig {
     /// Write raw descriptors at the guest's tail (no doorbell).
     pub fn put(&mut self, descs: &[[u8; 16]]) {
         for d in descs {
-            self.ram.write(TX_RING + u64::from(self.tx_tail) * 16, d).unwrap();
+            self.ram
+                .write(TX_RING + u64::from(self.tx_tail) * 16, d)
+                .unwrap();
             self.tx_tail = (self.tx_tail + 1) % self.tx_n;
         }
     }
@@ -206,7 +251,13 @@ impl Rig {
             self.rx_clean = (self.rx_clean + 1) % self.rx_n;
             cleaned = true;
             if wb.status & rx_sta::EOP != 0 {
-                out.push((std::mem::take(&mut cur), wb.status, wb.special, errors, descs));
+                out.push((
+                    std::mem::take(&mut cur),
+                    wb.status,
+                    wb.special,
+                    errors,
+                    descs,
+                ));
                 descs = 0;
                 errors = 0;
             }
@@ -220,7 +271,11 @@ impl Rig {
 
     pub fn no_violations(&self) {
         let s = self.nic.0.borrow();
-        assert!(s.violations.is_empty(), "NIC protocol violations: {:?}", s.violations);
+        assert!(
+            s.violations.is_empty(),
+            "NIC protocol violations: {:?}",
+            s.violations
+        );
     }
 }
 
@@ -235,7 +290,17 @@ fn legacy_vlan(addr: u64, len: u16, c: u8, vlan: u16) -> [u8; 16] {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn context(ipcss: u8, ipcso: u8, ipcse: u16, tucss: u8, tucso: u8, paylen: u32, tu: u8, hdrlen: u8, mss: u16) -> [u8; 16] {
+fn context(
+    ipcss: u8,
+    ipcso: u8,
+    ipcse: u16,
+    tucss: u8,
+    tucso: u8,
+    paylen: u32,
+    tu: u8,
+    hdrlen: u8,
+    mss: u16,
+) -> [u8; 16] {
     let mut c = [0u8; 16];
     c[0] = ipcss;
     c[1] = ipcso;
@@ -271,7 +336,9 @@ pub(crate) fn eth(ethertype: u16, payload: &[u8]) -> Vec<u8> {
 }
 
 pub(crate) fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 /// RFC 1071 sum, written independently of the engine's.
@@ -295,7 +362,9 @@ fn rfc1071(chunks: &[&[u8]]) -> u16 {
 /// field holding the pseudo-header sum (with the length when `with_len`).
 fn ipv4_tcp(payload: &[u8], flags: u8, with_len: bool) -> Vec<u8> {
     let tcp_len = 20 + payload.len();
-    let mut ip = vec![0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
+    let mut ip = vec![
+        0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+    ];
     ip[2..4].copy_from_slice(&((20 + tcp_len) as u16).to_be_bytes());
     let mut tcp = vec![0u8; 20];
     tcp[0..2].copy_from_slice(&1234u16.to_be_bytes());
@@ -339,14 +408,27 @@ fn check_v4_tcp(frame: &[u8]) -> (u16, u32, u8, Vec<u8>) {
     assert!(ip.verify_checksum(), "IPv4 header checksum");
     assert_eq!(usize::from(ip.total_len()), frame.len() - 14);
     let tcp = TcpPacket::new_checked(ip.payload()).expect("tcp");
-    let (s, d) = (IpAddress::Ipv4(ip.src_addr()), IpAddress::Ipv4(ip.dst_addr()));
+    let (s, d) = (
+        IpAddress::Ipv4(ip.src_addr()),
+        IpAddress::Ipv4(ip.dst_addr()),
+    );
     assert!(tcp.verify_checksum(&s, &d), "TCP checksum");
     // And independently: the full sum over pseudo-header and segment is 0xffff.
     let seg = ip.payload();
-    let total = rfc1071(&[&frame[26..34], &[0, 6], &(seg.len() as u16).to_be_bytes(), seg]);
+    let total = rfc1071(&[
+        &frame[26..34],
+        &[0, 6],
+        &(seg.len() as u16).to_be_bytes(),
+        seg,
+    ]);
     assert_eq!(total, 0xffff);
     let flags = seg[13];
-    (ip.ident(), tcp.seq_number().0 as u32, flags, tcp.payload().to_vec())
+    (
+        ip.ident(),
+        tcp.seq_number().0 as u32,
+        flags,
+        tcp.payload().to_vec(),
+    )
 }
 
 // ---- TX --------------------------------------------------------------------------------------
@@ -361,7 +443,10 @@ fn tx_single_frame_completes_and_interrupts() {
     assert_eq!(r.nic.take_sent(), vec![f.clone()]);
     assert_eq!(r.tx_status(0) & 1, 1, "DD written back");
     assert_eq!(r.r(regs::TDH), 1);
-    assert!(r.nic.0.borrow().irqs > irqs, "guest interrupted through the real ICS");
+    assert!(
+        r.nic.0.borrow().irqs > irqs,
+        "guest interrupted through the real ICS"
+    );
     let icr = r.r(regs::ICR);
     assert_ne!(icr & Int::TXDW.bits(), 0);
     assert_eq!(r.r(regs::ICR), 0, "ICR clears on read");
@@ -401,7 +486,10 @@ fn tx_multi_descriptor_frame_and_partial_packet() {
     let (a, b, c) = (&f[..100], &f[100..1600], &f[1600..]);
     let (aa, ab, ac) = (r.buf(a), r.buf(b), r.buf(c));
     // Two descriptors without EOP: nothing may go out.
-    r.send(&[legacy(aa, a.len() as u16, cmd::IFCS), legacy(ab, b.len() as u16, cmd::IFCS)]);
+    r.send(&[
+        legacy(aa, a.len() as u16, cmd::IFCS),
+        legacy(ab, b.len() as u16, cmd::IFCS),
+    ]);
     assert!(r.nic.take_sent().is_empty());
     assert_eq!(r.r(regs::TDH), 0, "head stays at the incomplete packet");
     r.send(&[legacy(ac, c.len() as u16, cmd::EOP | cmd::IFCS | cmd::RS)]);
@@ -459,7 +547,11 @@ fn tx_checksum_offload_with_context() {
     assert_eq!(sent.len(), 1);
     let (_, _, _, payload) = check_v4_tcp(&sent[0]);
     assert_eq!(payload, pattern(333, 4));
-    assert_eq!(r.tx_status(0) & 1, 1, "context descriptor with RS reports DD");
+    assert_eq!(
+        r.tx_status(0) & 1,
+        1,
+        "context descriptor with RS reports DD"
+    );
 
     // UDP over IPv4 with TXSM only.
     let mut udp = vec![0u8; 8];
@@ -467,11 +559,17 @@ fn tx_checksum_offload_with_context() {
     udp[2..4].copy_from_slice(&5353u16.to_be_bytes());
     let body = pattern(77, 3);
     udp[4..6].copy_from_slice(&((8 + body.len()) as u16).to_be_bytes());
-    let mut ip = vec![0x45, 0, 0, 0, 0, 1, 0, 0, 64, 17, 0, 0, 192, 168, 0, 1, 192, 168, 0, 2];
+    let mut ip = vec![
+        0x45, 0, 0, 0, 0, 1, 0, 0, 64, 17, 0, 0, 192, 168, 0, 1, 192, 168, 0, 2,
+    ];
     ip[2..4].copy_from_slice(&((20 + 8 + body.len()) as u16).to_be_bytes());
     let ipsum = !rfc1071(&[&ip]);
     ip[10..12].copy_from_slice(&ipsum.to_be_bytes());
-    let pseudo = rfc1071(&[&ip[12..20], &[0, 17], &((8 + body.len()) as u16).to_be_bytes()]);
+    let pseudo = rfc1071(&[
+        &ip[12..20],
+        &[0, 17],
+        &((8 + body.len()) as u16).to_be_bytes(),
+    ]);
     udp[6..8].copy_from_slice(&pseudo.to_be_bytes());
     let mut p = ip;
     p.extend_from_slice(&udp);
@@ -479,12 +577,23 @@ fn tx_checksum_offload_with_context() {
     let f = eth(0x0800, &p);
     let ctx = context(14, 24, 33, 34, 34 + 6, 0, tucmd::IP, 0, 0);
     let a = r.buf(&f);
-    r.send(&[ctx, data(a, f.len() as u32, cmd::EOP | cmd::IFCS | cmd::RS, popts::TXSM)]);
+    r.send(&[
+        ctx,
+        data(
+            a,
+            f.len() as u32,
+            cmd::EOP | cmd::IFCS | cmd::RS,
+            popts::TXSM,
+        ),
+    ]);
     let sent = r.nic.take_sent();
     let ipp = Ipv4Packet::new_checked(&sent[0][14..]).unwrap();
     assert!(ipp.verify_checksum());
     let u = UdpPacket::new_checked(ipp.payload()).unwrap();
-    assert!(u.verify_checksum(&IpAddress::Ipv4(ipp.src_addr()), &IpAddress::Ipv4(ipp.dst_addr())));
+    assert!(u.verify_checksum(
+        &IpAddress::Ipv4(ipp.src_addr()),
+        &IpAddress::Ipv4(ipp.dst_addr())
+    ));
     r.no_violations();
 }
 
@@ -494,23 +603,45 @@ fn tx_legacy_insert_checksum() {
     r.up(8, 8, Rctl::SECRC.bits());
     let f = ipv4_tcp(&pattern(50, 1), 0x10, true);
     let a = r.buf(&f);
-    let mut d = legacy(a, f.len() as u16, cmd::EOP | cmd::IFCS | cmd::RS | cmd::IC_TSE);
+    let mut d = legacy(
+        a,
+        f.len() as u16,
+        cmd::EOP | cmd::IFCS | cmd::RS | cmd::IC_TSE,
+    );
     d[10] = 34 + 16; // CSO
     d[13] = 34; // CSS
     r.send(&[d]);
     let sent = r.nic.take_sent();
     let ipp = Ipv4Packet::new_checked(&sent[0][14..]).unwrap();
     let t = TcpPacket::new_checked(ipp.payload()).unwrap();
-    assert!(t.verify_checksum(&IpAddress::Ipv4(ipp.src_addr()), &IpAddress::Ipv4(ipp.dst_addr())));
+    assert!(t.verify_checksum(
+        &IpAddress::Ipv4(ipp.src_addr()),
+        &IpAddress::Ipv4(ipp.dst_addr())
+    ));
 }
 
 fn tso_v4(r: &mut Rig, payload: &[u8], mss: u16, flags: u8, split: &[usize]) -> Vec<Vec<u8>> {
     let f = ipv4_tcp(payload, flags, false);
     let hdr = 54u8;
-    let ctx = context(14, 24, 33, 34, 34 + 16, payload.len() as u32, tucmd::TCP | tucmd::IP | tucmd::TSE, hdr, mss);
+    let ctx = context(
+        14,
+        24,
+        33,
+        34,
+        34 + 16,
+        payload.len() as u32,
+        tucmd::TCP | tucmd::IP | tucmd::TSE,
+        hdr,
+        mss,
+    );
     let mut ds = vec![ctx];
     let ha = r.buf(&f[..54]);
-    ds.push(data(ha, 54, cmd::IFCS | cmd::IC_TSE, popts::IXSM | popts::TXSM));
+    ds.push(data(
+        ha,
+        54,
+        cmd::IFCS | cmd::IC_TSE,
+        popts::IXSM | popts::TXSM,
+    ));
     let mut off = 54;
     for (i, &len) in split.iter().enumerate() {
         let a = r.buf(&f[off..off + len]);
@@ -529,7 +660,13 @@ fn tx_tso_ipv4_segments_match_reference() {
     let mut r = Rig::new(64, 32);
     r.up(32, 8, Rctl::SECRC.bits());
     let payload = pattern(4500, 7);
-    let segs = tso_v4(&mut r, &payload, 1000, 0x19 /* FIN|PSH|ACK */, &[1500, 2000, 1000]);
+    let segs = tso_v4(
+        &mut r,
+        &payload,
+        1000,
+        0x19, /* FIN|PSH|ACK */
+        &[1500, 2000, 1000],
+    );
     assert_eq!(segs.len(), 5);
     let mut joined = Vec::new();
     for (k, s) in segs.iter().enumerate() {
@@ -547,7 +684,15 @@ fn tx_tso_ipv4_segments_match_reference() {
     }
     assert_eq!(joined, payload);
     let c = r.e.counters();
-    assert_eq!((c.tso_packets, c.tso_segments, c.tx.frames, c.tx_guest_packets), (1, 5, 5, 1));
+    assert_eq!(
+        (
+            c.tso_packets,
+            c.tso_segments,
+            c.tx.frames,
+            c.tx_guest_packets
+        ),
+        (1, 5, 5, 1)
+    );
     // A 64 KiB TSO packet.
     let big = pattern(65000, 3);
     let segs = tso_v4(&mut r, &big, 1448, 0x10, &[20000, 20000, 25000]);
@@ -567,9 +712,27 @@ fn tx_tso_ipv6() {
     let payload = pattern(3000, 5);
     let f = ipv6_tcp(&payload, 0x18);
     let hdr = 14 + 40 + 20;
-    let ctx = context(14, 0, 0, 54, 54 + 16, payload.len() as u32, tucmd::TCP | tucmd::TSE, hdr as u8, 1200);
+    let ctx = context(
+        14,
+        0,
+        0,
+        54,
+        54 + 16,
+        payload.len() as u32,
+        tucmd::TCP | tucmd::TSE,
+        hdr as u8,
+        1200,
+    );
     let a = r.buf(&f);
-    r.send(&[ctx, data(a, f.len() as u32, cmd::EOP | cmd::IFCS | cmd::RS | cmd::IC_TSE, popts::TXSM)]);
+    r.send(&[
+        ctx,
+        data(
+            a,
+            f.len() as u32,
+            cmd::EOP | cmd::IFCS | cmd::RS | cmd::IC_TSE,
+            popts::TXSM,
+        ),
+    ]);
     let segs = r.nic.take_sent();
     assert_eq!(segs.len(), 3);
     let mut joined = Vec::new();
@@ -577,8 +740,14 @@ fn tx_tso_ipv6() {
         let ip = Ipv6Packet::new_checked(&s[14..]).unwrap();
         assert_eq!(usize::from(ip.payload_len()), s.len() - 54);
         let t = TcpPacket::new_checked(ip.payload()).unwrap();
-        assert!(t.verify_checksum(&IpAddress::Ipv6(ip.src_addr()), &IpAddress::Ipv6(ip.dst_addr())));
-        assert_eq!(t.seq_number().0 as u32, 0xffff_ff00u32.wrapping_add(1200 * k as u32));
+        assert!(t.verify_checksum(
+            &IpAddress::Ipv6(ip.src_addr()),
+            &IpAddress::Ipv6(ip.dst_addr())
+        ));
+        assert_eq!(
+            t.seq_number().0 as u32,
+            0xffff_ff00u32.wrapping_add(1200 * k as u32)
+        );
         joined.extend_from_slice(t.payload());
     }
     assert_eq!(joined, payload);
@@ -591,14 +760,28 @@ fn tx_vlan_from_descriptor_and_in_frame() {
     let f = eth(0x0800, &pattern(80, 2));
     // VME clear: VLE is ignored, as on hardware.
     let a = r.buf(&f);
-    r.send(&[legacy_vlan(a, f.len() as u16, cmd::EOP | cmd::IFCS | cmd::RS, 100)]);
+    r.send(&[legacy_vlan(
+        a,
+        f.len() as u16,
+        cmd::EOP | cmd::IFCS | cmd::RS,
+        100,
+    )]);
     assert_eq!(r.nic.take_sent(), vec![f.clone()]);
     // VME set: the tag is inserted and reported to the filter.
     let ctrl = r.r(regs::CTRL);
     r.w(regs::CTRL, ctrl | Ctrl::VME.bits());
-    assert_eq!(r.nic.reg(regs::CTRL) & Ctrl::VME.bits(), 0, "real VME stays off");
+    assert_eq!(
+        r.nic.reg(regs::CTRL) & Ctrl::VME.bits(),
+        0,
+        "real VME stays off"
+    );
     assert_ne!(r.r(regs::CTRL) & Ctrl::VME.bits(), 0, "guest sees its VME");
-    r.send(&[legacy_vlan(a, f.len() as u16, cmd::EOP | cmd::IFCS | cmd::RS, 0x2064)]);
+    r.send(&[legacy_vlan(
+        a,
+        f.len() as u16,
+        cmd::EOP | cmd::IFCS | cmd::RS,
+        0x2064,
+    )]);
     let sent = r.nic.take_sent();
     let mut tagged = f[..12].to_vec();
     tagged.extend_from_slice(&[0x81, 0x00, 0x20, 0x64]);
@@ -607,15 +790,34 @@ fn tx_vlan_from_descriptor_and_in_frame() {
     assert_eq!(r.f.seen.last().unwrap().1, Some(0x2064));
     // Tag in the frame itself: passes unchanged, no descriptor VLAN.
     let a = r.buf(&tagged);
-    r.send(&[legacy(a, tagged.len() as u16, cmd::EOP | cmd::IFCS | cmd::RS)]);
+    r.send(&[legacy(
+        a,
+        tagged.len() as u16,
+        cmd::EOP | cmd::IFCS | cmd::RS,
+    )]);
     assert_eq!(r.nic.take_sent(), vec![tagged]);
     assert_eq!(r.f.seen.last().unwrap().1, None);
     // TSO with a descriptor VLAN: every segment tagged.
     let payload = pattern(2500, 1);
     let fr = ipv4_tcp(&payload, 0x10, false);
-    let ctx = context(14, 24, 33, 34, 50, 2500, tucmd::TCP | tucmd::IP | tucmd::TSE, 54, 1000);
+    let ctx = context(
+        14,
+        24,
+        33,
+        34,
+        50,
+        2500,
+        tucmd::TCP | tucmd::IP | tucmd::TSE,
+        54,
+        1000,
+    );
     let a = r.buf(&fr);
-    let mut d = data(a, fr.len() as u32, cmd::EOP | cmd::IFCS | cmd::RS | cmd::IC_TSE | cmd::VLE, popts::IXSM | popts::TXSM);
+    let mut d = data(
+        a,
+        fr.len() as u32,
+        cmd::EOP | cmd::IFCS | cmd::RS | cmd::IC_TSE | cmd::VLE,
+        popts::IXSM | popts::TXSM,
+    );
     d[14..16].copy_from_slice(&7u16.to_le_bytes());
     r.send(&[ctx, d]);
     let segs = r.nic.take_sent();
@@ -633,7 +835,10 @@ fn tx_vlan_from_descriptor_and_in_frame() {
 fn tx_task_identity_reaches_the_filter() {
     let mut r = Rig::new(32, 32);
     r.up(8, 8, Rctl::SECRC.bits());
-    r.task = Some(TaskIdentity { pid: Some(4242), ..Default::default() });
+    r.task = Some(TaskIdentity {
+        pid: Some(4242),
+        ..Default::default()
+    });
     r.send_frame(&eth(0x0800, &pattern(60, 0)));
     assert_eq!(r.f.seen[0].2, Some(4242));
     assert_eq!(r.f.seen[0].0, Direction::Tx);
@@ -648,18 +853,22 @@ fn tx_hostile_descriptors_are_dropped_and_counted() {
     let ok = legacy(ga, good.len() as u16, cmd::EOP | cmd::IFCS | cmd::RS);
     let rs = cmd::EOP | cmd::IFCS | cmd::RS;
     let cases: Vec<[u8; 16]> = vec![
-        legacy(HV.0 + 0x100, 64, rs),                   // Shoji's memory
-        legacy(HV.0 - 10, 64, rs),                      // straddles into Shoji's memory
-        legacy(RAM as u64 + 0x1000, 64, rs),            // beyond RAM (MMIO)
-        legacy(u64::MAX - 8, 64, rs),                   // wraps
-        legacy(ga, 0, rs),                              // zero length
-        data(ga, 0xf_ffff, cmd::EOP | cmd::RS, 0),      // overlong (1 MiB)
+        legacy(HV.0 + 0x100, 64, rs),              // Shoji's memory
+        legacy(HV.0 - 10, 64, rs),                 // straddles into Shoji's memory
+        legacy(RAM as u64 + 0x1000, 64, rs),       // beyond RAM (MMIO)
+        legacy(u64::MAX - 8, 64, rs),              // wraps
+        legacy(ga, 0, rs),                         // zero length
+        data(ga, 0xf_ffff, cmd::EOP | cmd::RS, 0), // overlong (1 MiB)
     ];
     let n = cases.len() as u64;
     for c in cases {
         r.send(&[c, ok]);
     }
-    assert_eq!(r.nic.take_sent().len() as u64, n, "each good frame after a hostile one goes out");
+    assert_eq!(
+        r.nic.take_sent().len() as u64,
+        n,
+        "each good frame after a hostile one goes out"
+    );
     let c = r.e.counters();
     assert_eq!(c.tx.dropped(DropReason::HostileDescriptor), n - 1);
     assert_eq!(c.tx.dropped(DropReason::Oversize), 1);
@@ -670,22 +879,61 @@ fn tx_hostile_descriptors_are_dropped_and_counted() {
     let f = ipv4_tcp(&pattern(100, 0), 0x10, false);
     let a = r.buf(&f);
     let rs_tse = cmd::EOP | cmd::IFCS | cmd::RS | cmd::IC_TSE;
-    r.send(&[context(14, 24, 33, 34, 50, 100, tucmd::TCP | tucmd::IP | tucmd::TSE, 54, 0), data(a, f.len() as u32, rs_tse, 3)]);
-    r.send(&[context(14, 24, 33, 34, 50, 100, tucmd::TCP | tucmd::IP | tucmd::TSE, 255, 100), data(a, f.len() as u32, rs_tse, 3)]);
-    r.send(&[context(14, 24, 33, 34, 250, 0, tucmd::TCP | tucmd::IP, 0, 0), data(a, f.len() as u32, rs, popts::TXSM)]);
+    r.send(&[
+        context(
+            14,
+            24,
+            33,
+            34,
+            50,
+            100,
+            tucmd::TCP | tucmd::IP | tucmd::TSE,
+            54,
+            0,
+        ),
+        data(a, f.len() as u32, rs_tse, 3),
+    ]);
+    r.send(&[
+        context(
+            14,
+            24,
+            33,
+            34,
+            50,
+            100,
+            tucmd::TCP | tucmd::IP | tucmd::TSE,
+            255,
+            100,
+        ),
+        data(a, f.len() as u32, rs_tse, 3),
+    ]);
+    r.send(&[
+        context(14, 24, 33, 34, 250, 0, tucmd::TCP | tucmd::IP, 0, 0),
+        data(a, f.len() as u32, rs, popts::TXSM),
+    ]);
     let mut legacy_bad = legacy(a, f.len() as u16, rs | cmd::IC_TSE);
     legacy_bad[10] = 200; // CSO beyond the frame
     r.send(&[legacy_bad]);
     // Context descriptor inside a packet, reserved descriptor type.
     let mut reserved = [0u8; 16];
-    reserved[8..12].copy_from_slice(&((7u32 << 20) | (u32::from(cmd::DEXT | cmd::RS) << 24)).to_le_bytes());
+    reserved[8..12]
+        .copy_from_slice(&((7u32 << 20) | (u32::from(cmd::DEXT | cmd::RS) << 24)).to_le_bytes());
     r.send(&[legacy(a, 20, cmd::IFCS), context(0, 0, 0, 0, 0, 0, 0, 0, 0)]);
     r.send(&[reserved]);
     assert!(r.nic.take_sent().is_empty());
-    assert_eq!(r.e.counters().tx.dropped(DropReason::HostileDescriptor), n - 1 + 6);
+    assert_eq!(
+        r.e.counters().tx.dropped(DropReason::HostileDescriptor),
+        n - 1 + 6
+    );
     r.send(&[ok]);
     assert_eq!(r.nic.take_sent().len(), 1);
-    assert_eq!(r.ram.bytes[HV.0 as usize..HV.1 as usize].iter().filter(|b| **b != 0).count(), 0);
+    assert_eq!(
+        r.ram.bytes[HV.0 as usize..HV.1 as usize]
+            .iter()
+            .filter(|b| **b != 0)
+            .count(),
+        0
+    );
     r.no_violations();
 }
 
@@ -729,7 +977,10 @@ fn tx_disabled_or_no_bus_master_holds_frames() {
     let out = r.e.pci_config_write(0x04, 2, 0x0003, 0x0000_0007);
     assert_eq!(out.write, crate::pci::PciWrite::Replace(0x7));
     r.send_frame(&eth(0x0800, &pattern(60, 2)));
-    assert!(r.nic.take_sent().is_empty(), "guest turned bus mastering off");
+    assert!(
+        r.nic.take_sent().is_empty(),
+        "guest turned bus mastering off"
+    );
     r.e.pci_config_write(0x04, 2, 0x0007, 0x0000_0007);
     r.poll();
     assert_eq!(r.nic.take_sent().len(), 1);
@@ -749,7 +1000,10 @@ fn rx_delivery_at_icr_read_poll_and_rdt() {
     let got = r.rx();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].0, f1);
-    assert_eq!(got[0].1 & (rx_sta::EOP | rx_sta::IXSM | rx_sta::DD), rx_sta::EOP | rx_sta::IXSM | rx_sta::DD);
+    assert_eq!(
+        got[0].1 & (rx_sta::EOP | rx_sta::IXSM | rx_sta::DD),
+        rx_sta::EOP | rx_sta::IXSM | rx_sta::DD
+    );
     // Delivered by the periodic poll.
     let f2 = eth(0x0800, &pattern(200, 2));
     r.nic.inject(&f2);
@@ -774,8 +1028,16 @@ fn rx_keeps_crc_when_guest_asks() {
     let got = r.rx();
     assert_eq!(got[0].0.len(), f.len() + 4);
     assert_eq!(&got[0].0[..f.len()], &f[..]);
-    assert_eq!(crate::offload::crc32(&[&got[0].0]), 0x2144_df1c, "FCS residue");
-    assert_eq!(r.nic.reg(regs::RCTL) & Rctl::SECRC.bits(), Rctl::SECRC.bits(), "real NIC strips");
+    assert_eq!(
+        crate::offload::crc32(&[&got[0].0]),
+        0x2144_df1c,
+        "FCS residue"
+    );
+    assert_eq!(
+        r.nic.reg(regs::RCTL) & Rctl::SECRC.bits(),
+        Rctl::SECRC.bits(),
+        "real NIC strips"
+    );
 }
 
 #[test]
@@ -795,7 +1057,10 @@ fn rx_honours_guest_buffer_size_and_lpe() {
     r.poll();
     assert!(r.rx().is_empty());
     assert_eq!(r.e.counters().rx.dropped(DropReason::Oversize), 1);
-    r.w(regs::RCTL, Rctl::EN.bits() | Rctl::SECRC.bits() | Rctl::LPE.bits() | Rctl::BSEX.bits() | (3 << 16));
+    r.w(
+        regs::RCTL,
+        Rctl::EN.bits() | Rctl::SECRC.bits() | Rctl::LPE.bits() | Rctl::BSEX.bits() | (3 << 16),
+    );
     r.rx_bsize = 4096;
     r.nic.inject(&j);
     r.poll();
@@ -879,7 +1144,9 @@ fn rx_hostile_guest_buffers() {
     assert_eq!(got[2].3, 0);
     assert_eq!(got[2].0, eth(0x0800, &pattern(100, 2)));
     assert_eq!(r.e.counters().rx.dropped(DropReason::HostileDescriptor), 2);
-    assert!(r.ram.bytes[HV.0 as usize..HV.1 as usize].iter().all(|b| *b == 0));
+    assert!(r.ram.bytes[HV.0 as usize..HV.1 as usize]
+        .iter()
+        .all(|b| *b == 0));
     // Ring registers out of range: frames dropped, counted, no panic.
     r.w(regs::RDT, 9999);
     r.nic.inject(&eth(0x0800, &pattern(100, 9)));
@@ -902,7 +1169,11 @@ fn rx_disabled_drops_and_filter_drops_are_counted() {
     r.send_frame(&eth(0x0800, &pattern(100, 1)));
     assert!(r.nic.take_sent().is_empty());
     assert_eq!(r.e.counters().tx.dropped(DropReason::PolicyDenied), 1);
-    assert_eq!(r.tx_status(0) & 1, 1, "a filtered frame still completes its descriptor");
+    assert_eq!(
+        r.tx_status(0) & 1,
+        1,
+        "a filtered frame still completes its descriptor"
+    );
 }
 
 #[test]
@@ -953,6 +1224,11 @@ fn icr_virtualisation_no_spurious_no_lost() {
     r.w(regs::ICS, (Int::TXDW | Int::RXT0).bits());
     r.w(regs::ICR, Int::TXDW.bits());
     assert_eq!(r.r(regs::ICR), Int::RXT0.bits());
+    // Clearing every pending cause by writing ICR withdraws the interrupt.
+    r.w(regs::ICS, Int::TXDW.bits());
+    assert!(r.nic.irq_asserted());
+    r.w(regs::ICR, u32::MAX);
+    assert!(!r.nic.irq_asserted());
     // Real TX completions never interrupt the guest by themselves.
     assert_eq!(r.nic.reg(regs::IMS) & (Int::TXDW | Int::TXQE).bits(), 0);
 }
@@ -976,11 +1252,22 @@ fn guest_reset_through_io_bar_and_reinit() {
     assert_eq!(r.r(regs::RCTL), 0);
     assert_eq!(r.r(regs::IMS), 0);
     assert_eq!(r.r(regs::VET), regs::VET_DEFAULT);
+    r.poll();
+    r.poll();
+    r.poll();
+    assert_ne!(
+        r.r(regs::TCTL) & (0xff << 4),
+        0,
+        "device default TCTL visible after reset"
+    );
     for _ in 0..3 {
         r.poll();
     }
     // The real rings were re-programmed at Shoji's DMA region once the device left reset.
-    assert_eq!(u64::from(r.nic.reg(regs::TDBAL)) | (u64::from(r.nic.reg(regs::TDBAH)) << 32), DMA_PHYS);
+    assert_eq!(
+        u64::from(r.nic.reg(regs::TDBAL)) | (u64::from(r.nic.reg(regs::TDBAH)) << 32),
+        DMA_PHYS
+    );
     assert_eq!(r.nic.reg(regs::RDLEN), 32 * 16);
     r.up(8, 8, Rctl::SECRC.bits());
     let f = eth(0x0800, &pattern(70, 2));
@@ -1003,7 +1290,10 @@ fn ring_registers_never_reach_the_device() {
     assert_eq!(r.r(regs::TDBAL), 0x5678_0000);
     assert_eq!(r.r(regs::RDBAL), 0x9abc_0000);
     assert_eq!(u64::from(r.nic.reg(regs::TDBAL)), DMA_PHYS & 0xffff_ffff);
-    assert_eq!(u64::from(r.nic.reg(regs::RDBAL)), (DMA_PHYS + 32 * 16) & 0xffff_ffff);
+    assert_eq!(
+        u64::from(r.nic.reg(regs::RDBAL)),
+        (DMA_PHYS + 32 * 16) & 0xffff_ffff
+    );
     // FIFO and packet-buffer access is refused.
     r.w(0x3410, 1);
     r.w(0x8000, 1);
@@ -1020,8 +1310,14 @@ fn ring_registers_never_reach_the_device() {
     assert_eq!(r.nic.reg(regs::TIPG), 0x0060_200a);
     assert_eq!(r.r(regs::STATUS), 0x83);
     // Real RCTL uses Shoji's buffer size; the guest sees its own.
-    r.w(regs::RCTL, Rctl::EN.bits() | Rctl::BSEX.bits() | (1 << 16) | Rctl::VFE.bits());
-    assert_eq!(r.r(regs::RCTL), Rctl::EN.bits() | Rctl::BSEX.bits() | (1 << 16) | Rctl::VFE.bits());
+    r.w(
+        regs::RCTL,
+        Rctl::EN.bits() | Rctl::BSEX.bits() | (1 << 16) | Rctl::VFE.bits(),
+    );
+    assert_eq!(
+        r.r(regs::RCTL),
+        Rctl::EN.bits() | Rctl::BSEX.bits() | (1 << 16) | Rctl::VFE.bits()
+    );
     let real = Rctl::from_bits_retain(r.nic.reg(regs::RCTL));
     assert_eq!(real.buffer_size(), Some(2048));
     assert!(!real.contains(Rctl::VFE));
@@ -1031,17 +1327,27 @@ fn ring_registers_never_reach_the_device() {
 fn partial_and_wide_accesses() {
     let mut r = Rig::new(32, 32);
     r.up(8, 8, Rctl::SECRC.bits());
-    let mut env = Env { mem: &mut r.ram, filter: &mut r.f, task: None };
+    let mut env = Env {
+        mem: &mut r.ram,
+        filter: &mut r.f,
+        task: None,
+    };
     r.e.mmio_write(&mut env, regs::TDBAL, 8, 0x0000_0001_2345_6780);
     assert_eq!(r.e.mmio_read(&mut env, regs::TDBAH, 4), 1);
-    assert_eq!(r.e.mmio_read(&mut env, regs::TDBAL, 8), 0x0000_0001_2345_6780);
+    assert_eq!(
+        r.e.mmio_read(&mut env, regs::TDBAL, 8),
+        0x0000_0001_2345_6780
+    );
     r.e.mmio_write(&mut env, regs::TDBAL + 1, 1, 0xaa);
     assert_eq!(r.e.mmio_read(&mut env, regs::TDBAL, 4), 0x2345_aa80);
     assert_eq!(r.e.mmio_read(&mut env, regs::TDBAL + 2, 2), 0x2345);
     // Unaligned across a register boundary: refused.
     let before = r.e.counters().refused_accesses;
     r.e.mmio_write(&mut env, regs::TDBAL + 2, 4, 0);
-    assert_eq!(r.e.mmio_read(&mut env, regs::TDBAL + 3, 2), 0xffff_ffff_ffff_ffff);
+    assert_eq!(
+        r.e.mmio_read(&mut env, regs::TDBAL + 3, 2),
+        0xffff_ffff_ffff_ffff
+    );
     assert_eq!(r.e.counters().refused_accesses, before + 2);
     assert_eq!(r.e.mmio_read(&mut env, 0x2_0000, 4), 0xffff_ffff);
 }
@@ -1049,7 +1355,9 @@ fn partial_and_wide_accesses() {
 #[test]
 fn trapped_pages() {
     use crate::regs::PAGE_SIZE;
-    let trapped: Vec<u32> = (0..32).filter(|p| E1000::<SimNic, SimDma>::page_is_trapped(*p)).collect();
+    let trapped: Vec<u32> = (0..32)
+        .filter(|p| E1000::<SimNic, SimDma>::page_is_trapped(*p))
+        .collect();
     assert_eq!(trapped, regs::TRAPPED_PAGES.to_vec());
     for off in [regs::ICR, regs::TDT, regs::RDT, regs::RCTL] {
         assert!(trapped.contains(&(off / PAGE_SIZE)));
@@ -1080,13 +1388,22 @@ fn setup_validates_config() {
     let dma = SimDma::new(1 << 20, DMA_PHYS);
     let nic = SimNic::new(dma.clone());
     let b = Box::leak(Box::new(Buffers::new()));
-    assert!(matches!(E1000::new(nic.clone(), dma, cfg(12, 8), b), Err(crate::SetupError::BadRingSize)));
+    assert!(matches!(
+        E1000::new(nic.clone(), dma, cfg(12, 8), b),
+        Err(crate::SetupError::BadRingSize)
+    ));
     let dma = SimDma::new(100, DMA_PHYS);
     let b = Box::leak(Box::new(Buffers::new()));
-    assert!(matches!(E1000::new(nic.clone(), dma, cfg(8, 8), b), Err(crate::SetupError::DmaTooSmall)));
+    assert!(matches!(
+        E1000::new(nic.clone(), dma, cfg(8, 8), b),
+        Err(crate::SetupError::DmaTooSmall)
+    ));
     let dma = SimDma::new(1 << 20, DMA_PHYS + 8);
     let b = Box::leak(Box::new(Buffers::new()));
-    assert!(matches!(E1000::new(nic, dma, cfg(8, 8), b), Err(crate::SetupError::DmaMisaligned)));
+    assert!(matches!(
+        E1000::new(nic, dma, cfg(8, 8), b),
+        Err(crate::SetupError::DmaMisaligned)
+    ));
 }
 
 mod fuzz {

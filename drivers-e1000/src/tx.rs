@@ -7,7 +7,9 @@ use crate::engine::{
 use crate::offload::{self, OffloadError, TsoPlan};
 use crate::regs::{Ctrl, Int, Tctl};
 use crate::{DmaRegion, NicRegisters};
-use shoji_shared::{Direction, DropReason, FrameMeta, GuestMemory, MemError, TaskIdentity, Verdict};
+use shoji_shared::{
+    Direction, DropReason, FrameMeta, GuestMemory, MemError, TaskIdentity, Verdict,
+};
 
 /// Offload and VLAN settings of one packet.
 #[derive(Debug, Clone, Copy, Default)]
@@ -76,7 +78,11 @@ pub(crate) fn run_guest_tx<N: NicRegisters, D: DmaRegion>(
         if from_exit {
             core.ctr.ring_errors += 1;
             if core.logs.ring.allow() {
-                log::warn!("e1000: guest TX ring head/tail {}/{} beyond {n}", g.tdh, g.tdt);
+                log::warn!(
+                    "e1000: guest TX ring head/tail {}/{} beyond {n}",
+                    g.tdh,
+                    g.tdt
+                );
             }
         }
         return;
@@ -130,13 +136,23 @@ pub(crate) fn run_guest_tx<N: NicRegisters, D: DmaRegion>(
                 None => match read_desc(&*env.mem, base, idx) {
                     Ok(d) => d,
                     Err(_) => {
-                        bad = bad.or(Some((DropReason::HostileDescriptor, "descriptor unreadable")));
+                        bad = bad.or(Some((
+                            DropReason::HostileDescriptor,
+                            "descriptor unreadable",
+                        )));
                         break idx;
                     }
                 },
             };
             let (addr, len, dcmd, is_legacy) = match d {
-                TxDesc::Legacy { addr, len, cso, cmd: c, css, special } => {
+                TxDesc::Legacy {
+                    addr,
+                    len,
+                    cso,
+                    cmd: c,
+                    css,
+                    special,
+                } => {
                     if idx == first {
                         info.legacy = true;
                     }
@@ -150,7 +166,13 @@ pub(crate) fn run_guest_tx<N: NicRegisters, D: DmaRegion>(
                     }
                     (addr, len as usize, c, true)
                 }
-                TxDesc::Data { addr, len, dcmd, popts: p, special } => {
+                TxDesc::Data {
+                    addr,
+                    len,
+                    dcmd,
+                    popts: p,
+                    special,
+                } => {
                     if idx == first {
                         info.tse = dcmd & cmd::IC_TSE != 0;
                         info.ixsm = p & popts::IXSM != 0;
@@ -162,7 +184,10 @@ pub(crate) fn run_guest_tx<N: NicRegisters, D: DmaRegion>(
                     (addr, len as usize, dcmd, false)
                 }
                 _ => {
-                    bad = bad.or(Some((DropReason::HostileDescriptor, "context inside a packet")));
+                    bad = bad.or(Some((
+                        DropReason::HostileDescriptor,
+                        "context inside a packet",
+                    )));
                     break idx;
                 }
             };
@@ -270,7 +295,13 @@ fn emit_packet<N: NicRegisters, D: DmaRegion>(
     first: u32,
 ) {
     let ctx: TxContext = core.g.ctx;
-    let Buffers { wire, guest, gather, seg, .. } = bufs;
+    let Buffers {
+        wire,
+        guest,
+        gather,
+        seg,
+        ..
+    } = bufs;
     if info.tse {
         core.ctr.tso_packets += 1;
         let plan = match TsoPlan::new(&ctx, total, MAX_FRAME, MAX_TSO_SEGMENTS) {
@@ -290,7 +321,17 @@ fn emit_packet<N: NicRegisters, D: DmaRegion>(
                 }
             };
             core.ctr.tso_segments += 1;
-            emit_frame(core, wire, guest, mem, filter, task, &mut seg[..], len, info.vlan);
+            emit_frame(
+                core,
+                wire,
+                guest,
+                mem,
+                filter,
+                task,
+                &mut seg[..],
+                len,
+                info.vlan,
+            );
         }
         return;
     }
@@ -312,7 +353,17 @@ fn emit_packet<N: NicRegisters, D: DmaRegion>(
         offload_drop(core, e, first);
         return;
     }
-    emit_frame(core, wire, guest, mem, filter, task, &mut gather[..], total, info.vlan);
+    emit_frame(
+        core,
+        wire,
+        guest,
+        mem,
+        filter,
+        task,
+        &mut gather[..],
+        total,
+        info.vlan,
+    );
 }
 
 fn offload_drop<N: NicRegisters, D: DmaRegion>(core: &mut Core<N, D>, e: OffloadError, idx: u32) {
@@ -355,9 +406,19 @@ fn emit_frame<N: NicRegisters, D: DmaRegion>(
             }
         }
     }
-    let meta = FrameMeta { direction: Direction::Tx, descriptor_vlan, task };
+    let meta = FrameMeta {
+        direction: Direction::Tx,
+        descriptor_vlan,
+        task,
+    };
     let frame = &buf[start..start + len];
-    let mut sink = Sink { core, wire, guest, mem, dir: Direction::Tx };
+    let mut sink = Sink {
+        core,
+        wire,
+        guest,
+        mem,
+        dir: Direction::Tx,
+    };
     if let Verdict::Drop(r) = filter.filter(&meta, frame, &mut sink) {
         sink.core.ctr.drop(Direction::Tx, r);
         sink.core.ctr.cost[sink.core.cause as usize].frames += 1;
