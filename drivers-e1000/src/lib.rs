@@ -7,6 +7,7 @@
 //! [`DmaRegion`] (Shoji-owned DMA memory). See `docs/e1000.md` for the design.
 #![no_std]
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 #[cfg(any(test, feature = "sim"))]
 extern crate std;

@@ -1470,3 +1470,25 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn rx_interrupt_reenable_is_a_sync_point() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, Rctl::SECRC.bits());
+    // NAPI: interrupts masked while polling; a frame arrives meanwhile.
+    r.w(regs::IMC, u32::MAX);
+    let f = eth(0x0800, &pattern(120, 4));
+    r.nic.inject(&f);
+    assert!(!r.nic.irq_asserted());
+    // Re-enabling interrupts harvests and raises RXT0 for the guest.
+    assert_eq!(
+        r.e.counters().rx.frames,
+        0,
+        "nothing harvested while masked"
+    );
+    r.w(regs::IMS, (Int::RXT0 | Int::TXDW).bits());
+    assert_eq!(r.e.counters().rx.frames, 1);
+    assert!(r.nic.irq_asserted(), "pending RX cause signalled on unmask");
+    assert_ne!(r.r(regs::ICR) & Int::RXT0.bits(), 0);
+    assert_eq!(r.rx()[0].0, f);
+}
