@@ -164,6 +164,8 @@ const VECTOR_UD: u8 = 6;
 const VECTOR_GP: u8 = 13;
 
 static GUEST_FAULT_LOG: RateLimiter = RateLimiter::new(16);
+/// At log level debug: the first exits, then exponentially fewer.
+static EXIT_TRACE: RateLimiter = RateLimiter::new(64);
 
 #[no_mangle]
 extern "sysv64" fn shoji_handle_exit(frame: &mut ExitFrame) {
@@ -174,6 +176,18 @@ extern "sysv64" fn shoji_handle_exit(frame: &mut ExitFrame) {
     let raw_reason = vmread(ro::EXIT_REASON) as u32;
     let reason = raw_reason & 0xffff;
     vcpu.counters.record(reason);
+    if log::log_enabled!(log::Level::Debug) && EXIT_TRACE.allow().is_some() {
+        log::debug!(
+            "cpu {}: exit {} ({}) at rip {:#x} qualification {:#x} rax {:#x} rcx {:#x}",
+            vcpu.index,
+            reason,
+            exit_reason_name(reason),
+            vmread(guest::RIP),
+            vmread(ro::EXIT_QUALIFICATION),
+            regs.rax,
+            regs.rcx
+        );
+    }
     if raw_reason & (1 << 31) != 0 {
         fatal(vcpu, regs, "VM entry failed");
     }
@@ -385,25 +399,41 @@ fn xsetbv(vcpu: &mut Vcpu, regs: &mut GuestRegs) {
     advance_rip();
 }
 
-/// The guest touched a trapped I/O port (Shoji's log UART): reads float high, writes vanish.
+/// The guest touched a trapped I/O port: Shoji's log UART. The guest sees an idle UART that
+/// discards what it is given (line status: transmitter empty, no data), so firmware consoles
+/// that already use the port keep working and nothing the guest writes reaches Shoji's log.
 fn io_access(regs: &mut GuestRegs) {
     let q = vmread(ro::EXIT_QUALIFICATION);
     let size = (q & 7) + 1;
     let is_in = q & (1 << 3) != 0;
     let string = q & (1 << 4) != 0;
     let rep = q & (1 << 5) != 0;
+    let port = (q >> 16) as u16;
     if is_in && !string {
+        let base = super::launch::GLOBAL.get().map(|g| g.log_port).unwrap_or(0);
+        let value = idle_uart_read(port.wrapping_sub(base));
         let mask = match size {
             1 => 0xff,
             2 => 0xffff,
             _ => 0xffff_ffff,
         };
-        regs.rax = if size == 4 { mask } else { (regs.rax & !mask) | mask };
+        regs.rax = if size == 4 { value & mask } else { (regs.rax & !mask) | (value & mask) };
     }
     if string && rep {
         regs.rcx = 0;
     }
     advance_rip();
+}
+
+/// Register values of an idle 16550 that has sent everything and received nothing.
+fn idle_uart_read(offset: u16) -> u64 {
+    const LSR: u16 = 5;
+    const LSR_THR_EMPTY: u64 = 0x20;
+    const LSR_TX_EMPTY: u64 = 0x40;
+    match offset {
+        LSR => LSR_THR_EMPTY | LSR_TX_EMPTY,
+        _ => 0,
+    }
 }
 
 static EPT_LOG: RateLimiter = RateLimiter::new(16);
