@@ -395,7 +395,7 @@ pub fn parse_ipv4(payload: &[u8]) -> Result<Ipv4Info, ParseError> {
     let protocol = u8::from(ip.next_header());
     if fragment.is_fragment() {
         // Non-last fragments carry a multiple of 8 bytes; nothing may reach past 65535.
-        if (fragment.more && (fragment.len == 0 || fragment.len % 8 != 0))
+        if (fragment.more && (fragment.len == 0 || fragment.len & 7 != 0))
             || fragment.offset + fragment.len > 65535
         {
             return Err(ParseError::BadFragment);

@@ -76,7 +76,7 @@ impl ContainerSpec {
     /// Whether `ip` is one of the container's.
     #[inline]
     pub fn owns_ipv4(&self, ip: Ipv4Addr) -> bool {
-        self.ipv4.iter().any(|a| *a == ip)
+        self.ipv4.contains(&ip)
     }
 
     /// Check what can be checked without the rest of the registry.

@@ -513,8 +513,8 @@ impl RuleSet {
                 if !rule.direction.covers(side) {
                     continue;
                 }
-                for c in 0..CLASS_COUNT {
-                    if rule.protocol.covers_class(CLASSES[c]) {
+                for (c, class) in CLASSES.iter().enumerate() {
+                    if rule.protocol.covers_class(*class) {
                         set.applicable[s][c] |= 1u64 << i;
                     }
                 }

@@ -112,10 +112,8 @@ pub fn check_container_tx(
                 ));
             }
         }
-        Network::Ipv4(ip) => {
-            if !spec.owns_ipv4(ip.src) && !is_dhcp_client(frame) {
-                return Err(finding(DropReason::SpoofedIp, frame.src_mac, Some(ip.src)));
-            }
+        Network::Ipv4(ip) if !spec.owns_ipv4(ip.src) && !is_dhcp_client(frame) => {
+            return Err(finding(DropReason::SpoofedIp, frame.src_mac, Some(ip.src)));
         }
         _ => {}
     }

@@ -1,5 +1,7 @@
 //! Rules of every kind, the scan detector, registry limits, the encoding, and properties.
 
+#![allow(clippy::too_many_arguments)]
+
 mod common;
 
 use common::*;
