@@ -1,7 +1,7 @@
 //! Which guest task is running at a VM exit, in which context, and who it is.
 
 use shoji_shared::profile::{
-    preempt, CurrentTask, FieldId, KernelProfile, Op, Program, ProfileError, Sha256, KEY_COUNT,
+    preempt, CurrentTask, FieldId, KernelProfile, Op, ProfileError, Program, Sha256, KEY_COUNT,
     NS_INUM_MIN, PF_KTHREAD, PID_MAX_LIMIT,
 };
 use shoji_shared::{ExecContext, GuestMemory, TaskIdentity};
@@ -185,12 +185,18 @@ struct Window {
 }
 
 impl Window {
-    fn new(task: u64) -> Self {
+    fn new() -> Self {
         Window {
-            task,
+            task: 0,
             buf: [0; WINDOW_BYTES],
             loaded: [false; MAX_SPANS],
         }
+    }
+
+    /// Point the window at another task; stale bytes stay but are marked not loaded.
+    fn reset(&mut self, task: u64) {
+        self.task = task;
+        self.loaded = [false; MAX_SPANS];
     }
 
     fn load<M: GuestMemory + ?Sized>(
@@ -403,6 +409,7 @@ pub struct Introspector {
     cache: [Option<Entry>; CACHE_ENTRIES],
     next: usize,
     stats: CacheStats,
+    win: Window,
 }
 
 impl Introspector {
@@ -416,6 +423,7 @@ impl Introspector {
             cache: [None; CACHE_ENTRIES],
             next: 0,
             stats: CacheStats::default(),
+            win: Window::new(),
         })
     }
 
@@ -536,9 +544,7 @@ impl Introspector {
                         let lo = cur.min(p);
                         let len = (cur.max(p) - lo + 8) as usize;
                         let mut b = [0u8; 128];
-                        let va = base
-                            .checked_add(lo)
-                            .ok_or(CurrentError::NoPerCpuBase)?;
+                        let va = base.checked_add(lo).ok_or(CurrentError::NoPerCpuBase)?;
                         let dst = b.get_mut(..len).ok_or(CurrentError::NoPerCpuBase)?;
                         view.read(va, dst).map_err(CurrentError::Read)?;
                         let at = |o: u64, n: usize| b.get((o - lo) as usize..(o - lo) as usize + n);
@@ -573,7 +579,10 @@ impl Introspector {
                 }
                 let ti = rsp & !((thread_size as u64).wrapping_sub(1));
                 let t = view
-                    .u64(ti.checked_add(task_offset as u64).ok_or(CurrentError::NoPerCpuBase)?)
+                    .u64(
+                        ti.checked_add(task_offset as u64)
+                            .ok_or(CurrentError::NoPerCpuBase)?,
+                    )
                     .map_err(CurrentError::Read)?;
                 let pc = match (base, pre_off) {
                     (Some(b), Some(p)) => b.checked_add(p as u64).and_then(|va| view.u32(va).ok()),
@@ -617,9 +626,9 @@ impl Introspector {
         task: u64,
     ) -> (TaskIdentity, Option<bool>) {
         let view = self.view(mem, cpu);
-        let mut win = Window::new(task);
-        let key = if win.load(&view, &self.spans, true).is_ok() {
-            self.read_key(&view, &win)
+        self.win.reset(task);
+        let key = if self.win.load(&view, &self.spans, true).is_ok() {
+            read_key(&self.profile, &self.spans, &view, &self.win)
         } else {
             None
         };
@@ -632,9 +641,9 @@ impl Introspector {
             }
         }
         self.stats.misses = self.stats.misses.wrapping_add(1);
-        let _ = win.load(&view, &self.spans, false);
+        let _ = self.win.load(&view, &self.spans, false);
         let half = cpu.pt.mode.kernel_half();
-        let (id, kthread) = self.read_identity(&view, &win, half, task);
+        let (id, kthread) = read_identity(&self.profile, &self.spans, &view, &self.win, half, task);
         if let Some(k) = key {
             let slot = self.next % CACHE_ENTRIES;
             if let Some(s) = self.cache.get_mut(slot) {
@@ -649,91 +658,92 @@ impl Introspector {
         }
         (id, kthread)
     }
+}
 
-    fn read_key<M: GuestMemory + ?Sized>(
-        &self,
-        view: &KernelView<M>,
-        win: &Window,
-    ) -> Option<[u64; KEY_COUNT]> {
-        let mut k = [0u64; KEY_COUNT];
-        for (slot, off) in k.iter_mut().zip(self.profile.key_offsets.iter()) {
-            let Some(off) = off else { continue };
-            *slot = match win.get(&self.spans, *off as u64, 8) {
-                Some(b) => u64::from_le_bytes(b.try_into().ok()?),
-                None => view.u64(win.task.checked_add(*off as u64)?).ok()?,
-            };
-        }
-        Some(k)
+fn read_key<M: GuestMemory + ?Sized>(
+    profile: &KernelProfile,
+    spans: &Spans,
+    view: &KernelView<M>,
+    win: &Window,
+) -> Option<[u64; KEY_COUNT]> {
+    let mut k = [0u64; KEY_COUNT];
+    for (slot, off) in k.iter_mut().zip(profile.key_offsets.iter()) {
+        let Some(off) = off else { continue };
+        *slot = match win.get(spans, *off as u64, 8) {
+            Some(b) => u64::from_le_bytes(b.try_into().ok()?),
+            None => view.u64(win.task.checked_add(*off as u64)?).ok()?,
+        };
     }
+    Some(k)
+}
 
-    fn read_identity<M: GuestMemory + ?Sized>(
-        &self,
-        view: &KernelView<M>,
-        win: &Window,
-        half: u64,
-        task: u64,
-    ) -> (TaskIdentity, Option<bool>) {
-        let p = &self.profile;
-        let mut r = Reader {
-            view,
-            spans: &self.spans,
-            win,
-            memo: Memo {
-                e: [(0, 0, 0); MEMO],
-                n: 0,
-            },
-        };
-        let kthread = task
-            .checked_add(p.task_flags_off as u64)
-            .and_then(|va| r.scalar(va, 4))
-            .map(|f| f as u32 & PF_KTHREAD != 0);
-        let mut f = |id: FieldId| run(&mut r, half, task, p.field(id));
-        let pid = pid_ok(as_u32(f(FieldId::Pid)));
-        let tgid = pid_ok(as_u32(f(FieldId::Tgid)));
-        let pid_local = pid_ok(as_u32(f(FieldId::PidLocal)));
-        let tgid_local = pid_ok(as_u32(f(FieldId::TgidLocal)));
-        let pgid = pid_ok(as_u32(f(FieldId::Pgid)));
-        let uid = as_u32(f(FieldId::Uid)).filter(|&u| u != u32::MAX);
-        let euid = as_u32(f(FieldId::Euid)).filter(|&u| u != u32::MAX);
-        let userns_id = ns_ok(as_u32(f(FieldId::UserNsId)));
-        let netns_id = ns_ok(as_u32(f(FieldId::NetNsId)));
-        let pidns_id = ns_ok(as_u32(f(FieldId::PidNsId)));
-        let cgroup_id = as_u64(f(FieldId::CgroupId)).filter(|&c| c != 0);
-        let start_time = as_u64(f(FieldId::StartTime));
-        let exe_inode = as_u64(f(FieldId::ExeInode)).filter(|&i| i != 0);
-        let comm = comm_ok(f(FieldId::Comm));
-        let userns_ptr = match f(FieldId::UserNsPtr) {
-            Some(Out::Addr(a)) => Some(a),
-            _ => None,
-        };
-        let uid_local = match (uid, userns_id, userns_ptr) {
-            (Some(u), Some(ns), _) if ns == p.init_userns_inum => Some(u),
-            (Some(u), Some(_), Some(ns)) => map_uid(&mut r, half, p, ns, u),
-            _ => None,
-        };
-        (
-            TaskIdentity {
-                task,
-                context: ExecContext::Unknown,
-                pid,
-                tgid,
-                pid_local,
-                tgid_local,
-                pgid,
-                uid,
-                euid,
-                uid_local,
-                userns_id,
-                netns_id,
-                pidns_id,
-                cgroup_id,
-                start_time,
-                exe_inode,
-                comm,
-            },
-            kthread,
-        )
-    }
+fn read_identity<M: GuestMemory + ?Sized>(
+    p: &KernelProfile,
+    spans: &Spans,
+    view: &KernelView<M>,
+    win: &Window,
+    half: u64,
+    task: u64,
+) -> (TaskIdentity, Option<bool>) {
+    let mut r = Reader {
+        view,
+        spans,
+        win,
+        memo: Memo {
+            e: [(0, 0, 0); MEMO],
+            n: 0,
+        },
+    };
+    let kthread = task
+        .checked_add(p.task_flags_off as u64)
+        .and_then(|va| r.scalar(va, 4))
+        .map(|f| f as u32 & PF_KTHREAD != 0);
+    let mut f = |id: FieldId| run(&mut r, half, task, p.field(id));
+    let pid = pid_ok(as_u32(f(FieldId::Pid)));
+    let tgid = pid_ok(as_u32(f(FieldId::Tgid)));
+    let pid_local = pid_ok(as_u32(f(FieldId::PidLocal)));
+    let tgid_local = pid_ok(as_u32(f(FieldId::TgidLocal)));
+    let pgid = pid_ok(as_u32(f(FieldId::Pgid)));
+    let uid = as_u32(f(FieldId::Uid)).filter(|&u| u != u32::MAX);
+    let euid = as_u32(f(FieldId::Euid)).filter(|&u| u != u32::MAX);
+    let userns_id = ns_ok(as_u32(f(FieldId::UserNsId)));
+    let netns_id = ns_ok(as_u32(f(FieldId::NetNsId)));
+    let pidns_id = ns_ok(as_u32(f(FieldId::PidNsId)));
+    let cgroup_id = as_u64(f(FieldId::CgroupId)).filter(|&c| c != 0);
+    let start_time = as_u64(f(FieldId::StartTime));
+    let exe_inode = as_u64(f(FieldId::ExeInode)).filter(|&i| i != 0);
+    let comm = comm_ok(f(FieldId::Comm));
+    let userns_ptr = match f(FieldId::UserNsPtr) {
+        Some(Out::Addr(a)) => Some(a),
+        _ => None,
+    };
+    let uid_local = match (uid, userns_id, userns_ptr) {
+        (Some(u), Some(ns), _) if ns == p.init_userns_inum => Some(u),
+        (Some(u), Some(_), Some(ns)) => map_uid(&mut r, half, p, ns, u),
+        _ => None,
+    };
+    (
+        TaskIdentity {
+            task,
+            context: ExecContext::Unknown,
+            pid,
+            tgid,
+            pid_local,
+            tgid_local,
+            pgid,
+            uid,
+            euid,
+            uid_local,
+            userns_id,
+            netns_id,
+            pidns_id,
+            cgroup_id,
+            start_time,
+            exe_inode,
+            comm,
+        },
+        kthread,
+    )
 }
 
 /// Map a global kuid to the id seen in the user namespace at `ns` (the kernel's `map_id_up`):
@@ -765,10 +775,11 @@ fn map_uid<M: GuestMemory + ?Sized>(
     };
     // Read extents in batches of up to 16 (one guest read each).
     let es = l.extent_size as usize;
-    let mut buf = [0u8; 16 * 64];
+    let mut buf = [0u8; 192];
+    let per_batch = (buf.len() / es.max(1)).max(1) as u32;
     let mut i = 0u32;
     while i < nr {
-        let batch = (nr - i).min(16);
+        let batch = (nr - i).min(per_batch);
         let bytes = (batch as usize).checked_mul(es)?;
         let va = array.checked_add((i as u64).checked_mul(es as u64)?)?;
         let chunk = buf.get_mut(..bytes)?;
@@ -779,7 +790,8 @@ fn map_uid<M: GuestMemory + ?Sized>(
                 let b = e.get(o..o.checked_add(4)?)?;
                 Some(u32::from_le_bytes(b.try_into().ok()?) as u64)
             };
-            let (first, lower, count) = (rd(l.first_off)?, rd(l.lower_first_off)?, rd(l.count_off)?);
+            let (first, lower, count) =
+                (rd(l.first_off)?, rd(l.lower_first_off)?, rd(l.count_off)?);
             let k = kuid as u64;
             if k >= lower && k < lower.checked_add(count)? {
                 return u32::try_from(first.checked_add(k - lower)?).ok();
@@ -792,5 +804,7 @@ fn map_uid<M: GuestMemory + ?Sized>(
 
 /// Translate a per-CPU base to a guest-physical address (diagnostics).
 pub fn percpu_gpa<M: GuestMemory + ?Sized>(mem: &M, cpu: &CpuState) -> Option<u64> {
-    translate(mem, &cpu.pt, cpu.percpu_base()?).ok().map(|t| t.gpa)
+    translate(mem, &cpu.pt, cpu.percpu_base()?)
+        .ok()
+        .map(|t| t.gpa)
 }

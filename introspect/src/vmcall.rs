@@ -78,9 +78,7 @@ pub fn copy_from_guest<M: GuestMemory + ?Sized>(
     let n = resolve(mem, caller, va, len, caller.access(false), &mut pages)?;
     let mut done = 0usize;
     for &(gpa, chunk) in pages.iter().take(n) {
-        let dst = out
-            .get_mut(done..done + chunk)
-            .ok_or(Status::BadBuffer)?;
+        let dst = out.get_mut(done..done + chunk).ok_or(Status::BadBuffer)?;
         mem.read(gpa, dst).map_err(|_| Status::BadBuffer)?;
         done += chunk;
     }

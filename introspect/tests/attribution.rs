@@ -96,7 +96,11 @@ fn contexts_from_preempt_count_and_flags() {
             (0x8010_0000, ExecContext::HardIrq), // NMI
         ] {
             g.set_preempt(pc);
-            assert_eq!(intro.attribute(&g.mem, &g.cpu()).context, want, "{name} {pc:#x}");
+            assert_eq!(
+                intro.attribute(&g.mem, &g.cpu()).context,
+                want,
+                "{name} {pc:#x}"
+            );
         }
         // A kernel thread: PF_KTHREAD, no mm.
         let k = Spec {
@@ -264,7 +268,11 @@ fn hostile_pointers_end_in_unknown() {
         set(&mut g, FieldId::Uid, dm + HV_START + 0x100);
         set(&mut g, FieldId::NetNsId, dm + (1 << 40));
         set(&mut g, FieldId::CgroupId, 0x0000_7fff_0000_1000);
-        set(&mut g, FieldId::PidLocal, task + p.field(FieldId::PidLocal).steps()[0].off as u64);
+        set(
+            &mut g,
+            FieldId::PidLocal,
+            task + p.field(FieldId::PidLocal).steps()[0].off as u64,
+        );
         set(&mut g, FieldId::TgidLocal, task + 3);
         let id = intro.attribute(&g.mem, &cpu);
         assert_eq!(id.uid, None);
@@ -278,7 +286,12 @@ fn hostile_pointers_end_in_unknown() {
         assert_eq!(id.pid, Some(s.pid));
         assert_eq!(id.comm, Some(s.comm));
         // Current task pointer into Shoji's memory / outside RAM / null.
-        for bad in [g.dmap_base + HV_START, g.dmap_base + RAM + 0x1000, 0, 0x1000] {
+        for bad in [
+            g.dmap_base + HV_START,
+            g.dmap_base + RAM + 0x1000,
+            0,
+            0x1000,
+        ] {
             g.set_current(bad, 0x8000_0000);
             let id = intro.attribute(&g.mem, &cpu);
             assert_eq!(id.pid, None);
@@ -302,7 +315,10 @@ fn hostile_pointers_end_in_unknown() {
 #[test]
 fn lying_profiles_never_fault() {
     // The 6.12 profile on a 6.1 guest (and vice versa): wrong offsets everywhere.
-    for (lay, run) in [("debian12-6.1", "debian13-6.12"), ("debian13-6.12", "debian12-6.1")] {
+    for (lay, run) in [
+        ("debian12-6.1", "debian13-6.12"),
+        ("debian13-6.12", "debian12-6.1"),
+    ] {
         let s = Spec::default();
         let (g, _, _) = setup(lay, PagingMode::Level4, &s);
         let mut intro = Introspector::new(fixture(run)).unwrap();
@@ -314,7 +330,10 @@ fn lying_profiles_never_fault() {
 
 #[test]
 fn truncated_or_corrupt_profiles_are_refused() {
-    let path = format!("{}/fixtures/debian12-6.1.profile", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/fixtures/debian12-6.1.profile",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let bytes = std::fs::read(path).unwrap();
     assert_eq!(bytes.len(), ENCODED_LEN);
     for n in [0, 8, 16, 100, ENCODED_LEN - 1] {

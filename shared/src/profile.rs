@@ -995,8 +995,7 @@ mod tests {
         p.fields[FieldId::Pid as usize] = Program::from_steps(&[Step::add_index(8)]).unwrap();
         assert!(p.validate().is_err());
         let mut p = sample();
-        p.fields[FieldId::UserNsPtr as usize] =
-            Program::from_steps(&[Step::value(0, 4)]).unwrap();
+        p.fields[FieldId::UserNsPtr as usize] = Program::from_steps(&[Step::value(0, 4)]).unwrap();
         assert!(p.validate().is_err());
     }
 }

@@ -160,7 +160,9 @@ impl Status {
             Status::UnknownFunction => "unknown function",
             Status::BadBuffer => "buffer not accessible to the caller",
             Status::InvalidArgument => "invalid argument",
-            Status::NotAuthorized => "not authorized (agent key and uid 0 in the initial user namespace required)",
+            Status::NotAuthorized => {
+                "not authorized (agent key and uid 0 in the initial user namespace required)"
+            }
             Status::NoProfile => "no kernel profile is active",
             Status::BadVersion => "unsupported request version",
             Status::Full => "capacity exhausted",
@@ -252,7 +254,10 @@ pub mod whoami {
                 out[16 + 4 * i..20 + 4 * i].copy_from_slice(&v.to_le_bytes());
             }
         }
-        for (i, v) in [id.cgroup_id, id.start_time, id.exe_inode].iter().enumerate() {
+        for (i, v) in [id.cgroup_id, id.start_time, id.exe_inode]
+            .iter()
+            .enumerate()
+        {
             if let Some(v) = v {
                 valid |= 1 << (11 + i);
                 out[64 + 8 * i..72 + 8 * i].copy_from_slice(&v.to_le_bytes());
@@ -278,7 +283,8 @@ pub mod whoami {
         }
         let u32_at = |i: usize| {
             let o = 16 + 4 * i;
-            (valid & (1 << i) != 0).then(|| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]))
+            (valid & (1 << i) != 0)
+                .then(|| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]))
         };
         let u64_at = |i: usize| {
             let o = 64 + 8 * i;

@@ -280,10 +280,7 @@ pub fn build(btf_bytes: &[u8], symbols: &Symbols, opts: &BuildOptions) -> Result
         notes.push(format!(
             "current task: pcpu_hot (per-cpu {base:#x}) .current_task +{cur:#x}, .preempt_count +{pc:#x}"
         ));
-        (
-            CurrentTask::PerCpu { offset: base + cur },
-            Some(base + pc),
-        )
+        (CurrentTask::PerCpu { offset: base + cur }, Some(base + pc))
     } else if let Some(ct) = sym_pc("current_task") {
         let pc = sym_pc("__preempt_count");
         notes.push(format!(
@@ -304,7 +301,9 @@ pub fn build(btf_bytes: &[u8], symbols: &Symbols, opts: &BuildOptions) -> Result
             sym_pc("__preempt_count"),
         )
     } else {
-        return Err("cannot locate the current task: no pcpu_hot, current_task nor thread_info.task".into());
+        return Err(
+            "cannot locate the current task: no pcpu_hot, current_task nor thread_info.task".into(),
+        );
     };
     if let (CurrentTask::PerCpu { offset }, Some(v)) = (current, percpu.get("current_task")) {
         if *v != offset {
@@ -368,7 +367,11 @@ pub fn build(btf_bytes: &[u8], symbols: &Symbols, opts: &BuildOptions) -> Result
         Ok(())
     };
     f(&mut p, FieldId::Pid, &[Step::value(c.int(t, "pid", 4)?, 4)])?;
-    f(&mut p, FieldId::Tgid, &[Step::value(c.int(t, "tgid", 4)?, 4)])?;
+    f(
+        &mut p,
+        FieldId::Tgid,
+        &[Step::value(c.int(t, "tgid", 4)?, 4)],
+    )?;
     let local = |first: &[Step]| -> Vec<Step> {
         let mut v = first.to_vec();
         v.extend([
@@ -404,7 +407,11 @@ pub fn build(btf_bytes: &[u8], symbols: &Symbols, opts: &BuildOptions) -> Result
         f(
             &mut p,
             FieldId::Pgid,
-            &[Step::ptr(signal), Step::ptr(sp.off + 8 * pg), Step::value(nr, 4)],
+            &[
+                Step::ptr(signal),
+                Step::ptr(sp.off + 8 * pg),
+                Step::value(nr, 4),
+            ],
         )?;
     } else {
         notes.push("pgid unknown: signal_struct.pids[PIDTYPE_PGID] not found".into());
@@ -413,20 +420,40 @@ pub fn build(btf_bytes: &[u8], symbols: &Symbols, opts: &BuildOptions) -> Result
     let euid = c.int("cred", "euid.val", 4)?;
     let user_ns = c.ptr("cred", "user_ns")?;
     let userns_inum = c.int("user_namespace", "ns.inum", 4)?;
-    f(&mut p, FieldId::Uid, &[Step::ptr(cred), Step::value(uid, 4)])?;
-    f(&mut p, FieldId::Euid, &[Step::ptr(cred), Step::value(euid, 4)])?;
+    f(
+        &mut p,
+        FieldId::Uid,
+        &[Step::ptr(cred), Step::value(uid, 4)],
+    )?;
+    f(
+        &mut p,
+        FieldId::Euid,
+        &[Step::ptr(cred), Step::value(euid, 4)],
+    )?;
     f(
         &mut p,
         FieldId::UserNsId,
-        &[Step::ptr(cred), Step::ptr(user_ns), Step::value(userns_inum, 4)],
+        &[
+            Step::ptr(cred),
+            Step::ptr(user_ns),
+            Step::value(userns_inum, 4),
+        ],
     )?;
-    f(&mut p, FieldId::UserNsPtr, &[Step::ptr(cred), Step::ptr(user_ns)])?;
+    f(
+        &mut p,
+        FieldId::UserNsPtr,
+        &[Step::ptr(cred), Step::ptr(user_ns)],
+    )?;
     let net_ns = c.ptr("nsproxy", "net_ns")?;
     let net_inum = c.int("net", "ns.inum", 4)?;
     f(
         &mut p,
         FieldId::NetNsId,
-        &[Step::ptr(nsproxy), Step::ptr(net_ns), Step::value(net_inum, 4)],
+        &[
+            Step::ptr(nsproxy),
+            Step::ptr(net_ns),
+            Step::value(net_inum, 4),
+        ],
     )?;
     f(
         &mut p,
@@ -554,7 +581,11 @@ fn fmt_steps(p: &Program) -> String {
 pub fn describe(p: &KernelProfile) -> String {
     let mut o = String::new();
     let hex: String = p.fingerprint.iter().map(|b| format!("{b:02x}")).collect();
-    let _ = writeln!(o, "kernel profile v{}", shoji_shared::profile::PROFILE_VERSION);
+    let _ = writeln!(
+        o,
+        "kernel profile v{}",
+        shoji_shared::profile::PROFILE_VERSION
+    );
     let _ = writeln!(o, "release            {}", p.release_str());
     let _ = writeln!(o, "fingerprint        sha256(btf) {hex}");
     let _ = writeln!(o, "btf                va {:#x} len {}", p.btf_va, p.btf_len);

@@ -8,7 +8,11 @@ use shojictl::btfprofile::{build, describe, BuildOptions, Symbols};
 use shojictl::vmcall::{detect, Presence};
 
 #[derive(Parser)]
-#[command(name = "shojictl", version, about = "Guest tool for the Shoji hypervisor")]
+#[command(
+    name = "shojictl",
+    version,
+    about = "Guest tool for the Shoji hypervisor"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

@@ -29,7 +29,9 @@ pub struct Ram {
 
 impl GuestMemory for Ram {
     fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
-        let end = gpa.checked_add(buf.len() as u64).ok_or(MemError::BadRange)?;
+        let end = gpa
+            .checked_add(buf.len() as u64)
+            .ok_or(MemError::BadRange)?;
         if end > RAM {
             return Err(MemError::NotRam);
         }
@@ -40,7 +42,9 @@ impl GuestMemory for Ram {
         Ok(())
     }
     fn write(&mut self, gpa: u64, buf: &[u8]) -> Result<(), MemError> {
-        let end = gpa.checked_add(buf.len() as u64).ok_or(MemError::BadRange)?;
+        let end = gpa
+            .checked_add(buf.len() as u64)
+            .ok_or(MemError::BadRange)?;
         if end > RAM {
             return Err(MemError::NotRam);
         }
@@ -269,12 +273,16 @@ impl Guest {
                 Op::Add => pa += s.off as u64,
                 Op::Index => {
                     let at = pa + s.off as u64;
-                    self.mem.write(at, &level.to_le_bytes()[..s.width as usize]).unwrap();
+                    self.mem
+                        .write(at, &level.to_le_bytes()[..s.width as usize])
+                        .unwrap();
                     idx = level as u64;
                 }
                 Op::AddIndex => pa += idx * s.off as u64,
                 Op::Value => {
-                    self.mem.write(pa + s.off as u64, &value[..s.width as usize]).unwrap();
+                    self.mem
+                        .write(pa + s.off as u64, &value[..s.width as usize])
+                        .unwrap();
                 }
                 Op::End => {}
             }
