@@ -94,12 +94,19 @@ enum Target {
 }
 
 /// Build the outgoing frame in `buf`: the original without its in-frame tag, with `tag` added.
-fn rewrite<'b>(
+fn rewrite<'a, 'b>(
     buf: &'b mut [u8; FRAME_BUFFER_LEN],
-    frame: &[u8],
+    frame: &'a [u8],
     parsed: &ParsedFrame,
     tag: Option<u16>,
-) -> &'b [u8] {
+) -> &'b [u8]
+where
+    'a: 'b,
+{
+    // Nothing to change: hand the original bytes on without copying.
+    if tag.is_none() && !parsed.is_tagged() {
+        return frame;
+    }
     let rest = &frame[parsed.ethertype_offset..];
     buf[..12].copy_from_slice(&frame[..12]);
     let mut at = 12;

@@ -48,6 +48,7 @@
 //! no clock reads, no panics on any input (fuzzed with `netfilter/fuzz`).
 #![no_std]
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 #[cfg(test)]
 extern crate std;
