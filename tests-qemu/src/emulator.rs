@@ -142,7 +142,7 @@ fn bochsrc(spec: &MachineSpec, console: &Path, shoji_log: &Path, net: bool) -> S
          megs: {MEMORY_MIB}\n\
          romimage: file={OVMF}, address=0xffe00000\n\
          vgaromimage: file={VGABIOS}\n\
-         cpu: model=corei7_skylake_x, count={cpus}, ips={ips}, reset_on_triple_fault=0\n\
+         cpu: model=corei7_skylake_x, count={cpus}, ips={ips}\n\
          pci: enabled=1, chipset=i440fx{slot}\n\
          clock: {clock}\n\
          boot: disk\n\
@@ -243,8 +243,12 @@ impl Machine {
                 let rc = spec.dir.join("bochsrc");
                 std::fs::write(&rc, bochsrc(spec, &console, &shoji_log, true))?;
                 let dbg = spec.dir.join("bochs-debugger.rc");
-                std::fs::write(&dbg, "c\n")?;
-                let mut c = ns.command("bochs-bin", ["-q", "-f"]);
+                // One `c` starts the simulation; more resume it should anything break into the
+                // debugger (each stop is visible as a "Next at t=" line in emulator.out).
+                std::fs::write(&dbg, "c\n".repeat(20))?;
+                // SHOJI_BOCHS_BIN: another Bochs binary (e.g. a self-built one).
+                let bin = std::env::var("SHOJI_BOCHS_BIN").unwrap_or_else(|_| "bochs-bin".into());
+                let mut c = ns.command(&bin, ["-q", "-f"]);
                 c.arg(&rc).arg("-rc").arg(&dbg);
                 c
             }

@@ -36,7 +36,12 @@ pub fn build_probe() -> Result<PathBuf> {
                 target,
             ],
         )
+        // Small: every byte of the initramfs goes through OVMF's slow ATA path under Bochs.
         .env("CARGO_PROFILE_RELEASE_STRIP", "symbols")
+        .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "z")
+        .env("CARGO_PROFILE_RELEASE_LTO", "true")
+        .env("CARGO_PROFILE_RELEASE_PANIC", "abort")
+        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1")
         .current_dir(workspace_root()),
         BUILD_TIMEOUT,
     )?;
@@ -373,6 +378,8 @@ pub struct GuestImages {
     pub kernel: Kernel,
     /// The initramfs.
     pub initrd: PathBuf,
+    /// The initramfs plus the modules that mount the data disk.
+    pub initrd_storage: PathBuf,
     /// The ext2 data disk.
     pub data_disk: PathBuf,
     /// The probe binary.
@@ -387,11 +394,14 @@ pub fn build_guest_images(flavour: crate::kernel::Flavour) -> Result<GuestImages
     std::fs::create_dir_all(&dir)?;
     let initrd = dir.join("initrd.img");
     build_initramfs(&kernel, &probe, &initrd, false)?;
+    let initrd_storage = dir.join("initrd-storage.img");
+    build_initramfs(&kernel, &probe, &initrd_storage, true)?;
     let data_disk = dir.join("data.img");
     build_data_disk(&data_disk, &[("bin/probe", probe.clone())])?;
     Ok(GuestImages {
         kernel,
         initrd,
+        initrd_storage,
         data_disk,
         probe,
     })

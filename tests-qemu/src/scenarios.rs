@@ -57,6 +57,10 @@ pub mod markers {
     pub const LOG_COUNTERS_OK: &str = "probe log-counters: status=0";
     /// COM1, LogCounters prefix.
     pub const LOG_COUNTERS: &str = "probe log-counters: ";
+    /// COM1, the guest's data disk line.
+    pub const DATA_DISK: &str = "SHOJI-TEST: data disk";
+    /// COM1, the data disk is mounted.
+    pub const DATA_DISK_OK: &str = "SHOJI-TEST: data disk mounted";
     /// COM1 strings that end a run at once.
     pub const FATAL: &[&str] = &[
         "Kernel panic",
@@ -121,7 +125,8 @@ pub const ALL: &[Scenario] = &[
     },
     Scenario {
         name: "tcg-no-shoji",
-        about: "fast control on QEMU/TCG: the guest images boot and the peer works without Shoji",
+        about: "fast control on QEMU/TCG: the guest images boot, the peer works and the ext2 data \
+                disk mounts, without Shoji",
         needs_shoji: false,
         kind: Kind::TcgNoShoji,
     },
@@ -282,6 +287,7 @@ pub fn run(sc: &Scenario, inputs: &Inputs<'_>) -> Report {
     if rep.passed() {
         // Keep the logs, drop the big disk copy.
         let _ = std::fs::remove_file(dir.join("esp.img"));
+        let _ = std::fs::remove_file(dir.join("data.img"));
     }
     rep
 }
@@ -319,13 +325,27 @@ fn run_inner(sc: &Scenario, inputs: &Inputs<'_>, rep: &mut Report) -> Result<()>
             }
         }
     };
-    build_esp(&esp, &images.kernel.vmlinuz, &images.initrd, &boot).context("building the ESP")?;
+    // tcg-no-shoji also proves the data disk path (storage modules, ext2 on the second disk).
+    let storage = sc.kind == Kind::TcgNoShoji;
+    let initrd = if storage {
+        &images.initrd_storage
+    } else {
+        &images.initrd
+    };
+    build_esp(&esp, &images.kernel.vmlinuz, initrd, &boot).context("building the ESP")?;
+    let data_disk = if storage {
+        let copy = dir.join("data.img");
+        std::fs::copy(&images.data_disk, &copy).context("copying the data disk")?;
+        Some(copy)
+    } else {
+        None
+    };
     let ns = Netns::create(&Netns::name_for(sc.name))?;
     let spec = MachineSpec {
         backend: rep.backend,
         cpus: if sc.kind == Kind::Smp { 2 } else { 1 },
         esp,
-        data_disk: None,
+        data_disk,
         dir: dir.clone(),
     };
     let f = rep.backend.time_factor();
@@ -338,7 +358,7 @@ fn run_inner(sc: &Scenario, inputs: &Inputs<'_>, rep: &mut Report) -> Result<()>
         Kind::TcgFailClosed => fail_closed(sc, &mut m, rep, &t),
         _ => linux(sc, &mut m, &ns, rep, &t),
     };
-    m.stop(Duration::from_secs(15));
+    m.stop(Duration::from_secs(3));
     collect_highlights(&m, rep);
     let _ = std::fs::write(dir.join("elapsed.txt"), format!("{:?}\n", rep.times));
     result
@@ -482,6 +502,17 @@ fn linux(
         &[],
     )?;
     let console = m.text(Stream::Console);
+    if sc.kind == Kind::TcgNoShoji {
+        let line = console
+            .lines()
+            .find(|l| l.contains(markers::DATA_DISK))
+            .unwrap_or("no data disk line");
+        rep.check(
+            "guest mounts the ext2 data disk",
+            line.contains(markers::DATA_DISK_OK),
+            line.trim(),
+        );
+    }
     let find = |pat: &str| console.lines().find(|l| l.contains(pat)).map(str::trim);
     // VMX instructions from ring 3.
     let vmx = find(markers::PROBE_VMX).unwrap_or("no probe vmx line");
