@@ -167,20 +167,76 @@ fn compress(raw: Vec<u8>, out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Modules (in load order) that let the guest mount the ext2 data disk on the IDE bus.
-const STORAGE_MODULES: &[&str] = &[
-    "drivers/scsi/scsi_common.ko",
-    "drivers/scsi/scsi_mod.ko",
-    "drivers/ata/libata.ko",
-    "drivers/ata/ata_piix.ko",
-    "drivers/scsi/sd_mod.ko",
-    "lib/crc16.ko",
-    "crypto/crc32c_generic.ko",
-    "lib/libcrc32c.ko",
-    "fs/mbcache.ko",
-    "fs/jbd2/jbd2.ko",
-    "fs/ext4/ext4.ko",
-];
+/// Modules the guest needs to mount the ext2 data disk on the IDE bus; their dependencies
+/// (from each module's `.modinfo`) are added and everything is put in load order.
+const STORAGE_MODULES: &[&str] = &["ata_piix", "sd_mod", "ext4", "crc32c_generic"];
+
+/// Index a module tree: module name (with `_`) to path.
+fn module_index(dir: &Path) -> Result<std::collections::HashMap<String, PathBuf>> {
+    let mut idx = std::collections::HashMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let p = e?.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Some(n) = p.file_name().and_then(|n| n.to_str()) {
+                if let Some(stem) = n.strip_suffix(".ko") {
+                    idx.insert(stem.replace('-', "_"), p.clone());
+                }
+            }
+        }
+    }
+    Ok(idx)
+}
+
+/// The `depends=` list from a module's `.modinfo`.
+fn module_depends(ko: &[u8]) -> Vec<String> {
+    let key = b"depends=";
+    ko.windows(key.len() + 1)
+        .position(|w| w[0] == 0 && &w[1..] == key)
+        .map(|pos| {
+            let rest = &ko[pos + 1 + key.len()..];
+            let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+            String::from_utf8_lossy(&rest[..end])
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(|s| s.replace('-', "_"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Resolve `wanted` modules and their dependencies into load order (dependencies first).
+/// Modules not found are taken as built in.
+fn module_load_order(dir: &Path, wanted: &[&str]) -> Result<Vec<(String, PathBuf)>> {
+    let idx = module_index(dir)?;
+    let mut order: Vec<(String, PathBuf)> = Vec::new();
+    fn visit(
+        name: &str,
+        idx: &std::collections::HashMap<String, PathBuf>,
+        order: &mut Vec<(String, PathBuf)>,
+        depth: usize,
+    ) -> Result<()> {
+        if depth > 32 || order.iter().any(|(n, _)| n == name) {
+            return Ok(());
+        }
+        let Some(path) = idx.get(name) else {
+            return Ok(());
+        };
+        for dep in module_depends(&std::fs::read(path)?) {
+            visit(&dep, idx, order, depth + 1)?;
+        }
+        if !order.iter().any(|(n, _)| n == name) {
+            order.push((name.to_owned(), path.clone()));
+        }
+        Ok(())
+    }
+    for w in wanted {
+        visit(&w.replace('-', "_"), &idx, &mut order, 0)?;
+    }
+    Ok(order)
+}
 
 /// Build the initramfs at `out`. With `storage`, the modules to mount the data disk are added.
 pub fn build_initramfs(kernel: &Kernel, probe: &Path, out: &Path, storage: bool) -> Result<()> {
@@ -224,18 +280,10 @@ pub fn build_initramfs(kernel: &Kernel, probe: &Path, out: &Path, storage: bool)
     if storage {
         c.dir("lib/modules/storage");
         let mut order = String::new();
-        for m in STORAGE_MODULES {
-            let src = kernel.modules.join("kernel").join(m);
-            let Ok(bytes) = std::fs::read(&src) else {
-                continue; // built in, or absent in this flavour
-            };
-            let name = Path::new(m)
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy();
-            c.file(&format!("lib/modules/storage/{name}"), 0o644, &bytes);
-            order.push_str(&name);
-            order.push('\n');
+        for (name, path) in module_load_order(&kernel.modules, STORAGE_MODULES)? {
+            let bytes = std::fs::read(&path)?;
+            c.file(&format!("lib/modules/storage/{name}.ko"), 0o644, &bytes);
+            order.push_str(&format!("{name}.ko\n"));
         }
         c.file("lib/modules/storage/load-order", 0o644, order.as_bytes());
     }
@@ -423,6 +471,14 @@ mod tests {
         let text = String::from_utf8_lossy(&bytes);
         assert!(text.contains("TRAILER!!!"));
         assert!(text.contains("#!/bin/sh"));
+    }
+
+    #[test]
+    fn modinfo_depends_parse() {
+        let ko = b"\x7fELF...\0license=GPL\0depends=scsi_mod,t10-pi\0name=sd_mod\0";
+        assert_eq!(module_depends(ko), vec!["scsi_mod", "t10_pi"]);
+        assert!(module_depends(b"\0depends=\0").is_empty());
+        assert!(module_depends(b"nothing").is_empty());
     }
 
     #[test]
