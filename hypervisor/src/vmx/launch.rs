@@ -547,7 +547,10 @@ fn launch_cpu(setup: &mut Setup, global: &Global, args: &LaunchArgs) -> Result<c
     // Host state: Shoji's own tables, stack and page tables.
     vmwrite(host::CR0, cr0);
     vmwrite(host::CR3, read_cr3());
-    vmwrite(host::CR4, cr4);
+    // The host executes XSETBV on the guest's behalf, which needs CR4.OSXSAVE in host mode even
+    // when the firmware (the guest at launch) has not enabled it.
+    let osxsave = if cpuid(1, 0).ecx & (1 << 26) != 0 { CR4_OSXSAVE } else { 0 };
+    vmwrite(host::CR4, cr4 | osxsave);
     vmwrite(host::CS_SELECTOR, HOST_CS as u64);
     for f in [host::SS_SELECTOR, host::DS_SELECTOR, host::ES_SELECTOR, host::FS_SELECTOR, host::GS_SELECTOR] {
         vmwrite(f, HOST_DS as u64);

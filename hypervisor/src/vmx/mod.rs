@@ -65,6 +65,8 @@ pub const IA32_MTRR_DEF_TYPE: u32 = 0x2ff;
 
 /// CR4.VMXE.
 pub const CR4_VMXE: u64 = 1 << 13;
+/// CR4.OSXSAVE.
+pub const CR4_OSXSAVE: u64 = 1 << 18;
 /// EFER.LME.
 pub const EFER_LME: u64 = 1 << 8;
 /// EFER.LMA.
