@@ -102,7 +102,7 @@ impl Cpio {
     }
 
     fn pad(&mut self) {
-        while self.data.len() % 4 != 0 {
+        while !self.data.len().is_multiple_of(4) {
             self.data.push(0);
         }
     }
@@ -134,7 +134,7 @@ impl Cpio {
     /// Finish the archive and return its bytes.
     pub fn finish(mut self) -> Vec<u8> {
         self.header("TRAILER!!!", 0, 0, (0, 0));
-        while self.data.len() % 512 != 0 {
+        while !self.data.len().is_multiple_of(512) {
             self.data.push(0);
         }
         self.data

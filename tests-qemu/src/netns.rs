@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::util::{cmd, run_capture, run_ok};
+use crate::util::{cmd, run_capture, run_cleanup, run_ok};
 
 /// The guest's address on the test link.
 pub const GUEST_IP: &str = "10.0.2.15";
@@ -27,9 +27,10 @@ pub struct Netns {
 }
 
 impl Netns {
-    /// The namespace name used for a scenario.
+    /// The namespace name used for a scenario: `shoji-<harness pid>-<scenario>`, so that
+    /// several harness runs on one machine never touch each other's namespaces.
     pub fn name_for(scenario: &str) -> String {
-        format!("shoji-{scenario}")
+        format!("shoji-{}-{scenario}", std::process::id())
     }
 
     /// Create namespace `name` (removing a stale one first) with `tap0` up at 10.0.2.2/24.
@@ -70,18 +71,28 @@ impl Drop for Netns {
     }
 }
 
-/// Delete namespace `name` and its tap, ignoring errors (it may not exist).
+/// Delete namespace `name` and its tap, ignoring errors (it may not exist). Runs to the end
+/// even after Ctrl-C (it is the clean-up).
 pub fn remove(name: &str) {
-    let _ = run_capture(&mut cmd("ip", ["-n", name, "link", "del", TAP]), IP_TIMEOUT);
-    let _ = run_capture(&mut cmd("ip", ["netns", "del", name]), IP_TIMEOUT);
+    let _ = run_cleanup(&mut cmd("ip", ["-n", name, "link", "del", TAP]), IP_TIMEOUT);
+    let _ = run_cleanup(&mut cmd("ip", ["netns", "del", name]), IP_TIMEOUT);
 }
 
-/// Delete every namespace this harness creates (`shoji-*`), e.g. after a crash.
+/// The harness process that owns namespace `name` (`shoji-<pid>-...`).
+fn owner_pid(name: &str) -> Option<u32> {
+    name.strip_prefix("shoji-")?.split('-').next()?.parse().ok()
+}
+
+/// Delete the namespaces left by harness runs that are no longer alive (crashed or killed);
+/// those of running harnesses (another engineer's, or a parallel run) are left alone.
 pub fn remove_stale() {
-    if let Ok(out) = run_capture(&mut cmd("ip", ["netns", "list"]), IP_TIMEOUT) {
+    if let Ok(out) = run_cleanup(&mut cmd("ip", ["netns", "list"]), IP_TIMEOUT) {
         for line in out.text.lines() {
-            if let Some(name) = line.split_whitespace().next() {
-                if name.starts_with("shoji-") {
+            let Some(name) = line.split_whitespace().next() else {
+                continue;
+            };
+            if let Some(pid) = owner_pid(name) {
+                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
                     remove(name);
                 }
             }
@@ -183,5 +194,8 @@ mod tests {
         let a = "Sent 3 probes (1 broadcast(s))\nReceived 3 response(s)\n";
         assert_eq!(arping_count(a), 3);
         assert_eq!(ping_count("nothing"), 0);
+        assert_eq!(owner_pid("shoji-1234-bochs-smp"), Some(1234));
+        assert_eq!(owner_pid("shoji-bochs-smp"), None);
+        assert_eq!(owner_pid("other"), None);
     }
 }

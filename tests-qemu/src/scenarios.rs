@@ -64,6 +64,10 @@ pub mod markers {
     /// COM1 strings that end a run at once.
     pub const FATAL: &[&str] = &[
         "Kernel panic",
+        "shoji: configuration error",
+        "shoji: cannot place the hypervisor",
+        "shoji: hypervisor failed to start",
+        "shoji: cannot start ",
         "shoji: panic",
         "shoji-hv: panic",
         "!!!! X64 Exception",
@@ -370,8 +374,7 @@ fn milestone(
     m: &mut Machine,
     rep: &mut Report,
     label: &str,
-    stream: Stream,
-    pat: &str,
+    (stream, pat): (Stream, &str),
     timeout: Duration,
     abort_on: &[&str],
 ) -> Result<String> {
@@ -396,8 +399,7 @@ fn linux(
             m,
             rep,
             "shoji running",
-            Stream::Console,
-            markers::SHOJI_RUNNING,
+            (Stream::Console, markers::SHOJI_RUNNING),
             t(300),
             &[markers::VMX_UNAVAILABLE, markers::FAIL_CLOSED],
         )?;
@@ -409,8 +411,7 @@ fn linux(
             m,
             rep,
             "vmx unavailable",
-            Stream::Console,
-            markers::VMX_UNAVAILABLE,
+            (Stream::Console, markers::VMX_UNAVAILABLE),
             t(300),
             &[markers::FAIL_CLOSED],
         )?;
@@ -420,8 +421,7 @@ fn linux(
             m,
             rep,
             "fail-open",
-            Stream::Console,
-            markers::FAIL_OPEN,
+            (Stream::Console, markers::FAIL_OPEN),
             t(60),
             &[markers::FAIL_CLOSED],
         )?;
@@ -432,8 +432,7 @@ fn linux(
         m,
         rep,
         "kernel loaded (EFI stub)",
-        Stream::Console,
-        markers::EFI_STUB,
+        (Stream::Console, markers::EFI_STUB),
         t(400),
         &[],
     )?;
@@ -442,8 +441,7 @@ fn linux(
         m,
         rep,
         "linux console",
-        Stream::Console,
-        markers::LINUX_VERSION,
+        (Stream::Console, markers::LINUX_VERSION),
         t(400),
         &[],
     )?;
@@ -452,8 +450,7 @@ fn linux(
         m,
         rep,
         "init started",
-        Stream::Console,
-        markers::INIT_STARTED,
+        (Stream::Console, markers::INIT_STARTED),
         t(500),
         &[],
     )?;
@@ -462,8 +459,7 @@ fn linux(
         m,
         rep,
         "probe cpuid",
-        Stream::Console,
-        markers::PROBE_CPUID,
+        (Stream::Console, markers::PROBE_CPUID),
         t(120),
         &[],
     )?;
@@ -482,8 +478,7 @@ fn linux(
         m,
         rep,
         "ready for peer",
-        Stream::Console,
-        markers::READY_FOR_PEER,
+        (Stream::Console, markers::READY_FOR_PEER),
         t(300),
         &[],
     )?;
@@ -496,8 +491,7 @@ fn linux(
         m,
         rep,
         "guest done",
-        Stream::Console,
-        markers::GUEST_DONE,
+        (Stream::Console, markers::GUEST_DONE),
         t(240),
         &[],
     )?;
@@ -642,8 +636,7 @@ fn smp(
         m,
         rep,
         "shoji running",
-        Stream::Console,
-        markers::SHOJI_RUNNING,
+        (Stream::Console, markers::SHOJI_RUNNING),
         t(600),
         &[markers::VMX_UNAVAILABLE, markers::FAIL_CLOSED],
     )?;
@@ -679,8 +672,7 @@ fn fail_closed(
         m,
         rep,
         "vmx unavailable",
-        Stream::Console,
-        markers::VMX_UNAVAILABLE,
+        (Stream::Console, markers::VMX_UNAVAILABLE),
         t(300),
         &[markers::FAIL_OPEN],
     )?;
@@ -690,8 +682,7 @@ fn fail_closed(
         m,
         rep,
         "fail-closed",
-        Stream::Console,
-        markers::FAIL_CLOSED,
+        (Stream::Console, markers::FAIL_CLOSED),
         t(60),
         &[markers::FAIL_OPEN],
     )?;

@@ -62,9 +62,11 @@ pub fn cache_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("tests-qemu").join("cache"))
 }
 
-/// The build output directory: `<root>/build`.
+/// The build output directory: `$SHOJI_BUILD_DIR` or `<root>/build` (images, `e2e/` logs).
 pub fn build_dir() -> PathBuf {
-    workspace_root().join("build")
+    std::env::var_os("SHOJI_BUILD_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("build"))
 }
 
 /// The cargo executable that runs us (or `cargo`).
@@ -117,14 +119,25 @@ impl GroupChild {
         Ok(st)
     }
 
-    /// Wait up to `timeout` for the process to exit by itself.
+    /// Wait up to `timeout` for the process to exit by itself (less after Ctrl-C).
     pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
+        self.wait_bounded(timeout, true)
+    }
+
+    /// Wait up to `timeout`; with `cancellable`, Ctrl-C ends the wait early.
+    pub fn wait_bounded(
+        &mut self,
+        timeout: Duration,
+        cancellable: bool,
+    ) -> Result<Option<ExitStatus>> {
         let start = Instant::now();
         loop {
             if let Some(st) = self.try_wait()? {
                 return Ok(Some(st));
             }
-            if start.elapsed() >= timeout || crate::util::CANCELLED.load(Ordering::SeqCst) {
+            if start.elapsed() >= timeout
+                || (cancellable && crate::util::CANCELLED.load(Ordering::SeqCst))
+            {
                 return Ok(None);
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -172,6 +185,15 @@ pub struct Output {
 /// Run `cmd` with a time limit, capturing stdout and stderr; the process group is killed on
 /// timeout or Ctrl-C.
 pub fn run_capture(cmd: &mut Command, timeout: Duration) -> Result<Output> {
+    capture(cmd, timeout, true)
+}
+
+/// Like [`run_capture`], but runs to the end after Ctrl-C: for clean-up commands.
+pub fn run_cleanup(cmd: &mut Command, timeout: Duration) -> Result<Output> {
+    capture(cmd, timeout, false)
+}
+
+fn capture(cmd: &mut Command, timeout: Duration, cancellable: bool) -> Result<Output> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -188,14 +210,16 @@ pub fn run_capture(cmd: &mut Command, timeout: Duration) -> Result<Output> {
         let _ = err_pipe.read_to_end(&mut s);
         s
     });
-    let status = child.wait_timeout(timeout)?;
+    let status = child.wait_bounded(timeout, cancellable)?;
     let what = child.what().to_owned();
     if status.is_none() {
         child.kill();
     }
     let mut text = String::from_utf8_lossy(&t_out.join().unwrap_or_default()).into_owned();
     text.push_str(&String::from_utf8_lossy(&t_err.join().unwrap_or_default()));
-    check_cancelled()?;
+    if cancellable {
+        check_cancelled()?;
+    }
     match status {
         Some(status) => Ok(Output { status, text }),
         None => Err(anyhow!(
