@@ -294,7 +294,10 @@ fn start_hypervisor(cfg: &Config, p: &Placement) -> Result<usize, HvError> {
         agent_key_set: cfg.agent_key.is_some() as u8,
         agent_key: cfg.agent_key.unwrap_or([0; 32]),
         cpu_count: 1,
+        ram_count: 0,
+        ram: [[0; 2]; shoji_hypervisor::setup::MAX_RAM_RANGES],
     };
+    record_guest_ram(setup).map_err(HvError::NotStarted)?;
     write_canary(region);
     let host_cr3 = {
         let end = setup.arena_end;
@@ -362,6 +365,35 @@ fn start_hypervisor(cfg: &Config, p: &Placement) -> Result<usize, HvError> {
         return Err(HvError::Partial("not every CPU runs under Shoji".into()));
     }
     Ok(cpus)
+}
+
+/// Copy the firmware's RAM ranges into the setup page: the only memory Shoji will ever read or
+/// write on the guest's behalf (never device memory).
+fn record_guest_ram(setup: &mut Setup) -> Result<(), String> {
+    use uefi::mem::memory_map::MemoryMap;
+    let map = boot::memory_map(MemoryType::LOADER_DATA).map_err(|e| alloc::format!("no memory map ({:?})", e.status()))?;
+    for d in map.entries() {
+        let ram = matches!(
+            d.ty,
+            MemoryType::CONVENTIONAL
+                | MemoryType::LOADER_CODE
+                | MemoryType::LOADER_DATA
+                | MemoryType::BOOT_SERVICES_CODE
+                | MemoryType::BOOT_SERVICES_DATA
+                | MemoryType::RUNTIME_SERVICES_CODE
+                | MemoryType::RUNTIME_SERVICES_DATA
+                | MemoryType::ACPI_RECLAIM
+                | MemoryType::ACPI_NON_VOLATILE
+                | MemoryType::PERSISTENT_MEMORY
+        );
+        if ram {
+            let end = d.phys_start.saturating_add(d.page_count.saturating_mul(4096));
+            if !shoji_hypervisor::setup::add_ram_range(&mut setup.ram, &mut setup.ram_count, d.phys_start, end) {
+                return Err("the firmware's memory map has too many RAM ranges".into());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn write_canary(region: u64) {

@@ -23,11 +23,37 @@ pub const LEAF1_ECX_VMX: u32 = 1 << 5;
 /// CPUID.1:ECX bit 31: a hypervisor is present.
 pub const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
 
-/// The guest's view of CPUID leaf `leaf` (sub-leaf `_subleaf`) given the hardware's answer.
-pub fn guest_view(leaf: u32, _subleaf: u32, native: CpuidRegs) -> CpuidRegs {
+/// CPUID.1:ECX bit 27: CR4.OSXSAVE is set.
+pub const LEAF1_ECX_OSXSAVE: u32 = 1 << 27;
+/// CPUID.(7,0):ECX bit 4: CR4.PKE is set.
+pub const LEAF7_ECX_OSPKE: u32 = 1 << 4;
+/// CR4.OSXSAVE.
+const CR4_OSXSAVE: u64 = 1 << 18;
+/// CR4.PKE.
+const CR4_PKE: u64 = 1 << 22;
+
+fn with_bit(value: u32, bit: u32, on: bool) -> u32 {
+    if on {
+        value | bit
+    } else {
+        value & !bit
+    }
+}
+
+/// The guest's view of CPUID leaf `leaf` (sub-leaf `subleaf`) given the hardware's answer and
+/// the guest's own CR4 (the hardware answer reflects Shoji's host CR4 in the OS-enable bits).
+pub fn guest_view(leaf: u32, subleaf: u32, native: CpuidRegs, guest_cr4: u64) -> CpuidRegs {
     match leaf {
         1 => CpuidRegs {
-            ecx: (native.ecx & !LEAF1_ECX_VMX) | LEAF1_ECX_HYPERVISOR,
+            ecx: with_bit(
+                (native.ecx & !LEAF1_ECX_VMX) | LEAF1_ECX_HYPERVISOR,
+                LEAF1_ECX_OSXSAVE,
+                guest_cr4 & CR4_OSXSAVE != 0,
+            ),
+            ..native
+        },
+        7 if subleaf == 0 => CpuidRegs {
+            ecx: with_bit(native.ecx, LEAF7_ECX_OSPKE, guest_cr4 & CR4_PKE != 0),
             ..native
         },
         CPUID_LEAF_SIGNATURE => {
@@ -48,7 +74,7 @@ mod tests {
     #[test]
     fn leaf1_hides_vmx_and_sets_hypervisor_bit() {
         let native = CpuidRegs { eax: 0x50654, ebx: 1, ecx: 0x7ffa_fbff, edx: 0xbfeb_fbff };
-        let g = guest_view(1, 0, native);
+        let g = guest_view(1, 0, native, CR4_OSXSAVE);
         assert_eq!(g.ecx & LEAF1_ECX_VMX, 0);
         assert_ne!(g.ecx & LEAF1_ECX_HYPERVISOR, 0);
         assert_eq!(g.ecx | LEAF1_ECX_VMX, native.ecx | LEAF1_ECX_HYPERVISOR);
@@ -56,18 +82,30 @@ mod tests {
     }
 
     #[test]
+    fn os_enable_bits_follow_the_guest_cr4() {
+        let native = CpuidRegs { eax: 0, ebx: 0, ecx: LEAF1_ECX_OSXSAVE | (1 << 26), edx: 0 };
+        assert_eq!(guest_view(1, 0, native, 0).ecx & LEAF1_ECX_OSXSAVE, 0);
+        assert_ne!(guest_view(1, 0, native, CR4_OSXSAVE).ecx & LEAF1_ECX_OSXSAVE, 0);
+        let n7 = CpuidRegs { eax: 0, ebx: 0, ecx: LEAF7_ECX_OSPKE | 8, edx: 0 };
+        assert_eq!(guest_view(7, 0, n7, 0).ecx, 8);
+        assert_eq!(guest_view(7, 0, n7, CR4_PKE).ecx, 8 | LEAF7_ECX_OSPKE);
+        let no_osxsave = CpuidRegs { ecx: 1 << 26, ..n7 };
+        assert_ne!(guest_view(1, 0, no_osxsave, CR4_OSXSAVE).ecx & LEAF1_ECX_OSXSAVE, 0);
+    }
+
+    #[test]
     fn signature_and_version_leaves() {
         let native = CpuidRegs { eax: 7, ebx: 8, ecx: 9, edx: 10 };
-        let s = guest_view(0x4000_0000, 0, native);
+        let s = guest_view(0x4000_0000, 0, native, 0);
         let mut bytes = [0u8; 12];
         bytes[..4].copy_from_slice(&s.ebx.to_le_bytes());
         bytes[4..8].copy_from_slice(&s.ecx.to_le_bytes());
         bytes[8..].copy_from_slice(&s.edx.to_le_bytes());
         assert_eq!(&bytes, b"ShojiShojiHV");
         assert_eq!(s.eax, 0x4000_0001);
-        assert_eq!(guest_view(0x4000_0001, 0, native).eax, ABI_VERSION);
-        assert_eq!(guest_view(0x4000_0010, 0, native), CpuidRegs::default());
-        assert_eq!(guest_view(0, 0, native), native);
-        assert_eq!(guest_view(0x8000_0001, 0, native), native);
+        assert_eq!(guest_view(0x4000_0001, 0, native, 0).eax, ABI_VERSION);
+        assert_eq!(guest_view(0x4000_0010, 0, native, 0), CpuidRegs::default());
+        assert_eq!(guest_view(0, 0, native, 0), native);
+        assert_eq!(guest_view(0x8000_0001, 0, native, 0), native);
     }
 }

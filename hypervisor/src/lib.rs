@@ -9,6 +9,7 @@ pub mod ept;
 pub mod mtrr;
 pub mod counters;
 pub mod cpuid;
+pub mod guest;
 pub mod msr;
 pub mod arena;
 pub mod log;

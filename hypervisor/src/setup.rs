@@ -52,4 +52,60 @@ pub struct Setup {
     pub agent_key: [u8; 32],
     /// Number of CPUs the boot application will virtualize.
     pub cpu_count: u32,
+    /// Number of valid entries in `ram`.
+    pub ram_count: u32,
+    /// Guest RAM as `[start, end)` ranges from the firmware's memory map (sorted, merged): the
+    /// only memory Shoji reads or writes on the guest's behalf.
+    pub ram: [[u64; 2]; MAX_RAM_RANGES],
+}
+
+/// Capacity of the RAM range table.
+pub const MAX_RAM_RANGES: usize = 64;
+
+/// Merge `[start, end)` into the sorted range table, returning false when the table is full.
+pub fn add_ram_range(ram: &mut [[u64; 2]; MAX_RAM_RANGES], count: &mut u32, start: u64, end: u64) -> bool {
+    if start >= end {
+        return true;
+    }
+    let n = (*count as usize).min(MAX_RAM_RANGES);
+    // Extend an adjacent or overlapping range.
+    for r in ram[..n].iter_mut() {
+        if start <= r[1] && end >= r[0] {
+            r[0] = r[0].min(start);
+            r[1] = r[1].max(end);
+            return true;
+        }
+    }
+    if n == MAX_RAM_RANGES {
+        return false;
+    }
+    let pos = ram[..n].iter().position(|r| r[0] > start).unwrap_or(n);
+    ram.copy_within(pos..n, pos + 1);
+    ram[pos] = [start, end];
+    *count += 1;
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_merge_and_sort() {
+        let mut ram = [[0u64; 2]; MAX_RAM_RANGES];
+        let mut n = 0;
+        assert!(add_ram_range(&mut ram, &mut n, 0x10_0000, 0x20_0000));
+        assert!(add_ram_range(&mut ram, &mut n, 0, 0xa_0000));
+        assert!(add_ram_range(&mut ram, &mut n, 0x20_0000, 0x30_0000));
+        assert!(add_ram_range(&mut ram, &mut n, 5, 5));
+        assert_eq!(n, 2);
+        assert_eq!(ram[0], [0, 0xa_0000]);
+        assert_eq!(ram[1], [0x10_0000, 0x30_0000]);
+        let mut full = [[0u64; 2]; MAX_RAM_RANGES];
+        let mut m = 0;
+        for i in 0..MAX_RAM_RANGES as u64 {
+            assert!(add_ram_range(&mut full, &mut m, i * 0x10000, i * 0x10000 + 0x1000));
+        }
+        assert!(!add_ram_range(&mut full, &mut m, 0x1000_0000, 0x1000_1000));
+    }
 }

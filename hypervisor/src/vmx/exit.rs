@@ -196,7 +196,7 @@ extern "sysv64" fn shoji_handle_exit(frame: &mut ExitFrame) {
         reason::CPUID => {
             let leaf = regs.rax as u32;
             let subleaf = regs.rcx as u32;
-            let v = guest_view(leaf, subleaf, cpuid(leaf, subleaf));
+            let v = guest_view(leaf, subleaf, cpuid(leaf, subleaf), vmread(guest::CR4));
             set_cpuid(regs, v);
             advance_rip();
         }
