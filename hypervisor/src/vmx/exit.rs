@@ -261,7 +261,11 @@ fn set_cpuid(regs: &mut GuestRegs, v: CpuidRegs) {
 
 /// Skip the instruction that caused the exit.
 pub fn advance_rip() {
-    let len = vmread(ro::VMEXIT_INSTRUCTION_LEN);
+    advance_rip_by(vmread(ro::VMEXIT_INSTRUCTION_LEN));
+}
+
+/// Skip `len` bytes of instruction (for exits whose instruction length the CPU does not report).
+pub fn advance_rip_by(len: u64) {
     vmwrite(guest::RIP, vmread(guest::RIP).wrapping_add(len));
     // Executing an instruction ends blocking by STI / MOV SS.
     let intr = vmread(guest::INTERRUPTIBILITY_STATE);
@@ -441,6 +445,8 @@ static EPT_LOG: RateLimiter = RateLimiter::new(16);
 fn ept_violation(vcpu: &mut Vcpu, regs: &mut GuestRegs) {
     let gpa = vmread(ro::GUEST_PHYSICAL_ADDR_FULL);
     let q = vmread(ro::EXIT_QUALIFICATION);
+    // Device pages Shoji mediates are completed by emulating the access (each device module
+    // checks whether the address is its own).
     if let Some(n) = EPT_LOG.allow() {
         crate::hv_line!(
             "cpu {}: guest access to {:#x} (qualification {:#x}) at rip {:#x} refused with #GP (event #{})",

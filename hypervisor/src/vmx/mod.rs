@@ -4,6 +4,7 @@
 pub mod exit;
 pub mod host;
 pub mod launch;
+pub mod mmio;
 pub mod vmcall;
 
 use core::arch::asm;
