@@ -219,6 +219,14 @@ extern "sysv64" fn shoji_handle_exit(frame: &mut ExitFrame) {
         reason::WRMSR => {
             let m = regs.rcx as u32;
             let v = (regs.rdx << 32) | (regs.rax & 0xffff_ffff);
+            if m == super::apic::X2APIC_ICR {
+                if !super::apic::x2apic_icr_write(vcpu, v) {
+                    // SAFETY: the guest's own ICR write, performed unchanged.
+                    unsafe { wrmsr(m, v) };
+                }
+                advance_rip();
+                return finish_exit();
+            }
             match msr::write(m, v) {
                 MsrAnswer::Done => advance_rip(),
                 _ => guest_fault(vcpu, regs, reason, VECTOR_GP, Some(0)),
@@ -243,6 +251,11 @@ extern "sysv64" fn shoji_handle_exit(frame: &mut ExitFrame) {
         }
         _ => fatal(vcpu, regs, "unexpected VM exit"),
     }
+    finish_exit();
+}
+
+/// Work done before every VM entry: re-inject an NMI that arrived in host mode.
+fn finish_exit() {
     if super::host::NMI_PENDING.swap(false, core::sync::atomic::Ordering::AcqRel) {
         if vmread(control::VMENTRY_INTERRUPTION_INFO_FIELD) & (1 << 31) == 0 {
             inject(2, 2, None);
@@ -447,6 +460,19 @@ fn ept_violation(vcpu: &mut Vcpu, regs: &mut GuestRegs) {
     let q = vmread(ro::EXIT_QUALIFICATION);
     // Device pages Shoji mediates are completed by emulating the access (each device module
     // checks whether the address is its own).
+    let apic_page = super::apic::TRAPPED_PAGE.load(core::sync::atomic::Ordering::Acquire);
+    if apic_page != 0 && gpa & !0xfff == apic_page {
+        super::mmio::emulate(regs, gpa, |is_write, width, value| {
+            if is_write {
+                super::apic::xapic_write(vcpu, gpa & 0xfff, width, value);
+                0
+            } else {
+                // SAFETY: reading a local APIC register of this CPU, as the guest asked.
+                unsafe { core::ptr::read_volatile(gpa as *const u32) as u64 }
+            }
+        });
+        return;
+    }
     if let Some(n) = EPT_LOG.allow() {
         crate::hv_line!(
             "cpu {}: guest access to {:#x} (qualification {:#x}) at rip {:#x} refused with #GP (event #{})",
@@ -473,6 +499,12 @@ fn triple_fault(vcpu: &mut Vcpu, regs: &mut GuestRegs) {
 }
 
 fn init_signal(vcpu: &mut Vcpu, regs: &mut GuestRegs) {
+    if super::apic::MEDIATING.load(core::sync::atomic::Ordering::Acquire) {
+        crate::hv_line!("cpu {}: INIT: held in Shoji until a SIPI", vcpu.index);
+        let vector = super::apic::wait_for_sipi(vcpu);
+        start_at_sipi(vcpu, regs, vector as u64);
+        return;
+    }
     if !vcpu.wait_for_sipi {
         dump(vcpu, regs, "INIT received but wait-for-SIPI is unsupported: holding this CPU");
         halt_forever();
@@ -483,6 +515,11 @@ fn init_signal(vcpu: &mut Vcpu, regs: &mut GuestRegs) {
 
 fn sipi(vcpu: &mut Vcpu, regs: &mut GuestRegs) {
     let vector = vmread(ro::EXIT_QUALIFICATION) & 0xff;
+    start_at_sipi(vcpu, regs, vector);
+}
+
+/// Put the CPU in the architectural post-SIPI state: real mode at `vector` << 12.
+fn start_at_sipi(vcpu: &mut Vcpu, regs: &mut GuestRegs, vector: u64) {
     crate::hv_line!("cpu {}: SIPI vector {:#x}: starting at {:#x}", vcpu.index, vector, vector << 12);
     *regs = GuestRegs::default();
     regs.rdx = cpuid(1, 0).eax as u64;

@@ -297,7 +297,19 @@ fn init_global(setup: &mut Setup, setup_phys: u64) -> Result<(), u64> {
     }
     let msr_bitmap = arena.alloc_pages(1).ok_or(error::OUT_OF_MEMORY)?;
     // SAFETY: fresh 4 KiB page.
-    crate::msr::fill_bitmap(unsafe { &mut *(msr_bitmap as *mut [u8; 4096]) });
+    let bitmap = unsafe { &mut *(msr_bitmap as *mut [u8; 4096]) };
+    crate::msr::fill_bitmap(bitmap);
+    if setup.cpu_count > 1 {
+        // Mediate start-up IPIs (see `apic`): trap writes to the xAPIC page and the x2APIC ICR.
+        let apic_base = rdmsr(super::apic::IA32_APIC_BASE) & 0x000f_ffff_ffff_f000;
+        ept.map_page(&mut arena, apic_base, apic_base, ept::READ, crate::mtrr::UC)
+            .map_err(|_| error::OUT_OF_MEMORY)?;
+        super::apic::TRAPPED_PAGE.store(apic_base, core::sync::atomic::Ordering::Release);
+        let icr = super::apic::X2APIC_ICR;
+        bitmap[0x800 + (icr / 8) as usize] |= 1 << (icr % 8);
+        super::apic::MEDIATING.store(true, core::sync::atomic::Ordering::Release);
+        crate::hv_line!("{} CPUs: start-up IPIs mediated (xAPIC page {:#x} write-trapped, x2APIC ICR intercepted)", setup.cpu_count, apic_base);
+    }
     let io_bitmap_a = arena.alloc_pages(1).ok_or(error::OUT_OF_MEMORY)?;
     let io_bitmap_b = arena.alloc_pages(1).ok_or(error::OUT_OF_MEMORY)?;
     if setup.log_port != 0 {
@@ -627,6 +639,7 @@ fn launch_cpu(setup: &mut Setup, global: &Global, args: &LaunchArgs) -> Result<c
     vmwrite(guest::ACTIVITY_STATE, 0);
     vmwrite(guest::PENDING_DBG_EXCEPTIONS, 0);
 
+    super::apic::STARTUP[cpu].apic_id.store(super::apic::current_apic_id(), core::sync::atomic::Ordering::Release);
     *VCPUS[cpu].lock() = Some(vcpu_addr);
     crate::hv_line!(
         "cpu {}: launching guest at rip {:#x} (controls pin {:#x} proc {:#x} proc2 {:#x} exit {:#x} entry {:#x}, vpid {})",

@@ -1,6 +1,7 @@
 //! The VMX layer: the only part of Shoji that executes VMX instructions, reads MSRs and control
 //! registers, and runs as host code at VM exits.
 
+pub mod apic;
 pub mod exit;
 pub mod host;
 pub mod launch;

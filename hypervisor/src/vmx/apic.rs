@@ -1,0 +1,180 @@
+//! Start-up IPIs for virtualized application processors.
+//!
+//! An INIT sent to a CPU in VMX non-root mode causes a VM exit, and the architectural answer is
+//! to park the CPU in the wait-for-SIPI activity state. Not every platform delivers SIPIs to a
+//! parked guest (Bochs does not; nested hypervisors under KVM cannot), so Shoji mediates the
+//! start-up protocol itself: when more than one CPU runs under Shoji, the guest's writes to the
+//! local APIC's interrupt command register (the xAPIC page, or the x2APIC ICR MSR) exit. INITs go
+//! to the hardware as usual; the target AP takes its INIT exit and waits in Shoji's host mode,
+//! where INIT is blocked and the guest can never run it natively. A SIPI aimed at a waiting AP
+//! is delivered by Shoji: the AP leaves the host loop and enters real mode at the SIPI vector.
+//! Every other APIC write is performed unchanged.
+
+use super::launch::{Vcpu, MAX_CPUS, VCPUS};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+/// IA32_APIC_BASE.
+pub const IA32_APIC_BASE: u32 = 0x1b;
+/// The x2APIC interrupt command register MSR.
+pub const X2APIC_ICR: u32 = 0x830;
+const ICR_LOW: u64 = 0x300;
+const ICR_HIGH: u64 = 0x310;
+const MODE_SIPI: u64 = 6;
+
+/// Physical page of the xAPIC registers Shoji traps (0 = not trapped).
+pub static TRAPPED_PAGE: AtomicU64 = AtomicU64::new(0);
+/// Whether start-up IPIs are mediated (more than one CPU under Shoji).
+pub static MEDIATING: AtomicBool = AtomicBool::new(false);
+
+/// Per-CPU start-up state.
+pub struct StartupState {
+    /// The CPU's APIC id.
+    pub apic_id: AtomicU32,
+    /// Set while the CPU waits in host mode after an INIT.
+    pub waiting: AtomicBool,
+    /// A delivered SIPI vector plus one (0 = none).
+    pub sipi: AtomicU32,
+}
+
+impl StartupState {
+    /// Not waiting, no SIPI.
+    pub const fn new() -> Self {
+        StartupState { apic_id: AtomicU32::new(u32::MAX), waiting: AtomicBool::new(false), sipi: AtomicU32::new(0) }
+    }
+}
+
+impl Default for StartupState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Start-up state by CPU index.
+pub static STARTUP: [StartupState; MAX_CPUS] = [const { StartupState::new() }; MAX_CPUS];
+
+/// This CPU's APIC id (x2APIC id from CPUID leaf 0xB when present, else the initial xAPIC id).
+pub fn current_apic_id() -> u32 {
+    if super::cpuid(0, 0).eax >= 0xb {
+        let r = super::cpuid(0xb, 0);
+        if r.ebx != 0 {
+            return r.edx;
+        }
+    }
+    super::cpuid(1, 0).ebx >> 24
+}
+
+/// Which CPUs an ICR value addresses: (shorthand, destination APIC id).
+fn targets(icr_low: u64, dest: u32, sender: u32) -> impl Iterator<Item = usize> {
+    let shorthand = (icr_low >> 18) & 3;
+    (0..MAX_CPUS).filter(move |&i| {
+        let id = STARTUP[i].apic_id.load(Ordering::Acquire);
+        id != u32::MAX
+            && match shorthand {
+                0 => id == dest || dest == 0xff || dest == u32::MAX,
+                1 => id == sender,
+                2 => true,
+                _ => id != sender,
+            }
+    })
+}
+
+/// Whether every CPU the boot application announced runs under Shoji: from then on no SIPI
+/// reaches the hardware, so no CPU can ever be started outside Shoji.
+fn sealed() -> bool {
+    let expected = super::launch::setup().map(|s| s.cpu_count as usize).unwrap_or(1);
+    VCPUS.iter().filter(|v| v.lock().is_some()).count() >= expected
+}
+
+/// Handle a write of `icr_low` (with destination `dest`) by the CPU `sender_apic`. Returns true
+/// when Shoji consumed the write, false when it must go to the hardware.
+fn mediate_icr(icr_low: u64, dest: u32, sender_apic: u32) -> bool {
+    let mode = (icr_low >> 8) & 7;
+    if mode != MODE_SIPI {
+        return false;
+    }
+    for i in targets(icr_low, dest, sender_apic) {
+        let s = &STARTUP[i];
+        // A SIPI to a virtualized CPU that is not waiting is ignored, as hardware ignores a SIPI
+        // outside the wait-for-SIPI state.
+        if s.waiting.load(Ordering::Acquire) {
+            s.sipi.store(((icr_low & 0xff) as u32) + 1, Ordering::Release);
+        }
+    }
+    // While the boot application is still starting CPUs, SIPIs for them go to the hardware
+    // (CPUs already under Shoji ignore a hardware SIPI). Afterwards none does.
+    sealed()
+}
+
+/// A guest write to the trapped xAPIC page at `offset` (`width` bytes, `value`).
+pub fn xapic_write(vcpu: &Vcpu, offset: u64, width: u8, value: u64) {
+    let page = TRAPPED_PAGE.load(Ordering::Acquire);
+    if offset == ICR_LOW {
+        // SAFETY: the xAPIC page is identity mapped MMIO; reading ICR high has no side effects.
+        let dest = unsafe { core::ptr::read_volatile((page + ICR_HIGH) as *const u32) } >> 24;
+        let sender = STARTUP[vcpu.index as usize % MAX_CPUS].apic_id.load(Ordering::Acquire);
+        if mediate_icr(value, dest, sender) {
+            return;
+        }
+    }
+    let addr = page + (offset & 0xfff);
+    // SAFETY: the guest's own write to its local APIC, performed unchanged at the same width on
+    // the same register.
+    unsafe {
+        match width {
+            1 => core::ptr::write_volatile(addr as *mut u8, value as u8),
+            2 => core::ptr::write_volatile(addr as *mut u16, value as u16),
+            8 => core::ptr::write_volatile(addr as *mut u64, value),
+            _ => core::ptr::write_volatile(addr as *mut u32, value as u32),
+        }
+    }
+}
+
+/// A guest WRMSR to the x2APIC ICR: true when Shoji consumed it.
+pub fn x2apic_icr_write(vcpu: &Vcpu, value: u64) -> bool {
+    let sender = STARTUP[vcpu.index as usize % MAX_CPUS].apic_id.load(Ordering::Acquire);
+    mediate_icr(value & 0xffff_ffff, (value >> 32) as u32, sender)
+}
+
+/// After an INIT exit: wait in host mode until Shoji delivers a SIPI; returns its vector.
+pub fn wait_for_sipi(vcpu: &Vcpu) -> u8 {
+    let s = &STARTUP[vcpu.index as usize % MAX_CPUS];
+    s.sipi.store(0, Ordering::Release);
+    s.waiting.store(true, Ordering::Release);
+    let v = loop {
+        let v = s.sipi.swap(0, Ordering::AcqRel);
+        if v != 0 {
+            break v - 1;
+        }
+        core::hint::spin_loop();
+    };
+    s.waiting.store(false, Ordering::Release);
+    v as u8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MODE_INIT: u64 = 5;
+
+    #[test]
+    fn shorthands_select_targets() {
+        STARTUP[60].apic_id.store(7, Ordering::Release);
+        STARTUP[61].apic_id.store(9, Ordering::Release);
+        let sel = |low: u64, dest: u32, sender: u32| targets(low, dest, sender).filter(|i| *i >= 60).collect::<heapless::Vec<usize, 4>>();
+        assert_eq!(sel(0, 9, 7).as_slice(), &[61]);
+        assert_eq!(sel(1 << 18, 0, 7).as_slice(), &[60]);
+        assert_eq!(sel(2 << 18, 0, 7).as_slice(), &[60, 61]);
+        assert_eq!(sel(3 << 18, 0, 7).as_slice(), &[61]);
+        // Only SIPIs are mediated; INIT and fixed interrupts go to the hardware.
+        assert!(!mediate_icr(MODE_INIT << 8, 9, 7));
+        assert!(!mediate_icr(0x30, 9, 7));
+        // A SIPI reaches a waiting CPU's slot.
+        STARTUP[61].waiting.store(true, Ordering::Release);
+        let _ = mediate_icr((MODE_SIPI << 8) | 0x87, 9, 7);
+        assert_eq!(STARTUP[61].sipi.swap(0, Ordering::AcqRel), 0x88);
+        STARTUP[61].waiting.store(false, Ordering::Release);
+        STARTUP[60].apic_id.store(u32::MAX, Ordering::Release);
+        STARTUP[61].apic_id.store(u32::MAX, Ordering::Release);
+    }
+}
