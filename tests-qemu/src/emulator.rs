@@ -122,6 +122,8 @@ pub struct Machine {
     locks: Vec<PathBuf>,
     /// Strings that end the run at once when they appear on the console.
     pub fatal: Vec<String>,
+    /// Console lines to time without waiting for them: (label, pattern, first seen).
+    watches: Vec<(String, String, Option<Duration>)>,
 }
 
 fn lock_of(img: &Path) -> PathBuf {
@@ -273,6 +275,7 @@ impl Machine {
             shoji_log,
             locks,
             fatal: Vec::new(),
+            watches: Vec::new(),
         })
     }
 
@@ -294,6 +297,29 @@ impl Machine {
             .map(str::to_owned)
     }
 
+    /// Record when a console line containing `pat` first appears, without waiting for it
+    /// (checked whenever the harness polls the logs).
+    pub fn watch(&mut self, label: &str, pat: &str) {
+        self.watches.push((label.to_owned(), pat.to_owned(), None));
+    }
+
+    /// The watched lines seen so far, with their times since power-on.
+    pub fn watched(&self) -> Vec<(String, Duration)> {
+        self.watches
+            .iter()
+            .filter_map(|(l, _, t)| t.map(|t| (l.clone(), t)))
+            .collect()
+    }
+
+    fn poll_watches(&mut self, console: &str) {
+        let now = self.elapsed();
+        for (_, pat, seen) in self.watches.iter_mut().filter(|w| w.2.is_none()) {
+            if console.contains(pat.as_str()) {
+                *seen = Some(now);
+            }
+        }
+    }
+
     /// Time since power-on.
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
@@ -311,10 +337,11 @@ impl Machine {
     ) -> Result<(String, Duration)> {
         let start = Instant::now();
         loop {
+            let console = self.text(Stream::Console);
+            self.poll_watches(&console);
             if let Some(line) = self.find_line(stream, pat) {
                 return Ok((line, self.elapsed()));
             }
-            let console = self.text(Stream::Console);
             for bad in self
                 .fatal
                 .iter()

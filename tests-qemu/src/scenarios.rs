@@ -256,10 +256,17 @@ impl Report {
 }
 
 /// Kernel command line for the guest (`initrd=` is added per boot path).
+///
+/// `SHOJI_CMDLINE_EXTRA` appends options (for experiments such as `quiet`).
 pub fn kernel_cmdline() -> String {
-    "console=ttyS0,115200 panic=0 nokaslr mitigations=off tsc=reliable no_timer_check \
-     random.trust_cpu=on shojitest=full"
-        .to_owned()
+    let mut c = "console=ttyS0,115200 panic=0 nokaslr mitigations=off tsc=reliable \
+                 no_timer_check random.trust_cpu=on shojitest=full"
+        .to_owned();
+    if let Ok(extra) = std::env::var("SHOJI_CMDLINE_EXTRA") {
+        c.push(' ');
+        c.push_str(&extra);
+    }
+    c
 }
 
 /// Inputs a scenario needs.
@@ -357,12 +364,15 @@ fn run_inner(sc: &Scenario, inputs: &Inputs<'_>, rep: &mut Report) -> Result<()>
     log(sc, &format!("power on ({})", rep.backend.name()));
     let mut m = Machine::start(&spec, &ns)?;
     m.fatal = markers::FATAL.iter().map(|s| s.to_string()).collect();
+    m.watch("linux console", markers::LINUX_VERSION);
     let result = match sc.kind {
         Kind::Smp => smp(sc, &mut m, rep, &t),
         Kind::TcgFailClosed => fail_closed(sc, &mut m, rep, &t),
         _ => linux(sc, &mut m, &ns, rep, &t),
     };
     m.stop(Duration::from_secs(3));
+    rep.times.extend(m.watched());
+    rep.times.sort_by_key(|(_, t)| *t);
     collect_highlights(&m, rep);
     let _ = std::fs::write(dir.join("elapsed.txt"), format!("{:?}\n", rep.times));
     result
@@ -433,15 +443,6 @@ fn linux(
         rep,
         "kernel loaded (EFI stub)",
         (Stream::Console, markers::EFI_STUB),
-        t(400),
-        &[],
-    )?;
-    milestone(
-        sc,
-        m,
-        rep,
-        "linux console",
-        (Stream::Console, markers::LINUX_VERSION),
         t(400),
         &[],
     )?;
@@ -709,8 +710,10 @@ fn collect_highlights(m: &Machine, rep: &mut Report) {
             rep.highlights.push(l.to_owned());
         }
     }
-    for l in m.text(Stream::ShojiLog).lines().take(200) {
-        if l.contains("shoji-hv:") {
+    let hv = m.text(Stream::ShojiLog);
+    let hv: Vec<&str> = hv.lines().filter(|l| l.contains("shoji-hv:")).collect();
+    for (i, l) in hv.iter().enumerate() {
+        if i < 12 || l.contains(markers::HV_EXITS) {
             rep.highlights.push(l.trim().to_owned());
         }
     }
