@@ -364,6 +364,7 @@ fn run_inner(sc: &Scenario, inputs: &Inputs<'_>, rep: &mut Report) -> Result<()>
     log(sc, &format!("power on ({})", rep.backend.name()));
     let mut m = Machine::start(&spec, &ns)?;
     m.fatal = markers::FATAL.iter().map(|s| s.to_string()).collect();
+    m.watch("kernel loaded (EFI stub)", markers::EFI_STUB);
     m.watch("linux console", markers::LINUX_VERSION);
     let result = match sc.kind {
         Kind::Smp => smp(sc, &mut m, rep, &t),
@@ -441,18 +442,9 @@ fn linux(
         sc,
         m,
         rep,
-        "kernel loaded (EFI stub)",
-        (Stream::Console, markers::EFI_STUB),
-        t(400),
-        &[],
-    )?;
-    milestone(
-        sc,
-        m,
-        rep,
         "init started",
         (Stream::Console, markers::INIT_STARTED),
-        t(500),
+        t(800),
         &[],
     )?;
     let cpuid = milestone(
