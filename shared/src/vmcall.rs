@@ -52,9 +52,13 @@ pub enum Function {
     Version = 0,
     /// Log Shoji's exit counters to Shoji's own log. Unprivileged, rate-limited, returns nothing.
     LogCounters = 1,
-    /// Who is calling: fills the caller's buffer with its identity. Unprivileged.
+    /// Who is calling: `RBX` = buffer, `RCX` = its length (at least [`WHOAMI_LEN`]); fills it
+    /// with the caller's identity ([`whoami`] layout). Returns `RBX` = bytes written, `RCX` =
+    /// [`ProfileState`]; [`Status::NoProfile`] before any profile was pushed. Unprivileged.
     WhoAmI = 2,
-    /// Push a kernel profile. Agent only.
+    /// Push a kernel profile: `RBX` = request, `RCX` = [`PUSH_PROFILE_LEN`] (the agent key, then
+    /// the encoded profile). Returns `RCX` = [`ProfileState`]. Agent only; on any refusal the
+    /// active profile is unchanged.
     PushProfile = 3,
     /// Register a container. Agent only.
     RegisterContainer = 4,
@@ -179,6 +183,35 @@ pub const AGENT_KEY_LEN: usize = 32;
 
 /// Largest guest buffer a single call may name (bytes); longer requests get [`Status::BadBuffer`].
 pub const MAX_BUFFER_LEN: usize = 64 * 1024;
+
+/// Length of the [`Function::PushProfile`] request: the agent key, then the encoded profile.
+pub const PUSH_PROFILE_LEN: usize = AGENT_KEY_LEN + crate::profile::ENCODED_LEN;
+
+/// The state of Shoji's kernel profile, returned in `RCX` by [`Function::WhoAmI`] and
+/// [`Function::PushProfile`] on success. (Without a profile, WhoAmI returns
+/// [`Status::NoProfile`].)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u64)]
+pub enum ProfileState {
+    /// No profile has been pushed.
+    None = 0,
+    /// A profile is active and its BTF fingerprint matched the guest's BTF in memory.
+    Verified = 1,
+    /// A profile is active but named no BTF address, so its fingerprint was not checked.
+    Unverified = 2,
+}
+
+impl ProfileState {
+    /// Decode a state value.
+    pub fn from_u64(v: u64) -> Option<ProfileState> {
+        Some(match v {
+            0 => ProfileState::None,
+            1 => ProfileState::Verified,
+            2 => ProfileState::Unverified,
+            _ => return None,
+        })
+    }
+}
 
 /// Length of the [`Function::WhoAmI`] reply.
 pub const WHOAMI_LEN: usize = 104;

@@ -4,3 +4,4 @@
 
 pub mod btfprofile;
 pub mod vmcall;
+pub mod whoami;

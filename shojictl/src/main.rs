@@ -4,8 +4,30 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use shoji_shared::profile::{FieldId, KernelProfile, Op};
+use shoji_shared::vmcall::{
+    Function, ProfileState, Status, AGENT_KEY_LEN, PUSH_PROFILE_LEN, WHOAMI_LEN,
+};
 use shojictl::btfprofile::{build, describe, BuildOptions, Symbols};
-use shojictl::vmcall::{detect, Presence};
+use shojictl::vmcall::{detect, vmcall, Presence};
+use shojictl::whoami::{
+    compare, map_up, ns_inode, render, stat_starttime, status_list, KernelSays,
+};
+
+/// Shift the last step of the network-namespace program (a test of Shoji's checks).
+fn corrupt(p: &mut KernelProfile) {
+    let i = FieldId::ALL
+        .iter()
+        .position(|f| *f == FieldId::NetNsId)
+        .unwrap_or(0);
+    let prog = &mut p.fields[i];
+    let n = prog.len as usize;
+    if let Some(s) = prog.steps.get_mut(n.wrapping_sub(1)) {
+        if s.op == Op::Value {
+            s.off += 8;
+        }
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -39,7 +61,260 @@ enum Cmd {
         /// Write the binary encoding here.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Push the profile to Shoji (needs the agent key and root in the initial namespaces).
+        #[arg(long)]
+        push: bool,
+        /// The agent key file: 64 hex digits, provisioned by the operator, readable only by root.
+        #[arg(long, default_value = "/etc/shoji/agent.key")]
+        key_file: PathBuf,
+        /// Testing only: corrupt the network-namespace field's offset (a wrong profile).
+        #[arg(long, hide = true)]
+        corrupt_offsets: bool,
+        /// Use a profile written earlier with `--out` instead of building one.
+        #[arg(long)]
+        from: Option<PathBuf>,
     },
+    /// Ask Shoji who is calling and compare every field with what the kernel says.
+    Whoami {
+        /// Testing only: hand Shoji this buffer address instead of a real buffer (to check that
+        /// a buffer the caller cannot write is refused).
+        #[arg(long, hide = true, value_parser = parse_addr)]
+        buffer_addr: Option<u64>,
+    },
+}
+
+fn parse_addr(s: &str) -> Result<u64, String> {
+    let t = s.trim_start_matches("0x");
+    u64::from_str_radix(t, 16).map_err(|e| e.to_string())
+}
+
+/// Say plainly that Shoji is absent (and why) and return the failure exit code.
+fn require_shoji() -> Result<(), ExitCode> {
+    match detect() {
+        Presence::Shoji { .. } => Ok(()),
+        Presence::Absent { other } => {
+            match other {
+                Some(sig) => eprintln!(
+                    "shojictl: Shoji is absent: another hypervisor answers ({:?})",
+                    String::from_utf8_lossy(&sig)
+                ),
+                None => eprintln!("shojictl: Shoji is absent: no hypervisor detected"),
+            }
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn read_key(path: &std::path::Path) -> Result<[u8; AGENT_KEY_LEN], String> {
+    use std::os::unix::fs::PermissionsExt;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the agent key {}: {e}", path.display()))?;
+    if let Ok(m) = std::fs::metadata(path) {
+        if m.permissions().mode() & 0o077 != 0 {
+            eprintln!(
+                "shojictl: warning: {} is readable by others than its owner (chmod 600)",
+                path.display()
+            );
+        }
+    }
+    let hex = text.trim();
+    if hex.len() != 2 * AGENT_KEY_LEN {
+        return Err(format!(
+            "{}: the agent key must be {} hex digits",
+            path.display(),
+            2 * AGENT_KEY_LEN
+        ));
+    }
+    let mut key = [0u8; AGENT_KEY_LEN];
+    for (i, k) in key.iter_mut().enumerate() {
+        *k = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+            .map_err(|_| format!("{}: the agent key is not hex", path.display()))?;
+    }
+    Ok(key)
+}
+
+fn load_profile(path: &std::path::Path) -> Result<KernelProfile, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    KernelProfile::decode(&bytes)
+        .map_err(|e| format!("{}: not a valid profile: {e:?}", path.display()))
+}
+
+/// Build the profile from BTF and kallsyms and print it.
+fn build_profile(
+    btf: &std::path::Path,
+    kallsyms: &std::path::Path,
+    release: Option<String>,
+    thread_size: u32,
+) -> Result<KernelProfile, String> {
+    let btf_bytes =
+        std::fs::read(btf).map_err(|e| format!("cannot read {}: {e}", btf.display()))?;
+    let text = std::fs::read_to_string(kallsyms)
+        .map_err(|e| format!("cannot read {}: {e}", kallsyms.display()))?;
+    let syms = Symbols::parse(&text);
+    if syms.addresses_hidden() {
+        eprintln!(
+            "shojictl: warning: {} shows no addresses (run as root); per-cpu offsets come from BTF",
+            kallsyms.display()
+        );
+    }
+    let release = release.unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    });
+    let built = build(
+        &btf_bytes,
+        &syms,
+        &BuildOptions {
+            release,
+            thread_size,
+        },
+    )
+    .map_err(|e| format!("cannot build the kernel profile: {e}"))?;
+    print!("{}", describe(&built.profile));
+    for n in &built.notes {
+        println!("note: {n}");
+    }
+    Ok(built.profile)
+}
+
+fn status_of(rax: u64) -> String {
+    match Status::from_u64(rax) {
+        Some(s) => format!("{s:?} ({})", s.describe()),
+        None => format!("unknown status {rax:#x}"),
+    }
+}
+
+fn push(profile: &KernelProfile, key_file: &std::path::Path) -> ExitCode {
+    if let Err(code) = require_shoji() {
+        return code;
+    }
+    let key = match read_key(key_file) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("shojictl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut req = vec![0u8; PUSH_PROFILE_LEN];
+    req[..AGENT_KEY_LEN].copy_from_slice(&key);
+    if let Err(e) = profile.encode(&mut req[AGENT_KEY_LEN..]) {
+        eprintln!("shojictl: cannot encode: {e:?}");
+        return ExitCode::FAILURE;
+    }
+    let (rax, _, rcx, _) = vmcall(
+        Function::PushProfile.rax(),
+        req.as_ptr() as u64,
+        req.len() as u64,
+        0,
+        0,
+    );
+    if rax == Status::Ok as u64 {
+        let state = match ProfileState::from_u64(rcx) {
+            Some(ProfileState::Verified) => "fingerprint verified against the guest's BTF",
+            Some(ProfileState::Unverified) => "fingerprint NOT verified (no BTF address)",
+            _ => "state unknown",
+        };
+        println!("profile pushed: accepted by Shoji ({state})");
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("shojictl: profile push refused: {}", status_of(rax));
+        ExitCode::FAILURE
+    }
+}
+
+/// What the kernel says about this process (system calls and /proc/self).
+fn kernel_says() -> KernelSays {
+    use std::os::unix::fs::MetadataExt;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let first = |k: &str| status_list(&status, k).first().copied();
+    let last = |k: &str| status_list(&status, k).last().copied();
+    let uid_line = status_list(&status, "Uid");
+    let uid_map = std::fs::read_to_string("/proc/self/uid_map").ok();
+    let up = |local: Option<u32>| -> Option<u32> { map_up(uid_map.as_deref()?, local?) };
+    // An id outside every extent shows as the overflow uid (65534) locally.
+    let mapped = |local: Option<u32>| local.filter(|l| up(Some(*l)).is_some());
+    let ns = |n: &str| {
+        std::fs::read_link(format!("/proc/self/ns/{n}"))
+            .ok()
+            .and_then(|l| ns_inode(&l.to_string_lossy()))
+    };
+    let cgroup_id = std::fs::metadata("/sys/fs/cgroup/cgroup.controllers")
+        .ok()
+        .and_then(|_| {
+            let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+            let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+            std::fs::metadata(format!("/sys/fs/cgroup{}", path.trim()))
+                .ok()
+                .map(|m| m.ino())
+        });
+    let pid_local = last("NSpid");
+    let tgid_local = Some(std::process::id()).filter(|p| last("NStgid") == Some(*p));
+    KernelSays {
+        pid: first("NSpid"),
+        tgid: first("NStgid"),
+        pid_local,
+        tgid_local,
+        pgid: first("NSpgid"),
+        uid: up(uid_line.first().copied()),
+        euid: up(uid_line.get(1).copied()),
+        uid_local: mapped(uid_line.first().copied()),
+        userns_id: ns("user"),
+        netns_id: ns("net"),
+        pidns_id: ns("pid"),
+        cgroup_id,
+        start_ticks: std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|s| stat_starttime(&s)),
+        hz: 100,
+        exe_inode: std::fs::metadata("/proc/self/exe").ok().map(|m| m.ino()),
+        comm: std::fs::read_to_string("/proc/self/comm")
+            .ok()
+            .map(|s| s.trim_end_matches('\n').to_owned()),
+        uid_map_known: uid_map.is_some(),
+    }
+}
+
+fn whoami_cmd(buffer_addr: Option<u64>) -> ExitCode {
+    if let Err(code) = require_shoji() {
+        return code;
+    }
+    // A stack buffer, written first so every byte is mapped and writable.
+    let mut buf = [0xa5u8; WHOAMI_LEN];
+    std::hint::black_box(&mut buf);
+    let addr = buffer_addr.unwrap_or(buf.as_mut_ptr() as u64);
+    let (rax, _, rcx, _) = vmcall(Function::WhoAmI.rax(), addr, WHOAMI_LEN as u64, 0, 0);
+    let kernel = kernel_says();
+    if rax == Status::NoProfile as u64 {
+        eprintln!("shojictl: Shoji is present but no kernel profile has been pushed (run `shojictl profile --push` as root)");
+        return ExitCode::FAILURE;
+    }
+    if rax != Status::Ok as u64 {
+        eprintln!("shojictl: whoami refused: {}", status_of(rax));
+        return ExitCode::FAILURE;
+    }
+    if buffer_addr.is_some() {
+        eprintln!("shojictl: whoami: Shoji ACCEPTED a buffer at {addr:#x}");
+        return ExitCode::FAILURE;
+    }
+    let buf = std::hint::black_box(buf);
+    let Some(id) = shoji_shared::vmcall::whoami::decode(&buf) else {
+        eprintln!("shojictl: whoami: malformed reply from Shoji");
+        return ExitCode::FAILURE;
+    };
+    let state = match ProfileState::from_u64(rcx) {
+        Some(ProfileState::Verified) => "profile fingerprint verified",
+        Some(ProfileState::Unverified) => "profile fingerprint not verified",
+        _ => "profile state unknown",
+    };
+    println!("task {:#x} ({state})", id.task);
+    let (text, ok) = render(&compare(&id, &kernel));
+    print!("{text}");
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn main() -> ExitCode {
@@ -67,53 +342,34 @@ fn main() -> ExitCode {
             release,
             thread_size,
             out,
+            push: do_push,
+            key_file,
+            corrupt_offsets,
+            from,
         } => {
-            let btf_bytes = match std::fs::read(&btf) {
-                Ok(b) => b,
-                Err(e) => {
-                    eprintln!("shojictl: cannot read {}: {e}", btf.display());
-                    return ExitCode::FAILURE;
-                }
-            };
-            let syms = match std::fs::read_to_string(&kallsyms) {
-                Ok(t) => Symbols::parse(&t),
-                Err(e) => {
-                    eprintln!("shojictl: cannot read {}: {e}", kallsyms.display());
-                    return ExitCode::FAILURE;
-                }
-            };
-            if syms.addresses_hidden() {
-                eprintln!(
-                    "shojictl: warning: {} shows no addresses (run as root); per-cpu offsets come from BTF",
-                    kallsyms.display()
-                );
-            }
-            let release = release.unwrap_or_else(|| {
-                std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                    .map(|s| s.trim().to_string())
-                    .unwrap_or_default()
-            });
-            let built = match build(
-                &btf_bytes,
-                &syms,
-                &BuildOptions {
-                    release,
-                    thread_size,
+            let mut profile = match from {
+                Some(path) => match load_profile(&path) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        eprintln!("shojictl: {e}");
+                        return ExitCode::FAILURE;
+                    }
                 },
-            ) {
-                Ok(b) => b,
-                Err(e) => {
-                    eprintln!("shojictl: cannot build the kernel profile: {e}");
-                    return ExitCode::FAILURE;
-                }
+                None => match build_profile(&btf, &kallsyms, release, thread_size) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        eprintln!("shojictl: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
             };
-            print!("{}", describe(&built.profile));
-            for n in &built.notes {
-                println!("note: {n}");
+            if corrupt_offsets {
+                corrupt(&mut profile);
+                println!("note: deliberately corrupted profile (netns_id offset +8), for tests");
             }
             if let Some(out) = out {
                 let mut buf = vec![0u8; shoji_shared::profile::ENCODED_LEN];
-                let n = match built.profile.encode(&mut buf) {
+                let n = match profile.encode(&mut buf) {
                     Ok(n) => n,
                     Err(e) => {
                         eprintln!("shojictl: cannot encode: {e:?}");
@@ -126,7 +382,11 @@ fn main() -> ExitCode {
                 }
                 println!("wrote {} bytes to {}", n, out.display());
             }
+            if do_push {
+                return push(&profile, &key_file);
+            }
             ExitCode::SUCCESS
         }
+        Cmd::Whoami { buffer_addr } => whoami_cmd(buffer_addr),
     }
 }

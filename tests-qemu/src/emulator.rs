@@ -122,6 +122,8 @@ pub struct Machine {
     locks: Vec<PathBuf>,
     /// Strings that end the run at once when they appear on the console.
     pub fatal: Vec<String>,
+    /// Strings that end the run at once when they appear in Shoji's log (COM2).
+    pub fatal_hv: Vec<String>,
     /// Console lines to time without waiting for them: (label, pattern, first seen).
     watches: Vec<(String, String, Option<Duration>)>,
 }
@@ -275,6 +277,7 @@ impl Machine {
             shoji_log,
             locks,
             fatal: Vec::new(),
+            fatal_hv: Vec::new(),
             watches: Vec::new(),
         })
     }
@@ -341,6 +344,17 @@ impl Machine {
             self.poll_watches(&console);
             if let Some(line) = self.find_line(stream, pat) {
                 return Ok((line, self.elapsed()));
+            }
+            if !self.fatal_hv.is_empty() {
+                let hv = self.text(Stream::ShojiLog);
+                for bad in &self.fatal_hv {
+                    if let Some(l) = hv.lines().find(|l| l.contains(bad.as_str())) {
+                        bail!(
+                            "while waiting for {pat:?}: Shoji's log shows {:?}",
+                            l.trim()
+                        );
+                    }
+                }
             }
             for bad in self
                 .fatal

@@ -20,8 +20,9 @@ pub const TEST_AGENT_KEY: &str = "5e0f1c2d3b4a59687766554433221100ffeeddccbbaa99
 /// Size of the FAT ESP image in MiB (FAT32 wants at least ~33 MiB).
 const ESP_MIB: u64 = 40;
 
-/// Build the guest probe (static musl binary, stripped) and return its path.
-pub fn build_probe() -> Result<PathBuf> {
+/// Build a guest program of the workspace (static musl binary, stripped, small) and return the
+/// path of its binary `bin`.
+fn build_guest_program(package: &str, bin: &str) -> Result<PathBuf> {
     let target = "x86_64-unknown-linux-musl";
     let st = run_visible(
         cmd(
@@ -31,7 +32,9 @@ pub fn build_probe() -> Result<PathBuf> {
                 "--release",
                 "-q",
                 "-p",
-                "shoji-probe",
+                package,
+                "--bin",
+                bin,
                 "--target",
                 target,
             ],
@@ -46,9 +49,19 @@ pub fn build_probe() -> Result<PathBuf> {
         BUILD_TIMEOUT,
     )?;
     if !st.success() {
-        bail!("building shoji-probe failed ({st})");
+        bail!("building {package} failed ({st})");
     }
-    Ok(target_dir().join(target).join("release").join("probe"))
+    Ok(target_dir().join(target).join("release").join(bin))
+}
+
+/// Build the guest probe (static musl binary, stripped) and return its path.
+pub fn build_probe() -> Result<PathBuf> {
+    build_guest_program("shoji-probe", "probe")
+}
+
+/// Build the guest tool `shojictl` (static musl binary, stripped) and return its path.
+pub fn build_shojictl() -> Result<PathBuf> {
+    build_guest_program("shojictl", "shojictl")
 }
 
 /// Build `shoji.efi` and return its path.
@@ -239,7 +252,13 @@ fn module_load_order(dir: &Path, wanted: &[&str]) -> Result<Vec<(String, PathBuf
 }
 
 /// Build the initramfs at `out`. With `storage`, the modules to mount the data disk are added.
-pub fn build_initramfs(kernel: &Kernel, probe: &Path, out: &Path, storage: bool) -> Result<()> {
+pub fn build_initramfs(
+    kernel: &Kernel,
+    probe: &Path,
+    shojictl: &Path,
+    out: &Path,
+    storage: bool,
+) -> Result<()> {
     let busybox = Path::new("/bin/busybox");
     let bb = std::fs::read(busybox).context("reading /bin/busybox (install busybox-static)")?;
     if !bb.windows(8).any(|w| w == b"BusyBox ") {
@@ -267,6 +286,7 @@ pub fn build_initramfs(kernel: &Kernel, probe: &Path, out: &Path, storage: bool)
     c.symlink("bin/sh", "busybox");
     c.file("init", 0o755, INIT_SCRIPT.as_bytes());
     c.file("bin/probe", 0o755, &std::fs::read(probe)?);
+    c.file("bin/shojictl", 0o755, &std::fs::read(shojictl)?);
     c.file(
         "lib/modules/e1000.ko",
         0o644,
@@ -338,6 +358,8 @@ pub struct ShojiConfig {
     pub fail_mode: FailMode,
     /// Test-only: leave Shoji's memory visible to the guest.
     pub expose_hypervisor_memory: bool,
+    /// Mediate the e1000 (`false` only for the comparison scenario).
+    pub mediate_nic: bool,
 }
 
 impl ShojiConfig {
@@ -351,14 +373,16 @@ impl ShojiConfig {
              log_level = info\n\
              log_port = 0x2f8\n\
              agent_key = {TEST_AGENT_KEY}\n\
-             expose_hypervisor_memory = {}\n",
+             expose_hypervisor_memory = {}\n\
+             mediate_nic = {}\n",
             self.image.as_deref().unwrap_or("none"),
             self.cmdline,
             match self.fail_mode {
                 FailMode::Open => "open",
                 FailMode::Closed => "closed",
             },
-            self.expose_hypervisor_memory
+            self.expose_hypervisor_memory,
+            self.mediate_nic
         )
     }
 }
@@ -432,18 +456,25 @@ pub struct GuestImages {
     pub data_disk: PathBuf,
     /// The probe binary.
     pub probe: PathBuf,
+    /// The guest tool.
+    pub shojictl: PathBuf,
 }
 
 /// Build the guest images into `build/images/`.
 pub fn build_guest_images(flavour: crate::kernel::Flavour) -> Result<GuestImages> {
     let kernel = crate::kernel::fetch(flavour)?;
     let probe = build_probe()?;
-    let dir = build_dir().join("images");
+    let shojictl = build_shojictl()?;
+    // The default flavour keeps `build/images/`; others get a directory of their own.
+    let dir = match flavour {
+        crate::kernel::Flavour::Bookworm => build_dir().join("images"),
+        other => build_dir().join("images").join(other.name()),
+    };
     std::fs::create_dir_all(&dir)?;
     let initrd = dir.join("initrd.img");
-    build_initramfs(&kernel, &probe, &initrd, false)?;
+    build_initramfs(&kernel, &probe, &shojictl, &initrd, false)?;
     let initrd_storage = dir.join("initrd-storage.img");
-    build_initramfs(&kernel, &probe, &initrd_storage, true)?;
+    build_initramfs(&kernel, &probe, &shojictl, &initrd_storage, true)?;
     let data_disk = dir.join("data.img");
     build_data_disk(&data_disk, &[("bin/probe", probe.clone())])?;
     Ok(GuestImages {
@@ -452,6 +483,7 @@ pub fn build_guest_images(flavour: crate::kernel::Flavour) -> Result<GuestImages
         initrd_storage,
         data_disk,
         probe,
+        shojictl,
     })
 }
 
@@ -488,6 +520,7 @@ mod tests {
             cmdline: "console=ttyS0".into(),
             fail_mode: FailMode::Closed,
             expose_hypervisor_memory: true,
+            mediate_nic: false,
         }
         .render();
         for k in [
@@ -496,6 +529,7 @@ mod tests {
             "fail_mode = closed",
             "log_port = 0x2f8",
             "expose_hypervisor_memory = true",
+            "mediate_nic = false",
         ] {
             assert!(cfg.contains(k), "{k} missing in {cfg}");
         }

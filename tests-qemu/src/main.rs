@@ -71,6 +71,36 @@ enum Cmd {
     List,
     /// Remove leftovers of an interrupted run (namespaces, Bochs lock files).
     Clean,
+    /// Internal (run inside a scenario's namespace): accept one TCP connection on PORT, count
+    /// the bytes until the sender closes, answer `received N` and print the count.
+    #[command(hide = true)]
+    TcpSink {
+        /// Port to listen on.
+        port: u16,
+    },
+}
+
+/// `xtask tcp-sink PORT` (the peer side of the guest's `probe tcp-send`).
+fn tcp_sink(port: u16) -> Result<()> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind(("0.0.0.0", port))?;
+    println!("tcp-sink: listening on {port}");
+    let (mut s, from) = listener.accept()?;
+    let start = Instant::now();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0u64;
+    loop {
+        match s.read(&mut buf)? {
+            0 => break,
+            n => total += n as u64,
+        }
+    }
+    let _ = writeln!(s, "received {total}");
+    println!(
+        "tcp-sink: received {total} bytes from {from} in {:.3} s",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -114,6 +144,10 @@ fn run(cli: Cli) -> Result<bool> {
             clean();
             Ok(true)
         }
+        Cmd::TcpSink { port } => {
+            tcp_sink(port)?;
+            Ok(true)
+        }
         Cmd::Images => {
             let imgs = images::build_guest_images(cli.flavour)?;
             println!(
@@ -131,6 +165,11 @@ fn run(cli: Cli) -> Result<bool> {
                 "probe:     {} ({} KiB)",
                 imgs.probe.display(),
                 kib(&imgs.probe)
+            );
+            println!(
+                "shojictl:  {} ({} KiB)",
+                imgs.shojictl.display(),
+                kib(&imgs.shojictl)
             );
             match images::build_shoji() {
                 Ok(p) => println!("shoji.efi: {}", p.display()),
@@ -190,6 +229,21 @@ fn shoji_if_needed(list: &[&Scenario]) -> Result<PathBuf, String> {
     }
 }
 
+/// Guest images with Debian 13's kernel when a selected scenario needs them (the main images
+/// when they already are Debian 13's).
+fn trixie_if_needed(
+    list: &[&'static Scenario],
+    imgs: &images::GuestImages,
+) -> Result<images::GuestImages, String> {
+    if !list.iter().any(|s| s.needs_trixie()) {
+        return Err("not needed".into());
+    }
+    if imgs.kernel.package.contains("+deb13") {
+        return Ok(imgs.clone());
+    }
+    images::build_guest_images(Flavour::Trixie).map_err(|e| format!("{e:#}"))
+}
+
 /// Run scenarios on `jobs` workers; reports come back in the scenario order.
 fn run_scenarios(
     list: &[&'static Scenario],
@@ -200,9 +254,11 @@ fn run_scenarios(
     netns::remove_stale();
     let queue: Mutex<VecDeque<&'static Scenario>> = Mutex::new(list.iter().copied().collect());
     let done: Mutex<Vec<Report>> = Mutex::new(Vec::new());
+    let trixie = trixie_if_needed(list, imgs);
     let inputs = Inputs {
         images: imgs,
         shoji,
+        trixie: &trixie,
     };
     let started = Instant::now();
     std::thread::scope(|s| {

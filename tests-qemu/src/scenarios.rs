@@ -59,8 +59,34 @@ pub mod markers {
     pub const LOG_COUNTERS: &str = "probe log-counters: ";
     /// COM1, the guest's data disk line.
     pub const DATA_DISK: &str = "SHOJI-TEST: data disk";
+    /// COM1, prefix of an introspection step's result (`... NAME rc=RC :: LAST-LINE`).
+    pub const INTRO: &str = "SHOJI-TEST: intro";
     /// COM1, the data disk is mounted.
     pub const DATA_DISK_OK: &str = "SHOJI-TEST: data disk mounted";
+    /// COM2, Shoji's log: `shoji-hv: e1000 at BB:DD.F mediated: rings shadowed (...)`.
+    pub const HV_NIC_MEDIATED: &str = " mediated: rings shadowed";
+    /// COM2, Shoji's log with `mediate_nic = false`.
+    pub const HV_NIC_NOT_MEDIATED: &str = "NOT mediated (mediate_nic = false)";
+    /// COM2, Shoji's log: `shoji-hv: e1000 real rings: TDBA 0x.. RDBA 0x.. (...)`.
+    pub const HV_NIC_RINGS: &str = "shoji-hv: e1000 real rings: TDBA ";
+    /// COM2, after LogCounters: `shoji-hv: e1000 totals: seen=S delivered=D dropped=X ...`.
+    pub const HV_NIC_TOTALS: &str = "shoji-hv: e1000 totals: seen=";
+    /// COM2, after LogCounters: exits and cost per frame.
+    pub const HV_NIC_PER_FRAME: &str = "shoji-hv: e1000 per frame: ";
+    /// COM1, `probe tcp-send: sent=N seconds=S kbit_per_s=R peer=received N`.
+    pub const PROBE_TCP_SEND: &str = "probe tcp-send: ";
+    /// COM1, the driver was unloaded and loaded again during traffic.
+    pub const NIC_RELOADED: &str = "SHOJI-TEST: e1000 reloaded under traffic";
+    /// COM1, `SHOJI-TEST: reload ping 3 packets transmitted, 3 packets received, ...`.
+    pub const RELOAD_PING: &str = "SHOJI-TEST: reload ping";
+    /// COM1, the flood's result: `probe flood: sent=N errors=E seconds=S pps=P`.
+    pub const PROBE_FLOOD: &str = "probe flood: sent=";
+    /// COM1, the guest's own NIC statistics after the network tests.
+    pub const ETH0_STATS: &str = "SHOJI-TEST: eth0 stats";
+    /// Port of the peer's TCP sink.
+    pub const SINK_PORT: u16 = 7778;
+    /// COM2 (Shoji's log) strings that end a run at once.
+    pub const FATAL_HV: &[&str] = &["shoji-hv: FATAL", "shoji-hv: panic"];
     /// COM1 strings that end a run at once.
     pub const FATAL: &[&str] = &[
         "Kernel panic",
@@ -89,12 +115,16 @@ pub struct Scenario {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Shoji,
+    /// Introspection checks only, on Debian 13's Linux 6.12 (`pcpu_hot`).
+    Shoji612,
     NoShoji,
     Exposed,
     Smp,
     TcgNoShoji,
     TcgFailOpen,
     TcgFailClosed,
+    /// Comparison run: Shoji with `mediate_nic = false`, the same network load.
+    Unmediated,
 }
 
 /// All scenarios, longest first (so two workers finish together).
@@ -104,9 +134,26 @@ pub const ALL: &[Scenario] = &[
         about:
             "Linux boots under Shoji: signature visible, VMX hidden, peer ping/arping answered, \
                 Shoji's memory Reserved and unreadable, VMXON/VMREAD from ring 3 give SIGILL, \
-                exit counters logged",
+                exit counters logged; the e1000 is mediated with shadow rings (real rings in \
+                Shoji's memory): TCP bulk send with TSO, driver reload under traffic, 30 s UDP \
+                flood, NIC counters that add up",
         needs_shoji: true,
         kind: Kind::Shoji,
+    },
+    Scenario {
+        name: "bochs-nic-unmediated",
+        about: "comparison: the same network load under Shoji with mediate_nic = false (the \
+                figures without shadow rings)",
+        needs_shoji: true,
+        kind: Kind::Unmediated,
+    },
+    Scenario {
+        name: "bochs-shoji-612",
+        about:
+            "Debian 13's Linux 6.12 under Shoji: the profile push and every whoami, refusal and \
+                control of the introspection checks (no NIC checks)",
+        needs_shoji: true,
+        kind: Kind::Shoji612,
     },
     Scenario {
         name: "bochs-exposed",
@@ -160,6 +207,16 @@ impl Scenario {
             Kind::TcgNoShoji | Kind::TcgFailOpen | Kind::TcgFailClosed => Backend::QemuTcg,
             _ => vmx_backend(),
         }
+    }
+
+    /// Whether the guest runs the network load (TCP bulk send, driver reload, UDP flood).
+    pub fn net_load(&self) -> bool {
+        matches!(self.kind, Kind::Shoji | Kind::Unmediated)
+    }
+
+    /// Whether the scenario boots Debian 13's kernel (whatever flavour the others use).
+    pub fn needs_trixie(&self) -> bool {
+        self.kind == Kind::Shoji612
     }
 
     /// The scenario's log directory: `build/e2e/<name>/`.
@@ -275,6 +332,8 @@ pub struct Inputs<'a> {
     pub images: &'a GuestImages,
     /// shoji.efi, or why it is missing.
     pub shoji: &'a Result<PathBuf, String>,
+    /// Guest images with Debian 13's kernel (for `bochs-shoji-612`), or why they are missing.
+    pub trixie: &'a Result<GuestImages, String>,
 }
 
 /// Run one scenario; never panics, always returns a report. Logs go to `build/e2e/<name>/`.
@@ -308,10 +367,23 @@ fn log(sc: &Scenario, msg: &str) {
 }
 
 fn run_inner(sc: &Scenario, inputs: &Inputs<'_>, rep: &mut Report) -> Result<()> {
-    let images = inputs.images;
+    let images = if sc.kind == Kind::Shoji612 {
+        inputs
+            .trixie
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("Debian 13 guest images are not available: {e}"))?
+    } else {
+        inputs.images
+    };
     let dir = sc.dir();
     let esp = dir.join("esp.img");
-    let cmdline = kernel_cmdline();
+    let mut cmdline = kernel_cmdline();
+    if sc.kind == Kind::Shoji612 {
+        cmdline = cmdline.replace("shojitest=full", "shojitest=introspect");
+    }
+    if sc.net_load() {
+        cmdline.push_str(" shojinet=full");
+    }
     let with_initrd = format!("initrd=\\initrd.img {cmdline}");
     let boot = match sc.kind {
         Kind::NoShoji | Kind::TcgNoShoji => EspBoot::Direct {
@@ -332,6 +404,7 @@ fn run_inner(sc: &Scenario, inputs: &Inputs<'_>, rep: &mut Report) -> Result<()>
                         _ => FailMode::Closed,
                     },
                     expose_hypervisor_memory: sc.kind == Kind::Exposed,
+                    mediate_nic: sc.kind != Kind::Unmediated,
                 },
             }
         }
@@ -364,6 +437,7 @@ fn run_inner(sc: &Scenario, inputs: &Inputs<'_>, rep: &mut Report) -> Result<()>
     log(sc, &format!("power on ({})", rep.backend.name()));
     let mut m = Machine::start(&spec, &ns)?;
     m.fatal = markers::FATAL.iter().map(|s| s.to_string()).collect();
+    m.fatal_hv = markers::FATAL_HV.iter().map(|s| s.to_string()).collect();
     m.watch("kernel loaded (EFI stub)", markers::EFI_STUB);
     m.watch("linux console", markers::LINUX_VERSION);
     let result = match sc.kind {
@@ -403,7 +477,10 @@ fn linux(
     rep: &mut Report,
     t: &dyn Fn(u64) -> Duration,
 ) -> Result<()> {
-    let with_shoji = matches!(sc.kind, Kind::Shoji | Kind::Exposed);
+    let with_shoji = matches!(
+        sc.kind,
+        Kind::Shoji | Kind::Shoji612 | Kind::Exposed | Kind::Unmediated
+    );
     if with_shoji {
         let line = milestone(
             sc,
@@ -466,6 +543,20 @@ fn linux(
     } else {
         rep.check("guest sees NO Shoji signature", !has_sig, cpuid.trim());
     }
+    if sc.kind == Kind::Shoji612 {
+        milestone(
+            sc,
+            m,
+            rep,
+            "guest done",
+            (Stream::Console, markers::GUEST_DONE),
+            t(900),
+            &[],
+        )?;
+        let console = m.text(Stream::Console);
+        introspection_checks(rep, &console, true);
+        return Ok(());
+    }
     milestone(
         sc,
         m,
@@ -475,6 +566,16 @@ fn linux(
         t(300),
         &[],
     )?;
+    // The peer's TCP sink for the guest's bulk send (inside the namespace).
+    let sink = sc.net_load().then(|| {
+        let exe = std::env::current_exe().unwrap_or_else(|_| "xtask".into());
+        let mut c = ns.command(
+            &exe.to_string_lossy(),
+            ["tcp-sink", &markers::SINK_PORT.to_string()],
+        );
+        let limit = t(900);
+        std::thread::spawn(move || crate::util::run_capture(&mut c, limit))
+    });
     let peer = peer_checks(ns);
     let _ = std::fs::write(sc.dir().join("peer.log"), &peer.log);
     rep.times.push(("peer checks done".into(), m.elapsed()));
@@ -485,10 +586,18 @@ fn linux(
         rep,
         "guest done",
         (Stream::Console, markers::GUEST_DONE),
-        t(240),
+        t(900),
         &[],
     )?;
     let console = m.text(Stream::Console);
+    if let Some(sink) = sink {
+        net_load_checks(sc, rep, &console, sink);
+    }
+    match sc.kind {
+        Kind::Shoji => introspection_checks(rep, &console, true),
+        Kind::NoShoji | Kind::TcgNoShoji => introspection_checks(rep, &console, false),
+        _ => {}
+    }
     if sc.kind == Kind::TcgNoShoji {
         let line = console
             .lines()
@@ -540,6 +649,21 @@ fn linux(
                 pairs > 0,
                 line.trim().to_owned(),
             );
+            nic_checks(m, rep, &console, t);
+        }
+        Kind::Unmediated => {
+            let line = m
+                .find_line(Stream::ShojiLog, markers::HV_NIC_NOT_MEDIATED)
+                .unwrap_or_else(|| "no 'NOT mediated' line in shoji.log".into());
+            rep.check(
+                "Shoji leaves the e1000 unmediated (mediate_nic = false)",
+                line.contains(markers::HV_NIC_NOT_MEDIATED),
+                line.trim().to_owned(),
+            );
+            let (line, _) = m
+                .wait_for(Stream::ShojiLog, markers::HV_EXITS, t(30), &[])
+                .unwrap_or_else(|e| (format!("{e:#}"), Duration::ZERO));
+            rep.highlights.push(line.trim().to_owned());
         }
         Kind::Exposed => {
             rep.check(
@@ -558,6 +682,278 @@ fn linux(
     Ok(())
 }
 
+/// What each introspection step of the guest script must show: (step, must succeed, text its
+/// last line must contain).
+const INTROSPECTION_EXPECT: &[(&str, bool, &str, &str)] = &[
+    (
+        "whoami-before-push",
+        false,
+        "no kernel profile has been pushed",
+        "whoami before any push says no profile",
+    ),
+    (
+        "push",
+        true,
+        "accepted by Shoji (fingerprint verified",
+        "agent pushes the profile (key + uid 0 in init userns), fingerprint verified",
+    ),
+    (
+        "whoami-root",
+        true,
+        "whoami: MATCH",
+        "whoami matches every field as root",
+    ),
+    (
+        "whoami-uid1000",
+        true,
+        "whoami: MATCH",
+        "whoami matches every field as uid 1000",
+    ),
+    (
+        "whoami-setsid",
+        true,
+        "whoami: MATCH",
+        "whoami matches every field after setsid",
+    ),
+    (
+        "whoami-netns",
+        true,
+        "whoami: MATCH",
+        "whoami matches every field in a new network namespace",
+    ),
+    (
+        "whoami-pidns",
+        true,
+        "whoami: MATCH",
+        "whoami matches every field (global and local ids) in a new pid namespace",
+    ),
+    (
+        "whoami-userns",
+        true,
+        "whoami: MATCH",
+        "whoami matches every field in a new user namespace",
+    ),
+    (
+        "whoami-uid1000-userns",
+        true,
+        "whoami: MATCH",
+        "whoami matches every field as uid 1000 mapped to 0 in a user namespace",
+    ),
+    (
+        "refuse-wrong-key",
+        false,
+        "NotAuthorized",
+        "push with a wrong key is refused",
+    ),
+    (
+        "refuse-container",
+        false,
+        "NotAuthorized",
+        "push from a container (root in its user namespace, key readable) is refused",
+    ),
+    (
+        "refuse-uid1000",
+        false,
+        "NotAuthorized",
+        "push by uid 1000 is refused",
+    ),
+    (
+        "whoami-after-refusals",
+        true,
+        "whoami: MATCH",
+        "refused pushes left the active profile unchanged",
+    ),
+    (
+        "refuse-kernel-buffer",
+        false,
+        "BadBuffer",
+        "user-mode VMCALL with a kernel buffer is refused",
+    ),
+    (
+        "push-bad",
+        true,
+        "accepted by Shoji",
+        "control: the agent pushes a deliberately wrong profile",
+    ),
+    (
+        "whoami-bad-profile",
+        false,
+        "MISMATCH/unknown in netns_id",
+        "control: whoami with the wrong profile reports the mismatch",
+    ),
+    (
+        "push-again",
+        true,
+        "accepted by Shoji",
+        "the agent pushes the right profile again",
+    ),
+    (
+        "whoami-final",
+        true,
+        "whoami: MATCH",
+        "whoami matches again",
+    ),
+];
+
+/// The guest's "SHOJI-TEST: intro NAME rc=RC :: LAST" line for a step.
+fn intro_line<'a>(console: &'a str, name: &str) -> Option<&'a str> {
+    let prefix = format!("{} {name} rc=", markers::INTRO);
+    console
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with(&prefix))
+}
+
+/// Introspection checks from the guest script's lines: with Shoji, every step as expected;
+/// without, shojictl says plainly that Shoji is absent and fails.
+fn introspection_checks(rep: &mut Report, console: &str, with_shoji: bool) {
+    if !with_shoji {
+        let line = intro_line(console, "absent").unwrap_or("no 'intro absent' line");
+        rep.check(
+            "without Shoji, shojictl says Shoji is absent and exits non-zero",
+            line.contains("Shoji is absent") && !line.contains("rc=0 "),
+            line,
+        );
+        return;
+    }
+    for (name, ok, text, what) in INTROSPECTION_EXPECT {
+        let line = intro_line(console, name).unwrap_or("no line");
+        let rc_ok = line.contains(" rc=0 ");
+        rep.check(*what, rc_ok == *ok && line.contains(text), line);
+    }
+}
+
+/// The peer's TCP sink, running in a thread.
+type Sink = std::thread::JoinHandle<Result<crate::util::Output>>;
+
+/// `key=value` in a line of `key=value` words (the value up to the next space).
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// The network load the guest ran (with or without mediation): TCP bulk send received in full,
+/// driver reload under traffic followed by a working ping, and the flood's count.
+fn net_load_checks(sc: &Scenario, rep: &mut Report, console: &str, sink: Sink) {
+    let find = |pat: &str| console.lines().find(|l| l.contains(pat)).map(str::trim);
+    let tcp = find(markers::PROBE_TCP_SEND).unwrap_or("no probe tcp-send line");
+    let sent = field(tcp, "sent").unwrap_or("?");
+    let sink_text = if sink.is_finished() {
+        match sink.join() {
+            Ok(Ok(o)) => o.text,
+            Ok(Err(e)) => format!("tcp-sink: {e:#}"),
+            Err(_) => "tcp-sink thread panicked".into(),
+        }
+    } else {
+        "tcp-sink still waiting (the guest never finished sending)".into()
+    };
+    let sink_line = sink_text
+        .lines()
+        .find(|l| l.contains("tcp-sink: received"))
+        .unwrap_or(sink_text.trim());
+    let received = sink_line
+        .split_once("received ")
+        .and_then(|(_, r)| r.split_whitespace().next())
+        .unwrap_or("none");
+    rep.check(
+        "TCP bulk send from the guest arrives in full at the peer",
+        sent != "?" && sent == received && tcp.contains(&format!("peer=received {sent}")),
+        format!("{tcp} | {sink_line}"),
+    );
+    let reloaded = find(markers::NIC_RELOADED).is_some();
+    let ping = find(markers::RELOAD_PING).unwrap_or("no reload ping line");
+    let answered = ping
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" packets received"))
+        .and_then(|n| n.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    rep.check(
+        "rmmod/insmod e1000 during traffic recovers (ping answered afterwards)",
+        reloaded && answered > 0,
+        format!("reloaded={reloaded}; {ping}"),
+    );
+    let flood = find(markers::PROBE_FLOOD).unwrap_or("no probe flood line");
+    let flood_sent: u64 = field(flood, "sent")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    rep.check(
+        "UDP flood from the guest runs to the end",
+        flood_sent > 0,
+        flood,
+    );
+    if let Some(stats) = find(markers::ETH0_STATS) {
+        rep.highlights.push(format!("({}) {stats}", sc.name));
+    }
+    rep.highlights.push(format!("({}) {tcp}", sc.name));
+    rep.highlights.push(format!("({}) {flood}", sc.name));
+}
+
+/// Shoji's side of the NIC mediation: the take-over line, the real rings in Shoji's memory,
+/// counters that add up after the flood, TSO seen, cost per frame.
+fn nic_checks(m: &mut Machine, rep: &mut Report, _console: &str, t: &dyn Fn(u64) -> Duration) {
+    let mediated = m
+        .find_line(Stream::ShojiLog, markers::HV_NIC_MEDIATED)
+        .unwrap_or_else(|| "no 'mediated: rings shadowed' line in shoji.log".into());
+    rep.check(
+        "Shoji mediates the e1000 (shadow rings)",
+        mediated.contains(markers::HV_NIC_MEDIATED),
+        mediated.trim().to_owned(),
+    );
+    let hv = m
+        .find_line(Stream::ShojiLog, markers::HV_RESERVED)
+        .and_then(|l| {
+            l.split_once("reserved memory ")
+                .and_then(|(_, r)| parse_range(r))
+        });
+    let rings = m
+        .find_line(Stream::ShojiLog, markers::HV_NIC_RINGS)
+        .unwrap_or_else(|| "no 'e1000 real rings' line".into());
+    let hexes: Vec<u64> = ["TDBA ", "RDBA "]
+        .iter()
+        .filter_map(|k| rings.split_once(k))
+        .filter_map(|(_, r)| {
+            let h = r.trim_start_matches("0x");
+            let h = h.split(|c: char| !c.is_ascii_hexdigit()).next()?;
+            u64::from_str_radix(h, 16).ok()
+        })
+        .collect();
+    let inside =
+        hv.is_some_and(|(s, e)| hexes.len() == 2 && hexes.iter().all(|&a| s <= a && a <= e));
+    rep.check(
+        "the NIC's real TDBA/RDBA lie in Shoji's reserved memory",
+        inside,
+        format!("{} (reserved {:x?})", rings.trim(), hv),
+    );
+    let (totals, _) = m
+        .wait_for(Stream::ShojiLog, markers::HV_NIC_TOTALS, t(30), &[])
+        .unwrap_or_else(|e| (format!("{e:#}"), Duration::ZERO));
+    let num = |k: &str| field(&totals, k).and_then(|v| v.parse::<u64>().ok());
+    let (seen, delivered, dropped) = (num("seen"), num("delivered"), num("dropped"));
+    let adds_up =
+        matches!((seen, delivered, dropped), (Some(s), Some(d), Some(x)) if s > 0 && s == d + x);
+    rep.check(
+        "Shoji alive after the flood, NIC counters add up (seen = delivered + dropped)",
+        adds_up,
+        totals.trim().to_owned(),
+    );
+    let tso = num("tso_packets").unwrap_or(0);
+    rep.check(
+        "guest used TSO (context descriptors emulated by Shoji)",
+        tso > 0,
+        format!(
+            "tso_packets={tso} tso_segments={}",
+            num("tso_segments").unwrap_or(0)
+        ),
+    );
+    let hv_text = m.text(Stream::ShojiLog);
+    for l in hv_text.lines().filter(|l| l.contains("shoji-hv: e1000 ")) {
+        rep.highlights.push(l.trim().to_owned());
+    }
+    if let Some(l) = m.find_line(Stream::ShojiLog, markers::HV_NIC_PER_FRAME) {
+        rep.check("exits and cost per frame logged", true, l.trim().to_owned());
+    }
+}
+
 fn peer_report(sc: &Scenario, rep: &mut Report, peer: &PeerResult) {
     let detail = format!(
         "ping {}/3, arping {}/3, done {}",
@@ -568,7 +964,7 @@ fn peer_report(sc: &Scenario, rep: &mut Report, peer: &PeerResult) {
     log(sc, &format!("peer: {detail}"));
     let ok = peer.ping_received > 0 && peer.arping_received > 0 && peer.done_sent;
     match sc.kind {
-        Kind::Shoji | Kind::NoShoji | Kind::TcgNoShoji => {
+        Kind::Shoji | Kind::NoShoji | Kind::TcgNoShoji | Kind::Unmediated => {
             rep.check("peer's ping and arping answered", ok, detail)
         }
         _ => rep.highlights.push(format!("peer: {detail}")),

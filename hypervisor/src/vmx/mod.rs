@@ -4,6 +4,7 @@
 pub mod apic;
 pub mod exit;
 pub mod host;
+pub mod introspection;
 pub mod launch;
 pub mod mmio;
 pub mod vmcall;

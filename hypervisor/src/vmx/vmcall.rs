@@ -2,11 +2,13 @@
 //! A VMCALL without Shoji's magic is answered with #UD, as on a CPU without Shoji.
 
 use super::exit::{advance_rip, inject, log_counters, GuestRegs};
+use super::introspection;
 use super::launch::{Vcpu, VCPUS};
 use crate::counters::RateLimiter;
 use shoji_shared::vmcall::{Function, Status, ABI_VERSION};
 
 static LOG_COUNTERS_LIMIT: RateLimiter = RateLimiter::new(64);
+static PROFILE_LOG: RateLimiter = RateLimiter::new(32);
 
 /// Handle a VMCALL exit.
 pub fn handle(vcpu: &mut Vcpu, regs: &mut GuestRegs) {
@@ -28,6 +30,36 @@ pub fn handle(vcpu: &mut Vcpu, regs: &mut GuestRegs) {
                 Status::RateLimited
             }
         }
+        Ok(Function::WhoAmI) => match super::launch::setup() {
+            None => Status::Unsupported,
+            Some(setup) => match introspection::whoami(setup, regs.rbx, regs.rcx) {
+                Ok((n, state)) => {
+                    regs.rbx = n;
+                    regs.rcx = state as u64;
+                    Status::Ok
+                }
+                Err(s) => s,
+            },
+        },
+        Ok(Function::PushProfile) => match super::launch::setup() {
+            None => Status::Unsupported,
+            Some(setup) => {
+                let r = introspection::push_profile(setup, regs.rbx, regs.rcx);
+                if PROFILE_LOG.allow().is_some() {
+                    match r {
+                        Ok(state) => crate::hv_line!("kernel profile accepted ({state:?})"),
+                        Err(s) => crate::hv_line!("kernel profile push refused: {}", s.describe()),
+                    }
+                }
+                match r {
+                    Ok(state) => {
+                        regs.rcx = state as u64;
+                        Status::Ok
+                    }
+                    Err(s) => s,
+                }
+            }
+        },
         Ok(_) => Status::Unsupported,
     };
     regs.rax = status as u64;

@@ -43,6 +43,27 @@ enum Cmd {
     Canary,
     /// Ask Shoji to log its exit counters (VMCALL LogCounters).
     LogCounters,
+    /// Send BYTES over TCP to ADDR:PORT, close the sending side and print the peer's answer.
+    TcpSend {
+        /// Peer address.
+        addr: String,
+        /// Peer port.
+        port: u16,
+        /// Bytes to send.
+        bytes: u64,
+    },
+    /// Send UDP datagrams to ADDR:PORT as fast as possible for SECONDS, then print the count.
+    Flood {
+        /// Peer address.
+        addr: String,
+        /// Peer port.
+        port: u16,
+        /// Duration in seconds.
+        seconds: u64,
+        /// Payload bytes per datagram.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+    },
     /// Internal: execute one instruction (run in a child process by `vmx` and `log-counters`).
     #[command(hide = true)]
     ExecInsn {
@@ -72,6 +93,13 @@ fn main() -> ExitCode {
         Cmd::Vmx => vmx(),
         Cmd::Canary => canary(),
         Cmd::LogCounters => log_counters(),
+        Cmd::TcpSend { addr, port, bytes } => tcp_send(&addr, port, bytes),
+        Cmd::Flood {
+            addr,
+            port,
+            seconds,
+            size,
+        } => flood(&addr, port, seconds, size),
         Cmd::ExecInsn { insn } => {
             exec_insn(insn);
             Ok(())
@@ -229,6 +257,63 @@ fn log_counters() -> io::Result<()> {
         ),
         None => println!("probe log-counters: {}", out.trim()),
     }
+    Ok(())
+}
+
+/// `probe tcp-send`: bulk data in large writes (so the kernel builds TSO packets).
+fn tcp_send(addr: &str, port: u16, bytes: u64) -> io::Result<()> {
+    use std::io::Read;
+    let start = std::time::Instant::now();
+    let mut s = std::net::TcpStream::connect((addr, port))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(120)))?;
+    let chunk = vec![0x5au8; 256 << 10];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        s.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "probe tcp-send: sent={bytes} seconds={secs:.3} kbit_per_s={:.0} peer={}",
+        bytes as f64 * 8.0 / 1000.0 / secs.max(1e-9),
+        answer.trim()
+    );
+    Ok(())
+}
+
+/// `probe flood`: send errors (the interface may go away during a driver reload) are counted
+/// and the flood goes on.
+fn flood(addr: &str, port: u16, seconds: u64, size: usize) -> io::Result<()> {
+    use std::net::ToSocketAddrs;
+    let dst = (addr, port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::other("no address"))?;
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    let payload = vec![0xa5u8; size.clamp(1, 1472)];
+    let start = std::time::Instant::now();
+    let limit = std::time::Duration::from_secs(seconds);
+    let (mut sent, mut errors) = (0u64, 0u64);
+    while start.elapsed() < limit {
+        for _ in 0..64 {
+            match sock.send_to(&payload, dst) {
+                Ok(_) => sent += 1,
+                Err(_) => {
+                    errors += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "probe flood: sent={sent} errors={errors} seconds={secs:.3} pps={:.0}",
+        sent as f64 / secs.max(1e-9)
+    );
     Ok(())
 }
 

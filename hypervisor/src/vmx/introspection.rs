@@ -1,0 +1,208 @@
+//! Introspection at VMCALL exits: who the caller is (CPL, per-CPU base, page tables from the
+//! VMCS), the active kernel profile, and the two calls built on it: WhoAmI (anyone) and
+//! PushProfile (the agent only).
+//!
+//! Everything here is bounded: the request buffers are fixed-size and copied in once through the
+//! caller's own page tables, the profile is validated before use, and every refusal is a
+//! [`Status`]. No heap: the active profile lives in a static with fixed-size storage.
+
+use super::{rdmsr, vmread};
+use crate::guest::{address_space, AddressSpace, GuestRam};
+use crate::setup::Setup;
+use shoji_introspect::paging::{translate, PageTables};
+use shoji_introspect::{
+    check_agent, copy_from_guest, copy_to_guest, Caller, CpuState, Introspector,
+};
+use shoji_shared::profile::{KernelProfile, ENCODED_LEN};
+use shoji_shared::vmcall::{
+    whoami, ProfileState, Status, AGENT_KEY_LEN, MAX_BUFFER_LEN, PUSH_PROFILE_LEN, WHOAMI_LEN,
+};
+use shoji_shared::TaskIdentity;
+use spin::Mutex;
+use x86::vmx::vmcs::guest;
+
+/// IA32_KERNEL_GS_BASE. VMX does not switch it, so in the host it still holds the guest's value.
+const IA32_KERNEL_GS_BASE: u32 = 0xc000_0102;
+/// Largest BTF blob Shoji hashes to verify a fingerprint (Debian's vmlinux BTF is ~5 MiB).
+const MAX_BTF_LEN: u32 = 32 << 20;
+/// PTI keeps the user half's page tables in the page after the kernel's (bit 12 of CR3).
+const PTI_USER_PGD_BIT: u64 = 1 << 12;
+
+/// The active kernel profile and what Shoji learnt about it.
+struct Active {
+    intro: Introspector,
+    verified: bool,
+}
+
+static ACTIVE: Mutex<Option<Active>> = Mutex::new(None);
+
+/// The caller of the current VMCALL as the VMCS describes it.
+#[derive(Debug, Clone, Copy)]
+pub struct CallerState {
+    /// For buffer copies: the caller's own page tables and CPL.
+    pub caller: Caller,
+    /// For introspection: CPL, GS bases, RSP and the caller's page tables.
+    pub cpu: CpuState,
+}
+
+/// Read the caller's state from the VMCS. `None` when the guest is not in IA-32e paging (the
+/// caller is firmware or a 32-bit mode Shoji does not walk).
+pub fn caller_state() -> Option<CallerState> {
+    let space = address_space(
+        vmread(guest::CR0),
+        vmread(guest::CR3),
+        vmread(guest::CR4),
+        vmread(guest::IA32_EFER_FULL),
+    );
+    let AddressSpace::Paged(pt) = space else {
+        return None;
+    };
+    let cpl = ((vmread(guest::SS_ACCESS_RIGHTS) >> 5) & 3) as u8;
+    let cpu = CpuState {
+        cpl,
+        gs_base: vmread(guest::GS_BASE),
+        kernel_gs_base: rdmsr(IA32_KERNEL_GS_BASE),
+        rsp: vmread(guest::RSP),
+        pt,
+    };
+    Some(CallerState {
+        caller: Caller { pt, cpl },
+        cpu,
+    })
+}
+
+/// The page tables that map the kernel for this caller: the caller's own, unless they do not map
+/// the per-CPU base and the sibling page (PTI's kernel half, CR3 bit 12 clear) does.
+pub fn kernel_view(mem: &GuestRam, cpu: &CpuState) -> CpuState {
+    let Some(base) = cpu.percpu_base() else {
+        return *cpu;
+    };
+    if translate(mem, &cpu.pt, base).is_ok() || cpu.pt.cr3 & PTI_USER_PGD_BIT == 0 {
+        return *cpu;
+    }
+    let alt = PageTables {
+        cr3: cpu.pt.cr3 & !PTI_USER_PGD_BIT,
+        mode: cpu.pt.mode,
+    };
+    if translate(mem, &alt, base).is_ok() {
+        CpuState { pt: alt, ..*cpu }
+    } else {
+        *cpu
+    }
+}
+
+/// End of guest RAM (for the direct-map window).
+fn ram_top(setup: &Setup) -> u64 {
+    let n = (setup.ram_count as usize).min(setup.ram.len());
+    setup.ram[..n].iter().map(|r| r[1]).max().unwrap_or(0)
+}
+
+/// Attribute the caller with `intro` (learning the direct map first if it is not known yet).
+fn attribute(intro: &mut Introspector, mem: &GuestRam, cpu: &CpuState, top: u64) -> TaskIdentity {
+    if intro.direct_map().is_none() {
+        let _ = intro.learn_direct_map(mem, cpu, top);
+    }
+    intro.attribute(mem, cpu)
+}
+
+/// WhoAmI: `RBX` = buffer, `RCX` = its length (at least [`WHOAMI_LEN`]). Writes the caller's
+/// identity; returns the number of bytes written and the [`ProfileState`].
+pub fn whoami(setup: &Setup, va: u64, len: u64) -> Result<(u64, ProfileState), Status> {
+    if len > MAX_BUFFER_LEN as u64 {
+        return Err(Status::BadBuffer);
+    }
+    if len < WHOAMI_LEN as u64 {
+        return Err(Status::InvalidArgument);
+    }
+    let st = caller_state().ok_or(Status::InvalidArgument)?;
+    let mut mem = GuestRam::from_setup(setup);
+    // The buffer is checked (and cleared) before anything else: a refused buffer is refused
+    // whether or not a profile is active.
+    copy_to_guest(&mut mem, &st.caller, va, &[0u8; WHOAMI_LEN])?;
+    let cpu = kernel_view(&mem, &st.cpu);
+    let top = ram_top(setup);
+    let (id, state) = {
+        let mut active = ACTIVE.lock();
+        let a = active.as_mut().ok_or(Status::NoProfile)?;
+        let id = attribute(&mut a.intro, &mem, &cpu, top);
+        let state = if a.verified {
+            ProfileState::Verified
+        } else {
+            ProfileState::Unverified
+        };
+        (id, state)
+    };
+    copy_to_guest(&mut mem, &st.caller, va, &whoami::encode(&id))?;
+    Ok((WHOAMI_LEN as u64, state))
+}
+
+/// The state of the active profile (for WhoAmI callers and the log).
+pub fn profile_state() -> ProfileState {
+    match ACTIVE.lock().as_ref() {
+        None => ProfileState::None,
+        Some(a) if a.verified => ProfileState::Verified,
+        Some(_) => ProfileState::Unverified,
+    }
+}
+
+/// PushProfile: `RBX` = request, `RCX` = [`PUSH_PROFILE_LEN`]: the agent key followed by the
+/// encoded profile. The agent check (key, and uid 0 in the initial user namespace as both the new
+/// profile and the active one, if any, read it) comes before the fingerprint is verified against
+/// the BTF in guest memory. On any refusal the active profile is unchanged.
+pub fn push_profile(setup: &Setup, va: u64, len: u64) -> Result<ProfileState, Status> {
+    if len > MAX_BUFFER_LEN as u64 {
+        return Err(Status::BadBuffer);
+    }
+    if len != PUSH_PROFILE_LEN as u64 {
+        return Err(Status::InvalidArgument);
+    }
+    let st = caller_state().ok_or(Status::InvalidArgument)?;
+    let mem = GuestRam::from_setup(setup);
+    let mut req = [0u8; PUSH_PROFILE_LEN];
+    copy_from_guest(&mem, &st.caller, va, PUSH_PROFILE_LEN, &mut req)?;
+    let (key_bytes, body) = req.split_at(AGENT_KEY_LEN);
+    let mut key = [0u8; AGENT_KEY_LEN];
+    key.copy_from_slice(key_bytes);
+    if setup.agent_key_set == 0 {
+        return Err(Status::NotAuthorized);
+    }
+    let profile = KernelProfile::decode(body).map_err(|_| Status::InvalidArgument)?;
+    if body.len() != ENCODED_LEN {
+        return Err(Status::InvalidArgument);
+    }
+    let mut intro = Introspector::new(profile).map_err(|_| Status::InvalidArgument)?;
+    let cpu = kernel_view(&mem, &st.cpu);
+    let top = ram_top(setup);
+    // The caller as the new profile reads it...
+    let id = attribute(&mut intro, &mem, &cpu, top);
+    check_agent(&id, profile.init_userns_inum, &key, &setup.agent_key)?;
+    // ...and as the active one does, so a key holder outside the agent's identity cannot replace
+    // a working profile with one that misreads it.
+    {
+        let mut active = ACTIVE.lock();
+        if let Some(a) = active.as_mut() {
+            let init = a.intro.profile().init_userns_inum;
+            let id = attribute(&mut a.intro, &mem, &cpu, top);
+            check_agent(&id, init, &key, &setup.agent_key)?;
+        }
+    }
+    // The fingerprint: the BTF the profile was built from must be the one in guest memory.
+    let verified = if profile.btf_va != 0 {
+        if profile.btf_len == 0 || profile.btf_len > MAX_BTF_LEN {
+            return Err(Status::InvalidArgument);
+        }
+        match intro.verify_fingerprint(&mem, &cpu.pt) {
+            Ok(true) => true,
+            _ => return Err(Status::InvalidArgument),
+        }
+    } else {
+        false
+    };
+    intro.flush();
+    *ACTIVE.lock() = Some(Active { intro, verified });
+    Ok(if verified {
+        ProfileState::Verified
+    } else {
+        ProfileState::Unverified
+    })
+}
