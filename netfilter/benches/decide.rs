@@ -1,13 +1,14 @@
 //! Per-frame decision cost for a realistic mix (ARP, TCP SYN, established TCP, UDP, IPv6, and
 //! inbound TCP) at 1, 64 and 1,024 registered containers with 32 rules each.
 //!
-//! Run: `cargo bench -p shoji-netfilter --bench decide`
+//! Run: `cargo bench -p shoji-netfilter --bench decide`. For instruction counts per decision see
+//! [`profile`].
 
 use std::hint::black_box;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, Criterion, Throughput};
 use shoji_netfilter::rules::{
     Action, DirectionMatch, Ipv4Cidr, PortRange, ProtocolMatch, Rule, RuleFlags, Subject,
 };
@@ -217,50 +218,115 @@ fn mix(n: u32) -> Vec<(Direction, Vec<u8>)> {
     ]
 }
 
-fn bench(c: &mut Criterion) {
+/// A registry of `count` containers (leaked: the engine borrows its slots for the whole run)
+/// and the frames to decide, interleaved so consecutive frames differ in kind and container.
+fn setup(count: u32) -> (Engine<'static>, Vec<(Direction, Vec<u8>)>) {
     let rules = rules();
+    let slots: &'static mut [ContainerSlot] = Vec::leak(vec![ContainerSlot::EMPTY; count as usize]);
+    let mut engine = Engine::new(slots, EngineConfig::default());
+    for n in 0..count {
+        engine.register(spec(n, &rules)).unwrap();
+    }
+    // Frames from up to 256 containers spread over the registry, interleaved.
+    let step = (count / 256).max(1);
+    let senders: Vec<u32> = (0..count).step_by(step as usize).collect();
+    let per: Vec<Vec<(Direction, Vec<u8>)>> = senders.iter().map(|&n| mix(n)).collect();
+    let mut frames = Vec::new();
+    for kind in 0..6 {
+        for m in &per {
+            frames.push(m[kind].clone());
+        }
+    }
+    // Interleave kinds so consecutive frames differ in kind and container.
+    let mut order: Vec<usize> = (0..frames.len()).collect();
+    order.sort_by_key(|&i| (i * 2654435761usize) % frames.len());
+    let frames = order.into_iter().map(|i| frames[i].clone()).collect();
+    (engine, frames)
+}
+
+/// Decide frame `i` of `frames`; returns the next index.
+#[inline(always)]
+fn decide_one(
+    engine: &mut Engine<'_>,
+    frames: &[(Direction, Vec<u8>)],
+    i: usize,
+    sink: &mut NullSink,
+) -> usize {
+    let (direction, frame) = &frames[i];
+    let meta = FrameMeta {
+        direction: *direction,
+        descriptor_vlan: None,
+        task: None,
+    };
+    black_box(engine.decide(&meta, black_box(frame), sink));
+    if i + 1 == frames.len() {
+        0
+    } else {
+        i + 1
+    }
+}
+
+fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("decide_mix");
     group.warm_up_time(Duration::from_secs(1));
     group.measurement_time(Duration::from_secs(3));
     group.sample_size(50);
     for &count in &[1u32, 64, 1024] {
-        let mut slots = vec![ContainerSlot::EMPTY; count as usize];
-        let mut engine = Engine::new(&mut slots, EngineConfig::default());
-        for n in 0..count {
-            engine.register(spec(n, &rules)).unwrap();
-        }
-        // Frames from up to 256 containers spread over the registry, interleaved.
-        let step = (count / 256).max(1);
-        let senders: Vec<u32> = (0..count).step_by(step as usize).collect();
-        let per: Vec<Vec<(Direction, Vec<u8>)>> = senders.iter().map(|&n| mix(n)).collect();
-        let mut frames = Vec::new();
-        for kind in 0..6 {
-            for m in &per {
-                frames.push(m[kind].clone());
-            }
-        }
-        // Interleave kinds so consecutive frames differ in kind and container.
-        let mut order: Vec<usize> = (0..frames.len()).collect();
-        order.sort_by_key(|&i| (i * 2654435761usize) % frames.len());
-        let frames: Vec<_> = order.into_iter().map(|i| frames[i].clone()).collect();
+        let (mut engine, frames) = setup(count);
         group.throughput(Throughput::Elements(1));
         let mut i = 0usize;
         let mut sink = NullSink;
         group.bench_function(format!("{count}_containers_32_rules"), |b| {
-            b.iter(|| {
-                let (direction, frame) = &frames[i];
-                i = if i + 1 == frames.len() { 0 } else { i + 1 };
-                let meta = FrameMeta {
-                    direction: *direction,
-                    descriptor_vlan: None,
-                    task: None,
-                };
-                black_box(engine.decide(&meta, black_box(frame), &mut sink))
-            })
+            b.iter(|| i = decide_one(&mut engine, &frames, i, &mut sink))
         });
     }
     group.finish();
 }
 
+/// The decisions alone, for instruction counters: `decide_loop` is what callgrind's
+/// `--toggle-collect` names.
+#[inline(never)]
+fn decide_loop(engine: &mut Engine<'_>, frames: &[(Direction, Vec<u8>)], decisions: u64) {
+    let mut sink = NullSink;
+    let mut i = 0;
+    for _ in 0..decisions {
+        i = decide_one(engine, frames, i, &mut sink);
+    }
+}
+
+/// `SHOJI_DECIDE_PROFILE=<containers>:<decisions>` runs one warm-up pass over the frames, then
+/// `decide_loop` for that many decisions, instead of criterion. For example:
+///
+/// ```text
+/// valgrind --tool=callgrind --toggle-collect='*decide_loop*' \
+///     target/release/deps/decide-* --bench   # with SHOJI_DECIDE_PROFILE=1024:100000
+/// ```
+fn profile(spec: &str) {
+    let (count, decisions) = spec
+        .split_once(':')
+        .and_then(|(c, d)| Some((c.parse::<u32>().ok()?, d.parse::<u64>().ok()?)))
+        .expect("SHOJI_DECIDE_PROFILE=<containers>:<decisions>");
+    let (mut engine, frames) = setup(count);
+    let mut sink = NullSink;
+    let mut i = 0;
+    for _ in 0..frames.len() {
+        i = decide_one(&mut engine, &frames, i, &mut sink);
+    }
+    decide_loop(&mut engine, &frames, decisions);
+    println!(
+        "{count} containers: {decisions} decisions over {} frames",
+        frames.len()
+    );
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    match std::env::var("SHOJI_DECIDE_PROFILE") {
+        Ok(spec) => profile(&spec),
+        Err(_) => {
+            benches();
+            Criterion::default().configure_from_args().final_summary();
+        }
+    }
+}

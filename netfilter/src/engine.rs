@@ -720,7 +720,7 @@ impl<'s> Engine<'s> {
             }
             Target::Host => (Party::Host, None),
             Target::Container(slot) => match self.registry.get(slot) {
-                Some(c) => (Party::Container(slot), Some(c.spec.vlan)),
+                Some(c) => (Party::Container(slot), Some(c.vlan())),
                 None => return Err(DropReason::NoDestination),
             },
         };
@@ -746,16 +746,11 @@ impl<'s> Engine<'s> {
                     Side::Egress => self.host.default_egress,
                     Side::Ingress => self.host.default_ingress,
                 };
-                self.host_rules.evaluate(flow, task, default)
+                self.host_rules
+                    .evaluate(&self.host.rules, flow, task, default)
             }
             Party::Container(slot) => match self.registry.get(slot) {
-                Some(c) => {
-                    let default = match flow.side {
-                        Side::Egress => c.spec.default_egress,
-                        Side::Ingress => c.spec.default_ingress,
-                    };
-                    c.rules.evaluate(flow, task, default)
-                }
+                Some(c) => c.evaluate(flow, task),
                 None => RuleOutcome {
                     action: Action::Deny,
                     rule: None,
@@ -800,7 +795,7 @@ impl<'s> Engine<'s> {
         match c.scan.record(now, &self.config.scan, probe) {
             ScanVerdict::Clear => None,
             ScanVerdict::NewlyBlocked(counts, until) => {
-                let container = c.spec.id;
+                let container = c.id();
                 self.events.push(
                     now,
                     EventKind::OutboundScan {

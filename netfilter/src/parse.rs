@@ -1,16 +1,15 @@
 //! Frame parsing: Ethernet with 802.1Q, ARP, IPv4 (options, fragments), TCP, UDP, ICMP and IPv6
-//! (with NDP recognition), using smoltcp's `wire` types for field access.
+//! (with NDP recognition). ARP, ICMP and IPv6 fields are read through smoltcp's `wire` types;
+//! the Ethernet, IPv4, TCP and UDP headers (nearly every frame) are read straight from the bytes.
 //!
-//! Every length is checked before a smoltcp accessor touches it, so no input can panic. The
+//! Every length is checked before a field is read, so no input can panic. The
 //! result is a small `Copy` summary ([`ParsedFrame`]) holding what the policy needs and nothing
 //! that borrows the frame.
 
 use core::net::{Ipv4Addr, Ipv6Addr};
 
 use shoji_shared::DropReason;
-use smoltcp::wire::{
-    ArpPacket, EthernetFrame, Icmpv4Packet, Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket,
-};
+use smoltcp::wire::{ArpPacket, Icmpv4Packet, Ipv6Packet};
 
 /// A 48-bit Ethernet address.
 pub type MacAddr = [u8; 6];
@@ -254,10 +253,10 @@ pub fn parse_frame(frame: &[u8]) -> Result<ParsedFrame, ParseError> {
     if frame.len() < ETH_HEADER_LEN {
         return Err(ParseError::Truncated);
     }
-    let eth = EthernetFrame::new_checked(frame).map_err(|_| ParseError::Truncated)?;
-    let dst_mac = eth.dst_addr().0;
-    let src_mac = eth.src_addr().0;
-    let outer_type = u16::from(eth.ethertype());
+    // Read straight from the bytes (the hot path): the length is checked above.
+    let dst_mac = mac_from(&frame[0..6]);
+    let src_mac = mac_from(&frame[6..12]);
+    let outer_type = be16(frame, 12);
     let (vlan, ethertype_offset) = match outer_type {
         ETHERTYPE_VLAN => {
             if frame.len() < ETH_HEADER_LEN + VLAN_TAG_LEN {
@@ -293,6 +292,12 @@ pub fn parse_frame(frame: &[u8]) -> Result<ParsedFrame, ParseError> {
         ethertype_offset,
         network,
     })
+}
+
+/// The big-endian `u16` at `at` (the caller has checked the length).
+#[inline(always)]
+fn be16(bytes: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([bytes[at], bytes[at + 1]])
 }
 
 fn ipv4_from(bytes: &[u8]) -> Ipv4Addr {
@@ -384,15 +389,16 @@ pub fn parse_ipv4(payload: &[u8]) -> Result<Ipv4Info, ParseError> {
     if total_len > payload.len() {
         return Err(ParseError::Truncated);
     }
-    let ip = Ipv4Packet::new_checked(payload).map_err(|_| ParseError::Malformed)?;
+    // Every length is checked above, so the fields are read straight from the bytes.
     let source_routed = scan_ipv4_options(&payload[IPV4_MIN_HEADER..header_len])?;
-    let body = ip.payload();
+    let body = &payload[header_len..total_len];
+    let flags_offset = be16(payload, 6);
     let fragment = FragmentInfo {
-        offset: u32::from(ip.frag_offset()),
-        more: ip.more_frags(),
+        offset: u32::from(flags_offset & 0x1fff) << 3,
+        more: flags_offset & 0x2000 != 0,
         len: body.len() as u32,
     };
-    let protocol = u8::from(ip.next_header());
+    let protocol = payload[9];
     if fragment.is_fragment() {
         // Non-last fragments carry a multiple of 8 bytes; nothing may reach past 65535.
         if (fragment.more && (fragment.len == 0 || fragment.len & 7 != 0))
@@ -416,10 +422,10 @@ pub fn parse_ipv4(payload: &[u8]) -> Result<Ipv4Info, ParseError> {
         }
     };
     Ok(Ipv4Info {
-        src: ip.src_addr(),
-        dst: ip.dst_addr(),
+        src: ipv4_from(&payload[12..16]),
+        dst: ipv4_from(&payload[16..20]),
         protocol,
-        ident: ip.ident(),
+        ident: be16(payload, 4),
         fragment,
         source_routed,
         transport,
@@ -448,15 +454,15 @@ fn parse_transport(protocol: u8, body: &[u8]) -> Result<Transport, ParseError> {
             if data_offset > body.len() {
                 return Err(ParseError::Truncated);
             }
-            let tcp = TcpPacket::new_checked(body).map_err(|_| ParseError::Malformed)?;
+            let flags = body[13];
             Ok(Transport::Tcp {
-                src_port: tcp.src_port(),
-                dst_port: tcp.dst_port(),
+                src_port: be16(body, 0),
+                dst_port: be16(body, 2),
                 flags: TcpFlags {
-                    syn: tcp.syn(),
-                    ack: tcp.ack(),
-                    rst: tcp.rst(),
-                    fin: tcp.fin(),
+                    syn: flags & 0x02 != 0,
+                    ack: flags & 0x10 != 0,
+                    rst: flags & 0x04 != 0,
+                    fin: flags & 0x01 != 0,
                 },
             })
         }
@@ -471,10 +477,9 @@ fn parse_transport(protocol: u8, body: &[u8]) -> Result<Transport, ParseError> {
             if udp_len > body.len() {
                 return Err(ParseError::Truncated);
             }
-            let udp = UdpPacket::new_checked(body).map_err(|_| ParseError::Malformed)?;
             Ok(Transport::Udp {
-                src_port: udp.src_port(),
-                dst_port: udp.dst_port(),
+                src_port: be16(body, 0),
+                dst_port: be16(body, 2),
             })
         }
         IPPROTO_ICMP => {

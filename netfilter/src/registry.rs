@@ -7,12 +7,12 @@
 
 use core::net::Ipv4Addr;
 
-use shoji_shared::ContainerId;
+use shoji_shared::{ContainerId, TaskIdentity};
 
 use crate::counters::Counters;
 use crate::index::{FixedIndex, IndexError};
 use crate::parse::{is_group_mac, MacAddr};
-use crate::rules::{Action, Rule, RuleError, RuleSet, MAX_RULES};
+use crate::rules::{Action, Flow, Rule, RuleError, RuleOutcome, RuleSet, Side, MAX_RULES};
 use crate::scan::OutboundScan;
 
 /// Most containers a registry holds (also the size its indexes are built for).
@@ -151,17 +151,138 @@ pub enum RegistryError {
     },
 }
 
+/// The identity fields the frame path reads for nearly every frame, copied out of the spec so
+/// they share the container's first cache line with the rule bitmaps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Identity {
+    id: ContainerId,
+    ipv4: [u32; MAX_IPV4],
+    vlan: u16,
+    macs: [MacAddr; MAX_MACS],
+    mac_count: u8,
+    ipv4_count: u8,
+    default_egress: Action,
+    default_ingress: Action,
+}
+
+impl Identity {
+    fn of(spec: &ContainerSpec) -> Identity {
+        let mut macs = [[0; 6]; MAX_MACS];
+        for (m, mac) in macs.iter_mut().zip(&spec.macs) {
+            *m = *mac;
+        }
+        let mut ipv4 = [0; MAX_IPV4];
+        for (a, ip) in ipv4.iter_mut().zip(&spec.ipv4) {
+            *a = u32::from(*ip);
+        }
+        Identity {
+            id: spec.id,
+            ipv4,
+            vlan: spec.vlan,
+            macs,
+            mac_count: spec.macs.len() as u8,
+            ipv4_count: spec.ipv4.len() as u8,
+            default_egress: spec.default_egress,
+            default_ingress: spec.default_ingress,
+        }
+    }
+}
+
 /// A registered container with its live state.
+///
+/// Laid out hot first: the identity the frame path checks (id, VLAN, addresses, defaults) and
+/// the compiled rules (bitmaps, then 16 bytes per rule) lead, then the counters and the scan
+/// window; the registration itself (whose full rules are read only for rules with a subject or
+/// an IP protocol number) comes last.
+///
+/// A slot spans an odd number of cache lines, so the same field of consecutive (or every
+/// 2^k-th) containers falls into different cache sets instead of competing for a few.
 #[derive(Debug, Clone)]
+#[repr(C, align(64))]
 pub struct Container {
-    /// The registration.
-    pub spec: ContainerSpec,
-    /// The compiled rules.
-    pub rules: RuleSet,
+    identity: Identity,
+    rules: RuleSet,
     /// Its counters.
     pub counters: Counters,
     /// Its outbound scan state.
     pub scan: OutboundScan,
+    spec: ContainerSpec,
+    pad: [[u8; CACHE_LINE]; PAD_LINES],
+}
+
+const CACHE_LINE: usize = 64;
+
+/// [`Container`] without its padding (same fields, same layout).
+#[allow(dead_code)]
+#[repr(C, align(64))]
+struct Unpadded(Identity, RuleSet, Counters, OutboundScan, ContainerSpec);
+
+/// One more line when the unpadded container spans an even number of lines.
+const PAD_LINES: usize = (core::mem::size_of::<Unpadded>() / CACHE_LINE + 1) % 2;
+
+impl Container {
+    fn new(spec: ContainerSpec, rules: RuleSet) -> Container {
+        Container {
+            identity: Identity::of(&spec),
+            rules,
+            counters: Counters::ZERO,
+            scan: OutboundScan::NEW,
+            spec,
+            pad: [[0; CACHE_LINE]; PAD_LINES],
+        }
+    }
+
+    /// The registration.
+    pub fn spec(&self) -> &ContainerSpec {
+        &self.spec
+    }
+
+    /// The compiled rules (compiled from `spec().rules`).
+    pub fn rules(&self) -> &RuleSet {
+        &self.rules
+    }
+
+    /// The container's id.
+    #[inline]
+    pub fn id(&self) -> ContainerId {
+        self.identity.id
+    }
+
+    /// The container's VLAN.
+    #[inline]
+    pub fn vlan(&self) -> u16 {
+        self.identity.vlan
+    }
+
+    /// Whether `mac` is one of the container's.
+    #[inline]
+    pub fn owns_mac(&self, mac: &MacAddr) -> bool {
+        let n = usize::from(self.identity.mac_count).min(MAX_MACS);
+        self.identity.macs[..n].contains(mac)
+    }
+
+    /// Whether `ip` is one of the container's.
+    #[inline]
+    pub fn owns_ipv4(&self, ip: Ipv4Addr) -> bool {
+        let n = usize::from(self.identity.ipv4_count).min(MAX_IPV4);
+        self.identity.ipv4[..n].contains(&u32::from(ip))
+    }
+
+    /// The container's default action for frames on `side`.
+    #[inline]
+    pub fn default_action(&self, side: Side) -> Action {
+        match side {
+            Side::Egress => self.identity.default_egress,
+            Side::Ingress => self.identity.default_ingress,
+        }
+    }
+
+    /// Evaluate the container's policy for `flow`: the first matching rule, or the default.
+    #[inline]
+    pub fn evaluate(&self, flow: &Flow, task: Option<&TaskIdentity>) -> RuleOutcome {
+        self.rules
+            .evaluate(&self.spec.rules, flow, task, self.default_action(flow.side))
+    }
 }
 
 /// One storage slot of the registry.
@@ -287,7 +408,7 @@ impl<'s> Registry<'s> {
 
     /// The id of the container in `slot`.
     pub fn id_of(&self, slot: u16) -> Option<ContainerId> {
-        self.get(slot).map(|c| c.spec.id)
+        self.get(slot).map(|c| c.id())
     }
 
     /// Iterate over registered containers with their slots.
@@ -400,12 +521,7 @@ impl<'s> Registry<'s> {
             self.unindex(&spec);
             return Err(RegistryError::Full);
         }
-        self.slots[slot as usize].container = Some(Container {
-            spec,
-            rules,
-            counters: Counters::ZERO,
-            scan: OutboundScan::NEW,
-        });
+        self.slots[slot as usize].container = Some(Container::new(spec, rules));
         self.len += 1;
         Ok(slot)
     }
@@ -432,8 +548,9 @@ impl<'s> Registry<'s> {
             return Err(RegistryError::Full);
         }
         if let Some(c) = self.get_mut(slot) {
-            c.spec = spec;
+            c.identity = Identity::of(&spec);
             c.rules = rules;
+            c.spec = spec;
         }
         Ok(slot)
     }
@@ -447,5 +564,18 @@ impl<'s> Registry<'s> {
         self.unindex(&container.spec);
         self.len -= 1;
         Ok(container.counters)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn a_slot_spans_an_odd_number_of_cache_lines() {
+        assert_eq!(size_of::<ContainerSlot>(), size_of::<Container>());
+        assert_eq!(size_of::<Container>() % CACHE_LINE, 0);
+        assert_eq!((size_of::<Container>() / CACHE_LINE) % 2, 1);
     }
 }

@@ -315,7 +315,12 @@ impl Rule {
         Ok(())
     }
 
-    fn matches(&self, flow: &Flow, task: Option<&TaskIdentity>) -> bool {
+    /// Whether the rule matches `flow` (sent by `task`, when trusted), evaluated field by field
+    /// straight from the rule: the reference the compiled [`RuleSet`] is tested against.
+    pub fn matches(&self, flow: &Flow, task: Option<&TaskIdentity>) -> bool {
+        if !self.direction.covers(flow.side) || !self.protocol.covers_class(flow.class) {
+            return false;
+        }
         if let ProtocolMatch::IpProtocol(p) = self.protocol {
             if flow.ip_protocol != p {
                 return false;
@@ -340,6 +345,17 @@ impl Rule {
         }
         if self.flags.contains(RuleFlags::TCP_NEW_ONLY) && !flow.tcp_new {
             return false;
+        }
+        self.subject.matches(task)
+    }
+
+    /// The checks the compiled form leaves to the full rule: the IP protocol number and the
+    /// subject.
+    fn matches_cold(&self, flow: &Flow, task: Option<&TaskIdentity>) -> bool {
+        if let ProtocolMatch::IpProtocol(p) = self.protocol {
+            if flow.ip_protocol != p {
+                return false;
+            }
         }
         self.subject.matches(task)
     }
@@ -473,13 +489,86 @@ impl Flow {
     }
 }
 
-/// The rules of one container (or the host), with their precomputed applicability bitmaps.
+/// What every candidate rule checks, packed into 16 bytes (four rules per cache line): the
+/// remote prefix as address and mask, and the port ranges as first port and span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PackedRule {
+    addr: u32,
+    mask: u32,
+    src_first: u16,
+    src_span: u16,
+    dst_first: u16,
+    dst_span: u16,
+}
+
+impl PackedRule {
+    const ANY: PackedRule = PackedRule {
+        addr: 0,
+        mask: 0,
+        src_first: 0,
+        src_span: u16::MAX,
+        dst_first: 0,
+        dst_span: u16::MAX,
+    };
+
+    fn of(rule: &Rule) -> PackedRule {
+        // IPv6 rules do not consult the remote prefix: a zero mask matches every address.
+        let (addr, mask) = if rule.protocol == ProtocolMatch::Ipv6 {
+            (0, 0)
+        } else {
+            (u32::from(rule.remote.addr), rule.remote.mask())
+        };
+        PackedRule {
+            addr,
+            mask,
+            src_first: rule.src_ports.first,
+            src_span: rule.src_ports.last.wrapping_sub(rule.src_ports.first),
+            dst_first: rule.dst_ports.first,
+            dst_span: rule.dst_ports.last.wrapping_sub(rule.dst_ports.first),
+        }
+    }
+
+    #[inline(always)]
+    fn matches(&self, remote: Option<u32>, src_port: u16, dst_port: u16) -> bool {
+        let remote_ok = match remote {
+            Some(ip) => ip & self.mask == self.addr,
+            None => self.mask == 0,
+        };
+        remote_ok
+            && src_port.wrapping_sub(self.src_first) <= self.src_span
+            && dst_port.wrapping_sub(self.dst_first) <= self.dst_span
+    }
+}
+
+/// The compiled form of one container's (or the host's) rules: per-direction, per-protocol-class
+/// candidate bitmaps, bitmaps of the rules' actions and extra conditions, and each rule's
+/// address and port match data packed into 16 bytes.
+///
+/// The rules themselves are stored once, in the spec (or host policy) they were compiled from;
+/// evaluation takes that list to check the rare conditions not packed here (an IP protocol
+/// number, a subject), only for rules that have one.
 #[derive(Debug, Clone)]
+#[repr(C)]
 pub struct RuleSet {
-    rules: heapless::Vec<Rule, MAX_RULES>,
+    /// Rules whose action is `Deny`.
+    deny: u64,
+    /// Rules with `TCP_NEW_ONLY` (they cannot match anything but a connection attempt).
+    tcp_new_only: u64,
+    /// Rules with a subject other than `Anyone` (they cannot match without a trusted task).
+    with_subject: u64,
+    /// Rules checked against the full rule too: an IP protocol number or a subject.
+    cold: u64,
     /// `applicable[side][class]`: bit i set when rule i can match that side and class.
     applicable: [[u64; CLASS_COUNT]; 2],
+    /// Number of rules.
+    len: u8,
+    packed: PackedRules,
 }
+
+/// The packed rules, cache-line aligned (rules 4k to 4k+3 share a line).
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+struct PackedRules([PackedRule; MAX_RULES]);
 
 /// The outcome of evaluating a rule set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -494,8 +583,13 @@ impl RuleSet {
     /// An empty rule set.
     pub const fn new() -> RuleSet {
         RuleSet {
-            rules: heapless::Vec::new(),
             applicable: [[0; CLASS_COUNT]; 2],
+            deny: 0,
+            tcp_new_only: 0,
+            with_subject: 0,
+            cold: 0,
+            len: 0,
+            packed: PackedRules([PackedRule::ANY; MAX_RULES]),
         }
     }
 
@@ -507,57 +601,101 @@ impl RuleSet {
         }
         for (i, rule) in rules.iter().enumerate() {
             rule.validate().map_err(|e| (i, e))?;
-            // Cannot fail: the length was checked above.
-            let _ = set.rules.push(*rule);
+            let bit = 1u64 << i;
+            set.packed.0[i] = PackedRule::of(rule);
+            if rule.action == Action::Deny {
+                set.deny |= bit;
+            }
+            if rule.flags.contains(RuleFlags::TCP_NEW_ONLY) {
+                set.tcp_new_only |= bit;
+            }
+            if rule.subject != Subject::Anyone {
+                set.with_subject |= bit;
+                set.cold |= bit;
+            }
+            if matches!(rule.protocol, ProtocolMatch::IpProtocol(_)) {
+                set.cold |= bit;
+            }
             for (s, side) in [Side::Egress, Side::Ingress].into_iter().enumerate() {
                 if !rule.direction.covers(side) {
                     continue;
                 }
                 for (c, class) in CLASSES.iter().enumerate() {
                     if rule.protocol.covers_class(*class) {
-                        set.applicable[s][c] |= 1u64 << i;
+                        set.applicable[s][c] |= bit;
                     }
                 }
             }
         }
+        set.len = rules.len() as u8;
         Ok(set)
     }
 
-    /// The rules, in order.
-    pub fn rules(&self) -> &[Rule] {
-        &self.rules
+    /// Number of rules compiled.
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
     }
 
-    /// The first rule matching `flow` (sent by `task`, when trusted), if any.
-    pub fn first_match(&self, flow: &Flow, task: Option<&TaskIdentity>) -> Option<RuleOutcome> {
+    /// Whether there is no rule.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The first rule matching `flow` (sent by `task`, when trusted), if any. `rules` is the
+    /// list this set was compiled from (read only for rules with an IP protocol number or a
+    /// subject, so the usual frame never touches it).
+    #[inline]
+    pub fn first_match(
+        &self,
+        rules: &heapless::Vec<Rule, MAX_RULES>,
+        flow: &Flow,
+        task: Option<&TaskIdentity>,
+    ) -> Option<RuleOutcome> {
         let side = match flow.side {
             Side::Egress => 0,
             Side::Ingress => 1,
         };
         let mut candidates = self.applicable[side][flow.class as usize];
+        if !flow.tcp_new {
+            candidates &= !self.tcp_new_only;
+        }
+        if task.is_none() {
+            candidates &= !self.with_subject;
+        }
+        let remote = flow.remote.map(u32::from);
         while candidates != 0 {
-            let i = candidates.trailing_zeros() as usize;
+            let i = candidates.trailing_zeros() as usize & (MAX_RULES - 1);
             candidates &= candidates - 1;
-            if let Some(rule) = self.rules.get(i) {
-                if rule.matches(flow, task) {
-                    return Some(RuleOutcome {
-                        action: rule.action,
-                        rule: Some(i as u16),
-                    });
-                }
+            if !self.packed.0[i].matches(remote, flow.src_port, flow.dst_port) {
+                continue;
             }
+            let bit = 1u64 << i;
+            if self.cold & bit != 0 && !rules.get(i).is_some_and(|r| r.matches_cold(flow, task)) {
+                continue;
+            }
+            return Some(RuleOutcome {
+                action: if self.deny & bit != 0 {
+                    Action::Deny
+                } else {
+                    Action::Allow
+                },
+                rule: Some(i as u16),
+            });
         }
         None
     }
 
-    /// Evaluate: the first matching rule, or `default`.
+    /// Evaluate: the first matching rule, or `default`. `rules` is the list this set was
+    /// compiled from.
+    #[inline]
     pub fn evaluate(
         &self,
+        rules: &heapless::Vec<Rule, MAX_RULES>,
         flow: &Flow,
         task: Option<&TaskIdentity>,
         default: Action,
     ) -> RuleOutcome {
-        self.first_match(flow, task).unwrap_or(RuleOutcome {
+        self.first_match(rules, flow, task).unwrap_or(RuleOutcome {
             action: default,
             rule: None,
         })
@@ -579,3 +717,144 @@ const CLASSES: [ProtocolClass; CLASS_COUNT] = [
     ProtocolClass::Ipv6,
     ProtocolClass::NonIp,
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ports() -> impl Strategy<Value = PortRange> {
+        prop_oneof![
+            Just(PortRange::ANY),
+            (0u16..6, 0u16..4).prop_map(|(first, extra)| PortRange {
+                first,
+                last: first + extra
+            }),
+            (65530u16..=65535).prop_map(|first| PortRange {
+                first,
+                last: u16::MAX
+            }),
+        ]
+    }
+
+    fn rule() -> impl Strategy<Value = Rule> {
+        let protocol = prop_oneof![
+            Just(ProtocolMatch::Any),
+            Just(ProtocolMatch::Arp),
+            Just(ProtocolMatch::Icmp),
+            Just(ProtocolMatch::Tcp),
+            Just(ProtocolMatch::Udp),
+            prop_oneof![Just(2u8), Just(47), Just(132)].prop_map(ProtocolMatch::IpProtocol),
+            Just(ProtocolMatch::Ipv6),
+        ];
+        let subject = prop_oneof![
+            3 => Just(Subject::Anyone),
+            1 => (0u32..3).prop_map(Subject::Uid),
+            1 => (0u32..3).prop_map(Subject::Process),
+            1 => (0u64..3).prop_map(Subject::Executable),
+        ];
+        (
+            any::<bool>(),
+            0u8..3,
+            protocol,
+            (0u32..8, 0u8..=32),
+            ports(),
+            ports(),
+            subject,
+            any::<bool>(),
+        )
+            .prop_map(
+                |(deny, dir, protocol, (net, prefix), src, dst, subject, new_only)| {
+                    let has_ports = matches!(protocol, ProtocolMatch::Tcp | ProtocolMatch::Udp);
+                    let mask = Ipv4Cidr {
+                        addr: Ipv4Addr::UNSPECIFIED,
+                        prefix,
+                    }
+                    .mask();
+                    Rule {
+                        action: if deny { Action::Deny } else { Action::Allow },
+                        direction: DirectionMatch::from_u8(dir).unwrap(),
+                        protocol,
+                        // Few distinct networks, so remote addresses often fall inside.
+                        remote: Ipv4Cidr {
+                            addr: Ipv4Addr::from((net << 29 | net) & mask),
+                            prefix,
+                        },
+                        src_ports: if has_ports { src } else { PortRange::ANY },
+                        dst_ports: if has_ports { dst } else { PortRange::ANY },
+                        subject,
+                        flags: if new_only && protocol == ProtocolMatch::Tcp {
+                            RuleFlags::TCP_NEW_ONLY
+                        } else {
+                            RuleFlags::empty()
+                        },
+                    }
+                },
+            )
+    }
+
+    fn flow() -> impl Strategy<Value = Flow> {
+        (
+            any::<bool>(),
+            0usize..CLASS_COUNT,
+            prop_oneof![Just(2u8), Just(47), Just(6), Just(17)],
+            proptest::option::weighted(0.9, (0u32..8, 0u32..4)),
+            0u16..10,
+            prop_oneof![0u16..10, 65528u16..=65535],
+            any::<bool>(),
+        )
+            .prop_map(
+                |(egress, class, ip_protocol, remote, src_port, dst_port, tcp_new)| Flow {
+                    side: if egress { Side::Egress } else { Side::Ingress },
+                    class: CLASSES[class],
+                    ip_protocol,
+                    remote: remote.map(|(net, host)| Ipv4Addr::from(net << 29 | net | host << 8)),
+                    src_port,
+                    dst_port,
+                    tcp_new,
+                },
+            )
+    }
+
+    fn task() -> impl Strategy<Value = Option<TaskIdentity>> {
+        proptest::option::of((0u32..3, 0u32..3, 0u64..3).prop_map(|(uid, tgid, exe)| {
+            TaskIdentity {
+                uid: Some(uid),
+                tgid: Some(tgid),
+                exe_inode: Some(exe),
+                ..TaskIdentity::default()
+            }
+        }))
+    }
+
+    proptest! {
+        /// The compiled form (bitmaps and packed rules) decides exactly like evaluating every
+        /// rule in order with the reference matcher.
+        #[test]
+        fn compiled_rules_agree_with_the_reference(
+            rules in proptest::collection::vec(rule(), 0..=MAX_RULES),
+            flows in proptest::collection::vec((flow(), task()), 1..16),
+            default_deny in any::<bool>(),
+        ) {
+            let list: heapless::Vec<Rule, MAX_RULES> = rules.iter().copied().collect();
+            let set = RuleSet::compile(&list).unwrap();
+            prop_assert_eq!(set.len(), list.len());
+            let default = if default_deny { Action::Deny } else { Action::Allow };
+            for (flow, task) in &flows {
+                let expected = list
+                    .iter()
+                    .position(|r| r.matches(flow, task.as_ref()))
+                    .map_or(RuleOutcome { action: default, rule: None }, |i| RuleOutcome {
+                        action: list[i].action,
+                        rule: Some(i as u16),
+                    });
+                prop_assert_eq!(set.evaluate(&list, flow, task.as_ref(), default), expected);
+            }
+        }
+    }
+
+    #[test]
+    fn rules_pack_into_16_bytes() {
+        assert_eq!(core::mem::size_of::<PackedRule>(), 16);
+    }
+}

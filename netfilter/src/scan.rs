@@ -83,15 +83,17 @@ pub struct Probe {
     pub port: Option<u16>,
 }
 
-/// Distinct ports and hosts seen in the current window.
+/// Distinct ports and hosts seen in the current window. The start and counts lead, so a probe
+/// that repeats a recent port and host touches the first cache line only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
 pub struct ProbeWindow {
     start: u64,
     active: bool,
-    ports: [u16; PROBE_SET_CAPACITY],
     port_count: u8,
-    hosts: [u32; PROBE_SET_CAPACITY],
     host_count: u8,
+    hosts: [u32; PROBE_SET_CAPACITY],
+    ports: [u16; PROBE_SET_CAPACITY],
 }
 
 /// The counts after a probe was recorded.
@@ -110,10 +112,10 @@ impl ProbeWindow {
     pub const EMPTY: ProbeWindow = ProbeWindow {
         start: 0,
         active: false,
-        ports: [0; PROBE_SET_CAPACITY],
         port_count: 0,
-        hosts: [0; PROBE_SET_CAPACITY],
         host_count: 0,
+        hosts: [0; PROBE_SET_CAPACITY],
+        ports: [0; PROBE_SET_CAPACITY],
     };
 
     fn expired(&self, now: u64, window: u64) -> bool {
@@ -149,11 +151,13 @@ impl ProbeWindow {
     }
 }
 
-/// Outbound scan state of one container.
+/// Outbound scan state of one container (cache-line aligned: the block, the window's start and
+/// counts and its first hosts share a line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C, align(64))]
 pub struct OutboundScan {
-    window: ProbeWindow,
     blocked_until: Option<u64>,
+    window: ProbeWindow,
 }
 
 /// What recording an outbound probe found.
@@ -168,8 +172,8 @@ pub enum ScanVerdict {
 impl OutboundScan {
     /// No history.
     pub const NEW: OutboundScan = OutboundScan {
-        window: ProbeWindow::EMPTY,
         blocked_until: None,
+        window: ProbeWindow::EMPTY,
     };
 
     /// Whether the container is blocked at `now` (an expired block is lifted).

@@ -81,7 +81,6 @@ pub fn check_container_tx(
     let Some(container) = registry.get(slot) else {
         return Ok(());
     };
-    let spec = &container.spec;
     let finding = |reason, mac: MacAddr, ipv4: Option<Ipv4Addr>| {
         let claimed = ipv4
             .and_then(|ip| registry.by_ipv4(ip))
@@ -94,7 +93,7 @@ pub fn check_container_tx(
             ipv4,
         }
     };
-    if !spec.owns_mac(&frame.src_mac) {
+    if !container.owns_mac(&frame.src_mac) {
         return Err(finding(
             DropReason::SpoofedMac,
             frame.src_mac,
@@ -103,7 +102,7 @@ pub fn check_container_tx(
     }
     match frame.network {
         Network::Arp(arp) => {
-            let ip_ok = arp.sender_ip.is_unspecified() || spec.owns_ipv4(arp.sender_ip);
+            let ip_ok = arp.sender_ip.is_unspecified() || container.owns_ipv4(arp.sender_ip);
             if arp.sender_mac != frame.src_mac || !ip_ok {
                 return Err(finding(
                     DropReason::SpoofedArp,
@@ -112,7 +111,7 @@ pub fn check_container_tx(
                 ));
             }
         }
-        Network::Ipv4(ip) if !spec.owns_ipv4(ip.src) && !is_dhcp_client(frame) => {
+        Network::Ipv4(ip) if !container.owns_ipv4(ip.src) && !is_dhcp_client(frame) => {
             return Err(finding(DropReason::SpoofedIp, frame.src_mac, Some(ip.src)));
         }
         _ => {}
@@ -164,7 +163,7 @@ pub fn check_rx(registry: &Registry<'_>, frame: &ParsedFrame) -> Result<(), Spoo
     let Some(container) = registry.get(owner) else {
         return Ok(());
     };
-    if !container.spec.owns_mac(&arp.sender_mac) || !container.spec.owns_mac(&frame.src_mac) {
+    if !container.owns_mac(&arp.sender_mac) || !container.owns_mac(&frame.src_mac) {
         return Err(SpoofFinding {
             reason: DropReason::SpoofedArp,
             claimed: Some(owner),
