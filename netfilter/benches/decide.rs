@@ -298,9 +298,11 @@ fn decide_loop(engine: &mut Engine<'_>, frames: &[(Direction, Vec<u8>)], decisio
 /// `decide_loop` for that many decisions, instead of criterion. For example:
 ///
 /// ```text
-/// valgrind --tool=callgrind --toggle-collect='*decide_loop*' \
-///     target/release/deps/decide-* --bench   # with SHOJI_DECIDE_PROFILE=1024:100000
+/// SHOJI_DECIDE_PROFILE=1024:200000 valgrind --tool=callgrind --toggle-collect='*decide_loop*' \
+///     target/release/deps/decide-<hash> --bench     # "Collected" / 200000 = Ir per decision
 /// ```
+///
+/// (see `docs/policy.md`, Performance).
 fn profile(spec: &str) {
     let (count, decisions) = spec
         .split_once(':')
