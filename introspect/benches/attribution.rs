@@ -1,6 +1,7 @@
 //! Cost of one attribution on a synthetic guest laid out by the real 6.1 / 6.12 profiles.
 //!
 //! `cargo bench -p shoji-introspect --bench attribution -- --warm-up-time 1 --measurement-time 3`
+//! (see docs/kernel-profile.md, "Cost of an attribution")
 
 #[path = "../tests/common/mod.rs"]
 mod common;

@@ -86,10 +86,178 @@ fn kptr(mode_half: u64, v: u64) -> bool {
 const MAX_SPANS: usize = 4;
 const WINDOW_BYTES: usize = 2048;
 const SPAN_MAX: u32 = 1024;
-const SPAN_GAP: u32 = 512;
+const SPAN_GAP: u32 = 64;
 /// Number of cached identities.
 pub const CACHE_ENTRIES: usize = 32;
-const MEMO: usize = 16;
+/// At most this many guest reads fetch the cache key (the cached path).
+const KEY_READS: usize = 3;
+/// Longest single key read (bytes).
+const KEY_READ_MAX: u32 = 320;
+/// Key buffer: every key read fits even when no two keys could be merged.
+const KEY_BUF: usize = KEY_COUNT * KEY_READ_MAX as usize;
+/// Size of an object block read once per attribution (aligned, so never crosses a page).
+const BLOCK: usize = 64;
+/// Blocks kept per attribution.
+const BLOCKS: usize = 16;
+
+/// How the cache key is fetched: the key fields of `task_struct` grouped into at most
+/// [`KEY_READS`] small reads (merged across the smallest gaps), computed once per profile.
+#[derive(Debug, Clone, Copy, Default)]
+struct KeyPlan {
+    /// (task offset, length, offset in the key buffer) of each read.
+    reads: [(u32, u32, u32); KEY_COUNT],
+    n: usize,
+    /// Offset in the key buffer of each key slot (`None`: unused slot).
+    at: [Option<u32>; KEY_COUNT],
+}
+
+impl KeyPlan {
+    fn compute(p: &KernelProfile) -> KeyPlan {
+        // (start, end) groups, one per key to begin with, sorted by offset.
+        let mut g = [(0u32, 0u32); KEY_COUNT];
+        let mut n = 0usize;
+        for off in p.key_offsets.iter().flatten() {
+            if let Some(slot) = g.get_mut(n) {
+                *slot = (*off, off.saturating_add(8));
+                n += 1;
+            }
+        }
+        let groups = g.get_mut(..n).unwrap_or(&mut []);
+        groups.sort_unstable();
+        let mut n = groups.len();
+        // Merge the pair with the smallest gap while there are too many reads (and overlaps
+        // always).
+        loop {
+            let mut best: Option<(usize, u32)> = None;
+            for i in 0..n.saturating_sub(1) {
+                let (Some(a), Some(b)) = (g.get(i), g.get(i + 1)) else {
+                    break;
+                };
+                let gap = b.0.saturating_sub(a.1);
+                let merged = b.1.max(a.1).saturating_sub(a.0);
+                let overlap = b.0 < a.1;
+                if (overlap || (n > KEY_READS && merged <= KEY_READ_MAX))
+                    && best.is_none_or(|(_, bg)| gap < bg)
+                {
+                    best = Some((i, if overlap { 0 } else { gap }));
+                }
+            }
+            let Some((i, _)) = best else { break };
+            if let (Some(&a), Some(&b)) = (g.get(i), g.get(i + 1)) {
+                if let Some(s) = g.get_mut(i) {
+                    *s = (a.0, a.1.max(b.1));
+                }
+                for j in i + 1..n.saturating_sub(1) {
+                    if let Some(&next) = g.get(j + 1) {
+                        if let Some(s) = g.get_mut(j) {
+                            *s = next;
+                        }
+                    }
+                }
+            }
+            n -= 1;
+        }
+        let mut plan = KeyPlan::default();
+        let mut at = 0u32;
+        for (slot, &(start, end)) in plan.reads.iter_mut().zip(g.iter().take(n)) {
+            let len = end.saturating_sub(start).min(KEY_READ_MAX);
+            *slot = (start, len, at);
+            at = at.saturating_add(len);
+        }
+        plan.n = n;
+        for (k, off) in plan.at.iter_mut().zip(p.key_offsets.iter()) {
+            *k = off.and_then(|off| {
+                plan.reads.iter().take(n).find_map(|&(start, len, at)| {
+                    (off >= start && off.saturating_add(8) <= start.saturating_add(len))
+                        .then(|| at.saturating_add(off - start))
+                })
+            });
+        }
+        plan
+    }
+
+    /// Whether `[off, off + len)` of `task_struct` is covered by a key read.
+    fn covers(&self, off: u32, len: u32) -> bool {
+        self.reads
+            .iter()
+            .take(self.n)
+            .any(|&(s, l, _)| off >= s && off.saturating_add(len) <= s.saturating_add(l))
+    }
+}
+
+/// The key reads of the current attribution (persistent storage, so nothing is zeroed per exit).
+struct KeyWindow {
+    task: u64,
+    loaded: bool,
+    buf: [u8; KEY_BUF],
+}
+
+impl KeyWindow {
+    fn load<M: GuestMemory + ?Sized>(
+        &mut self,
+        v: &KernelView<M>,
+        plan: &KeyPlan,
+        task: u64,
+    ) -> Option<[u64; KEY_COUNT]> {
+        self.task = task;
+        self.loaded = false;
+        for &(off, len, at) in plan.reads.iter().take(plan.n) {
+            let dst = self
+                .buf
+                .get_mut(at as usize..(at as usize).checked_add(len as usize)?)?;
+            v.read(task.checked_add(off as u64)?, dst).ok()?;
+        }
+        self.loaded = true;
+        let mut k = [0u64; KEY_COUNT];
+        for (slot, at) in k.iter_mut().zip(plan.at.iter()) {
+            if let Some(at) = at {
+                let b = self.buf.get(*at as usize..*at as usize + 8)?;
+                *slot = u64::from_le_bytes(b.try_into().ok()?);
+            }
+        }
+        Some(k)
+    }
+
+    /// Bytes at `task + off` if a key read holds them.
+    fn get(&self, plan: &KeyPlan, off: u64, len: usize) -> Option<&[u8]> {
+        if !self.loaded {
+            return None;
+        }
+        for &(s, l, at) in plan.reads.iter().take(plan.n) {
+            let rel = off.checked_sub(s as u64)?;
+            if rel.checked_add(len as u64)? <= l as u64 {
+                let at = (at as usize).checked_add(rel as usize)?;
+                return self.buf.get(at..at.checked_add(len)?);
+            }
+        }
+        None
+    }
+}
+
+/// Aligned blocks of guest objects read during one attribution: fields of the same object
+/// (`cred`, `struct pid`, `signal_struct`...) cost one guest read together.
+struct Blocks {
+    tag: [u64; BLOCKS],
+    n: usize,
+    next: usize,
+    buf: [[u8; BLOCK]; BLOCKS],
+}
+
+impl Blocks {
+    fn new() -> Self {
+        Blocks {
+            tag: [0; BLOCKS],
+            n: 0,
+            next: 0,
+            buf: [[0; BLOCK]; BLOCKS],
+        }
+    }
+
+    fn clear(&mut self) {
+        self.n = 0;
+        self.next = 0;
+    }
+}
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Span {
@@ -108,7 +276,7 @@ struct Spans {
 }
 
 impl Spans {
-    fn compute(p: &KernelProfile) -> Spans {
+    fn compute(p: &KernelProfile, keys: &KeyPlan) -> Spans {
         // Candidates: cache keys and the first step of every field program.
         let mut cand = [(0u32, 0u32, false); KEY_COUNT + shoji_shared::profile::FIELD_COUNT];
         let mut n = 0usize;
@@ -133,7 +301,19 @@ impl Spans {
                 }
             }
         }
-        let cand = cand.get_mut(..n).unwrap_or(&mut []);
+        // What the key reads already hold is not read again.
+        let mut kept = 0usize;
+        for i in 0..n {
+            if let Some(c) = cand.get(i).copied() {
+                if !keys.covers(c.0, c.1) {
+                    if let Some(slot) = cand.get_mut(kept) {
+                        *slot = (c.0, c.1, false);
+                    }
+                    kept += 1;
+                }
+            }
+        }
+        let cand = cand.get_mut(..kept).unwrap_or(&mut []);
         cand.sort_unstable_by_key(|c| c.0);
         let mut out = Spans::default();
         let mut used = 0u32;
@@ -242,50 +422,84 @@ impl Window {
     }
 }
 
-/// Small per-attribution memo of scalar reads (shared prefixes such as `task->cred`).
-struct Memo {
-    e: [(u64, u8, u64); MEMO],
-    n: usize,
-}
-
-/// Reader for one attribution: window, memo, then guest memory.
+/// Reader for one attribution: the task windows (key reads, spans), then object blocks, then
+/// guest memory.
 struct Reader<'a, 'v, M: GuestMemory + ?Sized> {
     view: &'a KernelView<'v, M>,
     spans: &'a Spans,
     win: &'a Window,
-    memo: Memo,
+    plan: &'a KeyPlan,
+    keys: &'a KeyWindow,
+    blocks: &'a mut Blocks,
 }
 
 impl<M: GuestMemory + ?Sized> Reader<'_, '_, M> {
-    fn bytes(&mut self, va: u64, out: &mut [u8]) -> Option<()> {
-        if let Some(off) = va.checked_sub(self.win.task) {
-            if let Some(b) = self.win.get(self.spans, off, out.len()) {
-                out.copy_from_slice(b);
-                return Some(());
+    fn task_bytes(&self, va: u64, len: usize) -> Option<&[u8]> {
+        let off = va.checked_sub(self.win.task)?;
+        if self.keys.task == self.win.task {
+            if let Some(b) = self.keys.get(self.plan, off, len) {
+                return Some(b);
             }
+        }
+        self.win.get(self.spans, off, len)
+    }
+
+    fn bytes(&mut self, va: u64, out: &mut [u8]) -> Option<()> {
+        if let Some(b) = self.task_bytes(va, out.len()) {
+            out.copy_from_slice(b);
+            return Some(());
         }
         self.view.read(va, out).ok()
     }
 
-    fn scalar(&mut self, va: u64, width: u8) -> Option<u64> {
-        for &(a, w, v) in self.memo.e.iter().take(self.memo.n.min(MEMO)) {
-            if a == va && w == width {
-                return Some(v);
+    /// The block holding `[va, va + len)`, read once per attribution.
+    fn block(&mut self, va: u64, len: usize) -> Option<&[u8]> {
+        let base = va & !(BLOCK as u64 - 1);
+        let rel = (va - base) as usize;
+        if rel.checked_add(len)? > BLOCK {
+            return None;
+        }
+        let b = &mut *self.blocks;
+        let hit = b.tag.iter().take(b.n).position(|&t| t == base);
+        let i = match hit {
+            Some(i) => i,
+            None => {
+                let i = if b.n < BLOCKS {
+                    b.n += 1;
+                    b.n - 1
+                } else {
+                    let i = b.next % BLOCKS;
+                    b.next = i + 1;
+                    i
+                };
+                let dst = b.buf.get_mut(i)?;
+                if self.view.read(base, dst).is_err() {
+                    // Leave the slot unusable; the caller reads the field alone.
+                    if let Some(t) = b.tag.get_mut(i) {
+                        *t = u64::MAX;
+                    }
+                    return None;
+                }
+                if let Some(t) = b.tag.get_mut(i) {
+                    *t = base;
+                }
+                i
             }
-        }
-        let mut b = [0u8; 8];
+        };
+        b.buf.get(i)?.get(rel..rel + len)
+    }
+
+    fn scalar(&mut self, va: u64, width: u8) -> Option<u64> {
         let n = (width as usize).min(8);
-        self.bytes(va, b.get_mut(..n)?)?;
-        let v = u64::from_le_bytes(b);
-        let slot = self.memo.n % MEMO;
-        if let Some(e) = self.memo.e.get_mut(slot) {
-            *e = (va, width, v);
+        let mut b = [0u8; 8];
+        if let Some(src) = self.task_bytes(va, n) {
+            b.get_mut(..n)?.copy_from_slice(src);
+        } else if let Some(src) = self.block(va, n) {
+            b.get_mut(..n)?.copy_from_slice(src);
+        } else {
+            self.view.read(va, b.get_mut(..n)?).ok()?;
         }
-        self.memo.n = self.memo.n.wrapping_add(1);
-        if self.memo.n >= 2 * MEMO {
-            self.memo.n = MEMO;
-        }
-        Some(v)
+        Some(u64::from_le_bytes(b))
     }
 }
 
@@ -385,6 +599,8 @@ fn comm_ok(o: Option<Out>) -> Option<[u8; 16]> {
 #[derive(Clone, Copy)]
 struct Entry {
     task: u64,
+    /// The cache generation the entry belongs to ([`Introspector::flush`] starts a new one).
+    gen: u32,
     key: [u64; KEY_COUNT],
     kthread: Option<bool>,
     id: TaskIdentity,
@@ -407,20 +623,33 @@ pub struct Introspector {
     spans: Spans,
     dmap: Option<DirectMap>,
     cache: [Option<Entry>; CACHE_ENTRIES],
+    gen: u32,
     next: usize,
     stats: CacheStats,
     win: Window,
+    plan: KeyPlan,
+    keys: KeyWindow,
+    blocks: Blocks,
 }
 
 impl Introspector {
     /// Start using a profile (validated again here).
     pub fn new(profile: KernelProfile) -> Result<Introspector, ProfileError> {
         profile.validate()?;
+        let plan = KeyPlan::compute(&profile);
         Ok(Introspector {
-            spans: Spans::compute(&profile),
+            spans: Spans::compute(&profile, &plan),
+            plan,
+            keys: KeyWindow {
+                task: 0,
+                loaded: false,
+                buf: [0; KEY_BUF],
+            },
+            blocks: Blocks::new(),
             profile,
             dmap: None,
             cache: [None; CACHE_ENTRIES],
+            gen: 0,
             next: 0,
             stats: CacheStats::default(),
             win: Window::new(),
@@ -439,7 +668,11 @@ impl Introspector {
 
     /// Drop every cached identity.
     pub fn flush(&mut self) {
-        self.cache = [None; CACHE_ENTRIES];
+        // O(1): a new generation; entries of older ones never match.
+        self.gen = self.gen.wrapping_add(1);
+        if self.gen == 0 {
+            self.cache = [None; CACHE_ENTRIES];
+        }
     }
 
     /// The direct map in use, if established.
@@ -626,29 +859,41 @@ impl Introspector {
         task: u64,
     ) -> (TaskIdentity, Option<bool>) {
         let view = self.view(mem, cpu);
-        self.win.reset(task);
-        let key = if self.win.load(&view, &self.spans, true).is_ok() {
-            read_key(&self.profile, &self.spans, &view, &self.win)
-        } else {
-            None
-        };
+        // The cached path: the key fields only, in at most KEY_READS small reads.
+        let key = self.keys.load(&view, &self.plan, task);
         if let Some(k) = key {
+            let gen = self.gen;
             for e in self.cache.iter().flatten() {
-                if e.task == task && e.key == k {
+                // Word-wise comparison (no memcmp call on the hot path).
+                if e.task == task
+                    && e.gen == gen
+                    && e.key.iter().zip(k.iter()).fold(0, |d, (a, b)| d | (a ^ b)) == 0
+                {
                     self.stats.hits = self.stats.hits.wrapping_add(1);
                     return (e.id, e.kthread);
                 }
             }
         }
         self.stats.misses = self.stats.misses.wrapping_add(1);
+        self.win.reset(task);
         let _ = self.win.load(&view, &self.spans, false);
         let half = cpu.pt.mode.kernel_half();
-        let (id, kthread) = read_identity(&self.profile, &self.spans, &view, &self.win, half, task);
+        self.blocks.clear();
+        let mut r = Reader {
+            view: &view,
+            spans: &self.spans,
+            win: &self.win,
+            plan: &self.plan,
+            keys: &self.keys,
+            blocks: &mut self.blocks,
+        };
+        let (id, kthread) = read_identity(&self.profile, &mut r, half, task);
         if let Some(k) = key {
             let slot = self.next % CACHE_ENTRIES;
             if let Some(s) = self.cache.get_mut(slot) {
                 *s = Some(Entry {
                     task,
+                    gen: self.gen,
                     key: k,
                     kthread,
                     id,
@@ -660,45 +905,17 @@ impl Introspector {
     }
 }
 
-fn read_key<M: GuestMemory + ?Sized>(
-    profile: &KernelProfile,
-    spans: &Spans,
-    view: &KernelView<M>,
-    win: &Window,
-) -> Option<[u64; KEY_COUNT]> {
-    let mut k = [0u64; KEY_COUNT];
-    for (slot, off) in k.iter_mut().zip(profile.key_offsets.iter()) {
-        let Some(off) = off else { continue };
-        *slot = match win.get(spans, *off as u64, 8) {
-            Some(b) => u64::from_le_bytes(b.try_into().ok()?),
-            None => view.u64(win.task.checked_add(*off as u64)?).ok()?,
-        };
-    }
-    Some(k)
-}
-
 fn read_identity<M: GuestMemory + ?Sized>(
     p: &KernelProfile,
-    spans: &Spans,
-    view: &KernelView<M>,
-    win: &Window,
+    r: &mut Reader<'_, '_, M>,
     half: u64,
     task: u64,
 ) -> (TaskIdentity, Option<bool>) {
-    let mut r = Reader {
-        view,
-        spans,
-        win,
-        memo: Memo {
-            e: [(0, 0, 0); MEMO],
-            n: 0,
-        },
-    };
     let kthread = task
         .checked_add(p.task_flags_off as u64)
         .and_then(|va| r.scalar(va, 4))
         .map(|f| f as u32 & PF_KTHREAD != 0);
-    let mut f = |id: FieldId| run(&mut r, half, task, p.field(id));
+    let mut f = |id: FieldId| run(r, half, task, p.field(id));
     let pid = pid_ok(as_u32(f(FieldId::Pid)));
     let tgid = pid_ok(as_u32(f(FieldId::Tgid)));
     let pid_local = pid_ok(as_u32(f(FieldId::PidLocal)));
@@ -719,7 +936,7 @@ fn read_identity<M: GuestMemory + ?Sized>(
     };
     let uid_local = match (uid, userns_id, userns_ptr) {
         (Some(u), Some(ns), _) if ns == p.init_userns_inum => Some(u),
-        (Some(u), Some(_), Some(ns)) => map_uid(&mut r, half, p, ns, u),
+        (Some(u), Some(_), Some(ns)) => map_uid(r, half, p, ns, u),
         _ => None,
     };
     (

@@ -194,12 +194,23 @@ fn cached_attribution_costs_at_most_four_reads() {
         cm.reset();
         let again = intro.attribute(&cm, &cpu);
         let cached = cm.reads();
+        let cached_bytes = cm.bytes_read();
         assert_eq!(first, again);
         check(&again, &s, task);
-        eprintln!("{name}: uncached {uncached} reads, cached {cached} reads");
+        eprintln!(
+            "{name}: uncached {uncached} reads, cached {cached} reads ({cached_bytes} bytes)"
+        );
+        // The current-task pointer, then the key fields in at most three small reads.
         assert!(cached <= 4, "{name}: {cached} reads");
-        assert!(uncached <= 40, "{name}: {uncached} reads");
+        assert!(cached_bytes <= 700, "{name}: {cached_bytes} bytes");
+        assert!(uncached <= 30, "{name}: {uncached} reads");
         assert_eq!(intro.stats().hits, 1);
+        // flush() starts a new cache generation: the next attribution reads afresh.
+        intro.flush();
+        cm.reset();
+        assert_eq!(intro.attribute(&cm, &cpu), first);
+        assert_eq!(intro.stats().misses, 2);
+        assert!(cm.reads() > 4);
     }
 }
 
