@@ -12,6 +12,7 @@
 //! | `log_port` | I/O port of Shoji's log UART (`0x2f8` = COM2), `0` for none | `0x2f8` |
 //! | `agent_key` | 64 hex digits: the key the guest agent proves for privileged calls | none (privileged calls refused) |
 //! | `expose_hypervisor_memory` | `true` leaves Shoji's memory visible to the guest: TEST ONLY | `false` |
+//! | `mediate_nic` | `false` leaves the e1000 to the guest unmediated (comparison measurements only: no shadow rings, no policy) | `true` |
 
 use alloc::string::{String, ToString};
 use core::fmt;
@@ -51,6 +52,8 @@ pub struct Config {
     pub agent_key: Option<[u8; 32]>,
     /// Test-only: do not hide Shoji's memory.
     pub expose_hypervisor_memory: bool,
+    /// Mediate the e1000 with shadow rings (`false` only for comparison measurements).
+    pub mediate_nic: bool,
 }
 
 /// A configuration error: the line (1-based, 0 = whole file) and what is wrong.
@@ -73,10 +76,13 @@ impl fmt::Display for ConfigError {
 }
 
 fn err(line: usize, message: impl ToString) -> ConfigError {
-    ConfigError { line, message: message.to_string() }
+    ConfigError {
+        line,
+        message: message.to_string(),
+    }
 }
 
-const KEYS: [&str; 7] = [
+const KEYS: [&str; 8] = [
     "image",
     "cmdline",
     "fail_mode",
@@ -84,6 +90,7 @@ const KEYS: [&str; 7] = [
     "log_port",
     "agent_key",
     "expose_hypervisor_memory",
+    "mediate_nic",
 ];
 
 /// Parse the configuration text.
@@ -98,6 +105,7 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
         log_port: 0x2f8,
         agent_key: None,
         expose_hypervisor_memory: false,
+        mediate_nic: true,
     };
     for (n, raw) in text.lines().enumerate() {
         let line = n + 1;
@@ -140,7 +148,12 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
                     "info" => 2,
                     "debug" => 3,
                     "trace" => 4,
-                    _ => return Err(err(line, "`log_level` must be error, warn, info, debug or trace")),
+                    _ => {
+                        return Err(err(
+                            line,
+                            "`log_level` must be error, warn, info, debug or trace",
+                        ))
+                    }
                 }
             }
             "log_port" => {
@@ -153,14 +166,27 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
                 cfg.expose_hypervisor_memory = match value {
                     "true" => true,
                     "false" => false,
-                    _ => return Err(err(line, "`expose_hypervisor_memory` must be true or false")),
+                    _ => {
+                        return Err(err(
+                            line,
+                            "`expose_hypervisor_memory` must be true or false",
+                        ))
+                    }
+                }
+            }
+            "mediate_nic" => {
+                cfg.mediate_nic = match value {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(err(line, "`mediate_nic` must be true or false")),
                 }
             }
             // Every name in KEYS is handled above.
             _ => {}
         }
     }
-    cfg.image = image.ok_or_else(|| err(0, "`image` is missing (name the next EFI image, or `none`)"))?;
+    cfg.image =
+        image.ok_or_else(|| err(0, "`image` is missing (name the next EFI image, or `none`)"))?;
     Ok(cfg)
 }
 
@@ -233,7 +259,8 @@ mod tests {
         log_level = debug\n\
         log_port = 0x3f8\n\
         agent_key = 00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n\
-        expose_hypervisor_memory = false\n";
+        expose_hypervisor_memory = false\n\
+        mediate_nic = false\n";
 
     #[test]
     fn full_config_parses() {
@@ -245,15 +272,23 @@ mod tests {
         assert_eq!(c.log_port, 0x3f8);
         assert_eq!(c.agent_key.unwrap()[1], 0x11);
         assert!(!c.expose_hypervisor_memory);
+        assert!(!c.mediate_nic);
     }
 
     #[test]
     fn defaults_are_safe() {
         let c = parse("image = EFI/debian/grubx64.efi").unwrap();
-        assert_eq!(c.image, NextImage::Path("\\EFI\\debian\\grubx64.efi".into()));
+        assert_eq!(
+            c.image,
+            NextImage::Path("\\EFI\\debian\\grubx64.efi".into())
+        );
         assert_eq!(c.fail_mode, FailMode::Closed);
         assert_eq!(c.agent_key, None);
         assert_eq!(c.log_port, 0x2f8);
+        assert!(
+            c.mediate_nic,
+            "the NIC is mediated unless the operator says otherwise"
+        );
         assert_eq!(parse("image = none\r\n").unwrap().image, NextImage::None);
     }
 
@@ -269,6 +304,7 @@ mod tests {
             ("image = a\nagent_key = 0000000000000000000000000000000000000000000000000000000000000000", 2, "zeros"),
             ("image = a\nlog_port = 0x10000", 2, "port"),
             ("image = a\nexpose_hypervisor_memory = yes", 2, "true or false"),
+            ("image = a\nmediate_nic = off", 2, "true or false"),
             ("image =", 1, "empty"),
             ("fail_mode = open", 0, "missing"),
         ];
@@ -281,7 +317,10 @@ mod tests {
 
     #[test]
     fn fail_mode_survives_a_broken_file() {
-        assert_eq!(fail_mode_hint("fail_mode = open\nbroken line"), Some(FailMode::Open));
+        assert_eq!(
+            fail_mode_hint("fail_mode = open\nbroken line"),
+            Some(FailMode::Open)
+        );
         assert_eq!(fail_mode_hint("garbage"), None);
         assert_eq!(fail_mode_hint("fail_mode = sideways"), None);
     }

@@ -160,7 +160,11 @@ fn place_image() -> Result<Placement, &'static str> {
     // fits (checked above) and does not overlap the original.
     let copy = unsafe {
         core::ptr::write_bytes(region as *mut u8, 0, layout::IMAGE as usize);
-        core::ptr::copy_nonoverlapping(base as *const u8, copy_base as *mut u8, image_size as usize);
+        core::ptr::copy_nonoverlapping(
+            base as *const u8,
+            copy_base as *mut u8,
+            image_size as usize,
+        );
         core::slice::from_raw_parts_mut(copy_base as *mut u8, image_size as usize)
     };
     if pe::relocate(copy, copy_base.wrapping_sub(base)).is_err() {
@@ -168,7 +172,11 @@ fn place_image() -> Result<Placement, &'static str> {
         let _ = unsafe { boot::free_pages(region_ptr(region), (REGION_SIZE / 4096) as usize) };
         return Err("cannot relocate own image");
     }
-    Ok(Placement { region, original_base: base, image_size })
+    Ok(Placement {
+        region,
+        original_base: base,
+        image_size,
+    })
 }
 
 /// Read and parse `shoji.cfg` from the application's directory. On error, the reason and the
@@ -191,18 +199,25 @@ fn load_config() -> Result<(Config, String), (String, FailMode)> {
         Some(_) => alloc::format!("{dir}\\shoji.cfg"),
         None => FALLBACK_CONFIG.into(),
     };
-    let text = read_file(&path).map_err(|e| (alloc::format!("cannot read {path}: {e}"), FailMode::Closed))?;
-    let text = String::from_utf8(text).map_err(|_| (alloc::format!("{path} is not UTF-8 text"), FailMode::Closed))?;
-    config::parse(&text)
-        .map(|c| (c, dir))
-        .map_err(|e| (alloc::format!("{path}: {e}"), config::fail_mode_hint(&text).unwrap_or(FailMode::Closed)))
+    let text = read_file(&path)
+        .map_err(|e| (alloc::format!("cannot read {path}: {e}"), FailMode::Closed))?;
+    let text = String::from_utf8(text)
+        .map_err(|_| (alloc::format!("{path} is not UTF-8 text"), FailMode::Closed))?;
+    config::parse(&text).map(|c| (c, dir)).map_err(|e| {
+        (
+            alloc::format!("{path}: {e}"),
+            config::fail_mode_hint(&text).unwrap_or(FailMode::Closed),
+        )
+    })
 }
 
 fn read_file(path: &str) -> Result<Vec<u8>, String> {
-    let fs = boot::get_image_file_system(boot::image_handle()).map_err(|e| alloc::format!("{:?}", e.status()))?;
+    let fs = boot::get_image_file_system(boot::image_handle())
+        .map_err(|e| alloc::format!("{:?}", e.status()))?;
     let mut fs = uefi::fs::FileSystem::new(fs);
     let cpath = CString16::try_from(path).map_err(|_| String::from("path is not UCS-2"))?;
-    fs.read(uefi::fs::Path::new(&cpath)).map_err(|e| alloc::format!("{e}"))
+    fs.read(uefi::fs::Path::new(&cpath))
+        .map_err(|e| alloc::format!("{e}"))
 }
 
 fn vmx_available() -> Result<(), String> {
@@ -262,9 +277,15 @@ fn signature_text(sig: [u32; 4]) -> ([u8; 12], bool) {
 fn report_signature(cpu: usize, sig: [u32; 4]) -> bool {
     let (text, ok) = signature_text(sig);
     if ok {
-        println!("shoji: cpu {cpu} sees signature {}", core::str::from_utf8(&text).unwrap_or("?"));
+        println!(
+            "shoji: cpu {cpu} sees signature {}",
+            core::str::from_utf8(&text).unwrap_or("?")
+        );
     } else {
-        println!("shoji: cpu {cpu} does NOT see Shoji's signature (got {:02x?})", text);
+        println!(
+            "shoji: cpu {cpu} does NOT see Shoji's signature (got {:02x?})",
+            text
+        );
     }
     ok
 }
@@ -296,6 +317,7 @@ fn start_hypervisor(cfg: &Config, p: &Placement) -> Result<usize, HvError> {
         cpu_count: 1,
         ram_count: 0,
         ram: [[0; 2]; shoji_hypervisor::setup::MAX_RAM_RANGES],
+        mediate_nic: cfg.mediate_nic as u8,
     };
     record_guest_ram(setup).map_err(HvError::NotStarted)?;
     write_canary(region);
@@ -312,7 +334,10 @@ fn start_hypervisor(cfg: &Config, p: &Placement) -> Result<usize, HvError> {
         .and_then(|h| boot::open_protocol_exclusive::<MpServices>(h).ok());
     let (cpus, bsp) = match &mp {
         Some(mp) => {
-            let n = mp.get_number_of_processors().map(|c| c.enabled).unwrap_or(1);
+            let n = mp
+                .get_number_of_processors()
+                .map(|c| c.enabled)
+                .unwrap_or(1);
             (n.max(1), mp.who_am_i().unwrap_or(0))
         }
         None => (1, 0),
@@ -320,7 +345,11 @@ fn start_hypervisor(cfg: &Config, p: &Placement) -> Result<usize, HvError> {
     setup.cpu_count = cpus as u32;
 
     let entry = launch::launch_entry as *const () as u64 - p.original_base + region + layout::IMAGE;
-    let mut args = LaunchArgs { setup: setup_ptr as u64, cpu_index: 0, ..Default::default() };
+    let mut args = LaunchArgs {
+        setup: setup_ptr as u64,
+        cpu_index: 0,
+        ..Default::default()
+    };
     // SAFETY: the relocated image, setup page and page tables are ready.
     let rc = unsafe { launch::virtualize_this_cpu(entry, &mut args, host_cr3) };
     if rc != 0 {
@@ -339,19 +368,39 @@ fn start_hypervisor(cfg: &Config, p: &Placement) -> Result<usize, HvError> {
             let mut call = ApCall {
                 entry,
                 host_cr3,
-                args: LaunchArgs { setup: setup_ptr as u64, cpu_index: index, ..Default::default() },
+                args: LaunchArgs {
+                    setup: setup_ptr as u64,
+                    cpu_index: index,
+                    ..Default::default()
+                },
                 result: u64::MAX,
                 signature: [0; 4],
             };
             let arg = &mut call as *mut ApCall as *mut c_void;
-            let started = mp.startup_this_ap(proc_no, ap_virtualize, arg, None, Some(core::time::Duration::from_secs(10)));
+            let started = mp.startup_this_ap(
+                proc_no,
+                ap_virtualize,
+                arg,
+                None,
+                Some(core::time::Duration::from_secs(10)),
+            );
             if started.is_err() || call.result != 0 {
                 return Err(HvError::Partial(alloc::format!(
                     "processor {proc_no}: {}",
-                    if started.is_err() { "did not run the launch procedure" } else { launch::error::describe(call.result) }
+                    if started.is_err() {
+                        "did not run the launch procedure"
+                    } else {
+                        launch::error::describe(call.result)
+                    }
                 )));
             }
-            let checked = mp.startup_this_ap(proc_no, ap_read_signature, arg, None, Some(core::time::Duration::from_secs(10)));
+            let checked = mp.startup_this_ap(
+                proc_no,
+                ap_read_signature,
+                arg,
+                None,
+                Some(core::time::Duration::from_secs(10)),
+            );
             if checked.is_err() {
                 println!("shoji: cpu {index} did not run the signature check");
                 all_ok = false;
@@ -371,7 +420,8 @@ fn start_hypervisor(cfg: &Config, p: &Placement) -> Result<usize, HvError> {
 /// write on the guest's behalf (never device memory).
 fn record_guest_ram(setup: &mut Setup) -> Result<(), String> {
     use uefi::mem::memory_map::MemoryMap;
-    let map = boot::memory_map(MemoryType::LOADER_DATA).map_err(|e| alloc::format!("no memory map ({:?})", e.status()))?;
+    let map = boot::memory_map(MemoryType::LOADER_DATA)
+        .map_err(|e| alloc::format!("no memory map ({:?})", e.status()))?;
     for d in map.entries() {
         let ram = matches!(
             d.ty,
@@ -387,8 +437,15 @@ fn record_guest_ram(setup: &mut Setup) -> Result<(), String> {
                 | MemoryType::PERSISTENT_MEMORY
         );
         if ram {
-            let end = d.phys_start.saturating_add(d.page_count.saturating_mul(4096));
-            if !shoji_hypervisor::setup::add_ram_range(&mut setup.ram, &mut setup.ram_count, d.phys_start, end) {
+            let end = d
+                .phys_start
+                .saturating_add(d.page_count.saturating_mul(4096));
+            if !shoji_hypervisor::setup::add_ram_range(
+                &mut setup.ram,
+                &mut setup.ram_count,
+                d.phys_start,
+                end,
+            ) {
                 return Err("the firmware's memory map has too many RAM ranges".into());
             }
         }
@@ -399,10 +456,18 @@ fn record_guest_ram(setup: &mut Setup) -> Result<(), String> {
 fn write_canary(region: u64) {
     // SAFETY: RDTSC has no side effects.
     let tsc = unsafe { core::arch::x86_64::_rdtsc() };
-    let text = alloc::format!("{}{:016x}\n", core::str::from_utf8(layout::CANARY_PREFIX).unwrap_or(""), tsc);
+    let text = alloc::format!(
+        "{}{:016x}\n",
+        core::str::from_utf8(layout::CANARY_PREFIX).unwrap_or(""),
+        tsc
+    );
     // SAFETY: the canary page is the first page of Shoji's reserved region.
     unsafe {
-        core::ptr::copy_nonoverlapping(text.as_ptr(), (region + layout::CANARY) as *mut u8, text.len())
+        core::ptr::copy_nonoverlapping(
+            text.as_ptr(),
+            (region + layout::CANARY) as *mut u8,
+            text.len(),
+        )
     };
 }
 
@@ -411,7 +476,8 @@ fn start_image(path: &str, cmdline: &str) -> Result<(), String> {
     let device = {
         let li = boot::open_protocol_exclusive::<LoadedImage>(boot::image_handle())
             .map_err(|e| alloc::format!("{:?}", e.status()))?;
-        li.device().ok_or_else(|| String::from("Shoji's own volume is unknown"))?
+        li.device()
+            .ok_or_else(|| String::from("Shoji's own volume is unknown"))?
     };
     let device_path = boot::open_protocol_exclusive::<DevicePath>(device)
         .map_err(|e| alloc::format!("no device path for Shoji's volume ({:?})", e.status()))?;
@@ -419,7 +485,9 @@ fn start_image(path: &str, cmdline: &str) -> Result<(), String> {
     let mut buf = [core::mem::MaybeUninit::<u8>::uninit(); 1024];
     let mut builder = build::DevicePathBuilder::with_buf(&mut buf);
     for node in device_path.node_iter() {
-        builder = builder.push(&node).map_err(|_| String::from("device path too long"))?;
+        builder = builder
+            .push(&node)
+            .map_err(|_| String::from("device path too long"))?;
     }
     let full = builder
         .push(&build::media::FilePath { path_name: &file })
@@ -427,11 +495,15 @@ fn start_image(path: &str, cmdline: &str) -> Result<(), String> {
         .map_err(|_| String::from("device path too long"))?;
     let child = boot::load_image(
         boot::image_handle(),
-        LoadImageSource::FromDevicePath { device_path: full, boot_policy: uefi::proto::BootPolicy::ExactMatch },
+        LoadImageSource::FromDevicePath {
+            device_path: full,
+            boot_policy: uefi::proto::BootPolicy::ExactMatch,
+        },
     )
     .map_err(|e| alloc::format!("load failed ({:?})", e.status()))?;
     if !cmdline.is_empty() {
-        let options = CString16::try_from(cmdline).map_err(|_| String::from("cmdline is not UCS-2"))?;
+        let options =
+            CString16::try_from(cmdline).map_err(|_| String::from("cmdline is not UCS-2"))?;
         let bytes = options.num_bytes();
         let leaked: &'static CString16 = alloc::boxed::Box::leak(alloc::boxed::Box::new(options));
         let mut li = boot::open_protocol_exclusive::<LoadedImage>(child)

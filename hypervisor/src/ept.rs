@@ -115,6 +115,42 @@ impl Ept {
         Ok(())
     }
 
+    /// A second EPT identical to this one except that the 4 KiB page `gpa` is mapped with
+    /// `access`: the tables on the path to `gpa` are copied, all others are shared. `gpa` must
+    /// already be mapped by a 4 KiB entry (see [`Ept::map_page`]).
+    pub fn fork_page<M: TableMemory>(
+        &self,
+        mem: &mut M,
+        gpa: u64,
+        access: u64,
+    ) -> Result<Ept, EptError> {
+        let (leaf, level) = self.lookup(mem, gpa).ok_or(EptError::OutOfRange)?;
+        if level != 0 {
+            return Err(EptError::OutOfRange);
+        }
+        let root = mem.alloc_table().ok_or(EptError::OutOfTables)?;
+        let mut src = self.pml4;
+        let mut dst = root;
+        for level in (0..4).rev() {
+            let copy = *mem.table(src);
+            *mem.table(dst) = copy;
+            let idx = index(gpa, level);
+            if level == 0 {
+                mem.table(dst)[idx] = (leaf & !RWX) | (access & RWX);
+                break;
+            }
+            let next_src = copy[idx] & ADDR_MASK;
+            let next_dst = mem.alloc_table().ok_or(EptError::OutOfTables)?;
+            mem.table(dst)[idx] = next_dst | (copy[idx] & !ADDR_MASK);
+            src = next_src;
+            dst = next_dst;
+        }
+        Ok(Ept {
+            pml4: root,
+            top: self.top,
+        })
+    }
+
     /// Look up the leaf entry mapping `gpa` and the level it sits at (0 = 4 KiB).
     pub fn lookup<M: TableMemory>(&self, mem: &mut M, gpa: u64) -> Option<(u64, usize)> {
         if gpa >= self.top {
@@ -248,8 +284,14 @@ mod tests {
             *b = mtrr::UC;
         }
         // RAM 0 - 3 GiB WB as 2 GiB + 1 GiB ranges; 3-4 GiB stays UC (PCI hole).
-        s.variable[0] = VariableRange { base: mtrr::WB as u64, mask: 0xff_8000_0000 | (1 << 11) };
-        s.variable[1] = VariableRange { base: 0x8000_0000 | mtrr::WB as u64, mask: 0xff_c000_0000 | (1 << 11) };
+        s.variable[0] = VariableRange {
+            base: mtrr::WB as u64,
+            mask: 0xff_8000_0000 | (1 << 11),
+        };
+        s.variable[1] = VariableRange {
+            base: 0x8000_0000 | mtrr::WB as u64,
+            mask: 0xff_c000_0000 | (1 << 11),
+        };
         s.variable_count = 2;
         s
     }
@@ -258,8 +300,25 @@ mod tests {
     fn identity_map_uses_mtrr_types_and_large_pages() {
         let mut m = VecTables(Vec::new());
         let s = mtrr_ovmf();
-        let ept = Ept::identity(&mut m, &s, IdentityMapSpec { top: 8 << 30, allow_1g: true }).unwrap();
-        for gpa in [0u64, 0xa_0000, 0xc_0000, 0x10_0000, 0x4000_0000, 0xb000_0000, 0xfee0_0000, 0x1_2345_6000] {
+        let ept = Ept::identity(
+            &mut m,
+            &s,
+            IdentityMapSpec {
+                top: 8 << 30,
+                allow_1g: true,
+            },
+        )
+        .unwrap();
+        for gpa in [
+            0u64,
+            0xa_0000,
+            0xc_0000,
+            0x10_0000,
+            0x4000_0000,
+            0xb000_0000,
+            0xfee0_0000,
+            0x1_2345_6000,
+        ] {
             let (e, level) = ept.lookup(&mut m, gpa).unwrap();
             assert_eq!(translate(e, level, gpa), gpa, "identity at {gpa:#x}");
             assert_eq!(entry_type(e), s.page_type(gpa), "type at {gpa:#x}");
@@ -278,7 +337,15 @@ mod tests {
     fn without_1g_pages_uses_2m() {
         let mut m = VecTables(Vec::new());
         let s = mtrr_ovmf();
-        let ept = Ept::identity(&mut m, &s, IdentityMapSpec { top: 4 << 30, allow_1g: false }).unwrap();
+        let ept = Ept::identity(
+            &mut m,
+            &s,
+            IdentityMapSpec {
+                top: 4 << 30,
+                allow_1g: false,
+            },
+        )
+        .unwrap();
         assert_eq!(ept.lookup(&mut m, 0x4000_0000).unwrap().1, 1);
     }
 
@@ -286,9 +353,18 @@ mod tests {
     fn map_page_splits_and_keeps_neighbours() {
         let mut m = VecTables(Vec::new());
         let s = mtrr_ovmf();
-        let ept = Ept::identity(&mut m, &s, IdentityMapSpec { top: 4 << 30, allow_1g: true }).unwrap();
+        let ept = Ept::identity(
+            &mut m,
+            &s,
+            IdentityMapSpec {
+                top: 4 << 30,
+                allow_1g: true,
+            },
+        )
+        .unwrap();
         let hidden = 0x4123_4000;
-        ept.map_page(&mut m, hidden, 0x7000, READ | WRITE, mtrr::WB).unwrap();
+        ept.map_page(&mut m, hidden, 0x7000, READ | WRITE, mtrr::WB)
+            .unwrap();
         let (e, level) = ept.lookup(&mut m, hidden).unwrap();
         assert_eq!(level, 0);
         assert_eq!(translate(e, 0, hidden + 8), 0x7008);
@@ -299,10 +375,48 @@ mod tests {
             assert_eq!(entry_type(e), mtrr::WB);
         }
         // Trap a device page: no access at all.
-        ept.map_page(&mut m, 0xfebc_0000, 0xfebc_0000, 0, mtrr::UC).unwrap();
+        ept.map_page(&mut m, 0xfebc_0000, 0xfebc_0000, 0, mtrr::UC)
+            .unwrap();
         let (e, _) = ept.lookup(&mut m, 0xfebc_0000).unwrap();
         assert_eq!(e & RWX, 0);
-        assert_eq!(ept.map_page(&mut m, 4 << 30, 0, RWX, 6), Err(EptError::OutOfRange));
+        assert_eq!(
+            ept.map_page(&mut m, 4 << 30, 0, RWX, 6),
+            Err(EptError::OutOfRange)
+        );
+    }
+
+    #[test]
+    fn fork_changes_one_page_and_shares_the_rest() {
+        let mut m = VecTables(Vec::new());
+        let s = mtrr_ovmf();
+        let ept = Ept::identity(
+            &mut m,
+            &s,
+            IdentityMapSpec {
+                top: 8 << 30,
+                allow_1g: true,
+            },
+        )
+        .unwrap();
+        let apic = 0xfee0_0000;
+        ept.map_page(&mut m, apic, apic, READ, mtrr::UC).unwrap();
+        assert_eq!(
+            ept.fork_page(&mut m, 0x4000_0000, RWX),
+            Err(EptError::OutOfRange),
+            "1 GiB leaf"
+        );
+        let before = m.0.len();
+        let alt = ept.fork_page(&mut m, apic, READ | WRITE).unwrap();
+        assert_eq!(m.0.len() - before, 4, "one copied table per level");
+        let (e, _) = alt.lookup(&mut m, apic).unwrap();
+        assert_eq!(e & RWX, READ | WRITE);
+        assert_eq!(translate(e, 0, apic), apic);
+        assert_eq!(entry_type(e), mtrr::UC);
+        let (e, _) = ept.lookup(&mut m, apic).unwrap();
+        assert_eq!(e & RWX, READ, "the original is unchanged");
+        for gpa in [0u64, 0x4000_0000, 0xfee0_1000, 0xfec0_0000, 0x1_8000_0000] {
+            assert_eq!(alt.lookup(&mut m, gpa), ept.lookup(&mut m, gpa), "{gpa:#x}");
+        }
     }
 
     #[test]
@@ -323,7 +437,14 @@ mod tests {
         let mut m = Tiny(VecTables(Vec::new()));
         let s = mtrr_ovmf();
         assert_eq!(
-            Ept::identity(&mut m, &s, IdentityMapSpec { top: 4 << 30, allow_1g: true }),
+            Ept::identity(
+                &mut m,
+                &s,
+                IdentityMapSpec {
+                    top: 4 << 30,
+                    allow_1g: true
+                }
+            ),
             Err(EptError::OutOfTables)
         );
     }

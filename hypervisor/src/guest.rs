@@ -29,7 +29,10 @@ impl GuestRam {
         if gpa < self.hidden.1 && end > self.hidden.0 {
             return Err(MemError::Hypervisor);
         }
-        if self.ram[..self.count].iter().any(|r| gpa >= r[0] && end <= r[1]) {
+        if self.ram[..self.count]
+            .iter()
+            .any(|r| gpa >= r[0] && end <= r[1])
+        {
             Ok(())
         } else {
             Err(MemError::NotRam)
@@ -74,7 +77,11 @@ pub fn address_space(cr0: u64, cr3: u64, cr4: u64, efer: u64) -> AddressSpace {
     if cr0 & PG == 0 {
         AddressSpace::Physical
     } else if efer & LMA != 0 {
-        let mode = if cr4 & LA57 != 0 { PagingMode::Level5 } else { PagingMode::Level4 };
+        let mode = if cr4 & LA57 != 0 {
+            PagingMode::Level5
+        } else {
+            PagingMode::Level4
+        };
         AddressSpace::Paged(PageTables { cr3, mode })
     } else {
         AddressSpace::Unsupported
@@ -93,7 +100,8 @@ pub fn fetch_instruction<M: GuestMemory + ?Sized>(
     let first_page_left = (0x1000 - (linear & 0xfff)) as usize;
     let first = first_page_left.min(15);
     read_linear(mem, space, linear, &mut out[..first], user)?;
-    if first < 15 && read_linear(mem, space, linear + first as u64, &mut out[first..], user).is_ok() {
+    if first < 15 && read_linear(mem, space, linear + first as u64, &mut out[first..], user).is_ok()
+    {
         return Ok(15);
     }
     Ok(first)
@@ -107,8 +115,12 @@ fn read_linear<M: GuestMemory + ?Sized>(
     user: bool,
 ) -> Result<(), WalkError> {
     match space {
-        AddressSpace::Physical => mem.read(linear & 0xffff_ffff, buf).map_err(WalkError::Memory),
-        AddressSpace::Paged(pt) => paging::read_virt(mem, &pt, linear, buf, Access { user, write: false }),
+        AddressSpace::Physical => mem
+            .read(linear & 0xffff_ffff, buf)
+            .map_err(WalkError::Memory),
+        AddressSpace::Paged(pt) => {
+            paging::read_virt(mem, &pt, linear, buf, Access { user, write: false })
+        }
         AddressSpace::Unsupported => Err(WalkError::Memory(MemError::BadRange)),
     }
 }
@@ -153,14 +165,25 @@ mod tests {
             cpu_count: 0,
             ram_count: 0,
             ram: [[0; 2]; crate::setup::MAX_RAM_RANGES],
+            mediate_nic: 0,
         }
     }
 
     #[test]
     fn address_space_selection() {
-        assert!(matches!(address_space(0x11, 0, 0, 0), AddressSpace::Physical));
-        assert!(matches!(address_space(0x8000_0011, 0x1000, 0, 0x500), AddressSpace::Paged(p) if p.mode == PagingMode::Level4));
-        assert!(matches!(address_space(0x8000_0011, 0x1000, 1 << 12, 0x500), AddressSpace::Paged(p) if p.mode == PagingMode::Level5));
-        assert!(matches!(address_space(0x8000_0011, 0x1000, 0, 0), AddressSpace::Unsupported));
+        assert!(matches!(
+            address_space(0x11, 0, 0, 0),
+            AddressSpace::Physical
+        ));
+        assert!(
+            matches!(address_space(0x8000_0011, 0x1000, 0, 0x500), AddressSpace::Paged(p) if p.mode == PagingMode::Level4)
+        );
+        assert!(
+            matches!(address_space(0x8000_0011, 0x1000, 1 << 12, 0x500), AddressSpace::Paged(p) if p.mode == PagingMode::Level5)
+        );
+        assert!(matches!(
+            address_space(0x8000_0011, 0x1000, 0, 0),
+            AddressSpace::Unsupported
+        ));
     }
 }

@@ -5,14 +5,14 @@
 //! only on the real (or emulated) CPU.
 #![no_std]
 
-pub mod ept;
-pub mod mtrr;
+pub mod arena;
 pub mod counters;
 pub mod cpuid;
+pub mod ept;
 pub mod guest;
-pub mod msr;
-pub mod arena;
 pub mod log;
+pub mod msr;
+pub mod mtrr;
 pub mod paging;
 pub mod setup;
 #[cfg(target_arch = "x86_64")]

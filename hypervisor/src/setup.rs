@@ -57,13 +57,21 @@ pub struct Setup {
     /// Guest RAM as `[start, end)` ranges from the firmware's memory map (sorted, merged): the
     /// only memory Shoji reads or writes on the guest's behalf.
     pub ram: [[u64; 2]; MAX_RAM_RANGES],
+    /// Whether Shoji mediates the e1000 NIC (1, the default) or leaves it to the guest (0, for
+    /// comparison measurements only: the guest then reaches the NIC directly).
+    pub mediate_nic: u8,
 }
 
 /// Capacity of the RAM range table.
 pub const MAX_RAM_RANGES: usize = 64;
 
 /// Merge `[start, end)` into the sorted range table, returning false when the table is full.
-pub fn add_ram_range(ram: &mut [[u64; 2]; MAX_RAM_RANGES], count: &mut u32, start: u64, end: u64) -> bool {
+pub fn add_ram_range(
+    ram: &mut [[u64; 2]; MAX_RAM_RANGES],
+    count: &mut u32,
+    start: u64,
+    end: u64,
+) -> bool {
     if start >= end {
         return true;
     }
@@ -104,7 +112,12 @@ mod tests {
         let mut full = [[0u64; 2]; MAX_RAM_RANGES];
         let mut m = 0;
         for i in 0..MAX_RAM_RANGES as u64 {
-            assert!(add_ram_range(&mut full, &mut m, i * 0x10000, i * 0x10000 + 0x1000));
+            assert!(add_ram_range(
+                &mut full,
+                &mut m,
+                i * 0x10000,
+                i * 0x10000 + 0x1000
+            ));
         }
         assert!(!add_ram_range(&mut full, &mut m, 0x1000_0000, 0x1000_1000));
     }

@@ -10,8 +10,11 @@
 //! is delivered by Shoji: the AP leaves the host loop and enters real mode at the SIPI vector.
 //! Every other APIC write is performed unchanged.
 
+use super::exit::{advance_rip_by, GuestRegs};
 use super::launch::{Vcpu, MAX_CPUS, VCPUS};
+use super::{vmread, vmwrite};
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use x86::vmx::vmcs::control::{self, PrimaryControls};
 
 /// IA32_APIC_BASE.
 pub const IA32_APIC_BASE: u32 = 0x1b;
@@ -20,6 +23,7 @@ pub const X2APIC_ICR: u32 = 0x830;
 const ICR_LOW: u64 = 0x300;
 const ICR_HIGH: u64 = 0x310;
 const MODE_SIPI: u64 = 6;
+const MODE_INIT: u64 = 5;
 
 /// Physical page of the xAPIC registers Shoji traps (0 = not trapped).
 pub static TRAPPED_PAGE: AtomicU64 = AtomicU64::new(0);
@@ -34,12 +38,19 @@ pub struct StartupState {
     pub waiting: AtomicBool,
     /// A delivered SIPI vector plus one (0 = none).
     pub sipi: AtomicU32,
+    /// An INIT Shoji delivers: the CPU is kicked out of the guest with an NMI and parks.
+    pub init: AtomicBool,
 }
 
 impl StartupState {
     /// Not waiting, no SIPI.
     pub const fn new() -> Self {
-        StartupState { apic_id: AtomicU32::new(u32::MAX), waiting: AtomicBool::new(false), sipi: AtomicU32::new(0) }
+        StartupState {
+            apic_id: AtomicU32::new(u32::MAX),
+            waiting: AtomicBool::new(false),
+            sipi: AtomicU32::new(0),
+            init: AtomicBool::new(false),
+        }
     }
 }
 
@@ -81,7 +92,9 @@ fn targets(icr_low: u64, dest: u32, sender: u32) -> impl Iterator<Item = usize> 
 /// Whether every CPU the boot application announced runs under Shoji: from then on no SIPI
 /// reaches the hardware, so no CPU can ever be started outside Shoji.
 fn sealed() -> bool {
-    let expected = super::launch::setup().map(|s| s.cpu_count as usize).unwrap_or(1);
+    let expected = super::launch::setup()
+        .map(|s| s.cpu_count as usize)
+        .unwrap_or(1);
     VCPUS.iter().filter(|v| v.lock().is_some()).count() >= expected
 }
 
@@ -89,49 +102,170 @@ fn sealed() -> bool {
 /// when Shoji consumed the write, false when it must go to the hardware.
 fn mediate_icr(icr_low: u64, dest: u32, sender_apic: u32) -> bool {
     let mode = (icr_low >> 8) & 7;
-    if mode != MODE_SIPI {
-        return false;
-    }
-    for i in targets(icr_low, dest, sender_apic) {
-        let s = &STARTUP[i];
-        // A SIPI to a virtualized CPU that is not waiting is ignored, as hardware ignores a SIPI
-        // outside the wait-for-SIPI state.
-        if s.waiting.load(Ordering::Acquire) {
-            s.sipi.store(((icr_low & 0xff) as u32) + 1, Ordering::Release);
+    let sealed = sealed();
+    match mode {
+        MODE_INIT => {
+            let assert = icr_low & (1 << 14) != 0;
+            let shorthand = (icr_low >> 18) & 3;
+            let mut native = false;
+            let mut matched = 0;
+            for i in targets(icr_low, dest, sender_apic) {
+                matched += 1;
+                if VCPUS[i].lock().is_none() {
+                    native = true;
+                } else if assert {
+                    // The CPU runs under Shoji: a hardware INIT must never reach it. Park it via
+                    // an NMI exit instead.
+                    STARTUP[i].init.store(true, Ordering::Release);
+                    send_nmi(STARTUP[i].apic_id.load(Ordering::Acquire));
+                }
+            }
+            // A CPU Shoji does not know yet (physical destination matched nobody, or a
+            // broadcast) is being started by the boot application.
+            if (shorthand == 0 && matched == 0) || shorthand >= 2 {
+                native = true;
+            }
+            // INITs for CPUs not yet under Shoji (the boot application starting them) go to the
+            // hardware; afterwards none does.
+            sealed || !native
         }
+        MODE_SIPI => {
+            for i in targets(icr_low, dest, sender_apic) {
+                let s = &STARTUP[i];
+                // A SIPI to a virtualized CPU that is not waiting is ignored, as hardware ignores
+                // a SIPI outside the wait-for-SIPI state.
+                if s.waiting.load(Ordering::Acquire) {
+                    s.sipi.store(((icr_low & 0xff) as u32) + 1, Ordering::Release);
+                }
+            }
+            // While the boot application is still starting CPUs, SIPIs for them go to the
+            // hardware (CPUs already under Shoji ignore a hardware SIPI). Afterwards none does.
+            sealed
+        }
+        _ => false,
     }
-    // While the boot application is still starting CPUs, SIPIs for them go to the hardware
-    // (CPUs already under Shoji ignore a hardware SIPI). Afterwards none does.
-    sealed()
 }
 
-/// A guest write to the trapped xAPIC page at `offset` (`width` bytes, `value`).
-pub fn xapic_write(vcpu: &Vcpu, offset: u64, width: u8, value: u64) {
-    let page = TRAPPED_PAGE.load(Ordering::Acquire);
-    if offset == ICR_LOW {
-        // SAFETY: the xAPIC page is identity mapped MMIO; reading ICR high has no side effects.
-        let dest = unsafe { core::ptr::read_volatile((page + ICR_HIGH) as *const u32) } >> 24;
-        let sender = STARTUP[vcpu.index as usize % MAX_CPUS].apic_id.load(Ordering::Acquire);
-        if mediate_icr(value, dest, sender) {
-            return;
+/// Send an NMI to the CPU with APIC id `apic_id` (from host mode).
+fn send_nmi(apic_id: u32) {
+    const NMI: u64 = 4 << 8;
+    const ASSERT: u64 = 1 << 14;
+    let x2apic = super::rdmsr(IA32_APIC_BASE) & (1 << 10) != 0;
+    if x2apic {
+        // SAFETY: an NMI IPI through the x2APIC ICR; Shoji's NMI exit handler receives it.
+        unsafe { super::wrmsr(X2APIC_ICR, ((apic_id as u64) << 32) | NMI | ASSERT) };
+    } else {
+        let page = TRAPPED_PAGE.load(Ordering::Acquire);
+        // SAFETY: programming this CPU's local APIC ICR (high then low) to send an NMI; the
+        // guest's own ICR high value is the same destination it just wrote.
+        unsafe {
+            core::ptr::write_volatile((page + ICR_HIGH) as *mut u32, apic_id << 24);
+            core::ptr::write_volatile((page + ICR_LOW) as *mut u32, (NMI | ASSERT) as u32);
         }
     }
-    let addr = page + (offset & 0xfff);
+}
+
+/// An NMI exit on `vcpu`: true when it was Shoji's INIT kick (the CPU is then parked until a
+/// SIPI and started), false when the NMI belongs to the guest.
+pub fn take_init(vcpu: &Vcpu) -> bool {
+    STARTUP[vcpu.index as usize % MAX_CPUS].init.swap(false, Ordering::AcqRel)
+}
+
+/// EPT pointer of the alternate EPT in which the xAPIC page is writable (0 = none).
+pub static STEP_EPTP: AtomicU64 = AtomicU64::new(0);
+
+/// A guest write hit the write-trapped xAPIC page at `gpa`. A SIPI Shoji delivers itself is
+/// consumed (the instruction is skipped); every other write is executed by the guest itself,
+/// for exactly one instruction, under an alternate EPT in which the page is writable (monitor
+/// trap flag), so the local APIC sees the guest's own access and Shoji never writes it.
+pub fn trapped_write(vcpu: &Vcpu, regs: &mut GuestRegs, gpa: u64) {
+    if gpa & 0xfff == ICR_LOW {
+        if let Ok(access) = super::mmio::decode_current() {
+            if let Some(value) = access.write_value(&regs.to_array()) {
+                let page = TRAPPED_PAGE.load(Ordering::Acquire);
+                // SAFETY: reading ICR high of this CPU's local APIC has no side effects.
+                let dest =
+                    unsafe { core::ptr::read_volatile((page + ICR_HIGH) as *const u32) } >> 24;
+                let sender = STARTUP[vcpu.index as usize % MAX_CPUS]
+                    .apic_id
+                    .load(Ordering::Acquire);
+                let consumed = mediate_icr(value, dest, sender);
+                if (value >> 8) & 7 >= MODE_INIT {
+                    log::info!(
+                        "cpu {}: {} IPI (icr {:#x}) to apic {} {}",
+                        vcpu.index,
+                        if (value >> 8) & 7 == MODE_SIPI {
+                            "start-up"
+                        } else {
+                            "INIT"
+                        },
+                        value,
+                        dest,
+                        if consumed {
+                            "delivered by Shoji"
+                        } else {
+                            "sent by the hardware"
+                        }
+                    );
+                }
+                if consumed {
+                    advance_rip_by(access.len as u64);
+                    return;
+                }
+            }
+        }
+    }
+    let alt = STEP_EPTP.load(Ordering::Acquire);
+    if alt == 0 {
+        // No monitor trap flag: perform the guest's write here instead.
+        super::mmio::emulate(regs, gpa, |is_write, width, value| {
+            if is_write {
+                write_register(gpa, width, value);
+                0
+            } else {
+                // SAFETY: reading a register of this CPU's local APIC, as the guest asked.
+                unsafe { core::ptr::read_volatile(gpa as *const u32) as u64 }
+            }
+        });
+        return;
+    }
+    vmwrite(control::EPTP_FULL, alt);
+    let primary = vmread(control::PRIMARY_PROCBASED_EXEC_CONTROLS);
+    vmwrite(
+        control::PRIMARY_PROCBASED_EXEC_CONTROLS,
+        primary | PrimaryControls::MONITOR_TRAP_FLAG.bits() as u64,
+    );
+}
+
+fn write_register(gpa: u64, width: u8, value: u64) {
     // SAFETY: the guest's own write to its local APIC, performed unchanged at the same width on
     // the same register.
     unsafe {
         match width {
-            1 => core::ptr::write_volatile(addr as *mut u8, value as u8),
-            2 => core::ptr::write_volatile(addr as *mut u16, value as u16),
-            8 => core::ptr::write_volatile(addr as *mut u64, value),
-            _ => core::ptr::write_volatile(addr as *mut u32, value as u32),
+            1 => core::ptr::write_volatile(gpa as *mut u8, value as u8),
+            2 => core::ptr::write_volatile(gpa as *mut u16, value as u16),
+            _ => core::ptr::write_volatile(gpa as *mut u32, value as u32),
         }
     }
 }
 
+/// The single step of [`trapped_write`] is done: back to the normal EPT.
+pub fn monitor_trap() {
+    if let Some(g) = super::launch::GLOBAL.get() {
+        vmwrite(control::EPTP_FULL, g.ept.eptp());
+    }
+    let primary = vmread(control::PRIMARY_PROCBASED_EXEC_CONTROLS);
+    vmwrite(
+        control::PRIMARY_PROCBASED_EXEC_CONTROLS,
+        primary & !(PrimaryControls::MONITOR_TRAP_FLAG.bits() as u64),
+    );
+}
+
 /// A guest WRMSR to the x2APIC ICR: true when Shoji consumed it.
 pub fn x2apic_icr_write(vcpu: &Vcpu, value: u64) -> bool {
-    let sender = STARTUP[vcpu.index as usize % MAX_CPUS].apic_id.load(Ordering::Acquire);
+    let sender = STARTUP[vcpu.index as usize % MAX_CPUS]
+        .apic_id
+        .load(Ordering::Acquire);
     mediate_icr(value & 0xffff_ffff, (value >> 32) as u32, sender)
 }
 
@@ -155,19 +289,20 @@ pub fn wait_for_sipi(vcpu: &Vcpu) -> u8 {
 mod tests {
     use super::*;
 
-    const MODE_INIT: u64 = 5;
-
     #[test]
     fn shorthands_select_targets() {
         STARTUP[60].apic_id.store(7, Ordering::Release);
         STARTUP[61].apic_id.store(9, Ordering::Release);
-        let sel = |low: u64, dest: u32, sender: u32| targets(low, dest, sender).filter(|i| *i >= 60).collect::<heapless::Vec<usize, 4>>();
+        let sel = |low: u64, dest: u32, sender: u32| {
+            targets(low, dest, sender)
+                .filter(|i| *i >= 60)
+                .collect::<heapless::Vec<usize, 4>>()
+        };
         assert_eq!(sel(0, 9, 7).as_slice(), &[61]);
         assert_eq!(sel(1 << 18, 0, 7).as_slice(), &[60]);
         assert_eq!(sel(2 << 18, 0, 7).as_slice(), &[60, 61]);
         assert_eq!(sel(3 << 18, 0, 7).as_slice(), &[61]);
-        // Only SIPIs are mediated; INIT and fixed interrupts go to the hardware.
-        assert!(!mediate_icr(MODE_INIT << 8, 9, 7));
+        // Fixed interrupts go to the hardware.
         assert!(!mediate_icr(0x30, 9, 7));
         // A SIPI reaches a waiting CPU's slot.
         STARTUP[61].waiting.store(true, Ordering::Release);

@@ -145,6 +145,8 @@ mod reason {
     pub const GETSEC: u32 = 11;
     pub const INVD: u32 = 13;
     pub const VMCALL: u32 = 18;
+    pub const MONITOR_TRAP: u32 = 37;
+    pub const INTERRUPT_WINDOW: u32 = 7;
     pub const VMCLEAR: u32 = 19;
     pub const VMXON: u32 = 27;
     pub const CR_ACCESS: u32 = 28;
@@ -164,6 +166,7 @@ const VECTOR_UD: u8 = 6;
 const VECTOR_GP: u8 = 13;
 
 static GUEST_FAULT_LOG: RateLimiter = RateLimiter::new(16);
+static IF_LOG: RateLimiter = RateLimiter::new(4);
 /// At log level debug: the first exits, then exponentially fewer.
 static EXIT_TRACE: RateLimiter = RateLimiter::new(64);
 
@@ -175,6 +178,17 @@ extern "sysv64" fn shoji_handle_exit(frame: &mut ExitFrame) {
     let regs = &mut frame.regs;
     let raw_reason = vmread(ro::EXIT_REASON) as u32;
     let reason = raw_reason & 0xffff;
+    let host_rflags: u64;
+    // SAFETY: reading RFLAGS through the stack.
+    unsafe { core::arch::asm!("pushfq", "pop {}", out(reg) host_rflags) };
+    if host_rflags & (1 << 9) != 0 && IF_LOG.allow().is_some() {
+        crate::hv_line!(
+            "cpu {}: BUG: host entered with interrupts enabled (rflags {:#x}, exit {})",
+            vcpu.index,
+            host_rflags,
+            reason
+        );
+    }
     vcpu.counters.record(reason);
     if log::log_enabled!(log::Level::Debug) && EXIT_TRACE.allow().is_some() {
         log::debug!(
@@ -201,7 +215,11 @@ extern "sysv64" fn shoji_handle_exit(frame: &mut ExitFrame) {
             advance_rip();
         }
         reason::VMCALL => super::vmcall::handle(vcpu, regs),
-        reason::VMCLEAR..=reason::VMXON | reason::INVEPT | reason::INVVPID | reason::VMFUNC | reason::GETSEC => {
+        reason::VMCLEAR..=reason::VMXON
+        | reason::INVEPT
+        | reason::INVVPID
+        | reason::VMFUNC
+        | reason::GETSEC => {
             guest_fault(vcpu, regs, reason, VECTOR_UD, None);
         }
         reason::CR_ACCESS => cr_access(vcpu, regs),
@@ -240,28 +258,71 @@ extern "sysv64" fn shoji_handle_exit(frame: &mut ExitFrame) {
             advance_rip();
         }
         reason::IO => io_access(regs),
+        super::nic::EXIT_PREEMPTION_TIMER => super::nic::timer_exit(),
         reason::EPT_VIOLATION => ept_violation(vcpu, regs),
         reason::EPT_MISCONFIG => fatal(vcpu, regs, "EPT misconfiguration"),
         reason::TRIPLE_FAULT => triple_fault(vcpu, regs),
         reason::INIT => init_signal(vcpu, regs),
         reason::SIPI => sipi(vcpu, regs),
+        reason::MONITOR_TRAP => super::apic::monitor_trap(),
+        // The guest can take the interrupt Shoji holds for it: `finish_exit` injects it.
+        reason::INTERRUPT_WINDOW => {}
         reason::EXCEPTION_NMI => {
-            // Only NMIs can arrive here (the exception bitmap is empty): hand it to the guest.
-            inject(2, 2, None);
+            // Only NMIs arrive here (the exception bitmap is empty): either Shoji's INIT kick or
+            // the guest's own NMI, which is handed on.
+            if super::apic::take_init(vcpu) {
+                init_signal(vcpu, regs);
+            } else {
+                inject(2, 2, None);
+            }
         }
         _ => fatal(vcpu, regs, "unexpected VM exit"),
     }
     finish_exit();
 }
 
-/// Work done before every VM entry: re-inject an NMI that arrived in host mode.
+/// Work done before every VM entry: deliver events that arrived while Shoji ran.
 fn finish_exit() {
+    super::nic::before_entry();
+    deliver_pending_irq();
     if super::host::NMI_PENDING.swap(false, core::sync::atomic::Ordering::AcqRel) {
         if vmread(control::VMENTRY_INTERRUPTION_INFO_FIELD) & (1 << 31) == 0 {
             inject(2, 2, None);
         } else {
             super::host::NMI_PENDING.store(true, core::sync::atomic::Ordering::Release);
         }
+    }
+}
+
+/// Inject an external interrupt that arrived in host mode once the guest can take it; until
+/// then, ask for an exit when its interrupt window opens.
+fn deliver_pending_irq() {
+    let vcpu = rdmsr(IA32_GS_BASE) as *mut Vcpu;
+    if vcpu.is_null() {
+        return;
+    }
+    // SAFETY: the host GS base points at this CPU's `Vcpu`.
+    let vcpu = unsafe { &mut *vcpu };
+    let window = control::PrimaryControls::INTERRUPT_WINDOW_EXITING.bits() as u64;
+    let primary = vmread(control::PRIMARY_PROCBASED_EXEC_CONTROLS);
+    if vcpu.pending_irq == 0 {
+        if primary & window != 0 {
+            vmwrite(control::PRIMARY_PROCBASED_EXEC_CONTROLS, primary & !window);
+        }
+        return;
+    }
+    let injecting = vmread(control::VMENTRY_INTERRUPTION_INFO_FIELD) & (1 << 31) != 0;
+    let can_take = vmread(guest::RFLAGS) & (1 << 9) != 0
+        && vmread(guest::INTERRUPTIBILITY_STATE) & 3 == 0
+        && vmread(guest::ACTIVITY_STATE) <= 1;
+    if !injecting && can_take {
+        inject(vcpu.pending_irq, 0, None);
+        vcpu.pending_irq = 0;
+        if primary & window != 0 {
+            vmwrite(control::PRIMARY_PROCBASED_EXEC_CONTROLS, primary & !window);
+        }
+    } else if primary & window == 0 {
+        vmwrite(control::PRIMARY_PROCBASED_EXEC_CONTROLS, primary | window);
     }
 }
 
@@ -303,13 +364,22 @@ fn reinject_vectored_event() {
     if info & (1 << 31) == 0 {
         return;
     }
-    vmwrite(control::VMENTRY_INTERRUPTION_INFO_FIELD, (info & !(1 << 12)) as u64);
+    vmwrite(
+        control::VMENTRY_INTERRUPTION_INFO_FIELD,
+        (info & !(1 << 12)) as u64,
+    );
     if info & (1 << 11) != 0 {
-        vmwrite(control::VMENTRY_EXCEPTION_ERR_CODE, vmread(ro::IDT_VECTORING_ERR_CODE));
+        vmwrite(
+            control::VMENTRY_EXCEPTION_ERR_CODE,
+            vmread(ro::IDT_VECTORING_ERR_CODE),
+        );
     }
     let kind = (info >> 8) & 7;
     if matches!(kind, 4..=6) {
-        vmwrite(control::VMENTRY_INSTRUCTION_LEN, vmread(ro::VMEXIT_INSTRUCTION_LEN));
+        vmwrite(
+            control::VMENTRY_INSTRUCTION_LEN,
+            vmread(ro::VMEXIT_INSTRUCTION_LEN),
+        );
     }
 }
 
@@ -357,7 +427,10 @@ fn write_cr0(vcpu: &mut Vcpu, regs: &GuestRegs, value: u64) {
     const NW: u64 = 1 << 29;
     const CD: u64 = 1 << 30;
     const PG: u64 = 1 << 31;
-    if value >> 32 != 0 || (value & PG != 0 && value & PE == 0) || (value & NW != 0 && value & CD == 0) {
+    if value >> 32 != 0
+        || (value & PG != 0 && value & PE == 0)
+        || (value & NW != 0 && value & CD == 0)
+    {
         return guest_fault(vcpu, regs, reason::CR_ACCESS, VECTOR_GP, Some(0));
     }
     let old = vmread(guest::CR0);
@@ -426,6 +499,10 @@ fn io_access(regs: &mut GuestRegs) {
     let string = q & (1 << 4) != 0;
     let rep = q & (1 << 5) != 0;
     let port = (q >> 16) as u16;
+    if !string && super::nic::io_access(regs, port, size as u8, is_in) {
+        advance_rip();
+        return;
+    }
     if is_in && !string {
         let base = super::launch::GLOBAL.get().map(|g| g.log_port).unwrap_or(0);
         let value = idle_uart_read(port.wrapping_sub(base));
@@ -434,7 +511,11 @@ fn io_access(regs: &mut GuestRegs) {
             2 => 0xffff,
             _ => 0xffff_ffff,
         };
-        regs.rax = if size == 4 { value & mask } else { (regs.rax & !mask) | (value & mask) };
+        regs.rax = if size == 4 {
+            value & mask
+        } else {
+            (regs.rax & !mask) | (value & mask)
+        };
     }
     if string && rep {
         regs.rcx = 0;
@@ -462,15 +543,10 @@ fn ept_violation(vcpu: &mut Vcpu, regs: &mut GuestRegs) {
     // checks whether the address is its own).
     let apic_page = super::apic::TRAPPED_PAGE.load(core::sync::atomic::Ordering::Acquire);
     if apic_page != 0 && gpa & !0xfff == apic_page {
-        super::mmio::emulate(regs, gpa, |is_write, width, value| {
-            if is_write {
-                super::apic::xapic_write(vcpu, gpa & 0xfff, width, value);
-                0
-            } else {
-                // SAFETY: reading a local APIC register of this CPU, as the guest asked.
-                unsafe { core::ptr::read_volatile(gpa as *const u32) as u64 }
-            }
-        });
+        super::apic::trapped_write(vcpu, regs, gpa);
+        return;
+    }
+    if super::nic::ept_violation(regs, gpa) {
         return;
     }
     if let Some(n) = EPT_LOG.allow() {
@@ -506,7 +582,11 @@ fn init_signal(vcpu: &mut Vcpu, regs: &mut GuestRegs) {
         return;
     }
     if !vcpu.wait_for_sipi {
-        dump(vcpu, regs, "INIT received but wait-for-SIPI is unsupported: holding this CPU");
+        dump(
+            vcpu,
+            regs,
+            "INIT received but wait-for-SIPI is unsupported: holding this CPU",
+        );
         halt_forever();
     }
     crate::hv_line!("cpu {}: INIT: waiting for SIPI", vcpu.index);
@@ -520,7 +600,12 @@ fn sipi(vcpu: &mut Vcpu, regs: &mut GuestRegs) {
 
 /// Put the CPU in the architectural post-SIPI state: real mode at `vector` << 12.
 fn start_at_sipi(vcpu: &mut Vcpu, regs: &mut GuestRegs, vector: u64) {
-    crate::hv_line!("cpu {}: SIPI vector {:#x}: starting at {:#x}", vcpu.index, vector, vector << 12);
+    crate::hv_line!(
+        "cpu {}: SIPI vector {:#x}: starting at {:#x}",
+        vcpu.index,
+        vector,
+        vector << 12
+    );
     *regs = GuestRegs::default();
     regs.rdx = cpuid(1, 0).eax as u64;
     let real_data = |sel, base, limit, ar| {
@@ -533,11 +618,36 @@ fn start_at_sipi(vcpu: &mut Vcpu, regs: &mut GuestRegs, vector: u64) {
     vmwrite(guest::CS_BASE, vector << 12);
     vmwrite(guest::CS_LIMIT, 0xffff);
     vmwrite(guest::CS_ACCESS_RIGHTS, 0x9b);
-    real_data(guest::SS_SELECTOR, guest::SS_BASE, guest::SS_LIMIT, guest::SS_ACCESS_RIGHTS);
-    real_data(guest::DS_SELECTOR, guest::DS_BASE, guest::DS_LIMIT, guest::DS_ACCESS_RIGHTS);
-    real_data(guest::ES_SELECTOR, guest::ES_BASE, guest::ES_LIMIT, guest::ES_ACCESS_RIGHTS);
-    real_data(guest::FS_SELECTOR, guest::FS_BASE, guest::FS_LIMIT, guest::FS_ACCESS_RIGHTS);
-    real_data(guest::GS_SELECTOR, guest::GS_BASE, guest::GS_LIMIT, guest::GS_ACCESS_RIGHTS);
+    real_data(
+        guest::SS_SELECTOR,
+        guest::SS_BASE,
+        guest::SS_LIMIT,
+        guest::SS_ACCESS_RIGHTS,
+    );
+    real_data(
+        guest::DS_SELECTOR,
+        guest::DS_BASE,
+        guest::DS_LIMIT,
+        guest::DS_ACCESS_RIGHTS,
+    );
+    real_data(
+        guest::ES_SELECTOR,
+        guest::ES_BASE,
+        guest::ES_LIMIT,
+        guest::ES_ACCESS_RIGHTS,
+    );
+    real_data(
+        guest::FS_SELECTOR,
+        guest::FS_BASE,
+        guest::FS_LIMIT,
+        guest::FS_ACCESS_RIGHTS,
+    );
+    real_data(
+        guest::GS_SELECTOR,
+        guest::GS_BASE,
+        guest::GS_LIMIT,
+        guest::GS_ACCESS_RIGHTS,
+    );
     vmwrite(guest::TR_SELECTOR, 0);
     vmwrite(guest::TR_BASE, 0);
     vmwrite(guest::TR_LIMIT, 0xffff);
@@ -568,7 +678,10 @@ fn start_at_sipi(vcpu: &mut Vcpu, regs: &mut GuestRegs, vector: u64) {
     vmwrite(guest::INTERRUPTIBILITY_STATE, 0);
     vmwrite(guest::PENDING_DBG_EXCEPTIONS, 0);
     let entry = vmread(control::VMENTRY_CONTROLS);
-    vmwrite(control::VMENTRY_CONTROLS, entry & !(control::EntryControls::IA32E_MODE_GUEST.bits() as u64));
+    vmwrite(
+        control::VMENTRY_CONTROLS,
+        entry & !(control::EntryControls::IA32E_MODE_GUEST.bits() as u64),
+    );
     vmwrite(guest::ACTIVITY_STATE, 0);
 }
 
@@ -626,7 +739,12 @@ pub fn dump(vcpu: &Vcpu, regs: &GuestRegs, why: &str) {
 pub fn log_counters(vcpu: &Vcpu) {
     let mut line: heapless::String<1024> = heapless::String::new();
     use core::fmt::Write;
-    let _ = write!(line, "exits cpu{}: total={}", vcpu.index, vcpu.counters.total());
+    let _ = write!(
+        line,
+        "exits cpu{}: total={}",
+        vcpu.index,
+        vcpu.counters.total()
+    );
     for (reason, count) in vcpu.counters.nonzero() {
         let _ = write!(line, " {}={}", exit_reason_name(reason), count);
     }

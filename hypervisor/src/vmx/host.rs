@@ -99,12 +99,30 @@ extern "sysv64" fn shoji_host_exception(frame: &mut ExceptionFrame) {
         NMI_PENDING.store(true, Ordering::Release);
         return;
     }
+    if vector >= 32 {
+        // An external interrupt reached host code (some platforms deliver one right after Shoji
+        // forwards a local-APIC write). It belongs to the guest: remember it, inject it at the
+        // next VM entry, and go on with interrupts off.
+        let vcpu = super::rdmsr(super::IA32_GS_BASE) as *mut super::launch::Vcpu;
+        if !vcpu.is_null() {
+            // SAFETY: the host GS base of every CPU points at its own `Vcpu` (set at launch).
+            unsafe { (*vcpu).pending_irq = vector as u8 };
+        }
+        frame.rflags &= !(1 << 9);
+        return;
+    }
     let cr2: u64;
     // SAFETY: reading CR2 has no side effects.
     unsafe { core::arch::asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack)) };
     crate::log::write_line_forced(format_args!(
-        "FATAL: host exception vector {} error {:#x} at rip {:#x} rsp {:#x} cr2 {:#x} rflags {:#x}",
-        vector, frame.error_code, frame.rip, frame.rsp, cr2, frame.rflags
+        "FATAL: host exception vector {} error {:#x} at rip {:#x} rsp {:#x} cr2 {:#x} rflags {:#x} on apic {}",
+        vector,
+        frame.error_code,
+        frame.rip,
+        frame.rsp,
+        cr2,
+        frame.rflags,
+        super::apic::current_apic_id()
     ));
     crate::log::write_line_forced(format_args!("FATAL: host registers {:x?}", frame.gprs));
     super::exit::halt_forever();

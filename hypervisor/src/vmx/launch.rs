@@ -106,6 +106,9 @@ pub struct Vcpu {
     pub wait_for_sipi: bool,
     /// Exit counters.
     pub counters: ExitCounters,
+    /// An external interrupt that arrived while this CPU ran host code, to be injected into the
+    /// guest (0 = none).
+    pub pending_irq: u8,
 }
 
 /// State shared by all CPUs, set up by the bootstrap processor.
@@ -132,7 +135,8 @@ pub struct Global {
 pub static GLOBAL: Once<Global> = Once::new();
 
 /// Every virtualized CPU's state, by index.
-pub static VCPUS: [spin::Mutex<Option<u64>>; MAX_CPUS] = [const { spin::Mutex::new(None) }; MAX_CPUS];
+pub static VCPUS: [spin::Mutex<Option<u64>>; MAX_CPUS] =
+    [const { spin::Mutex::new(None) }; MAX_CPUS];
 
 extern "sysv64" {
     fn shoji_launch_trampoline(entry: u64, args: *mut LaunchArgs, host_cr3: u64) -> u64;
@@ -170,10 +174,10 @@ global_asm!(
     "cli",
     "mov rax, cr3",
     "push rax",
-    "mov [rsi + 32], rax",  // args.guest_cr3
-    "mov [rsi + 24], rsp",  // args.guest_rsp
+    "mov [rsi + 32], rax", // args.guest_cr3
+    "mov [rsi + 24], rsp", // args.guest_rsp
     "lea rax, [rip + 2f]",
-    "mov [rsi + 16], rax",  // args.guest_rip
+    "mov [rsi + 16], rax", // args.guest_rip
     "mov cr3, rdx",
     "mov rbx, rsp",
     "and rsp, -16",
@@ -250,7 +254,9 @@ fn read_mtrrs() -> MtrrSnapshot {
     s.fixed_enabled = cap & (1 << 8) != 0 && def & (1 << 10) != 0;
     s.default_type = (def & 0xff) as u8;
     if s.fixed_enabled {
-        let fixed_msrs = [0x250u32, 0x258, 0x259, 0x268, 0x269, 0x26a, 0x26b, 0x26c, 0x26d, 0x26e, 0x26f];
+        let fixed_msrs = [
+            0x250u32, 0x258, 0x259, 0x268, 0x269, 0x26a, 0x26b, 0x26c, 0x26d, 0x26e, 0x26f,
+        ];
         for (i, msr) in fixed_msrs.iter().enumerate() {
             s.fixed[i * 8..i * 8 + 8].copy_from_slice(&rdmsr(*msr).to_le_bytes());
         }
@@ -278,8 +284,15 @@ fn init_global(setup: &mut Setup, setup_phys: u64) -> Result<(), u64> {
     let ept_caps = rdmsr(IA32_VMX_EPT_VPID_CAP);
     let allow_1g = ept_caps & (1 << 17) != 0;
     let mut arena = Arena::new(&mut setup.arena_next, setup.arena_end);
-    let ept = Ept::identity(&mut arena, &mtrr, IdentityMapSpec { top: setup.phys_top, allow_1g })
-        .map_err(|_| error::OUT_OF_MEMORY)?;
+    let ept = Ept::identity(
+        &mut arena,
+        &mtrr,
+        IdentityMapSpec {
+            top: setup.phys_top,
+            allow_1g,
+        },
+    )
+    .map_err(|_| error::OUT_OF_MEMORY)?;
     // Hide Shoji's memory: every page of the region maps to one scratch page holding nothing of
     // Shoji's, so reads see no hypervisor data and writes cannot reach it.
     let scratch = arena.alloc_pages(1).ok_or(error::OUT_OF_MEMORY)?;
@@ -288,8 +301,14 @@ fn init_global(setup: &mut Setup, setup_phys: u64) -> Result<(), u64> {
     if setup.expose_memory == 0 {
         let mut gpa = region.0;
         while gpa < region.1 {
-            ept.map_page(&mut arena, gpa, scratch, ept::READ | ept::WRITE, crate::mtrr::WB)
-                .map_err(|_| error::OUT_OF_MEMORY)?;
+            ept.map_page(
+                &mut arena,
+                gpa,
+                scratch,
+                ept::READ | ept::WRITE,
+                crate::mtrr::WB,
+            )
+            .map_err(|_| error::OUT_OF_MEMORY)?;
             gpa += 0x1000;
         }
     } else {
@@ -299,27 +318,50 @@ fn init_global(setup: &mut Setup, setup_phys: u64) -> Result<(), u64> {
     // SAFETY: fresh 4 KiB page.
     let bitmap = unsafe { &mut *(msr_bitmap as *mut [u8; 4096]) };
     crate::msr::fill_bitmap(bitmap);
+    let mtf = (rdmsr(IA32_VMX_PROCBASED_CTLS) >> 32) & (1 << 27) != 0;
     if setup.cpu_count > 1 {
         // Mediate start-up IPIs (see `apic`): trap writes to the xAPIC page and the x2APIC ICR.
         let apic_base = rdmsr(super::apic::IA32_APIC_BASE) & 0x000f_ffff_ffff_f000;
         ept.map_page(&mut arena, apic_base, apic_base, ept::READ, crate::mtrr::UC)
             .map_err(|_| error::OUT_OF_MEMORY)?;
+        if mtf {
+            let step = ept
+                .fork_page(&mut arena, apic_base, ept::READ | ept::WRITE)
+                .map_err(|_| error::OUT_OF_MEMORY)?;
+            super::apic::STEP_EPTP.store(step.eptp(), core::sync::atomic::Ordering::Release);
+        }
         super::apic::TRAPPED_PAGE.store(apic_base, core::sync::atomic::Ordering::Release);
         let icr = super::apic::X2APIC_ICR;
         bitmap[0x800 + (icr / 8) as usize] |= 1 << (icr % 8);
         super::apic::MEDIATING.store(true, core::sync::atomic::Ordering::Release);
-        crate::hv_line!("{} CPUs: start-up IPIs mediated (xAPIC page {:#x} write-trapped, x2APIC ICR intercepted)", setup.cpu_count, apic_base);
+        crate::hv_line!(
+            "{} CPUs: start-up IPIs mediated (xAPIC page {:#x} write-trapped, other APIC writes {}, x2APIC ICR intercepted)",
+            setup.cpu_count,
+            apic_base,
+            if mtf { "single-stepped by the guest" } else { "performed by Shoji" }
+        );
     }
     let io_bitmap_a = arena.alloc_pages(1).ok_or(error::OUT_OF_MEMORY)?;
     let io_bitmap_b = arena.alloc_pages(1).ok_or(error::OUT_OF_MEMORY)?;
     if setup.log_port != 0 {
         // Trap the guest's accesses to Shoji's log UART (8 registers).
         for port in setup.log_port..setup.log_port.saturating_add(8) {
-            let (page, bit) = if port < 0x8000 { (io_bitmap_a, port) } else { (io_bitmap_b, port - 0x8000) };
+            let (page, bit) = if port < 0x8000 {
+                (io_bitmap_a, port)
+            } else {
+                (io_bitmap_b, port - 0x8000)
+            };
             // SAFETY: `page` is one of the two fresh bitmap pages; bit / 8 < 4096.
             unsafe { *((page + (bit / 8) as u64) as *mut u8) |= 1 << (bit % 8) };
         }
     }
+    super::nic::init(
+        setup.mediate_nic != 0,
+        &mut arena,
+        &ept,
+        io_bitmap_a,
+        io_bitmap_b,
+    );
     let idt: &mut Idt = arena.alloc().ok_or(error::OUT_OF_MEMORY)?;
     idt.fill();
     let idt = idt as *mut Idt as u64;
@@ -391,7 +433,12 @@ const UNUSABLE: u32 = 1 << 16;
 fn segment_from_gdt(selector: u16, gdt_base: u64, gdt_limit: u16) -> Segment {
     let index = (selector & !7) as u64;
     if selector & !3 == 0 || selector & 4 != 0 || index + 7 > gdt_limit as u64 {
-        return Segment { selector, base: 0, limit: 0, access: UNUSABLE };
+        return Segment {
+            selector,
+            base: 0,
+            limit: 0,
+            access: UNUSABLE,
+        };
     }
     // SAFETY: the descriptor lies inside the current GDT (checked against its limit), which is
     // identity mapped.
@@ -408,7 +455,12 @@ fn segment_from_gdt(selector: u16, gdt_base: u64, gdt_limit: u16) -> Segment {
         base |= (high & 0xffff_ffff) << 32;
     }
     let access = ((desc >> 40) & 0xf0ff) as u32;
-    Segment { selector, base, limit, access }
+    Segment {
+        selector,
+        base,
+        limit,
+        access,
+    }
 }
 
 #[derive(Default)]
@@ -453,7 +505,11 @@ fn write_guest_segment(sel: u32, base: u32, limit: u32, ar: u32, s: Segment) {
     vmwrite(ar, s.access as u64);
 }
 
-fn launch_cpu(setup: &mut Setup, global: &Global, args: &LaunchArgs) -> Result<core::convert::Infallible, u64> {
+fn launch_cpu(
+    setup: &mut Setup,
+    global: &Global,
+    args: &LaunchArgs,
+) -> Result<core::convert::Infallible, u64> {
     let cpu = args.cpu_index as usize;
     let basic = rdmsr(IA32_VMX_BASIC);
     let revision = (basic & 0x7fff_ffff) as u32;
@@ -480,7 +536,9 @@ fn launch_cpu(setup: &mut Setup, global: &Global, args: &LaunchArgs) -> Result<c
     // SAFETY: VMX is enabled in CR4 and feature control; the regions carry the revision id.
     unsafe {
         x86::bits64::vmx::vmxon(vmxon_pa).map_err(|_| error::VMXON_FAILED)?;
-        if x86::bits64::vmx::vmclear(vmcs_pa).is_err() || x86::bits64::vmx::vmptrld(vmcs_pa).is_err() {
+        if x86::bits64::vmx::vmclear(vmcs_pa).is_err()
+            || x86::bits64::vmx::vmptrld(vmcs_pa).is_err()
+        {
             let _ = x86::bits64::vmx::vmxoff();
             return Err(error::VMCS_LOAD_FAILED);
         }
@@ -488,12 +546,30 @@ fn launch_cpu(setup: &mut Setup, global: &Global, args: &LaunchArgs) -> Result<c
 
     // Controls.
     let (pin_msr, proc_msr, exit_msr, entry_msr) = if true_controls {
-        (IA32_VMX_TRUE_PINBASED_CTLS, IA32_VMX_TRUE_PROCBASED_CTLS, IA32_VMX_TRUE_EXIT_CTLS, IA32_VMX_TRUE_ENTRY_CTLS)
+        (
+            IA32_VMX_TRUE_PINBASED_CTLS,
+            IA32_VMX_TRUE_PROCBASED_CTLS,
+            IA32_VMX_TRUE_EXIT_CTLS,
+            IA32_VMX_TRUE_ENTRY_CTLS,
+        )
     } else {
-        (IA32_VMX_PINBASED_CTLS, IA32_VMX_PROCBASED_CTLS, IA32_VMX_EXIT_CTLS, IA32_VMX_ENTRY_CTLS)
+        (
+            IA32_VMX_PINBASED_CTLS,
+            IA32_VMX_PROCBASED_CTLS,
+            IA32_VMX_EXIT_CTLS,
+            IA32_VMX_ENTRY_CTLS,
+        )
     };
-    use control::{EntryControls as En, ExitControls as Ex, PrimaryControls as Pr, SecondaryControls as Se};
-    let (pin, _) = adjust_controls(pin_msr, 0);
+    use control::{
+        EntryControls as En, ExitControls as Ex, PrimaryControls as Pr, SecondaryControls as Se,
+    };
+    // With several CPUs, NMIs exit: Shoji delivers INITs to CPUs under it as NMI kicks (apic).
+    let nmi_exiting = if super::apic::MEDIATING.load(core::sync::atomic::Ordering::Acquire) {
+        control::PinbasedControls::NMI_EXITING.bits()
+    } else {
+        0
+    };
+    let (pin, _) = adjust_controls(pin_msr, super::nic::pin_controls() | nmi_exiting);
     let (primary, missing) = adjust_controls(
         proc_msr,
         (Pr::USE_MSR_BITMAPS | Pr::USE_IO_BITMAPS | Pr::SECONDARY_CONTROLS).bits(),
@@ -503,15 +579,22 @@ fn launch_cpu(setup: &mut Setup, global: &Global, args: &LaunchArgs) -> Result<c
         return Err(error::MISSING_FEATURE);
     }
     let required2 = Se::ENABLE_EPT | Se::UNRESTRICTED_GUEST;
-    let optional2 = Se::ENABLE_RDTSCP | Se::ENABLE_INVPCID | Se::ENABLE_XSAVES_XRSTORS | Se::ENABLE_VPID;
-    let (secondary, missing2) = adjust_controls(IA32_VMX_PROCBASED_CTLS2, (required2 | optional2).bits());
+    let optional2 =
+        Se::ENABLE_RDTSCP | Se::ENABLE_INVPCID | Se::ENABLE_XSAVES_XRSTORS | Se::ENABLE_VPID;
+    let (secondary, missing2) =
+        adjust_controls(IA32_VMX_PROCBASED_CTLS2, (required2 | optional2).bits());
     if missing2 & required2.bits() != 0 {
         fail_launch();
         return Err(error::MISSING_FEATURE);
     }
     let (exit_ctl, _) = adjust_controls(
         exit_msr,
-        (Ex::HOST_ADDRESS_SPACE_SIZE | Ex::SAVE_IA32_PAT | Ex::LOAD_IA32_PAT | Ex::SAVE_IA32_EFER | Ex::LOAD_IA32_EFER).bits(),
+        (Ex::HOST_ADDRESS_SPACE_SIZE
+            | Ex::SAVE_IA32_PAT
+            | Ex::LOAD_IA32_PAT
+            | Ex::SAVE_IA32_EFER
+            | Ex::LOAD_IA32_EFER)
+            .bits(),
     );
     let efer = rdmsr(IA32_EFER);
     let mut entry_want = En::LOAD_IA32_PAT | En::LOAD_IA32_EFER;
@@ -561,10 +644,20 @@ fn launch_cpu(setup: &mut Setup, global: &Global, args: &LaunchArgs) -> Result<c
     vmwrite(host::CR3, read_cr3());
     // The host executes XSETBV on the guest's behalf, which needs CR4.OSXSAVE in host mode even
     // when the firmware (the guest at launch) has not enabled it.
-    let osxsave = if cpuid(1, 0).ecx & (1 << 26) != 0 { CR4_OSXSAVE } else { 0 };
+    let osxsave = if cpuid(1, 0).ecx & (1 << 26) != 0 {
+        CR4_OSXSAVE
+    } else {
+        0
+    };
     vmwrite(host::CR4, cr4 | osxsave);
     vmwrite(host::CS_SELECTOR, HOST_CS as u64);
-    for f in [host::SS_SELECTOR, host::DS_SELECTOR, host::ES_SELECTOR, host::FS_SELECTOR, host::GS_SELECTOR] {
+    for f in [
+        host::SS_SELECTOR,
+        host::DS_SELECTOR,
+        host::ES_SELECTOR,
+        host::FS_SELECTOR,
+        host::GS_SELECTOR,
+    ] {
         vmwrite(f, HOST_DS as u64);
     }
     vmwrite(host::TR_SELECTOR, HOST_TR as u64);
@@ -597,20 +690,73 @@ fn launch_cpu(setup: &mut Setup, global: &Global, args: &LaunchArgs) -> Result<c
     let tr_sel = read_sel!("str {0:x}");
     let tr = if tr_sel & !3 == 0 {
         // UEFI firmware often runs without a task register; VMX needs a usable busy TSS.
-        Segment { selector: 0, base: 0, limit: 0x67, access: 0x8b }
+        Segment {
+            selector: 0,
+            base: 0,
+            limit: 0x67,
+            access: 0x8b,
+        }
     } else {
         let mut t = sel(tr_sel);
         t.access = (t.access & !0xf) | 0xb;
         t
     };
-    write_guest_segment(guest::CS_SELECTOR, guest::CS_BASE, guest::CS_LIMIT, guest::CS_ACCESS_RIGHTS, cs);
-    write_guest_segment(guest::SS_SELECTOR, guest::SS_BASE, guest::SS_LIMIT, guest::SS_ACCESS_RIGHTS, ss);
-    write_guest_segment(guest::DS_SELECTOR, guest::DS_BASE, guest::DS_LIMIT, guest::DS_ACCESS_RIGHTS, ds);
-    write_guest_segment(guest::ES_SELECTOR, guest::ES_BASE, guest::ES_LIMIT, guest::ES_ACCESS_RIGHTS, es);
-    write_guest_segment(guest::FS_SELECTOR, guest::FS_BASE, guest::FS_LIMIT, guest::FS_ACCESS_RIGHTS, fs);
-    write_guest_segment(guest::GS_SELECTOR, guest::GS_BASE, guest::GS_LIMIT, guest::GS_ACCESS_RIGHTS, gs);
-    write_guest_segment(guest::LDTR_SELECTOR, guest::LDTR_BASE, guest::LDTR_LIMIT, guest::LDTR_ACCESS_RIGHTS, ldtr);
-    write_guest_segment(guest::TR_SELECTOR, guest::TR_BASE, guest::TR_LIMIT, guest::TR_ACCESS_RIGHTS, tr);
+    write_guest_segment(
+        guest::CS_SELECTOR,
+        guest::CS_BASE,
+        guest::CS_LIMIT,
+        guest::CS_ACCESS_RIGHTS,
+        cs,
+    );
+    write_guest_segment(
+        guest::SS_SELECTOR,
+        guest::SS_BASE,
+        guest::SS_LIMIT,
+        guest::SS_ACCESS_RIGHTS,
+        ss,
+    );
+    write_guest_segment(
+        guest::DS_SELECTOR,
+        guest::DS_BASE,
+        guest::DS_LIMIT,
+        guest::DS_ACCESS_RIGHTS,
+        ds,
+    );
+    write_guest_segment(
+        guest::ES_SELECTOR,
+        guest::ES_BASE,
+        guest::ES_LIMIT,
+        guest::ES_ACCESS_RIGHTS,
+        es,
+    );
+    write_guest_segment(
+        guest::FS_SELECTOR,
+        guest::FS_BASE,
+        guest::FS_LIMIT,
+        guest::FS_ACCESS_RIGHTS,
+        fs,
+    );
+    write_guest_segment(
+        guest::GS_SELECTOR,
+        guest::GS_BASE,
+        guest::GS_LIMIT,
+        guest::GS_ACCESS_RIGHTS,
+        gs,
+    );
+    write_guest_segment(
+        guest::LDTR_SELECTOR,
+        guest::LDTR_BASE,
+        guest::LDTR_LIMIT,
+        guest::LDTR_ACCESS_RIGHTS,
+        ldtr,
+    );
+    write_guest_segment(
+        guest::TR_SELECTOR,
+        guest::TR_BASE,
+        guest::TR_LIMIT,
+        guest::TR_ACCESS_RIGHTS,
+        tr,
+    );
     vmwrite(guest::GDTR_BASE, gdt.base);
     vmwrite(guest::GDTR_LIMIT, gdt.limit as u64);
     vmwrite(guest::IDTR_BASE, idt.base);
@@ -638,8 +784,14 @@ fn launch_cpu(setup: &mut Setup, global: &Global, args: &LaunchArgs) -> Result<c
     vmwrite(guest::INTERRUPTIBILITY_STATE, 0);
     vmwrite(guest::ACTIVITY_STATE, 0);
     vmwrite(guest::PENDING_DBG_EXCEPTIONS, 0);
+    if pin & super::nic::pin_controls() != 0 {
+        super::nic::timer_on();
+    }
 
-    super::apic::STARTUP[cpu].apic_id.store(super::apic::current_apic_id(), core::sync::atomic::Ordering::Release);
+    super::apic::STARTUP[cpu].apic_id.store(
+        super::apic::current_apic_id(),
+        core::sync::atomic::Ordering::Release,
+    );
     *VCPUS[cpu].lock() = Some(vcpu_addr);
     crate::hv_line!(
         "cpu {}: launching guest at rip {:#x} (controls pin {:#x} proc {:#x} proc2 {:#x} exit {:#x} entry {:#x}, vpid {})",
@@ -648,7 +800,12 @@ fn launch_cpu(setup: &mut Setup, global: &Global, args: &LaunchArgs) -> Result<c
     // SAFETY: the VMCS is complete; on success execution continues in the guest.
     let result = unsafe { x86::bits64::vmx::vmlaunch() };
     let err = vmread(x86::vmx::vmcs::ro::VM_INSTRUCTION_ERROR);
-    crate::hv_line!("cpu {}: VMLAUNCH failed ({:?}), VM-instruction error {}", cpu, result, err);
+    crate::hv_line!(
+        "cpu {}: VMLAUNCH failed ({:?}), VM-instruction error {}",
+        cpu,
+        result,
+        err
+    );
     *VCPUS[cpu].lock() = None;
     fail_launch();
     Err(error::VMLAUNCH_FAILED)

@@ -7,6 +7,7 @@ pub mod host;
 pub mod introspection;
 pub mod launch;
 pub mod mmio;
+pub mod nic;
 pub mod vmcall;
 
 use core::arch::asm;
@@ -99,7 +100,12 @@ pub unsafe fn wrmsr(msr: u32, value: u64) {
 /// Execute CPUID.
 pub fn cpuid(leaf: u32, subleaf: u32) -> crate::cpuid::CpuidRegs {
     let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
-    crate::cpuid::CpuidRegs { eax: r.eax, ebx: r.ebx, ecx: r.ecx, edx: r.edx }
+    crate::cpuid::CpuidRegs {
+        eax: r.eax,
+        ebx: r.ebx,
+        ecx: r.ecx,
+        edx: r.edx,
+    }
 }
 
 macro_rules! read_cr {

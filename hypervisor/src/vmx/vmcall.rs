@@ -77,4 +77,5 @@ fn log_all_counters(current: &Vcpu) {
             log_counters(unsafe { &*(addr as *const Vcpu) });
         }
     }
+    super::nic::log_counters();
 }

@@ -1,0 +1,683 @@
+//! Mediation of the machine's e1000 NIC (para-pass with shadow rings, see `docs/e1000.md`).
+//!
+//! At start-up Shoji finds the NIC on PCI bus 0, takes it over with the shadow-ring engine
+//! ([`shoji_drivers_e1000::E1000`]) and traps what the guest could use to get around it: the
+//! memory BAR pages the engine names (EPT, no access), the I/O BAR (IOADDR/IODATA reach every
+//! register) and the PCI configuration ports 0xCF8-0xCFF (BAR moves, bus mastering). Received
+//! frames are also harvested from a periodic poll driven by the VMX preemption timer.
+
+use super::exit::GuestRegs;
+use super::{rdmsr, vmwrite, IA32_VMX_MISC};
+use crate::arena::Arena;
+use crate::ept::Ept;
+use crate::guest::GuestRam;
+use core::fmt::Write as _;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use shoji_drivers_e1000::counters::ExitCause;
+use shoji_drivers_e1000::regs::{self, RegId};
+use shoji_drivers_e1000::{Buffers, Config, DmaRegion, Env, NicRegisters, PciWrite, E1000};
+use shoji_shared::{Direction, DropReason, PassAll};
+use spin::Mutex;
+
+/// PCI configuration address port.
+const CONFIG_ADDRESS: u16 = 0xcf8;
+/// PCI configuration data ports (0xCFC-0xCFF).
+const CONFIG_DATA: u16 = 0xcfc;
+/// Device ids of the 8254x parts the engine models (vendor 8086).
+const E1000_IDS: [u16; 4] = [0x100e, 0x100f, 0x1004, 0x1015];
+/// Preemption-timer period, in TSC ticks (Bochs counts instructions).
+const POLL_PERIOD_TSC: u64 = 100_000;
+/// VMX exit reason of the preemption timer.
+pub const EXIT_PREEMPTION_TIMER: u32 = 52;
+
+/// The real register file: the memory BAR, identity mapped in Shoji's page tables.
+pub struct Bar {
+    base: u64,
+}
+
+impl NicRegisters for Bar {
+    fn read32(&mut self, offset: u32) -> u32 {
+        if offset >= regs::BAR_SIZE || offset & 3 != 0 {
+            return u32::MAX;
+        }
+        // SAFETY: `base` is the NIC's memory BAR (128 KiB, found by PCI discovery, identity
+        // mapped by Shoji's page tables); the offset is an aligned dword inside it.
+        unsafe { core::ptr::read_volatile((self.base + u64::from(offset)) as *const u32) }
+    }
+    fn write32(&mut self, offset: u32, value: u32) {
+        if offset >= regs::BAR_SIZE || offset & 3 != 0 {
+            return;
+        }
+        // SAFETY: as for `read32`.
+        unsafe { core::ptr::write_volatile((self.base + u64::from(offset)) as *mut u32, value) }
+    }
+}
+
+/// Shoji-owned DMA memory from the arena (identity mapped: physical = virtual).
+pub struct Dma {
+    base: u64,
+    len: usize,
+}
+
+impl DmaRegion for Dma {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn phys_base(&self) -> u64 {
+        self.base
+    }
+    fn read(&self, offset: usize, buf: &mut [u8]) {
+        if offset
+            .checked_add(buf.len())
+            .is_none_or(|end| end > self.len)
+        {
+            buf.fill(0);
+            return;
+        }
+        core::sync::atomic::fence(Ordering::Acquire);
+        // SAFETY: [offset, offset+len) lies inside the region, which the arena handed out to the
+        // NIC alone; the device may write it concurrently, which only affects the bytes read.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                (self.base as usize + offset) as *const u8,
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+    }
+    fn write(&mut self, offset: usize, data: &[u8]) {
+        if offset
+            .checked_add(data.len())
+            .is_none_or(|end| end > self.len)
+        {
+            return;
+        }
+        // SAFETY: as for `read`; the destination is Shoji's DMA region.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                (self.base as usize + offset) as *mut u8,
+                data.len(),
+            )
+        };
+        core::sync::atomic::fence(Ordering::Release);
+    }
+}
+
+/// The mediated NIC.
+pub struct Nic {
+    engine: E1000<'static, Bar, Dma>,
+    /// Bus/device/function as `bus << 8 | dev << 3 | fn`.
+    bdf: u32,
+    /// Memory BAR base.
+    mmio: u64,
+    /// I/O BAR base and size (0 = none).
+    io: (u16, u16),
+}
+
+static NIC: Mutex<Option<Nic>> = Mutex::new(None);
+/// Whether the NIC is mediated (fast check on every exit).
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+/// The guest's last CONFIG_ADDRESS (dword write to 0xCF8).
+static GUEST_CF8: AtomicU32 = AtomicU32::new(0);
+/// Next poll deadline (TSC).
+static NEXT_POLL: AtomicU64 = AtomicU64::new(0);
+/// Whether this CPU's VMCS has the preemption timer on.
+static TIMER_ON: AtomicBool = AtomicBool::new(false);
+/// Preemption-timer rate (TSC >> rate).
+static TIMER_SHIFT: AtomicU32 = AtomicU32::new(0);
+/// Memory BAR base and I/O BAR (base, size) for trap checks without the lock.
+static MMIO_BASE: AtomicU64 = AtomicU64::new(0);
+static IO_BAR: AtomicU32 = AtomicU32::new(0);
+
+fn rdtsc() -> u64 {
+    // SAFETY: RDTSC has no side effects.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+fn outl(port: u16, v: u32) {
+    // SAFETY: host-mode port I/O on the PCI configuration mechanism or a port the guest itself
+    // addressed (passed through unchanged).
+    unsafe { core::arch::asm!("out dx, eax", in("dx") port, in("eax") v, options(nomem, nostack)) };
+}
+
+fn port_in(port: u16, size: u8) -> u32 {
+    let v: u32;
+    // SAFETY: host-mode port input on a port the guest (or Shoji's PCI scan) addressed; the
+    // width is the guest's own.
+    unsafe {
+        match size {
+            1 => {
+                let b: u8;
+                core::arch::asm!("in al, dx", in("dx") port, out("al") b, options(nomem, nostack));
+                v = u32::from(b);
+            }
+            2 => {
+                let w: u16;
+                core::arch::asm!("in ax, dx", in("dx") port, out("ax") w, options(nomem, nostack));
+                v = u32::from(w);
+            }
+            _ => {
+                core::arch::asm!("in eax, dx", in("dx") port, out("eax") v, options(nomem, nostack))
+            }
+        }
+    }
+    v
+}
+
+fn port_out(port: u16, size: u8, v: u32) {
+    // SAFETY: as for `port_in`.
+    unsafe {
+        match size {
+            1 => {
+                core::arch::asm!("out dx, al", in("dx") port, in("al") v as u8, options(nomem, nostack))
+            }
+            2 => {
+                core::arch::asm!("out dx, ax", in("dx") port, in("ax") v as u16, options(nomem, nostack))
+            }
+            _ => {
+                core::arch::asm!("out dx, eax", in("dx") port, in("eax") v, options(nomem, nostack))
+            }
+        }
+    }
+}
+
+fn cfg_addr(bdf: u32, offset: u16) -> u32 {
+    0x8000_0000 | (bdf << 8) | u32::from(offset & 0xfc)
+}
+
+/// Read a configuration dword (host use; restores the guest's CONFIG_ADDRESS).
+fn cfg_read(bdf: u32, offset: u16) -> u32 {
+    outl(CONFIG_ADDRESS, cfg_addr(bdf, offset));
+    let v = port_in(CONFIG_DATA, 4);
+    outl(CONFIG_ADDRESS, GUEST_CF8.load(Ordering::Relaxed));
+    v
+}
+
+/// Write `size` bytes of configuration space at `offset` (host use).
+fn cfg_write(bdf: u32, offset: u16, size: u8, v: u32) {
+    outl(CONFIG_ADDRESS, cfg_addr(bdf, offset));
+    port_out(CONFIG_DATA + (offset & 3), size, v);
+    outl(CONFIG_ADDRESS, GUEST_CF8.load(Ordering::Relaxed));
+}
+
+fn set_io_bit(bitmap_a: u64, bitmap_b: u64, port: u16) {
+    let (page, bit) = if port < 0x8000 {
+        (bitmap_a, port)
+    } else {
+        (bitmap_b, port - 0x8000)
+    };
+    // SAFETY: `page` is one of the two I/O bitmap pages in Shoji's region; bit / 8 < 4096.
+    unsafe { *((page + u64::from(bit / 8)) as *mut u8) |= 1 << (bit % 8) };
+}
+
+/// Find the e1000 on bus 0: (bdf, device id).
+fn discover() -> Option<(u32, u16)> {
+    for dev in 0..32u32 {
+        let bdf = dev << 3;
+        let id = cfg_read(bdf, 0);
+        if id & 0xffff == 0x8086 && E1000_IDS.contains(&((id >> 16) as u16)) {
+            return Some((bdf, (id >> 16) as u16));
+        }
+    }
+    None
+}
+
+/// Find and take over the NIC (bootstrap processor, once, from `init_global`). Without a NIC,
+/// or with `mediate_nic = false`, nothing is trapped.
+pub fn init(mediate: bool, arena: &mut Arena<'_>, ept: &Ept, io_bitmap_a: u64, io_bitmap_b: u64) {
+    let Some((bdf, device)) = discover() else {
+        crate::hv_line!("e1000: no Intel 8254x NIC on PCI bus 0: nothing to mediate");
+        return;
+    };
+    let bar0 = cfg_read(bdf, 0x10);
+    let bar1 = cfg_read(bdf, 0x14);
+    let mmio = u64::from(bar0 & !0xf);
+    let io = if bar1 & 1 != 0 {
+        (bar1 & 0xfffc) as u16
+    } else {
+        0
+    };
+    let loc = |bdf: u32| ((bdf >> 8) & 0xff, (bdf >> 3) & 0x1f, bdf & 7);
+    let (b, d, f) = loc(bdf);
+    if !mediate {
+        crate::hv_line!(
+            "e1000 at {:02x}:{:02x}.{} (8086:{:04x}, mmio {:#x}, io {:#x}) NOT mediated (mediate_nic = false)",
+            b, d, f, device, mmio, io
+        );
+        return;
+    }
+    if mmio == 0 || bar0 & 0x6 != 0 {
+        crate::hv_line!(
+            "e1000 at {:02x}:{:02x}.{}: memory BAR {:#x} unassigned or 64-bit: not mediated",
+            b,
+            d,
+            f,
+            bar0
+        );
+        return;
+    }
+    // Memory space and bus mastering on: Shoji's own rings need both.
+    let cmd = cfg_read(bdf, 0x04) & 0xffff;
+    cfg_write(bdf, 0x04, 2, cmd | 0x7);
+    let cfg = Config::default();
+    let pages = (cfg.dma_bytes() as u64).div_ceil(0x1000);
+    let Some(dma_base) = arena.alloc_pages(pages) else {
+        crate::hv_line!(
+            "e1000: out of reserved memory for {} DMA pages: not mediated",
+            pages
+        );
+        return;
+    };
+    let Some(bufs) = arena.alloc::<Buffers>() else {
+        crate::hv_line!("e1000: out of reserved memory for the engine's buffers: not mediated");
+        return;
+    };
+    // Trap the register pages the engine shadows before it takes the device over.
+    let mut trapped = 0;
+    for page in 0..regs::BAR_SIZE / regs::PAGE_SIZE {
+        if E1000::<Bar, Dma>::page_is_trapped(page) {
+            let gpa = mmio + u64::from(page * regs::PAGE_SIZE);
+            if ept.map_page(arena, gpa, gpa, 0, crate::mtrr::UC).is_err() {
+                crate::hv_line!("e1000: cannot trap page {:#x}: not mediated", gpa);
+                return;
+            }
+            trapped += 1;
+        }
+    }
+    let engine = match E1000::new(
+        Bar { base: mmio },
+        Dma {
+            base: dma_base,
+            len: (pages * 0x1000) as usize,
+        },
+        cfg,
+        bufs,
+    ) {
+        Ok(e) => e,
+        Err(e) => {
+            crate::hv_line!("e1000: engine set-up failed ({:?}): not mediated", e);
+            return;
+        }
+    };
+    if io != 0 {
+        for p in io..io.saturating_add(cfg.pci.io_size as u16) {
+            set_io_bit(io_bitmap_a, io_bitmap_b, p);
+        }
+    }
+    for p in CONFIG_ADDRESS..=CONFIG_DATA + 3 {
+        set_io_bit(io_bitmap_a, io_bitmap_b, p);
+    }
+    let mut nic = Nic {
+        engine,
+        bdf,
+        mmio,
+        io: (io, cfg.pci.io_size as u16),
+    };
+    let bar = nic.engine.nic_mut();
+    let (tdbal, tdbah, rdbal, rdbah) = (
+        bar.read32(regs::TDBAL),
+        bar.read32(regs::TDBAH),
+        bar.read32(regs::RDBAL),
+        bar.read32(regs::RDBAH),
+    );
+    MMIO_BASE.store(mmio, Ordering::Release);
+    IO_BAR.store(
+        u32::from(io) | (u32::from(nic.io.1) << 16),
+        Ordering::Release,
+    );
+    TIMER_SHIFT.store((rdmsr(IA32_VMX_MISC) & 0x1f) as u32, Ordering::Release);
+    NEXT_POLL.store(rdtsc() + POLL_PERIOD_TSC, Ordering::Release);
+    *NIC.lock() = Some(nic);
+    ACTIVE.store(true, Ordering::Release);
+    crate::hv_line!(
+        "e1000 at {:02x}:{:02x}.{} mediated: rings shadowed (8086:{:04x}, mmio {:#x}, {} pages trapped, io {:#x}, pci config 0xcf8-0xcff trapped)",
+        b, d, f, device, mmio, trapped, io
+    );
+    crate::hv_line!(
+        "e1000 real rings: TDBA {:#x} RDBA {:#x} (DMA {:#x}-{:#x}, {} tx / {} rx descriptors)",
+        (u64::from(tdbah) << 32) | u64::from(tdbal),
+        (u64::from(rdbah) << 32) | u64::from(rdbal),
+        dma_base,
+        dma_base + pages * 0x1000 - 1,
+        cfg.tx_descs,
+        cfg.rx_descs
+    );
+}
+
+/// Whether the NIC is mediated (the launch enables the preemption timer then).
+pub fn active() -> bool {
+    ACTIVE.load(Ordering::Acquire)
+}
+
+/// Run `f` on the engine with a fresh environment, recording the cost under `cause`.
+fn with_engine<R>(cause: ExitCause, f: impl FnOnce(&mut Nic, &mut Env<'_>) -> R) -> Option<R> {
+    let setup = super::launch::setup()?;
+    let mut ram = GuestRam::from_setup(setup);
+    let mut filter = PassAll;
+    let mut guard = NIC.lock();
+    let nic = guard.as_mut()?;
+    let t0 = rdtsc();
+    let mut env = Env {
+        mem: &mut ram,
+        filter: &mut filter,
+        task: None,
+    };
+    let r = f(nic, &mut env);
+    let dt = rdtsc().wrapping_sub(t0);
+    nic.engine.counters_mut().record_cost(cause, dt, 0);
+    Some(r)
+}
+
+/// An EPT violation at `gpa`: completes it when it hits the NIC's memory BAR.
+pub fn ept_violation(regs: &mut GuestRegs, gpa: u64) -> bool {
+    let base = MMIO_BASE.load(Ordering::Acquire);
+    if !active() || gpa < base || gpa >= base + u64::from(regs::BAR_SIZE) {
+        return false;
+    }
+    let offset = (gpa - base) as u32;
+    let mut refused = false;
+    let done = super::mmio::emulate(regs, gpa, |is_write, width, value| {
+        let cause = if is_write {
+            ExitCause::MmioWrite
+        } else {
+            ExitCause::MmioRead
+        };
+        with_engine(cause, |nic, env| {
+            if is_write {
+                nic.engine.mmio_write(env, offset, width, value);
+                0
+            } else {
+                nic.engine.mmio_read(env, offset, width)
+            }
+        })
+        .unwrap_or(u64::MAX)
+    });
+    if !done {
+        refused = true;
+    }
+    if refused {
+        if let Some(nic) = NIC.lock().as_mut() {
+            nic.engine.note_refused_instruction();
+        }
+    }
+    true
+}
+
+/// A trapped I/O instruction: handles the NIC's I/O BAR and the PCI configuration ports.
+/// Returns false for ports that are not the NIC's (the caller handles them). String I/O to
+/// these ports is not emulated (the input reads all-ones, the output is dropped).
+pub fn io_access(regs: &mut GuestRegs, port: u16, size: u8, is_in: bool) -> bool {
+    if !active() {
+        return false;
+    }
+    let io = IO_BAR.load(Ordering::Acquire);
+    let (io_base, io_size) = ((io & 0xffff) as u16, (io >> 16) as u16);
+    let in_io_bar = io_base != 0 && port >= io_base && port < io_base.saturating_add(io_size);
+    let in_cfg = (CONFIG_ADDRESS..=CONFIG_DATA + 3).contains(&port);
+    if !in_io_bar && !in_cfg {
+        return false;
+    }
+    let mask: u64 = match size {
+        1 => 0xff,
+        2 => 0xffff,
+        _ => 0xffff_ffff,
+    };
+    let out_value = (regs.rax & mask) as u32;
+    let result: Option<u32> = if in_io_bar {
+        let off = port - io_base;
+        with_engine(ExitCause::IoBar, |nic, env| {
+            if is_in {
+                Some(nic.engine.io_read(env, off, size))
+            } else {
+                nic.engine.io_write(env, off, size, out_value);
+                None
+            }
+        })
+        .flatten()
+    } else {
+        pci_config(port, size, is_in, out_value)
+    };
+    if is_in {
+        let v = u64::from(result.unwrap_or(u32::MAX)) & mask;
+        regs.rax = if size == 4 { v } else { (regs.rax & !mask) | v };
+    }
+    true
+}
+
+/// The guest's access to the configuration ports: the e1000's own configuration space is
+/// mediated by the engine, everything else is performed as asked.
+fn pci_config(port: u16, size: u8, is_in: bool, value: u32) -> Option<u32> {
+    if port == CONFIG_ADDRESS && size == 4 {
+        if is_in {
+            return Some(GUEST_CF8.load(Ordering::Relaxed));
+        }
+        GUEST_CF8.store(value, Ordering::Relaxed);
+        outl(CONFIG_ADDRESS, value);
+        return None;
+    }
+    let addr = GUEST_CF8.load(Ordering::Relaxed);
+    let bdf = (addr >> 8) & 0xffff;
+    let mine = port >= CONFIG_DATA
+        && addr & 0x8000_0000 != 0
+        && NIC.lock().as_ref().is_some_and(|n| n.bdf == bdf);
+    if !mine {
+        // Not the NIC (or 0xCF9-0xCFB, e.g. the reset control register): as asked.
+        if is_in {
+            return Some(port_in(port, size));
+        }
+        port_out(port, size, value);
+        return None;
+    }
+    let offset = (addr & 0xfc) as u16 + (port - CONFIG_DATA);
+    if u32::from(offset & 3) + u32::from(size) > 4 {
+        return if is_in { Some(u32::MAX) } else { None };
+    }
+    let real = cfg_read(bdf, offset);
+    with_engine(ExitCause::PciConfig, |nic, _env| {
+        if is_in {
+            return Some(nic.engine.pci_config_read(offset, size, real));
+        }
+        let out = nic.engine.pci_config_write(offset, size, value, real);
+        match out.write {
+            PciWrite::Pass => cfg_write(bdf, offset, size, value),
+            PciWrite::Drop => {}
+            PciWrite::Replace(v) => cfg_write(bdf, offset & !3, 4, v),
+        }
+        if let Some(m) = out.moved {
+            crate::hv_line!(
+                "e1000: guest moved BAR {} to {:#x} (traps not re-applied)",
+                m.bar,
+                m.base
+            );
+        }
+        None
+    })
+    .flatten()
+}
+
+/// The preemption timer fired (exit reason 52): poll the NIC.
+pub fn timer_exit() {
+    poll_now();
+}
+
+fn poll_now() {
+    NEXT_POLL.store(rdtsc().wrapping_add(POLL_PERIOD_TSC), Ordering::Relaxed);
+    // A CPU already inside the engine does the work; never spin here.
+    let Some(setup) = super::launch::setup() else {
+        return;
+    };
+    let mut ram = GuestRam::from_setup(setup);
+    let mut filter = PassAll;
+    let Some(mut guard) = NIC.try_lock() else {
+        return;
+    };
+    let Some(nic) = guard.as_mut() else { return };
+    let t0 = rdtsc();
+    let mut env = Env {
+        mem: &mut ram,
+        filter: &mut filter,
+        task: None,
+    };
+    nic.engine.poll(&mut env);
+    let dt = rdtsc().wrapping_sub(t0);
+    nic.engine
+        .counters_mut()
+        .record_cost(ExitCause::Poll, dt, 0);
+}
+
+/// The launch enabled the preemption timer in the current VMCS: arm it.
+pub fn timer_on() {
+    TIMER_ON.store(true, Ordering::Release);
+    before_entry();
+}
+
+/// Before every VM entry: poll when the deadline has passed, and arm the preemption timer for
+/// the time left until the next one.
+pub fn before_entry() {
+    if !active() {
+        return;
+    }
+    let now = rdtsc();
+    let mut next = NEXT_POLL.load(Ordering::Relaxed);
+    if now >= next {
+        poll_now();
+        next = NEXT_POLL.load(Ordering::Relaxed);
+    }
+    if !TIMER_ON.load(Ordering::Relaxed) {
+        return;
+    }
+    let left = next.saturating_sub(rdtsc()) >> TIMER_SHIFT.load(Ordering::Relaxed);
+    vmwrite(
+        x86::vmx::vmcs::guest::VMX_PREEMPTION_TIMER_VALUE,
+        left.clamp(1, u64::from(u32::MAX)),
+    );
+}
+
+/// `a / b` with three decimals, as text.
+struct Ratio(u64, u64);
+
+impl core::fmt::Display for Ratio {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        if self.1 == 0 {
+            return write!(f, "n/a");
+        }
+        let milli = self.0.saturating_mul(1000) / self.1;
+        write!(f, "{}.{:03}", milli / 1000, milli % 1000)
+    }
+}
+
+/// Write the NIC's counters to Shoji's log (`shoji-hv: e1000 ...` lines).
+pub fn log_counters() {
+    if !active() {
+        crate::hv_line!("e1000 counters: not mediated");
+        return;
+    }
+    let Some(guard) = NIC.try_lock() else {
+        crate::hv_line!("e1000 counters: engine busy");
+        return;
+    };
+    let Some(nic) = guard.as_ref() else { return };
+    let c = nic.engine.counters();
+    for (name, d) in [("tx", Direction::Tx), ("rx", Direction::Rx)] {
+        let dc = c.dir(d);
+        let mut line: heapless::String<512> = heapless::String::new();
+        let _ = write!(
+            line,
+            "e1000 {}: frames={} bytes={} dropped={}",
+            name,
+            dc.frames,
+            dc.bytes,
+            dc.dropped_total()
+        );
+        for r in DropReason::ALL {
+            if dc.dropped(r) != 0 {
+                let _ = write!(line, " drop_{}={}", r.name(), dc.dropped(r));
+            }
+        }
+        crate::log::write_line(format_args!("{}", line));
+    }
+    let dropped = c.tx.dropped_total() + c.rx.dropped_total();
+    let delivered = c.tx.frames + c.rx.frames;
+    crate::hv_line!(
+        "e1000 totals: seen={} delivered={} dropped={} guest_tx_packets={} tso_packets={} tso_segments={} hairpin={} tx_stalls={} rx_stalls={} ring_errors={} rx_hostile={} refused={} insn_refused={} guest_resets={} virq={}",
+        c.frames_seen(),
+        delivered,
+        dropped,
+        c.tx_guest_packets,
+        c.tso_packets,
+        c.tso_segments,
+        c.hairpin_frames,
+        c.tx_stalls,
+        c.rx_stalls,
+        c.ring_errors,
+        c.rx_hostile_descs,
+        c.refused_accesses,
+        c.insn_refused,
+        c.guest_resets,
+        c.virq_raised
+    );
+    let mut line: heapless::String<512> = heapless::String::new();
+    let total: u64 = c.exits.iter().sum();
+    let _ = write!(line, "e1000 exits: total={}", total);
+    for cause in ExitCause::ALL {
+        let _ = write!(line, " {}={}", cause.name(), c.exits[cause as usize]);
+    }
+    crate::log::write_line(format_args!("{}", line));
+    let mut line: heapless::String<768> = heapless::String::new();
+    let _ = write!(line, "e1000 registers:");
+    for r in RegId::ALL {
+        let (rd, wr) = (c.reg_reads[r as usize], c.reg_writes[r as usize]);
+        if rd != 0 || wr != 0 {
+            let _ = write!(line, " {}={}r/{}w", r.name(), rd, wr);
+        }
+    }
+    crate::log::write_line(format_args!("{}", line));
+    let mut line: heapless::String<768> = heapless::String::new();
+    let _ = write!(line, "e1000 cost (tsc):");
+    for cause in ExitCause::ALL {
+        let k = &c.cost[cause as usize];
+        if k.calls != 0 {
+            let _ = write!(
+                line,
+                " {}: calls={} frames={} cycles={} per_frame={}",
+                cause.name(),
+                k.calls,
+                k.frames,
+                k.cycles,
+                Ratio(k.cycles, k.frames)
+            );
+        }
+    }
+    crate::log::write_line(format_args!("{}", line));
+    // Exits per frame: TX doorbells (TDT writes, TX ring reads) per TX frame; RX-side exits
+    // (ICR reads, RDT writes, interrupt-mask writes, polls) per RX frame.
+    let reg = |r: RegId| c.reg_reads[r as usize] + c.reg_writes[r as usize];
+    let tx_exits = reg(RegId::Tdt) + reg(RegId::Tdh);
+    let rx_exits =
+        reg(RegId::Icr) + reg(RegId::Rdt) + reg(RegId::Rdh) + reg(RegId::Ims) + reg(RegId::Imc);
+    let cycles: u64 = c.cost.iter().map(|k| k.cycles).sum();
+    let frames = c.tx.frames + c.rx.frames;
+    crate::hv_line!(
+        "e1000 per frame: tx_exits={}/{}={} rx_exits={}/{}={} polls={} all_nic_exits_per_frame={} engine_cycles_per_frame={}",
+        tx_exits,
+        c.tx.frames,
+        Ratio(tx_exits, c.tx.frames),
+        rx_exits,
+        c.rx.frames,
+        Ratio(rx_exits, c.rx.frames),
+        c.exits[ExitCause::Poll as usize],
+        Ratio(total, frames),
+        Ratio(cycles, frames)
+    );
+    let _ = nic.mmio;
+}
+
+/// Desired pin-based control bit for the preemption timer when the NIC is mediated.
+pub fn pin_controls() -> u32 {
+    if active() {
+        x86::vmx::vmcs::control::PinbasedControls::VMX_PREEMPTION_TIMER.bits()
+    } else {
+        0
+    }
+}
