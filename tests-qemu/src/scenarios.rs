@@ -755,7 +755,7 @@ const INTROSPECTION_EXPECT: &[(&str, bool, &str, &str)] = &[
         "refuse-uid1000",
         false,
         "NotAuthorized",
-        "push by uid 1000 is refused",
+        "push by uid 1000 holding a copy of the real key is refused",
     ),
     (
         "whoami-after-refusals",
