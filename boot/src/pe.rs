@@ -120,11 +120,20 @@ mod tests {
         let mut img = image();
         assert_eq!(size_of_image(&img), Ok(0x1000));
         assert_eq!(relocate(&mut img, 0x10_0000), Ok(2));
-        assert_eq!(u64::from_le_bytes(img[0x810..0x818].try_into().unwrap()), 0x1_0010_1234);
-        assert_eq!(u64::from_le_bytes(img[0x820..0x828].try_into().unwrap()), 0x1_0010_0800);
+        assert_eq!(
+            u64::from_le_bytes(img[0x810..0x818].try_into().unwrap()),
+            0x1_0010_1234
+        );
+        assert_eq!(
+            u64::from_le_bytes(img[0x820..0x828].try_into().unwrap()),
+            0x1_0010_0800
+        );
         // Moving down works too (wrapping delta).
         assert_eq!(relocate(&mut img, 0u64.wrapping_sub(0x10_0000)), Ok(2));
-        assert_eq!(u64::from_le_bytes(img[0x810..0x818].try_into().unwrap()), 0x1_0000_1234);
+        assert_eq!(
+            u64::from_le_bytes(img[0x810..0x818].try_into().unwrap()),
+            0x1_0000_1234
+        );
     }
 
     #[test]
@@ -137,7 +146,10 @@ mod tests {
         assert_eq!(relocate(&mut img, 1), Err(PeError::OutOfBounds));
         let mut img = image();
         img[0x408..0x40a].copy_from_slice(&0x3010u16.to_le_bytes());
-        assert_eq!(relocate(&mut img, 1), Err(PeError::UnsupportedRelocation(3)));
+        assert_eq!(
+            relocate(&mut img, 1),
+            Err(PeError::UnsupportedRelocation(3))
+        );
         assert_eq!(relocate(&mut [0u8; 16], 1), Err(PeError::NotPe32Plus));
     }
 }
