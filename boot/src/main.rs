@@ -5,6 +5,35 @@
 #[cfg(target_os = "uefi")]
 mod efi;
 
+/// The global allocator: UEFI's pool while the firmware's boot services run, Shoji's own heap
+/// (`shoji_hypervisor::heap`) in host mode, where boot services no longer exist.
+#[cfg(target_os = "uefi")]
+struct ShojiAlloc;
+
+#[cfg(target_os = "uefi")]
+// SAFETY: both allocators return suitably aligned, unaliased memory or null.
+unsafe impl core::alloc::GlobalAlloc for ShojiAlloc {
+    unsafe fn alloc(&self, layout: core::alloc::Layout) -> *mut u8 {
+        if shoji_hypervisor::heap::active() {
+            shoji_hypervisor::heap::alloc(layout)
+        } else {
+            // SAFETY: forwarded unchanged to UEFI's pool allocator.
+            unsafe { uefi::allocator::Allocator.alloc(layout) }
+        }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: core::alloc::Layout) {
+        // Shoji's heap never frees (one-time tables).
+        if !shoji_hypervisor::heap::owns(ptr) {
+            // SAFETY: `ptr` came from UEFI's pool allocator with this layout.
+            unsafe { uefi::allocator::Allocator.dealloc(ptr, layout) }
+        }
+    }
+}
+
+#[cfg(target_os = "uefi")]
+#[global_allocator]
+static ALLOCATOR: ShojiAlloc = ShojiAlloc;
+
 #[cfg(not(target_os = "uefi"))]
 fn main() {
     eprintln!("shoji.efi is a UEFI application: build it with `cargo build -p shoji-boot --target x86_64-unknown-uefi`");

@@ -10,6 +10,7 @@ pub mod counters;
 pub mod cpuid;
 pub mod ept;
 pub mod guest;
+pub mod heap;
 pub mod log;
 pub mod msr;
 pub mod mtrr;

@@ -27,6 +27,8 @@ const CONFIG_DATA: u16 = 0xcfc;
 const E1000_IDS: [u16; 4] = [0x100e, 0x100f, 0x1004, 0x1015];
 /// Preemption-timer period, in TSC ticks (Bochs counts instructions).
 const POLL_PERIOD_TSC: u64 = 100_000;
+/// Pages of the host-mode heap.
+const HEAP_PAGES: u64 = 512;
 /// VMX exit reason of the preemption timer.
 pub const EXIT_PREEMPTION_TIMER: u32 = 52;
 
@@ -226,6 +228,20 @@ fn discover() -> Option<(u32, u16)> {
 /// Find and take over the NIC (bootstrap processor, once, from `init_global`). Without a NIC,
 /// or with `mediate_nic = false`, nothing is trapped.
 pub fn init(mediate: bool, arena: &mut Arena<'_>, ept: &Ept, io_bitmap_a: u64, io_bitmap_b: u64) {
+    // Host-mode heap (iced-x86 builds its decoder tables on first use), then build those tables
+    // now rather than at the first trapped access.
+    if !crate::heap::active() {
+        if let Some(base) = arena.alloc_pages(HEAP_PAGES) {
+            crate::heap::init(base, HEAP_PAGES * 0x1000);
+        }
+    }
+    let warm = shoji_drivers_e1000::mmio_insn::decode(&[0x8b, 0x00], 64).is_ok();
+    crate::hv_line!(
+        "host heap: {} KiB of {} KiB used after decoder warm-up (ok={})",
+        crate::heap::used() / 1024,
+        HEAP_PAGES * 4,
+        warm
+    );
     let Some((bdf, device)) = discover() else {
         crate::hv_line!("e1000: no Intel 8254x NIC on PCI bus 0: nothing to mediate");
         return;
