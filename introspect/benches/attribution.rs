@@ -32,6 +32,27 @@ fn bench(c: &mut Criterion) {
         );
         let mem = cm.inner();
 
+        // `SHOJI_ATTR_LOOP=N`: run N cached then N uncached attributions per profile and exit,
+        // for CPU-time measurement with `perf stat -e task-clock` on a loaded machine (wall-clock
+        // medians there include time the benchmark spends preempted).
+        if let Some(n) = std::env::var("SHOJI_ATTR_LOOP")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            // SHOJI_ATTR_PROFILE=6.1|6.12 picks the profile, SHOJI_ATTR_MODE=cached|uncached.
+            if std::env::var("SHOJI_ATTR_PROFILE").is_ok_and(|p| p != label) {
+                continue;
+            }
+            let mode = std::env::var("SHOJI_ATTR_MODE").unwrap_or_default();
+            for _ in 0..n {
+                if mode == "uncached" {
+                    intro.flush();
+                }
+                black_box(intro.attribute(black_box(mem), black_box(&cpu)));
+            }
+            std::process::exit(0);
+        }
+
         c.bench_function(&format!("attribute/{label}/cached"), |b| {
             b.iter(|| black_box(intro.attribute(black_box(mem), black_box(&cpu))))
         });

@@ -2,7 +2,7 @@
 
 use shoji_shared::profile::{
     preempt, CurrentTask, FieldId, KernelProfile, Op, ProfileError, Program, Sha256, KEY_COUNT,
-    NS_INUM_MIN, PF_KTHREAD, PID_MAX_LIMIT,
+    MAX_OFFSET, NS_INUM_MIN, PF_KTHREAD, PID_MAX_LIMIT,
 };
 use shoji_shared::{ExecContext, GuestMemory, TaskIdentity};
 
@@ -96,7 +96,7 @@ const KEY_READ_MAX: u32 = 320;
 /// Key buffer: every key read fits even when no two keys could be merged.
 const KEY_BUF: usize = KEY_COUNT * KEY_READ_MAX as usize;
 /// Size of an object block read once per attribution (aligned, so never crosses a page).
-const BLOCK: usize = 64;
+const BLOCK: usize = 32;
 /// Blocks kept per attribution.
 const BLOCKS: usize = 16;
 
@@ -436,6 +436,10 @@ struct Reader<'a, 'v, M: GuestMemory + ?Sized> {
 impl<M: GuestMemory + ?Sized> Reader<'_, '_, M> {
     fn task_bytes(&self, va: u64, len: usize) -> Option<&[u8]> {
         let off = va.checked_sub(self.win.task)?;
+        // Most reads are of other objects: leave at once.
+        if off >= MAX_OFFSET as u64 {
+            return None;
+        }
         if self.keys.task == self.win.task {
             if let Some(b) = self.keys.get(self.plan, off, len) {
                 return Some(b);
