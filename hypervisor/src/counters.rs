@@ -68,7 +68,9 @@ pub struct ExitCounters {
 impl ExitCounters {
     /// All zero.
     pub const fn new() -> Self {
-        ExitCounters { counts: [const { AtomicU64::new(0) }; EXIT_REASONS] }
+        ExitCounters {
+            counts: [const { AtomicU64::new(0) }; EXIT_REASONS],
+        }
     }
 
     /// Count one exit of `reason` (reasons beyond the table count as the last slot).
@@ -113,7 +115,10 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// A limiter passing the first `burst` events.
     pub const fn new(burst: u64) -> Self {
-        RateLimiter { seen: AtomicU64::new(0), burst }
+        RateLimiter {
+            seen: AtomicU64::new(0),
+            burst,
+        }
     }
 
     /// Record one event; returns `Some(n)` (the event's ordinal) when it should be logged.

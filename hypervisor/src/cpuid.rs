@@ -58,9 +58,17 @@ pub fn guest_view(leaf: u32, subleaf: u32, native: CpuidRegs, guest_cr4: u64) ->
         },
         CPUID_LEAF_SIGNATURE => {
             let (ebx, ecx, edx) = signature_registers();
-            CpuidRegs { eax: CPUID_LEAF_MAX, ebx, ecx, edx }
+            CpuidRegs {
+                eax: CPUID_LEAF_MAX,
+                ebx,
+                ecx,
+                edx,
+            }
         }
-        CPUID_LEAF_VERSION => CpuidRegs { eax: ABI_VERSION, ..CpuidRegs::default() },
+        CPUID_LEAF_VERSION => CpuidRegs {
+            eax: ABI_VERSION,
+            ..CpuidRegs::default()
+        },
         // The rest of the hypervisor range is Shoji's and empty.
         0x4000_0002..=0x4000_00ff => CpuidRegs::default(),
         _ => native,
@@ -73,7 +81,12 @@ mod tests {
 
     #[test]
     fn leaf1_hides_vmx_and_sets_hypervisor_bit() {
-        let native = CpuidRegs { eax: 0x50654, ebx: 1, ecx: 0x7ffa_fbff, edx: 0xbfeb_fbff };
+        let native = CpuidRegs {
+            eax: 0x50654,
+            ebx: 1,
+            ecx: 0x7ffa_fbff,
+            edx: 0xbfeb_fbff,
+        };
         let g = guest_view(1, 0, native, CR4_OSXSAVE);
         assert_eq!(g.ecx & LEAF1_ECX_VMX, 0);
         assert_ne!(g.ecx & LEAF1_ECX_HYPERVISOR, 0);
@@ -83,19 +96,40 @@ mod tests {
 
     #[test]
     fn os_enable_bits_follow_the_guest_cr4() {
-        let native = CpuidRegs { eax: 0, ebx: 0, ecx: LEAF1_ECX_OSXSAVE | (1 << 26), edx: 0 };
+        let native = CpuidRegs {
+            eax: 0,
+            ebx: 0,
+            ecx: LEAF1_ECX_OSXSAVE | (1 << 26),
+            edx: 0,
+        };
         assert_eq!(guest_view(1, 0, native, 0).ecx & LEAF1_ECX_OSXSAVE, 0);
-        assert_ne!(guest_view(1, 0, native, CR4_OSXSAVE).ecx & LEAF1_ECX_OSXSAVE, 0);
-        let n7 = CpuidRegs { eax: 0, ebx: 0, ecx: LEAF7_ECX_OSPKE | 8, edx: 0 };
+        assert_ne!(
+            guest_view(1, 0, native, CR4_OSXSAVE).ecx & LEAF1_ECX_OSXSAVE,
+            0
+        );
+        let n7 = CpuidRegs {
+            eax: 0,
+            ebx: 0,
+            ecx: LEAF7_ECX_OSPKE | 8,
+            edx: 0,
+        };
         assert_eq!(guest_view(7, 0, n7, 0).ecx, 8);
         assert_eq!(guest_view(7, 0, n7, CR4_PKE).ecx, 8 | LEAF7_ECX_OSPKE);
         let no_osxsave = CpuidRegs { ecx: 1 << 26, ..n7 };
-        assert_ne!(guest_view(1, 0, no_osxsave, CR4_OSXSAVE).ecx & LEAF1_ECX_OSXSAVE, 0);
+        assert_ne!(
+            guest_view(1, 0, no_osxsave, CR4_OSXSAVE).ecx & LEAF1_ECX_OSXSAVE,
+            0
+        );
     }
 
     #[test]
     fn signature_and_version_leaves() {
-        let native = CpuidRegs { eax: 7, ebx: 8, ecx: 9, edx: 10 };
+        let native = CpuidRegs {
+            eax: 7,
+            ebx: 8,
+            ecx: 9,
+            edx: 10,
+        };
         let s = guest_view(0x4000_0000, 0, native, 0);
         let mut bytes = [0u8; 12];
         bytes[..4].copy_from_slice(&s.ebx.to_le_bytes());

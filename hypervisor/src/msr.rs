@@ -84,7 +84,10 @@ mod tests {
     #[test]
     fn vmx_msrs_fault_without_reading_hardware() {
         for msr in IA32_VMX_FIRST..=IA32_VMX_LAST {
-            assert_eq!(read(msr, |_| panic!("must not read")), MsrAnswer::GeneralProtection);
+            assert_eq!(
+                read(msr, |_| panic!("must not read")),
+                MsrAnswer::GeneralProtection
+            );
             assert_eq!(write(msr, 0), MsrAnswer::GeneralProtection);
         }
     }
@@ -97,7 +100,10 @@ mod tests {
         assert!(bit(0, 0x3a) && bit(0x800, 0x3a));
         assert!(bit(0, 0x480) && bit(0, 0x491) && !bit(0, 0x492));
         assert!(!bit(0, 0x10) && !bit(0, 0x1b) && !bit(0x800, 0x277));
-        assert!(b[0x400..0x800].iter().all(|x| *x == 0), "high MSRs pass through");
+        assert!(
+            b[0x400..0x800].iter().all(|x| *x == 0),
+            "high MSRs pass through"
+        );
         assert!(b[0xc00..].iter().all(|x| *x == 0));
     }
 }

@@ -169,7 +169,9 @@ impl MtrrSnapshot {
                 }
             }
         }
-        Some(self.variable_type_matching(|r| r.addr_mask(pm) & varying == 0 && r.matches(start, pm)))
+        Some(
+            self.variable_type_matching(|r| r.addr_mask(pm) & varying == 0 && r.matches(start, pm)),
+        )
     }
 }
 
@@ -197,7 +199,10 @@ mod tests {
         for b in &mut s.fixed[16..24] {
             *b = UC;
         }
-        s.variable[0] = VariableRange { base: WB as u64, mask: (!(0x8000_0000u64 - 1) & 0xff_ffff_f000) | (1 << 11) };
+        s.variable[0] = VariableRange {
+            base: WB as u64,
+            mask: (!(0x8000_0000u64 - 1) & 0xff_ffff_f000) | (1 << 11),
+        };
         s.variable_count = 1;
         s
     }
@@ -211,7 +216,11 @@ mod tests {
         assert_eq!(s.page_type(0xc_0000), WB);
         assert_eq!(s.uniform_type(0, 0x8_0000), Some(WB));
         assert_eq!(s.uniform_type(0x8_0000, 0x4_0000), None);
-        assert_eq!(s.uniform_type(0, 0x20_0000), None, "first 2 MiB straddles fixed area");
+        assert_eq!(
+            s.uniform_type(0, 0x20_0000),
+            None,
+            "first 2 MiB straddles fixed area"
+        );
     }
 
     #[test]
@@ -221,7 +230,11 @@ mod tests {
         assert_eq!(s.page_type(0x8000_0000), UC);
         assert_eq!(s.uniform_type(0x4000_0000, 0x4000_0000), Some(WB));
         assert_eq!(s.uniform_type(0x8000_0000, 0x4000_0000), Some(UC));
-        assert_eq!(s.uniform_type(0, 0x1_0000_0000), None, "4 GiB mixes WB and UC");
+        assert_eq!(
+            s.uniform_type(0, 0x1_0000_0000),
+            None,
+            "4 GiB mixes WB and UC"
+        );
         assert_eq!(s.uniform_type(0x20_0000, 0x20_0000), Some(WB));
     }
 
@@ -229,9 +242,15 @@ mod tests {
     fn overlap_rules() {
         let mut s = ovmf_like();
         // UC hole 0x7000_0000-0x7fff_ffff inside the WB range.
-        s.variable[1] = VariableRange { base: 0x7000_0000 | UC as u64, mask: (!(0x1000_0000u64 - 1) & 0xff_ffff_f000) | (1 << 11) };
+        s.variable[1] = VariableRange {
+            base: 0x7000_0000 | UC as u64,
+            mask: (!(0x1000_0000u64 - 1) & 0xff_ffff_f000) | (1 << 11),
+        };
         // WT over 0x6000_0000-0x6fff_ffff.
-        s.variable[2] = VariableRange { base: 0x6000_0000 | WT as u64, mask: (!(0x1000_0000u64 - 1) & 0xff_ffff_f000) | (1 << 11) };
+        s.variable[2] = VariableRange {
+            base: 0x6000_0000 | WT as u64,
+            mask: (!(0x1000_0000u64 - 1) & 0xff_ffff_f000) | (1 << 11),
+        };
         s.variable_count = 3;
         assert_eq!(s.page_type(0x7000_0000), UC);
         assert_eq!(s.page_type(0x6000_0000), WT);

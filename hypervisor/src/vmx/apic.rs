@@ -135,7 +135,8 @@ fn mediate_icr(icr_low: u64, dest: u32, sender_apic: u32) -> bool {
                 // A SIPI to a virtualized CPU that is not waiting is ignored, as hardware ignores
                 // a SIPI outside the wait-for-SIPI state.
                 if s.waiting.load(Ordering::Acquire) {
-                    s.sipi.store(((icr_low & 0xff) as u32) + 1, Ordering::Release);
+                    s.sipi
+                        .store(((icr_low & 0xff) as u32) + 1, Ordering::Release);
                 }
             }
             // While the boot application is still starting CPUs, SIPIs for them go to the
@@ -168,7 +169,9 @@ fn send_nmi(apic_id: u32) {
 /// An NMI exit on `vcpu`: true when it was Shoji's INIT kick (the CPU is then parked until a
 /// SIPI and started), false when the NMI belongs to the guest.
 pub fn take_init(vcpu: &Vcpu) -> bool {
-    STARTUP[vcpu.index as usize % MAX_CPUS].init.swap(false, Ordering::AcqRel)
+    STARTUP[vcpu.index as usize % MAX_CPUS]
+        .init
+        .swap(false, Ordering::AcqRel)
 }
 
 /// EPT pointer of the alternate EPT in which the xAPIC page is writable (0 = none).

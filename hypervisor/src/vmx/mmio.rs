@@ -73,10 +73,16 @@ pub fn decode_current() -> Result<MmioAccess, &'static str> {
         16
     };
     let linear = vmread(guest::CS_BASE).wrapping_add(vmread(guest::RIP));
-    let space = address_space(vmread(guest::CR0), vmread(guest::CR3), vmread(guest::CR4), efer);
+    let space = address_space(
+        vmread(guest::CR0),
+        vmread(guest::CR3),
+        vmread(guest::CR4),
+        efer,
+    );
     let user = (vmread(guest::SS_ACCESS_RIGHTS) >> 5) & 3 == 3;
     let mut bytes = [0u8; 15];
-    let n = fetch_instruction(&ram, space, linear, user, &mut bytes).map_err(|_| "instruction not readable")?;
+    let n = fetch_instruction(&ram, space, linear, user, &mut bytes)
+        .map_err(|_| "instruction not readable")?;
     mmio_insn::decode(&bytes[..n], bitness).map_err(|e| e.describe())
 }
 
