@@ -144,10 +144,10 @@ fn bochsrc(spec: &MachineSpec, console: &Path, shoji_log: &Path, net: bool) -> S
     // Bochs reports every EPT-violation VM exit as a CPU "error": millions of lines (and minutes)
     // once Shoji traps device registers. Its CPU errors are kept only on request, for debugging
     // failed VM entries (Shoji's own log dumps the guest state either way).
-    let cpu_errors = if std::env::var_os("SHOJI_BOCHS_CPU_ERRORS").is_some() {
-        ""
+    let cpu_errors: String = if std::env::var_os("SHOJI_BOCHS_CPU_ERRORS").is_some() {
+        String::new()
     } else {
-        ", cpu0=ignore, cpu1=ignore"
+        (0..spec.cpus).map(|c| format!(", cpu{c}=ignore")).collect()
     };
     let mut rc = format!(
         "# Written by tests-qemu for one run.\n\
