@@ -278,6 +278,10 @@ extern "sysv64" fn shoji_handle_exit(frame: &mut ExitFrame) {
         }
         _ => fatal(vcpu, regs, "unexpected VM exit"),
     }
+    // Shoji's INIT kick may have arrived as an NMI while this CPU was in host mode.
+    if super::apic::take_init(vcpu) {
+        init_signal(vcpu, regs);
+    }
     finish_exit();
 }
 
@@ -285,11 +289,19 @@ extern "sysv64" fn shoji_handle_exit(frame: &mut ExitFrame) {
 fn finish_exit() {
     super::nic::before_entry();
     deliver_pending_irq();
-    if super::host::NMI_PENDING.swap(false, core::sync::atomic::Ordering::AcqRel) {
+    let vcpu = rdmsr(IA32_GS_BASE) as *const Vcpu;
+    // SAFETY: the host GS base points at this CPU's `Vcpu`.
+    let index = if vcpu.is_null() {
+        0
+    } else {
+        unsafe { (*vcpu).index as usize }
+    };
+    let pending = &super::host::NMI_PENDING[index % super::launch::MAX_CPUS];
+    if pending.swap(false, core::sync::atomic::Ordering::AcqRel) {
         if vmread(control::VMENTRY_INTERRUPTION_INFO_FIELD) & (1 << 31) == 0 {
             inject(2, 2, None);
         } else {
-            super::host::NMI_PENDING.store(true, core::sync::atomic::Ordering::Release);
+            pending.store(true, core::sync::atomic::Ordering::Release);
         }
     }
 }

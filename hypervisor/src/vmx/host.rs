@@ -89,14 +89,29 @@ pub struct ExceptionFrame {
     pub ss: u64,
 }
 
-/// Set when an NMI arrived while this (any) CPU ran host code; the exit path re-injects it.
-pub static NMI_PENDING: AtomicBool = AtomicBool::new(false);
+/// Per CPU: set when a guest NMI arrived while the CPU ran host code; the exit path re-injects it.
+pub static NMI_PENDING: [AtomicBool; super::launch::MAX_CPUS] =
+    [const { AtomicBool::new(false) }; super::launch::MAX_CPUS];
 
 #[no_mangle]
 extern "sysv64" fn shoji_host_exception(frame: &mut ExceptionFrame) {
     let vector = frame.vector & 0xff;
     if vector == 2 {
-        NMI_PENDING.store(true, Ordering::Release);
+        // Shoji's INIT kick (see `apic`) is taken at the end of the current exit; any other NMI
+        // belongs to the guest and is re-injected there.
+        let vcpu = super::rdmsr(super::IA32_GS_BASE) as *const super::launch::Vcpu;
+        // SAFETY: the host GS base of every CPU points at its own `Vcpu` (set at launch).
+        let index = if vcpu.is_null() {
+            0
+        } else {
+            unsafe { (*vcpu).index as usize }
+        };
+        if !super::apic::STARTUP[index % super::launch::MAX_CPUS]
+            .init
+            .load(Ordering::Acquire)
+        {
+            NMI_PENDING[index % super::launch::MAX_CPUS].store(true, Ordering::Release);
+        }
         return;
     }
     if vector >= 32 {
