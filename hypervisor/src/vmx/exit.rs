@@ -243,7 +243,7 @@ extern "sysv64" fn shoji_handle_exit(frame: &mut ExitFrame) {
                     unsafe { wrmsr(m, v) };
                 }
                 advance_rip();
-                return finish_exit();
+                return finish_exit(vcpu);
             }
             match msr::write(m, v) {
                 MsrAnswer::Done => advance_rip(),
@@ -282,21 +282,14 @@ extern "sysv64" fn shoji_handle_exit(frame: &mut ExitFrame) {
     if super::apic::take_init(vcpu) {
         init_signal(vcpu, regs);
     }
-    finish_exit();
+    finish_exit(vcpu);
 }
 
 /// Work done before every VM entry: deliver events that arrived while Shoji ran.
-fn finish_exit() {
+fn finish_exit(vcpu: &mut Vcpu) {
     super::nic::before_entry();
-    deliver_pending_irq();
-    let vcpu = rdmsr(IA32_GS_BASE) as *const Vcpu;
-    // SAFETY: the host GS base points at this CPU's `Vcpu`.
-    let index = if vcpu.is_null() {
-        0
-    } else {
-        unsafe { (*vcpu).index as usize }
-    };
-    let pending = &super::host::NMI_PENDING[index % super::launch::MAX_CPUS];
+    deliver_pending_irq(vcpu);
+    let pending = &super::host::NMI_PENDING[vcpu.index as usize % super::launch::MAX_CPUS];
     if pending.swap(false, core::sync::atomic::Ordering::AcqRel) {
         if vmread(control::VMENTRY_INTERRUPTION_INFO_FIELD) & (1 << 31) == 0 {
             inject(2, 2, None);
@@ -308,13 +301,7 @@ fn finish_exit() {
 
 /// Inject an external interrupt that arrived in host mode once the guest can take it; until
 /// then, ask for an exit when its interrupt window opens.
-fn deliver_pending_irq() {
-    let vcpu = rdmsr(IA32_GS_BASE) as *mut Vcpu;
-    if vcpu.is_null() {
-        return;
-    }
-    // SAFETY: the host GS base points at this CPU's `Vcpu`.
-    let vcpu = unsafe { &mut *vcpu };
+fn deliver_pending_irq(vcpu: &mut Vcpu) {
     let window = control::PrimaryControls::INTERRUPT_WINDOW_EXITING.bits() as u64;
     let primary = vmread(control::PRIMARY_PROCBASED_EXEC_CONTROLS);
     if vcpu.pending_irq == 0 {
