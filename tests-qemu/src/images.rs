@@ -310,18 +310,49 @@ pub fn build_initramfs(
     compress(c.finish(), out)
 }
 
-/// Build the ext2 data disk (`mke2fs -d`) from `extra` files (guest path, host path).
-pub fn build_data_disk(out: &Path, extra: &[(&str, PathBuf)]) -> Result<()> {
+/// One entry of the ext2 data disk (paths relative to its root).
+#[derive(Debug, Clone)]
+pub enum DiskEntry {
+    /// A copy of a host file (its permissions kept).
+    File(String, PathBuf),
+    /// A file with this content and mode.
+    Bytes(String, Vec<u8>, u32),
+    /// A symbolic link to the given target.
+    Symlink(String, String),
+    /// An empty directory.
+    Dir(String),
+}
+
+/// Build the ext2 data disk (`mke2fs -d`) from `entries`.
+pub fn build_data_disk(out: &Path, entries: &[DiskEntry]) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let stage = out.with_extension("d");
     let _ = std::fs::remove_dir_all(&stage);
     std::fs::create_dir_all(stage.join("bin"))?;
     std::fs::write(stage.join("shoji-data"), "shoji test data disk\n")?;
-    for (guest, host) in extra {
+    let place = |guest: &str| -> Result<PathBuf> {
         let dst = stage.join(guest.trim_start_matches('/'));
         if let Some(p) = dst.parent() {
             std::fs::create_dir_all(p)?;
         }
-        std::fs::copy(host, &dst).with_context(|| format!("copying {}", host.display()))?;
+        Ok(dst)
+    };
+    for e in entries {
+        match e {
+            DiskEntry::File(guest, host) => {
+                std::fs::copy(host, place(guest)?)
+                    .with_context(|| format!("copying {}", host.display()))?;
+            }
+            DiskEntry::Bytes(guest, bytes, mode) => {
+                let dst = place(guest)?;
+                std::fs::write(&dst, bytes)?;
+                std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(*mode))?;
+            }
+            DiskEntry::Symlink(guest, target) => {
+                std::os::unix::fs::symlink(target, place(guest)?)?;
+            }
+            DiskEntry::Dir(guest) => std::fs::create_dir_all(place(guest)?)?,
+        }
     }
     let _ = std::fs::remove_file(out);
     run_ok(
@@ -336,6 +367,72 @@ pub fn build_data_disk(out: &Path, extra: &[(&str, PathBuf)]) -> Result<()> {
     )?;
     std::fs::remove_dir_all(&stage)?;
     Ok(())
+}
+
+/// Modules the containers need (the bridge with VLAN filtering, veth pairs); dependencies are
+/// added and everything is put in load order, like [`STORAGE_MODULES`].
+const CONTAINER_MODULES: &[&str] = &["bridge", "veth"];
+/// The script that plays the CNI plugin's part for the test containers (a createRuntime hook).
+const CNI_HOOK: &str = include_str!("../guest/cni-veth");
+
+/// The data disk's container part: crun and its libraries (`crun/`), the bridge and veth
+/// modules with their load order (`modules/containers/`), the OCI bundles' root file system
+/// (`rootfs/`: busybox-static, the probe, shojictl) and the veth hook (`shoji/cni-veth`).
+fn container_entries(kernel: &Kernel, probe: &Path, shojictl: &Path) -> Result<Vec<DiskEntry>> {
+    let crun = crate::crun::fetch()?;
+    let mut v: Vec<DiskEntry> = crate::crun::disk_entries(&crun)
+        .into_iter()
+        .map(|(g, h)| DiskEntry::File(g, h))
+        .collect();
+    let mut order = String::new();
+    for (name, path) in module_load_order(&kernel.modules, CONTAINER_MODULES)? {
+        v.push(DiskEntry::File(
+            format!("modules/containers/{name}.ko"),
+            path,
+        ));
+        order.push_str(&format!("{name}.ko\n"));
+    }
+    v.push(DiskEntry::Bytes(
+        "modules/containers/load-order".into(),
+        order.into_bytes(),
+        0o644,
+    ));
+    v.push(DiskEntry::Bytes(
+        "shoji/cni-veth".into(),
+        CNI_HOOK.as_bytes().to_vec(),
+        0o755,
+    ));
+    let busybox = Path::new("/bin/busybox");
+    v.push(DiskEntry::File("rootfs/bin/busybox".into(), busybox.into()));
+    let list = run_ok(&mut cmd("/bin/busybox", ["--list"]), TOOL_TIMEOUT)
+        .context("busybox --list (install busybox-static)")?;
+    for applet in list.lines().map(str::trim).filter(|a| !a.is_empty()) {
+        if applet != "busybox" && !applet.contains('/') {
+            v.push(DiskEntry::Symlink(
+                format!("rootfs/bin/{applet}"),
+                "busybox".into(),
+            ));
+        }
+    }
+    v.push(DiskEntry::File("rootfs/bin/probe".into(), probe.into()));
+    v.push(DiskEntry::File(
+        "rootfs/bin/shojictl".into(),
+        shojictl.into(),
+    ));
+    for d in ["proc", "sys", "dev", "tmp", "run", "root", "etc/shoji"] {
+        v.push(DiskEntry::Dir(format!("rootfs/{d}")));
+    }
+    v.push(DiskEntry::Bytes(
+        "rootfs/etc/passwd".into(),
+        b"root:x:0:0:root:/root:/bin/sh\n".to_vec(),
+        0o644,
+    ));
+    v.push(DiskEntry::Bytes(
+        "rootfs/etc/group".into(),
+        b"root:x:0:\n".to_vec(),
+        0o644,
+    ));
+    Ok(v)
 }
 
 /// What happens when VMX is unavailable.
@@ -476,7 +573,9 @@ pub fn build_guest_images(flavour: crate::kernel::Flavour) -> Result<GuestImages
     let initrd_storage = dir.join("initrd-storage.img");
     build_initramfs(&kernel, &probe, &shojictl, &initrd_storage, true)?;
     let data_disk = dir.join("data.img");
-    build_data_disk(&data_disk, &[("bin/probe", probe.clone())])?;
+    let mut entries = vec![DiskEntry::File("bin/probe".into(), probe.clone())];
+    entries.extend(container_entries(&kernel, &probe, &shojictl)?);
+    build_data_disk(&data_disk, &entries)?;
     Ok(GuestImages {
         kernel,
         initrd,

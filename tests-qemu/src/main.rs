@@ -6,6 +6,7 @@
 //! to a tap peer in a network namespace, and checks what the guest and Shoji print.
 //! See docs/testing.md.
 
+mod crun;
 mod emulator;
 mod images;
 mod kernel;

@@ -15,6 +15,9 @@ use std::process::{Command, ExitCode, ExitStatus};
 use clap::{Parser, Subcommand, ValueEnum};
 use shoji_shared::vmcall::{Function, Status, CPUID_LEAF_SIGNATURE, SIGNATURE};
 
+mod frames;
+mod raw;
+
 /// The ASCII prefix of the canary that Shoji keeps in its reserved memory.
 const CANARY_PREFIX: &[u8] = b"SHOJI-CANARY-";
 /// Reserved ranges larger than this are not scanned (they are MMIO windows, not Shoji's memory).
@@ -64,6 +67,67 @@ enum Cmd {
         #[arg(long, default_value_t = 64)]
         size: usize,
     },
+    /// Send COUNT forged ARP replies "SENDER_IP is at SENDER_MAC" to TARGET (AF_PACKET, 200 ms
+    /// apart): the classic ARP spoof.
+    ArpReply {
+        /// Interface to send on.
+        iface: String,
+        /// The IPv4 address claimed.
+        sender_ip: std::net::Ipv4Addr,
+        /// The MAC address it is claimed to be at (also the frame's source).
+        sender_mac: String,
+        /// The victim's IPv4 address.
+        target_ip: std::net::Ipv4Addr,
+        /// The victim's MAC address (the frame's destination).
+        target_mac: String,
+        /// Number of replies.
+        count: u64,
+    },
+    /// Send raw Ethernet/IPv4/UDP frames with the given source MAC and IP (AF_PACKET): COUNT
+    /// frames 100 ms apart, or with SECONDS as fast as possible for SECONDS (COUNT 0 = no limit).
+    RawUdp {
+        /// Interface to send on.
+        iface: String,
+        /// Source MAC address.
+        src_mac: String,
+        /// Source IPv4 address.
+        src_ip: std::net::Ipv4Addr,
+        /// Destination MAC address.
+        dst_mac: String,
+        /// Destination IPv4 address.
+        dst_ip: std::net::Ipv4Addr,
+        /// Destination UDP port.
+        port: u16,
+        /// Number of frames (0: no limit, with SECONDS).
+        count: u64,
+        /// Flood for this many seconds.
+        seconds: Option<u64>,
+        /// Payload text (each frame carries "TEXT seq=N").
+        #[arg(long, default_value = "probe-raw-udp")]
+        payload: String,
+        /// UDP source port.
+        #[arg(long, default_value_t = 40000)]
+        src_port: u16,
+    },
+    /// Send COUNT UDP datagrams "TEXT seq=N" to ADDR:PORT through an ordinary socket, 100 ms apart.
+    UdpSend {
+        /// Destination address.
+        addr: std::net::Ipv4Addr,
+        /// Destination port.
+        port: u16,
+        /// Number of datagrams.
+        count: u64,
+        /// Payload text.
+        #[arg(long, default_value = "probe-udp-send")]
+        payload: String,
+    },
+    /// Receive UDP datagrams on PORT for SECONDS and print how many arrived and from where.
+    UdpListen {
+        /// Port to listen on.
+        port: u16,
+        /// How long to listen.
+        seconds: u64,
+    },
     /// Internal: execute one instruction (run in a child process by `vmx` and `log-counters`).
     #[command(hide = true)]
     ExecInsn {
@@ -100,6 +164,53 @@ fn main() -> ExitCode {
             seconds,
             size,
         } => flood(&addr, port, seconds, size),
+        Cmd::ArpReply {
+            iface,
+            sender_ip,
+            sender_mac,
+            target_ip,
+            target_mac,
+            count,
+        } => raw::arp_reply(
+            &iface,
+            sender_ip,
+            &sender_mac,
+            target_ip,
+            &target_mac,
+            count,
+        ),
+        Cmd::RawUdp {
+            iface,
+            src_mac,
+            src_ip,
+            dst_mac,
+            dst_ip,
+            port,
+            count,
+            seconds,
+            payload,
+            src_port,
+        } => raw::raw_udp(
+            &iface,
+            raw::RawUdpArgs {
+                src_mac: &src_mac,
+                src_ip,
+                dst_mac: &dst_mac,
+                dst_ip,
+                src_port,
+                port,
+                count,
+                seconds,
+                payload: &payload,
+            },
+        ),
+        Cmd::UdpSend {
+            addr,
+            port,
+            count,
+            payload,
+        } => raw::udp_send(addr, port, count, &payload),
+        Cmd::UdpListen { port, seconds } => raw::udp_listen(port, seconds),
         Cmd::ExecInsn { insn } => {
             exec_insn(insn);
             Ok(())
