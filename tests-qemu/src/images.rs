@@ -374,6 +374,8 @@ pub fn build_data_disk(out: &Path, entries: &[DiskEntry]) -> Result<()> {
 const CONTAINER_MODULES: &[&str] = &["bridge", "veth"];
 /// The script that plays the CNI plugin's part for the test containers (a createRuntime hook).
 const CNI_HOOK: &str = include_str!("../guest/cni-veth");
+/// The containers test script that the init sources with `shojitest=containers`.
+const CONTAINERS_SCRIPT: &str = include_str!("../guest/containers.sh");
 
 /// The data disk's container part: crun and its libraries (`crun/`), the bridge and veth
 /// modules with their load order (`modules/containers/`), the OCI bundles' root file system
@@ -401,6 +403,11 @@ fn container_entries(kernel: &Kernel, probe: &Path, shojictl: &Path) -> Result<V
         "shoji/cni-veth".into(),
         CNI_HOOK.as_bytes().to_vec(),
         0o755,
+    ));
+    v.push(DiskEntry::Bytes(
+        "shoji/containers.sh".into(),
+        CONTAINERS_SCRIPT.as_bytes().to_vec(),
+        0o644,
     ));
     let busybox = Path::new("/bin/busybox");
     v.push(DiskEntry::File("rootfs/bin/busybox".into(), busybox.into()));

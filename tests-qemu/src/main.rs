@@ -6,6 +6,7 @@
 //! to a tap peer in a network namespace, and checks what the guest and Shoji print.
 //! See docs/testing.md.
 
+mod containers;
 mod crun;
 mod emulator;
 mod images;
@@ -79,6 +80,16 @@ enum Cmd {
         /// Port to listen on.
         port: u16,
     },
+    /// Internal (run inside a scenario's namespace): receive UDP datagrams on PORT until killed
+    /// and keep SUMMARY up to date: one line `from=IP tag=TAG count=N` per source and payload
+    /// tag (the payload up to " seq=").
+    #[command(hide = true)]
+    UdpSink {
+        /// Port to listen on.
+        port: u16,
+        /// The summary file (rewritten as datagrams arrive).
+        summary: PathBuf,
+    },
 }
 
 /// `xtask tcp-sink PORT` (the peer side of the guest's `probe tcp-send`).
@@ -102,6 +113,53 @@ fn tcp_sink(port: u16) -> Result<()> {
         start.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// `xtask udp-sink PORT SUMMARY` (the peer's witness of what reached it over UDP).
+fn udp_sink(port: u16, summary: &std::path::Path) -> Result<()> {
+    let sock = std::net::UdpSocket::bind(("0.0.0.0", port))?;
+    sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let mut counts: std::collections::BTreeMap<(String, String), u64> = Default::default();
+    let mut buf = vec![0u8; 65536];
+    let mut dirty = true;
+    let mut written = Instant::now();
+    loop {
+        match sock.recv_from(&mut buf) {
+            Ok((n, from)) => {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                let tag = text.split(" seq=").next().unwrap_or("").trim();
+                let tag: String = tag
+                    .chars()
+                    .take(40)
+                    .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+                    .collect();
+                let key = (from.ip().to_string(), tag);
+                let new = !counts.contains_key(&key);
+                *counts.entry(key).or_default() += 1;
+                dirty = true;
+                if !new && written.elapsed() < Duration::from_millis(200) {
+                    continue;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if dirty {
+            let text: String = counts
+                .iter()
+                .map(|((ip, tag), n)| format!("from={ip} tag={tag} count={n}\n"))
+                .collect();
+            let tmp = summary.with_extension("tmp");
+            std::fs::write(&tmp, text)?;
+            std::fs::rename(&tmp, summary)?;
+            dirty = false;
+            written = Instant::now();
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -147,6 +205,10 @@ fn run(cli: Cli) -> Result<bool> {
         }
         Cmd::TcpSink { port } => {
             tcp_sink(port)?;
+            Ok(true)
+        }
+        Cmd::UdpSink { port, summary } => {
+            udp_sink(port, &summary)?;
             Ok(true)
         }
         Cmd::Images => {

@@ -164,7 +164,12 @@ pub fn peer_checks(ns: &Netns) -> PeerResult {
 /// Tell the guest the peer is finished (it waits in `nc -l -p 7777`). Retries for a while,
 /// since the guest may print READY-FOR-PEER a moment before it listens.
 pub fn send_done(ns: &Netns, log: &mut String) -> bool {
-    let script = format!("echo done >/dev/tcp/{GUEST_IP}/{DONE_PORT}");
+    send_msg(ns, "done", log)
+}
+
+/// Send `msg` (one word) to the guest's listener on port 7777, retrying like [`send_done`].
+pub fn send_msg(ns: &Netns, msg: &str, log: &mut String) -> bool {
+    let script = format!("echo {msg} >/dev/tcp/{GUEST_IP}/{DONE_PORT}");
     for attempt in 1..=10 {
         if crate::util::check_cancelled().is_err() {
             return false;
@@ -172,7 +177,7 @@ pub fn send_done(ns: &Netns, log: &mut String) -> bool {
         let mut c = ns.command("timeout", ["10", "bash", "-c", &script]);
         match run_capture(&mut c, Duration::from_secs(20)) {
             Ok(o) if o.status.success() => {
-                log.push_str(&format!("sent done (attempt {attempt})\n"));
+                log.push_str(&format!("sent {msg} (attempt {attempt})\n"));
                 return true;
             }
             Ok(o) => log.push_str(&format!("send done attempt {attempt}: {}\n", o.text.trim())),
@@ -181,6 +186,32 @@ pub fn send_done(ns: &Netns, log: &mut String) -> bool {
         std::thread::sleep(Duration::from_secs(2));
     }
     false
+}
+
+/// The peer's neighbour table on tap0 (`ip neigh show dev tap0`).
+pub fn peer_neigh(ns: &Netns) -> String {
+    let mut c = ns.command("ip", ["neigh", "show", "dev", TAP]);
+    match run_capture(&mut c, IP_TIMEOUT) {
+        Ok(o) => o.text,
+        Err(e) => format!("ip neigh: {e:#}"),
+    }
+}
+
+/// Empty the peer's neighbour table on tap0.
+pub fn flush_peer_neigh(ns: &Netns) -> Result<()> {
+    let mut c = ns.command("ip", ["neigh", "flush", "dev", TAP]);
+    run_ok(&mut c, IP_TIMEOUT).map(|_| ())
+}
+
+/// The link-layer address the neighbour table `text` holds for `ip` (None: no entry, or an
+/// entry without an address such as FAILED/INCOMPLETE).
+pub fn neigh_mac(text: &str, ip: &str) -> Option<String> {
+    text.lines().map(str::split_whitespace).find_map(|mut w| {
+        (w.next()? == ip).then_some(())?;
+        let words: Vec<&str> = w.collect();
+        let i = words.iter().position(|x| *x == "lladdr")?;
+        words.get(i + 1).map(|m| m.to_ascii_lowercase())
+    })
 }
 
 #[cfg(test)]
@@ -197,5 +228,12 @@ mod tests {
         assert_eq!(owner_pid("shoji-1234-bochs-smp"), Some(1234));
         assert_eq!(owner_pid("shoji-bochs-smp"), None);
         assert_eq!(owner_pid("other"), None);
+        let n = "10.0.2.21 lladdr 02:00:00:00:00:0b STALE\n10.0.2.22 FAILED\n10.0.2.15 lladdr 52:54:00:12:34:56 REACHABLE\n";
+        assert_eq!(
+            neigh_mac(n, "10.0.2.21").as_deref(),
+            Some("02:00:00:00:00:0b")
+        );
+        assert_eq!(neigh_mac(n, "10.0.2.22"), None);
+        assert_eq!(neigh_mac(n, "10.0.2.2"), None);
     }
 }

@@ -83,6 +83,14 @@ pub mod markers {
     pub const PROBE_FLOOD: &str = "probe flood: sent=";
     /// COM1, the guest's own NIC statistics after the network tests.
     pub const ETH0_STATS: &str = "SHOJI-TEST: eth0 stats";
+    /// COM1, the containers test's host set-up: `SHOJI-TEST: containers host br0 ...`.
+    pub const CONTAINERS_READY_HOST: &str = "SHOJI-TEST: containers host ";
+    /// COM1, prefix of a containers step's result (`... NAME rc=RC :: LAST-LINE`).
+    pub const CTR: &str = "SHOJI-TEST: ctr";
+    /// COM1, prefix of a sync point where the guest waits for the peer (`... NAME`).
+    pub const SYNC: &str = "SHOJI-TEST: sync";
+    /// COM1, the containers test without Shoji skips the protected phase.
+    pub const CONTAINERS_NO_SHOJI: &str = "SHOJI-TEST: containers: Shoji absent";
     /// Port of the peer's TCP sink.
     pub const SINK_PORT: u16 = 7778;
     /// COM2 (Shoji's log) strings that end a run at once.
@@ -125,10 +133,25 @@ enum Kind {
     TcgFailClosed,
     /// Comparison run: Shoji with `mediate_nic = false`, the same network load.
     Unmediated,
+    /// crun containers A and B under Shoji: control phase, then protected phase (one boot).
+    Containers,
+    /// The containers control phase on QEMU/TCG without Shoji.
+    TcgContainers,
 }
 
 /// All scenarios, longest first (so two workers finish together).
 pub const ALL: &[Scenario] = &[
+    Scenario {
+        name: "bochs-containers",
+        about: "crun containers A and B (bridge, VLAN per port, B root with CAP_NET_RAW in its \
+                own namespaces), one boot: CONTROL without the Shoji hooks (ARP spoof poisons the \
+                peer, impersonation and B's traffic arrive), then PROTECTED with `shojictl \
+                oci-hook`: spoof and impersonation (also flooding, after setsid) dropped with \
+                events naming B, B cut off from the peer, A<->B only as allowed and relayed, run-\
+                time rule, refusals inside B, poststop unregisters; start times and per-frame cost",
+        needs_shoji: true,
+        kind: Kind::Containers,
+    },
     Scenario {
         name: "bochs-shoji",
         about:
@@ -182,6 +205,13 @@ pub const ALL: &[Scenario] = &[
         kind: Kind::TcgNoShoji,
     },
     Scenario {
+        name: "tcg-containers",
+        about: "control on QEMU/TCG without Shoji: the same crun containers, B's ARP spoof \
+                poisons the peer and its impersonation and traffic arrive",
+        needs_shoji: false,
+        kind: Kind::TcgContainers,
+    },
+    Scenario {
         name: "tcg-fail-open",
         about: "QEMU/TCG has no VMX: Shoji says so, fails open, Linux boots without the signature",
         needs_shoji: true,
@@ -204,7 +234,9 @@ impl Scenario {
     /// The emulator this scenario runs on here.
     pub fn backend(&self) -> Backend {
         match self.kind {
-            Kind::TcgNoShoji | Kind::TcgFailOpen | Kind::TcgFailClosed => Backend::QemuTcg,
+            Kind::TcgNoShoji | Kind::TcgFailOpen | Kind::TcgFailClosed | Kind::TcgContainers => {
+                Backend::QemuTcg
+            }
             _ => vmx_backend(),
         }
     }
@@ -212,6 +244,11 @@ impl Scenario {
     /// Whether the guest runs the network load (TCP bulk send, driver reload, UDP flood).
     pub fn net_load(&self) -> bool {
         matches!(self.kind, Kind::Shoji | Kind::Unmediated)
+    }
+
+    /// Whether the guest runs the containers test (crun from the data disk).
+    pub fn containers(&self) -> bool {
+        matches!(self.kind, Kind::Containers | Kind::TcgContainers)
     }
 
     /// Whether the scenario boots Debian 13's kernel (whatever flavour the others use).
@@ -261,7 +298,8 @@ impl Report {
         self.error.is_none() && self.checks.iter().all(|c| c.ok)
     }
 
-    fn check(&mut self, what: impl Into<String>, ok: bool, detail: impl Into<String>) {
+    /// Record one checked expectation.
+    pub fn check(&mut self, what: impl Into<String>, ok: bool, detail: impl Into<String>) {
         self.checks.push(Check {
             what: what.into(),
             ok,
@@ -381,6 +419,11 @@ fn run_inner(sc: &Scenario, inputs: &Inputs<'_>, rep: &mut Report) -> Result<()>
     if sc.kind == Kind::Shoji612 {
         cmdline = cmdline.replace("shojitest=full", "shojitest=introspect");
     }
+    if sc.containers() {
+        cmdline = cmdline.replace("shojitest=full", "shojitest=containers");
+        // Guest seconds are long under Bochs: a short flood is enough for per-frame figures.
+        cmdline.push_str(" shojiflood=3 shojipeer=600");
+    }
     if sc.net_load() {
         cmdline.push_str(" shojinet=full");
         // Under Bochs the guest's clock runs far slower than the wall clock once the NIC is
@@ -391,7 +434,7 @@ fn run_inner(sc: &Scenario, inputs: &Inputs<'_>, rep: &mut Report) -> Result<()>
     }
     let with_initrd = format!("initrd=\\initrd.img {cmdline}");
     let boot = match sc.kind {
-        Kind::NoShoji | Kind::TcgNoShoji => EspBoot::Direct {
+        Kind::NoShoji | Kind::TcgNoShoji | Kind::TcgContainers => EspBoot::Direct {
             cmdline: with_initrd,
         },
         _ => {
@@ -415,7 +458,7 @@ fn run_inner(sc: &Scenario, inputs: &Inputs<'_>, rep: &mut Report) -> Result<()>
         }
     };
     // tcg-no-shoji also proves the data disk path (storage modules, ext2 on the second disk).
-    let storage = sc.kind == Kind::TcgNoShoji;
+    let storage = sc.kind == Kind::TcgNoShoji || sc.containers();
     let initrd = if storage {
         &images.initrd_storage
     } else {
@@ -484,7 +527,7 @@ fn linux(
 ) -> Result<()> {
     let with_shoji = matches!(
         sc.kind,
-        Kind::Shoji | Kind::Shoji612 | Kind::Exposed | Kind::Unmediated
+        Kind::Shoji | Kind::Shoji612 | Kind::Exposed | Kind::Unmediated | Kind::Containers
     );
     if with_shoji {
         let line = milestone(
@@ -547,6 +590,9 @@ fn linux(
         );
     } else {
         rep.check("guest sees NO Shoji signature", !has_sig, cpuid.trim());
+    }
+    if sc.containers() {
+        return crate::containers::run(m, ns, rep, &sc.dir(), t, with_shoji);
     }
     if sc.kind == Kind::Shoji612 {
         milestone(

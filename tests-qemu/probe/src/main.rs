@@ -128,6 +128,14 @@ enum Cmd {
         /// How long to listen.
         seconds: u64,
     },
+    /// Run a command and print how long it took (the guest's monotonic clock) and its exit code.
+    Timed {
+        /// Label printed with the result.
+        label: String,
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        cmd: Vec<String>,
+    },
     /// Internal: execute one instruction (run in a child process by `vmx` and `log-counters`).
     #[command(hide = true)]
     ExecInsn {
@@ -211,6 +219,7 @@ fn main() -> ExitCode {
             payload,
         } => raw::udp_send(addr, port, count, &payload),
         Cmd::UdpListen { port, seconds } => raw::udp_listen(port, seconds),
+        Cmd::Timed { label, cmd } => timed(&label, &cmd),
         Cmd::ExecInsn { insn } => {
             exec_insn(insn);
             Ok(())
@@ -352,6 +361,29 @@ fn exec_insn(insn: Insn) {
             let desc = Status::from_u64(rax).map_or("unknown status", Status::describe);
             println!("status={rax} ({desc})");
         }
+    }
+}
+
+/// `probe timed`: the command's output goes straight through; the exit code is passed on.
+fn timed(label: &str, cmd: &[String]) -> io::Result<()> {
+    let (prog, args) = cmd
+        .split_first()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no command"))?;
+    let start = std::time::Instant::now();
+    let status = Command::new(prog).args(args).status();
+    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    let rc = match &status {
+        Ok(st) => st
+            .code()
+            .map_or_else(|| describe_status(*st), |c| c.to_string()),
+        Err(e) => format!("not-started({e})"),
+    };
+    println!("probe timed: {label} ms={ms:.1} rc={rc}");
+    let _ = io::stdout().flush();
+    match status {
+        Ok(st) if st.success() => Ok(()),
+        Ok(_) => std::process::exit(1),
+        Err(e) => Err(e),
     }
 }
 

@@ -1,0 +1,664 @@
+//! The containers scenario: crun containers A and B in the guest, B attacking A and the peer;
+//! a CONTROL phase without the Shoji hooks (the attacks succeed) and a PROTECTED phase with them
+//! (the attacks are dropped), in one boot. The peer (tap0 in the namespace) is the witness: its
+//! neighbour table and a UDP sink on it. The guest's side is `guest/containers.sh`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::emulator::{Machine, Stream};
+use crate::netns::{flush_peer_neigh, neigh_mac, peer_neigh, send_msg, Netns};
+use crate::scenarios::{markers, Report};
+use crate::util::GroupChild;
+
+/// Container A's MAC and address.
+const A_MAC: &str = "02:00:00:00:00:0a";
+const A_IP: &str = "10.0.2.21";
+/// Container B's MAC and address.
+const B_MAC: &str = "02:00:00:00:00:0b";
+const B_IP: &str = "10.0.2.22";
+/// The peer's UDP sink port (only A may reach it).
+pub const SINK_PORT: u16 = 9999;
+
+/// The peer's UDP sink, running in the namespace until dropped.
+pub struct UdpSink {
+    child: GroupChild,
+    summary: std::path::PathBuf,
+}
+
+impl UdpSink {
+    /// Start `xtask udp-sink` in `ns`, writing its summary into `dir`.
+    pub fn start(ns: &Netns, dir: &Path) -> Result<UdpSink> {
+        let exe = std::env::current_exe()?;
+        let summary = dir.join("udp-sink.txt");
+        let _ = std::fs::remove_file(&summary);
+        let log = std::fs::File::create(dir.join("udp-sink.log"))?;
+        let mut c = ns.command(
+            &exe.to_string_lossy(),
+            [
+                "udp-sink".as_ref(),
+                SINK_PORT.to_string().as_ref(),
+                summary.as_os_str(),
+            ],
+        );
+        c.stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        Ok(UdpSink {
+            child: GroupChild::spawn(&mut c)?,
+            summary,
+        })
+    }
+
+    /// Datagrams received so far from `ip` whose payload tag is `tag`.
+    pub fn count(&self, ip: &str, tag: &str) -> u64 {
+        let text = std::fs::read_to_string(&self.summary).unwrap_or_default();
+        sink_count(&text, ip, tag)
+    }
+
+    /// The whole summary, for the report.
+    pub fn text(&self) -> String {
+        std::fs::read_to_string(&self.summary).unwrap_or_default()
+    }
+}
+
+impl Drop for UdpSink {
+    fn drop(&mut self) {
+        self.child.kill();
+    }
+}
+
+/// Count in a sink summary (`from=IP tag=TAG count=N` lines).
+fn sink_count(text: &str, ip: &str, tag: &str) -> u64 {
+    let (from, t) = (format!("from={ip}"), format!("tag={tag}"));
+    text.lines()
+        .filter(|l| {
+            let mut w = l.split_whitespace();
+            w.next() == Some(from.as_str()) && w.next() == Some(t.as_str())
+        })
+        .filter_map(|l| {
+            l.rsplit_once("count=")
+                .and_then(|(_, n)| n.trim().parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// A check line of the guest script: `SHOJI-TEST: ctr NAME rc=RC :: LAST`.
+struct Step<'a> {
+    line: &'a str,
+    rc: Option<i32>,
+    /// The indented output lines (`  [NAME] ...`).
+    output: Vec<&'a str>,
+}
+
+impl Step<'_> {
+    fn ok(&self) -> bool {
+        self.rc == Some(0)
+    }
+    fn failed(&self) -> bool {
+        self.rc.is_some_and(|r| r != 0)
+    }
+}
+
+fn step<'a>(console: &'a str, name: &str) -> Step<'a> {
+    let prefix = format!("{} {name} rc=", markers::CTR);
+    let line = console
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or("");
+    let rc = line
+        .strip_prefix(&prefix)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|r| r.parse().ok());
+    let tag = format!("[{name}] ");
+    let output = console
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix(tag.as_str()))
+        .collect();
+    Step {
+        line: if line.is_empty() { "no line" } else { line },
+        rc,
+        output,
+    }
+}
+
+/// A `stats container id=ID ...` line from a step's output.
+fn stats_line<'a>(s: &Step<'a>, id: u32) -> Option<&'a str> {
+    let pat = format!("container id={id} ");
+    s.output.iter().copied().find(|l| l.contains(&pat))
+}
+
+/// `key=N` from a line.
+fn num(line: &str, key: &str) -> Option<u64> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+}
+
+/// Was the refusal a refusal for who the caller is (not some other failure)?
+fn refused(s: &Step<'_>) -> bool {
+    let text = s.output.join(" ").to_ascii_lowercase().replace(' ', "");
+    s.failed() && text.contains("notauthorized")
+}
+
+/// Wait for a sync point, look at the peer's side with `look`, then answer the guest.
+fn sync(
+    m: &mut Machine,
+    ns: &Netns,
+    rep: &mut Report,
+    name: &str,
+    timeout: Duration,
+    peer_log: &mut String,
+    look: impl FnOnce(&mut Report, &mut String),
+) -> Result<()> {
+    let pat = format!("{} {name}", markers::SYNC);
+    let (_, at) = m.wait_for(Stream::Console, &pat, timeout, &[])?;
+    rep.times.push((format!("sync {name}"), at));
+    // Let the last datagrams reach the sink and its summary be written.
+    std::thread::sleep(Duration::from_millis(1500));
+    look(rep, peer_log);
+    let sent = send_msg(ns, "go", peer_log);
+    rep.check(
+        format!("peer answers the guest at sync point {name}"),
+        sent,
+        if sent { "sent" } else { "NOT sent" },
+    );
+    Ok(())
+}
+
+/// The peer-side checks of one phase: its neighbour entry for A, whether B's ARP reached it,
+/// and what its UDP sink received.
+fn peer_phase(
+    rep: &mut Report,
+    ns: &Netns,
+    sink: &UdpSink,
+    protected: bool,
+    peer_log: &mut String,
+) {
+    let neigh = peer_neigh(ns);
+    peer_log.push_str(&format!(
+        "ip neigh ({}):\n{neigh}\nudp sink:\n{}\n",
+        if protected { "protected" } else { "control" },
+        sink.text()
+    ));
+    let a = neigh_mac(&neigh, A_IP);
+    let b = neigh_mac(&neigh, B_IP);
+    let show = |m: &Option<String>| m.clone().unwrap_or_else(|| "no entry".into());
+    let detail = format!("{A_IP} -> {}, {B_IP} -> {}", show(&a), show(&b));
+    if protected {
+        rep.check(
+            "ARP spoof blocked: the peer's entry for A keeps A's MAC",
+            a.as_deref() == Some(A_MAC),
+            detail.clone(),
+        );
+        rep.check(
+            "isolation: B's ARP never reached the peer (no entry for B)",
+            b.is_none(),
+            detail,
+        );
+        for (tag, what) in [
+            (
+                "imp-protected",
+                "impersonation (A's MAC and IP from B) dropped",
+            ),
+            ("imp-flood", "impersonation while flooding dropped"),
+            ("imp-setsid", "impersonation after setsid dropped"),
+        ] {
+            let n = sink.count(A_IP, tag);
+            rep.check(what, n == 0, format!("sink got {n} datagrams tagged {tag}"));
+        }
+        let n = sink.count(B_IP, "b-protected");
+        rep.check(
+            "isolation: B's IPv4 to the peer dropped",
+            n == 0,
+            format!("sink got {n} datagrams tagged b-protected"),
+        );
+        let n = sink.count(A_IP, "a-protected");
+        rep.check(
+            "A's own UDP to the peer passes",
+            n > 0,
+            format!("sink got {n} datagrams tagged a-protected"),
+        );
+    } else {
+        rep.check(
+            "control: B's forged ARP replies poison the peer's entry for A (B's MAC)",
+            a.as_deref() == Some(B_MAC),
+            detail.clone(),
+        );
+        rep.check(
+            "control: B's ARP reaches the peer (entry for B)",
+            b.as_deref() == Some(B_MAC),
+            detail,
+        );
+        let n = sink.count(A_IP, "imp-control");
+        rep.check(
+            "control: impersonated datagrams (A's MAC and IP from B) arrive",
+            n > 0,
+            format!("sink got {n} datagrams tagged imp-control from {A_IP}"),
+        );
+        let n = sink.count(B_IP, "b-control");
+        rep.check(
+            "control: B's IPv4 reaches the peer",
+            n > 0,
+            format!("sink got {n} datagrams tagged b-control"),
+        );
+    }
+    if let Err(e) = flush_peer_neigh(ns) {
+        peer_log.push_str(&format!("ip neigh flush: {e:#}\n"));
+    }
+}
+
+/// The containers scenario after the guest's init has started. `with_shoji`: the PROTECTED
+/// phase runs too.
+pub fn run(
+    m: &mut Machine,
+    ns: &Netns,
+    rep: &mut Report,
+    dir: &Path,
+    t: &dyn Fn(u64) -> Duration,
+    with_shoji: bool,
+) -> Result<()> {
+    let sink = UdpSink::start(ns, dir)?;
+    let mut peer_log = String::new();
+    let (ready, at) = m.wait_for(Stream::Console, markers::CONTAINERS_READY_HOST, t(600), &[])?;
+    rep.times.push(("containers host ready".into(), at));
+    rep.check(
+        "guest bridge br0 with VLAN filtering, crun found, peer MAC known",
+        ready.contains("vlan_filtering=1")
+            && !ready.contains("peer-mac=unknown")
+            && ready.contains("crun version"),
+        ready.trim(),
+    );
+    let r = sync(
+        m,
+        ns,
+        rep,
+        "control-attacks",
+        t(1200),
+        &mut peer_log,
+        |rep, log| peer_phase(rep, ns, &sink, false, log),
+    );
+    let _ = std::fs::write(dir.join("peer.log"), &peer_log);
+    r?;
+    if with_shoji {
+        let r = sync(
+            m,
+            ns,
+            rep,
+            "protected-attacks",
+            t(1500),
+            &mut peer_log,
+            |rep, log| peer_phase(rep, ns, &sink, true, log),
+        );
+        let _ = std::fs::write(dir.join("peer.log"), &peer_log);
+        r?;
+    }
+    let (_, at) = m.wait_for(Stream::Console, markers::GUEST_DONE, t(1500), &[])?;
+    rep.times.push(("guest done".into(), at));
+    let _ = std::fs::write(dir.join("peer.log"), &peer_log);
+    let console = m.text(Stream::Console);
+    guest_checks(rep, &console, with_shoji);
+    start_times(rep, &console, with_shoji);
+    if with_shoji {
+        per_frame(rep, &m.text(Stream::ShojiLog));
+    }
+    Ok(())
+}
+
+/// The guest's own results: each step as expected.
+fn guest_checks(rep: &mut Report, c: &str, with_shoji: bool) {
+    for (name, what) in [
+        ("start-A-0", "control: crun starts A (veth hook only)"),
+        ("start-B-0", "control: crun starts B (veth hook only)"),
+        ("control-a-ping", "control: A pings the peer"),
+        ("control-b-ping", "control: B pings the peer"),
+        ("flood-control", "control: A's UDP flood runs"),
+    ] {
+        let s = step(c, name);
+        rep.check(what, s.ok(), s.line);
+    }
+    for (name, what) in [
+        (
+            "control-b-arp-spoof",
+            "control: B (CAP_NET_RAW) sends forged ARP replies",
+        ),
+        (
+            "control-b-impersonate",
+            "control: B sends frames with A's MAC and IP",
+        ),
+    ] {
+        let s = step(c, name);
+        rep.check(what, s.ok() && s.line.contains("errors=0"), s.line);
+    }
+    if !with_shoji {
+        let skipped = c.contains(markers::CONTAINERS_NO_SHOJI);
+        rep.check(
+            "without Shoji the protected phase is skipped",
+            skipped,
+            if skipped { "skipped" } else { "no skip line" },
+        );
+        return;
+    }
+    for (name, what) in [
+        (
+            "start-A-1",
+            "crun starts A with the Shoji hooks (createRuntime: veth, shojictl oci-hook)",
+        ),
+        (
+            "start-B-1",
+            "crun starts B with the Shoji hooks (createRuntime: veth, shojictl oci-hook)",
+        ),
+    ] {
+        let s = step(c, name);
+        let hook = s
+            .output
+            .iter()
+            .copied()
+            .find(|l| l.contains("registered container"));
+        rep.check(what, s.ok(), hook.unwrap_or(s.line));
+    }
+    let s = step(c, "registered");
+    rep.check(
+        "the agent's stats list containers 101 and 102",
+        s.ok() && stats_line(&s, 101).is_some() && stats_line(&s, 102).is_some(),
+        s.line,
+    );
+    let s = step(c, "prot-a-ping");
+    rep.check("isolation: A pings the peer", s.ok(), s.line);
+    let s = step(c, "prot-b-ping");
+    rep.check(
+        "isolation: B's ping (ARP) to the peer fails",
+        s.failed(),
+        s.line,
+    );
+    for (name, what) in [
+        ("prot-b-arp-spoof", "B sends the forged ARP replies"),
+        ("prot-b-impersonate", "B sends frames with A's MAC and IP"),
+        ("prot-b-impersonate-flood", "B floods with A's MAC and IP"),
+        (
+            "prot-b-impersonate-setsid",
+            "B sends with A's MAC and IP after setsid",
+        ),
+    ] {
+        let s = step(c, name);
+        let sent = num(s.line, "sent").unwrap_or(0);
+        rep.check(what, s.ok() && sent > 0, s.line);
+    }
+    for (name, what, arp) in [
+        (
+            "events-arp",
+            "spoof event: B's forged ARP (sender=102, claimed=101)",
+            true,
+        ),
+        (
+            "events-impersonation",
+            "spoof event: B's frames with A's identity (sender=102)",
+            false,
+        ),
+        (
+            "events-setsid",
+            "spoof events after setsid still name B (sender=102)",
+            false,
+        ),
+    ] {
+        let s = step(c, name);
+        let line = s.output.iter().copied().rev().find(|l| {
+            l.contains(" spoof ")
+                && l.contains("sender=102")
+                && (!arp || (l.contains("reason=spoofed_arp") && l.contains("claimed=101")))
+                && (arp || !l.contains("reason=spoofed_arp"))
+        });
+        rep.check(what, s.ok() && line.is_some(), line.unwrap_or(s.line));
+    }
+    let s = step(c, "prot-a-ping-b");
+    rep.check(
+        "A pings B as both policies allow (relayed by Shoji)",
+        s.ok(),
+        s.line,
+    );
+    let before = step(c, "prot-b-to-a-before");
+    rep.check(
+        "B's UDP to A's port 7000 dropped before the rule",
+        num(before.line, "received") == Some(0),
+        before.line,
+    );
+    let s = step(c, "prot-update");
+    rep.check(
+        "the agent adds the rule at run time (shojictl update)",
+        s.ok(),
+        s.line,
+    );
+    let after = step(c, "prot-b-to-a-after");
+    rep.check(
+        "the new rule takes effect at once: B's UDP reaches A",
+        num(after.line, "received").unwrap_or(0) > 0,
+        after.line,
+    );
+    let s = step(c, "stats-relay");
+    let relayed: u64 = [101, 102]
+        .iter()
+        .filter_map(|&id| stats_line(&s, id).and_then(|l| num(l, "relayed")))
+        .sum();
+    rep.check(
+        "A <-> B traffic went through Shoji (relayed > 0)",
+        relayed > 0,
+        format!(
+            "relayed={relayed}; {}",
+            stats_line(&s, 102).unwrap_or(s.line)
+        ),
+    );
+    for (name, what) in [
+        (
+            "refuse-register",
+            "inside B: register (itself, key copy) refused",
+        ),
+        (
+            "refuse-update",
+            "inside B: update (widening its rules) refused",
+        ),
+        ("refuse-unregister", "inside B: unregister A refused"),
+        ("refuse-events", "inside B: reading events refused"),
+    ] {
+        let s = step(c, name);
+        rep.check(what, refused(&s), s.line);
+    }
+    let s = step(c, "after-refusals-stats");
+    let b = stats_line(&s, 102);
+    rep.check(
+        "after the refusals: A and B registered, nothing else; B's drops counted",
+        stats_line(&s, 101).is_some()
+            && b.is_some()
+            && stats_line(&s, 7).is_none()
+            && b.and_then(|l| num(l, "dropped")).unwrap_or(0) > 0,
+        b.unwrap_or(s.line),
+    );
+    let s = step(c, "after-refusals-b-ping");
+    rep.check(
+        "after the refusals: B's policy unchanged (peer unreachable)",
+        s.failed(),
+        s.line,
+    );
+    let s = step(c, "flood-protected");
+    rep.check("A's UDP flood runs under policy", s.ok(), s.line);
+    let s = step(c, "stop-B");
+    rep.check("crun delete B (poststop hook)", s.ok(), s.line);
+    let s = step(c, "after-stop-stats");
+    rep.check(
+        "after B stopped: B unregistered, A still registered",
+        s.ok() && stats_line(&s, 102).is_none() && stats_line(&s, 101).is_some(),
+        s.line,
+    );
+    let s = step(c, "events-final");
+    let line = s
+        .output
+        .iter()
+        .copied()
+        .find(|l| l.contains("change=unregistered") && l.contains("container=102"));
+    rep.check(
+        "event: B unregistered",
+        line.is_some(),
+        line.unwrap_or(s.line),
+    );
+    let s = step(c, "after-unregister-b-ping");
+    rep.check(
+        "after unregistering, B (restarted without the hook) reaches the peer again: default restored",
+        s.ok(),
+        s.line,
+    );
+}
+
+/// Container start times with and without the hook (the guest's clock, `probe timed`).
+fn start_times(rep: &mut Report, c: &str, with_shoji: bool) {
+    let ms = |label: &str| -> Option<f64> {
+        let pat = format!("probe timed: start {label} ms=");
+        c.lines()
+            .find_map(|l| l.split_once(pat.as_str()).map(|(_, r)| r))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+    };
+    let none: Vec<f64> = ["A hooks=none", "B hooks=none"]
+        .iter()
+        .filter_map(|l| ms(l))
+        .collect();
+    let mut line = format!("container start (guest ms) without the Shoji hook: {none:?}");
+    let mut ok = none.len() == 2;
+    if with_shoji {
+        let with: Vec<f64> = ["A hooks=shoji", "B hooks=shoji"]
+            .iter()
+            .filter_map(|l| ms(l))
+            .collect();
+        ok &= with.len() == 2;
+        if ok {
+            let (a, b) = (
+                none.iter().sum::<f64>() / 2.0,
+                with.iter().sum::<f64>() / 2.0,
+            );
+            line.push_str(&format!(
+                ", with: {with:?}; mean {a:.0} -> {b:.0} ms, hook adds {:.0} ms (x{:.2})",
+                b - a,
+                b / a.max(1e-9)
+            ));
+        }
+    }
+    rep.check("container start times measured", ok, line.clone());
+    rep.highlights.push(format!("SHOJI-TEST: {line}"));
+}
+
+/// One LogCounters snapshot from Shoji's log: frames seen, NIC exits, engine cycles.
+#[derive(Debug, Clone, Copy, Default)]
+struct Snapshot {
+    seen: u64,
+    exits: u64,
+    cycles: u64,
+}
+
+/// Every snapshot in Shoji's log, in order (one per LogCounters call).
+fn snapshots(hv: &str) -> Vec<Snapshot> {
+    let mut out: Vec<Snapshot> = Vec::new();
+    let mut cur: Option<Snapshot> = None;
+    for l in hv.lines() {
+        if let Some((_, r)) = l.split_once(markers::HV_NIC_TOTALS) {
+            if let Some(s) = cur.take() {
+                out.push(s);
+            }
+            cur = Some(Snapshot {
+                seen: r
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+                ..Snapshot::default()
+            });
+        } else if let (Some(s), Some((_, r))) = (cur.as_mut(), l.split_once("e1000 exits: ")) {
+            s.exits = num(r, "total").unwrap_or(0);
+        } else if let (Some(s), Some((_, r))) = (cur.as_mut(), l.split_once("e1000 cost (tsc):")) {
+            s.cycles = r
+                .split_whitespace()
+                .filter_map(|w| w.strip_prefix("cycles=")?.parse::<u64>().ok())
+                .sum();
+        }
+    }
+    out.extend(cur);
+    out
+}
+
+/// Shoji's cost per frame during A's flood before registration (shadow rings, no container
+/// policy) and after (policy on), from the snapshots around each flood.
+fn per_frame(rep: &mut Report, hv: &str) {
+    let s = snapshots(hv);
+    // Snapshots: control-before, control-after, protected-before, protected-after, final.
+    if s.len() < 4 {
+        rep.check(
+            "per-frame cost measured around both floods",
+            false,
+            format!("{} LogCounters snapshots in shoji.log, 4 needed", s.len()),
+        );
+        return;
+    }
+    let delta = |a: Snapshot, b: Snapshot| {
+        let f = b.seen.saturating_sub(a.seen).max(1) as f64;
+        (
+            b.seen.saturating_sub(a.seen),
+            b.exits.saturating_sub(a.exits) as f64 / f,
+            b.cycles.saturating_sub(a.cycles) as f64 / f,
+        )
+    };
+    let (f0, e0, c0) = delta(s[0], s[1]);
+    let (f1, e1, c1) = delta(s[2], s[3]);
+    let line = format!(
+        "per frame, flood before registration: frames={f0} exits={e0:.2} cycles={c0:.0}; \
+         after (policy on): frames={f1} exits={e1:.2} cycles={c1:.0}; cycles x{:.3}",
+        c1 / c0.max(1e-9)
+    );
+    rep.check(
+        "per-frame cost measured around both floods",
+        f0 > 0 && f1 > 0,
+        line.clone(),
+    );
+    rep.highlights.push(format!("SHOJI-TEST: {line}"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sink_summary_counts() {
+        let t = "from=10.0.2.21 tag=imp-control count=5\nfrom=10.0.2.22 tag=b-control count=3\n";
+        assert_eq!(sink_count(t, A_IP, "imp-control"), 5);
+        assert_eq!(sink_count(t, B_IP, "b-control"), 3);
+        assert_eq!(sink_count(t, A_IP, "imp"), 0);
+        assert_eq!(sink_count(t, B_IP, "imp-control"), 0);
+    }
+
+    #[test]
+    fn steps_parse() {
+        let c = "  [refuse-events] shojictl: refused: NotAuthorized\n\
+                 SHOJI-TEST: ctr refuse-events rc=1 :: shojictl: refused: NotAuthorized\n\
+                 \x20 [registered] stats container id=101 vlan=101 tx=3 relayed=2 dropped=0\n\
+                 SHOJI-TEST: ctr registered rc=0 :: stats container id=101 vlan=101 tx=3\n";
+        let s = step(c, "refuse-events");
+        assert_eq!(s.rc, Some(1));
+        assert!(refused(&s));
+        let s = step(c, "registered");
+        assert!(s.ok());
+        assert_eq!(stats_line(&s, 101).and_then(|l| num(l, "relayed")), Some(2));
+        assert!(stats_line(&s, 10).is_none());
+        assert_eq!(step(c, "missing").rc, None);
+    }
+
+    #[test]
+    fn snapshots_parse() {
+        let hv = "shoji-hv: e1000 totals: seen=100 delivered=100 dropped=0\n\
+                  shoji-hv: e1000 exits: total=50 poll=1\n\
+                  shoji-hv: e1000 cost (tsc): tdt: calls=5 frames=10 cycles=1000 per_frame=100 icr: calls=1 frames=0 cycles=500 per_frame=0\n\
+                  shoji-hv: e1000 totals: seen=300 delivered=290 dropped=10\n\
+                  shoji-hv: e1000 exits: total=150 poll=1\n";
+        let s = snapshots(hv);
+        assert_eq!(s.len(), 2);
+        assert_eq!((s[0].seen, s[0].exits, s[0].cycles), (100, 50, 1500));
+        assert_eq!((s[1].seen, s[1].exits, s[1].cycles), (300, 150, 0));
+    }
+}
