@@ -628,9 +628,9 @@ pub fn decode_events(
 }
 
 /// Base of the detail codes for a malformed registration ([`crate::encoding::DecodeError`]).
-pub const DECODE_CODE_BASE: u64 = 1000;
+pub const DECODE_CODE_BASE: u64 = shoji_shared::vmcall::DECODE_DETAIL_BASE;
 /// Base of the detail codes for a registry refusal ([`crate::registry::RegistryError`]).
-pub const REGISTRY_CODE_BASE: u64 = 2000;
+pub const REGISTRY_CODE_BASE: u64 = shoji_shared::vmcall::REGISTRY_DETAIL_BASE;
 
 /// The meaning of a detail code returned with a refused register/update, if it is one.
 pub fn describe_detail_code(code: u64) -> Option<&'static str> {
