@@ -140,10 +140,12 @@ counters() {
     probe log-counters
 }
 
-# UDP flood from container A to the peer's discard port, framed by counter snapshots.
+# UDP flood from container A to the peer's discard port, framed by counter snapshots: at most
+# FLOOD_COUNT datagrams (a time-bounded flood costs many minutes of Bochs time per second).
+FLOOD_COUNT=${FLOOD_COUNT:-2000}
 flood_a() {
     counters "$1-before"
-    ctr "flood-$1" $CRUN exec A probe flood "$PEER" 9 "$FLOOD"
+    ctr "flood-$1" $CRUN exec A probe flood "$PEER" 9 "$FLOOD" --count "$FLOOD_COUNT"
     counters "$1-after"
 }
 

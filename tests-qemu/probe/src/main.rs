@@ -66,6 +66,9 @@ enum Cmd {
         /// Payload bytes per datagram.
         #[arg(long, default_value_t = 64)]
         size: usize,
+        /// Stop after this many datagrams (0: only SECONDS limits the flood).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
     },
     /// Send COUNT forged ARP replies "SENDER_IP is at SENDER_MAC" to TARGET (AF_PACKET, 200 ms
     /// apart): the classic ARP spoof.
@@ -171,7 +174,8 @@ fn main() -> ExitCode {
             port,
             seconds,
             size,
-        } => flood(&addr, port, seconds, size),
+            count,
+        } => flood(&addr, port, seconds, size, count),
         Cmd::ArpReply {
             iface,
             sender_ip,
@@ -430,7 +434,7 @@ fn tcp_send(addr: &str, port: u16, bytes: u64) -> io::Result<()> {
 
 /// `probe flood`: send errors (the interface may go away during a driver reload) are counted
 /// and the flood goes on.
-fn flood(addr: &str, port: u16, seconds: u64, size: usize) -> io::Result<()> {
+fn flood(addr: &str, port: u16, seconds: u64, size: usize, count: u64) -> io::Result<()> {
     use std::net::ToSocketAddrs;
     let dst = (addr, port)
         .to_socket_addrs()?
@@ -441,8 +445,11 @@ fn flood(addr: &str, port: u16, seconds: u64, size: usize) -> io::Result<()> {
     let start = std::time::Instant::now();
     let limit = std::time::Duration::from_secs(seconds);
     let (mut sent, mut errors) = (0u64, 0u64);
-    while start.elapsed() < limit {
+    while start.elapsed() < limit && (count == 0 || sent + errors < count) {
         for _ in 0..64 {
+            if count != 0 && sent + errors >= count {
+                break;
+            }
             match sock.send_to(&payload, dst) {
                 Ok(_) => sent += 1,
                 Err(_) => {
