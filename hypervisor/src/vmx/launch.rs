@@ -19,7 +19,7 @@ use spin::Once;
 use x86::vmx::vmcs::{control, guest, host};
 
 /// Size of each CPU's host stack.
-pub const HOST_STACK_SIZE: usize = 512 * 1024;
+pub const HOST_STACK_SIZE: usize = 64 * 1024;
 /// Maximum number of CPUs Shoji virtualizes.
 pub const MAX_CPUS: usize = 64;
 

@@ -99,15 +99,33 @@ const SLOTS_BYTES: usize = (CONTAINER_SLOTS * size_of::<ContainerSlot>()).next_m
 /// Pages for the slots and the engine.
 const STORAGE_PAGES: u64 = (SLOTS_BYTES + size_of::<Engine<'static>>()).div_ceil(4096) as u64;
 
-/// Take the engine's pages from Shoji's reserved region (bootstrap processor, once, at boot).
+/// Pages of the stack the engine is built on: `Engine::new` returns a value of a few hundred KiB,
+/// more than a host stack holds, so it runs once on a stack of its own.
+const BUILD_STACK_PAGES: u64 = 256;
+
+/// Take the engine's pages and its build stack from Shoji's reserved region (bootstrap
+/// processor, once, at boot).
 pub fn init(arena: &mut Arena<'_>) {
     const {
         assert!(align_of::<ContainerSlot>() <= 4096 && align_of::<Engine<'static>>() <= 64);
     }
-    match arena.alloc_pages(STORAGE_PAGES) {
+    match arena.alloc_pages(STORAGE_PAGES + BUILD_STACK_PAGES) {
         Some(base) => STORAGE.store(base, Ordering::Release),
         None => crate::hv_line!("policy: no memory for the engine; registrations will be refused"),
     }
+}
+
+/// Build the engine at `engine` over `slots` (called on the build stack).
+extern "sysv64" fn build_engine(engine: *mut Engine<'static>, slots: *mut ContainerSlot) {
+    for i in 0..CONTAINER_SLOTS {
+        // SAFETY: `slots` points at CONTAINER_SLOTS slots' worth of Shoji's reserved pages,
+        // page-aligned, reachable by nothing else yet.
+        unsafe { slots.add(i).write(ContainerSlot::EMPTY) };
+    }
+    // SAFETY: initialised just above; this is the only reference to them, taken once.
+    let slots = unsafe { core::slice::from_raw_parts_mut(slots, CONTAINER_SLOTS) };
+    // SAFETY: `engine` is the engine's place in the same pages, 64-byte aligned, written once.
+    unsafe { engine.write(Engine::new(slots, EngineConfig::default())) };
 }
 
 /// Build the engine in its pages if it does not exist yet. `None` without storage.
@@ -121,22 +139,28 @@ fn ensure_engine<'a>(
             return None;
         }
         let slots_ptr = base as *mut ContainerSlot;
-        for i in 0..CONTAINER_SLOTS {
-            // SAFETY: `init` reserved STORAGE_PAGES identity-mapped pages at `base` for Shoji's
-            // use only; slot `i` lies inside them, suitably aligned (page-aligned base).
-            unsafe { slots_ptr.add(i).write(ContainerSlot::EMPTY) };
-        }
-        // SAFETY: the slots were initialised just above; this is the only reference to them,
-        // taken once, while ENGINE's lock is held and ENGINE is still empty.
-        let slots = unsafe { core::slice::from_raw_parts_mut(slots_ptr, CONTAINER_SLOTS) };
         let engine_ptr = (base + SLOTS_BYTES as u64) as *mut Engine<'static>;
-        // SAFETY: the engine's place follows the slots inside the same reserved pages, 64-byte
-        // aligned; it is written once and then only reached through ENGINE.
-        let engine = unsafe {
-            engine_ptr.write(Engine::new(slots, EngineConfig::default()));
-            &mut *engine_ptr
-        };
-        *slot = Some(engine);
+        let stack_top = base + (STORAGE_PAGES + BUILD_STACK_PAGES) * 0x1000;
+        // SAFETY: switches to the build stack (the top of the pages `init` reserved, 16-byte
+        // aligned, used by nothing else), calls `build_engine` with the System V convention, and
+        // switches back; RSP is kept in R12, which that convention preserves. Called once, with
+        // ENGINE's lock held, so no other CPU uses the build stack.
+        unsafe {
+            core::arch::asm!(
+                "mov r12, rsp",
+                "mov rsp, {top}",
+                "call {build}",
+                "mov rsp, r12",
+                top = in(reg) stack_top,
+                build = sym build_engine,
+                in("rdi") engine_ptr,
+                in("rsi") slots_ptr,
+                out("r12") _,
+                clobber_abi("sysv64"),
+            );
+        }
+        // SAFETY: `build_engine` initialised the engine; only ENGINE reaches it from now on.
+        *slot = Some(unsafe { &mut *engine_ptr });
     }
     slot.as_deref_mut()
 }
