@@ -390,14 +390,15 @@ fn emit_frame<N: NicRegisters, D: DmaRegion>(
 ) {
     let mut start = HEADROOM;
     let mut len = len;
-    let mut descriptor_vlan = None;
+    // The descriptor's tag is inserted into the frame here, so the filter sees it in the frame
+    // only: reporting it out of band as well would look like two tags (dropped as malformed).
+    let descriptor_vlan = None;
     if let Some(tci) = vlan {
         if core.g.ctrl & Ctrl::VME.bits() != 0 {
             match offload::insert_vlan(buf, start, len, core.g.vet as u16, tci) {
                 Some(s) => {
                     start = s;
                     len += 4;
-                    descriptor_vlan = Some(tci);
                 }
                 None => {
                     core.ctr.drop(Direction::Tx, DropReason::Truncated);
