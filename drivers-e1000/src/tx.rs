@@ -390,14 +390,14 @@ fn emit_frame<N: NicRegisters, D: DmaRegion>(
 ) {
     let mut start = HEADROOM;
     let mut len = len;
-    let mut descriptor_vlan = None;
     if let Some(tci) = vlan {
         if core.g.ctrl & Ctrl::VME.bits() != 0 {
             match offload::insert_vlan(buf, start, len, core.g.vet as u16, tci) {
+                // The tag is now in the frame: the filter sees it in band (a
+                // `descriptor_vlan` would mean a second, out-of-band tag).
                 Some(s) => {
                     start = s;
                     len += 4;
-                    descriptor_vlan = Some(tci);
                 }
                 None => {
                     core.ctr.drop(Direction::Tx, DropReason::Truncated);
@@ -408,7 +408,7 @@ fn emit_frame<N: NicRegisters, D: DmaRegion>(
     }
     let meta = FrameMeta {
         direction: Direction::Tx,
-        descriptor_vlan,
+        descriptor_vlan: None,
         task,
     };
     let frame = &buf[start..start + len];
