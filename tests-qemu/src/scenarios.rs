@@ -174,7 +174,9 @@ pub const ALL: &[Scenario] = &[
         name: "bochs-shoji-612",
         about:
             "Debian 13's Linux 6.12 under Shoji: the profile push and every whoami, refusal and \
-                control of the introspection checks (no NIC checks)",
+                control of the introspection checks; the policy VMCALLs at the ABI level \
+                (register, Exists, NotAuthorized from uid 1000 and from a container, stats, \
+                events, unregister, NotFound); no NIC checks",
         needs_shoji: true,
         kind: Kind::Shoji612,
     },
@@ -859,7 +861,7 @@ const POLICY_ABI_EXPECT: &[(&str, bool, &str, &str)] = &[
     (
         "policy-register-again",
         false,
-        "Exists",
+        "a container with this id is already registered (code 2001)",
         "registering the same id again is refused (Exists)",
     ),
     (

@@ -231,7 +231,7 @@ fn registry_refusal(e: RegistryError) -> Refusal {
         | RegistryError::NetnsInUse(..) => Status::Exists,
         _ => Status::InvalidArgument,
     };
-    (status, report::REGISTRY_CODE_BASE + e.code())
+    (status, e.code())
 }
 
 /// RegisterContainer (`update` = false) and UpdateContainer (`update` = true): `RBX` = request
@@ -239,8 +239,7 @@ fn registry_refusal(e: RegistryError) -> Refusal {
 pub fn register(setup: &Setup, va: u64, len: u64, update: bool) -> Result<ContainerId, Refusal> {
     let (req, body_len, _) = agent_request::<MAX_REGISTER_LEN>(setup, va, len, AGENT_KEY_LEN + 1)?;
     let body = &req[AGENT_KEY_LEN..AGENT_KEY_LEN + body_len];
-    let spec = encoding::decode(body)
-        .map_err(|e| (Status::InvalidArgument, report::DECODE_CODE_BASE + e.code()))?;
+    let spec = encoding::decode(body).map_err(|e| (Status::InvalidArgument, e.code()))?;
     let id = spec.id;
     let mut guard = ENGINE.lock();
     let engine = ensure_engine(&mut guard).ok_or(refuse(Status::Unsupported))?;
