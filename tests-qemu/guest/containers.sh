@@ -16,6 +16,8 @@ PEER=10.0.2.2
 SINK_PORT=9999
 A_PORT=7000
 BUNDLES=/run/bundles
+# Floods are bounded by a count too: a guest second of flooding costs minutes under Bochs.
+FLOOD_COUNT=${FLOOD_COUNT:-2000}
 
 # A: ARP in the subnet, ICMP with the peer and with B, UDP to the peer, UDP 7000 from B.
 POLICY_A='default_egress = \"deny\"\ndefault_ingress = \"deny\"\n[[rule]]\naction = \"allow\"\ndirection = \"both\"\nprotocol = \"arp\"\nremote = \"10.0.2.0/24\"\n[[rule]]\naction = \"allow\"\ndirection = \"both\"\nprotocol = \"icmp\"\nremote = \"10.0.2.2/32\"\n[[rule]]\naction = \"allow\"\ndirection = \"both\"\nprotocol = \"icmp\"\nremote = \"10.0.2.22/32\"\n[[rule]]\naction = \"allow\"\ndirection = \"egress\"\nprotocol = \"udp\"\nremote = \"10.0.2.2/32\"\n[[rule]]\naction = \"allow\"\ndirection = \"ingress\"\nprotocol = \"udp\"\nremote = \"10.0.2.22/32\"\ndst_ports = \"7000\"'
@@ -51,10 +53,11 @@ write_bundle() {
     shoji_create=""
     shoji_stop=""
     if [ "$hooks" = 1 ]; then
+        # Through sh only to keep the hook's messages (crun drops a hook's output).
         shoji_create=',
-      {"path": "/bin/shojictl", "args": ["shojictl", "oci-hook"], "env": ["PATH=/bin"]}'
+      {"path": "/bin/sh", "args": ["sh", "-c", "shojictl oci-hook >> /run/hook.log 2>&1"], "env": ["PATH=/bin"]}'
         shoji_stop='"poststop": [
-      {"path": "/bin/shojictl", "args": ["shojictl", "oci-hook"], "env": ["PATH=/bin"]}
+      {"path": "/bin/sh", "args": ["sh", "-c", "shojictl oci-hook >> /run/hook.log 2>&1"], "env": ["PATH=/bin"]}
     ],'
     fi
     mkdir -p "$BUNDLES/$name"
@@ -116,6 +119,10 @@ start_ctr() {
     probe timed "$label" $CRUN run --no-pivot -d -b "$BUNDLES/$1" "$1" > "$log" 2>&1 < /dev/null
     rc=$?
     sed "s/^/  [start-$1-$2] /" "$log"
+    if [ -e /run/hook.log ]; then
+        sed "s/^/  [start-$1-$2] hook: /" /run/hook.log
+        : > /run/hook.log
+    fi
     timing=$(grep "probe timed:" "$log" | tail -n 1)
     echo "$timing" | sed 's/^probe timed: start //' >> /tmp/start-times
     echo "SHOJI-TEST: ctr start-$1-$2 rc=$rc :: $timing"
@@ -123,6 +130,9 @@ start_ctr() {
 
 stop_ctr() {
     ctr "stop-$1" $CRUN delete -f "$1"
+    # The kernel removes the namespace and its veth pair a moment later.
+    i=0
+    while [ -e "/sys/class/net/veth$1" ] && [ $i -lt 50 ]; do sleep 0.2; i=$((i + 1)); done
 }
 
 # The pid of container $1's first process (from `crun state`).
@@ -141,8 +151,7 @@ counters() {
 }
 
 # UDP flood from container A to the peer's discard port, framed by counter snapshots: at most
-# FLOOD_COUNT datagrams (a time-bounded flood costs many minutes of Bochs time per second).
-FLOOD_COUNT=${FLOOD_COUNT:-2000}
+# FLOOD_COUNT datagrams.
 flood_a() {
     counters "$1-before"
     ctr "flood-$1" $CRUN exec A probe flood "$PEER" 9 "$FLOOD" --count "$FLOOD_COUNT"
@@ -238,12 +247,13 @@ phase_protected() {
     ctr registered shojictl stats
     ctr prot-a-ping $CRUN exec A ping -c 2 -W 5 "$PEER"
     ctr prot-b-ping $CRUN exec B ping -c 2 -W 3 "$PEER"
+    ctr stats-pings shojictl stats
     sleep 2
     ctr prot-b-arp-spoof $CRUN exec B probe arp-reply eth0 "$A_IP" "$B_MAC" "$PEER" "$PEER_MAC" 5
     ctr events-arp shojictl events
     ctr prot-b-impersonate $CRUN exec B probe raw-udp eth0 "$A_MAC" "$A_IP" "$PEER_MAC" "$PEER" "$SINK_PORT" 5 --payload imp-protected
     ctr events-impersonation shojictl events
-    ctr prot-b-impersonate-flood $CRUN exec B probe raw-udp eth0 "$A_MAC" "$A_IP" "$PEER_MAC" "$PEER" "$SINK_PORT" 0 3 --payload imp-flood
+    ctr prot-b-impersonate-flood $CRUN exec B probe raw-udp eth0 "$A_MAC" "$A_IP" "$PEER_MAC" "$PEER" "$SINK_PORT" "$FLOOD_COUNT" 3 --payload imp-flood
     ctr prot-b-impersonate-setsid $CRUN exec B setsid probe raw-udp eth0 "$A_MAC" "$A_IP" "$PEER_MAC" "$PEER" "$SINK_PORT" 5 --payload imp-setsid
     ctr events-setsid shojictl events
     ctr prot-b-own-udp $CRUN exec B probe raw-udp eth0 "$B_MAC" "$B_IP" "$PEER_MAC" "$PEER" "$SINK_PORT" 3 --payload b-protected
