@@ -40,6 +40,14 @@ pub struct Vmcall;
 #[cfg(target_arch = "x86_64")]
 impl Transport for Vmcall {
     fn call(&mut self, function: Function, req: &[u8], out: &mut [u8]) -> Reply {
+        // Shoji writes only pages that are present and writable in the caller's page tables:
+        // a fresh zeroed allocation may not be backed yet (the allocator knows it is zero and
+        // never touches it), so write to every page of the output first.
+        for i in (0..out.len()).step_by(4096) {
+            // SAFETY: `i` is in bounds of `out`; a volatile write keeps the store from being
+            // optimised away (the value written is the one already there).
+            unsafe { core::ptr::write_volatile(out.as_mut_ptr().add(i), out[i]) };
+        }
         let (rax, rbx, rcx, rdx) = crate::vmcall::vmcall(
             function.rax(),
             req.as_ptr() as u64,

@@ -178,6 +178,11 @@ setup_host() {
     ip link set br0 up
     ping -c 1 -W 10 "$PEER" >/dev/null 2>&1
     PEER_MAC=$(sed -n "s/^$PEER[[:space:]].* \([0-9a-f:]\{17\}\) .*/\1/p" /proc/net/arp | head -n 1)
+    # The agent pushes the kernel profile at boot, as an operator's unit would: the first
+    # container start then times the hook alone.
+    if shojictl detect >/dev/null 2>&1; then
+        ctr profile-push shojictl profile --push
+    fi
     echo "SHOJI-TEST: containers host br0 vlan_filtering=$(cat /sys/class/net/br0/bridge/vlan_filtering) peer-mac=${PEER_MAC:-unknown} crun=$($CRUN --version 2>&1 | head -n 1)"
 }
 
