@@ -767,7 +767,7 @@ fn tx_vlan_from_descriptor_and_in_frame() {
         100,
     )]);
     assert_eq!(r.nic.take_sent(), vec![f.clone()]);
-    // VME set: the tag is inserted and reported to the filter.
+    // VME set: the tag is inserted; the filter sees it in the frame, not out of band.
     let ctrl = r.r(regs::CTRL);
     r.w(regs::CTRL, ctrl | Ctrl::VME.bits());
     assert_eq!(
@@ -787,8 +787,8 @@ fn tx_vlan_from_descriptor_and_in_frame() {
     tagged.extend_from_slice(&[0x81, 0x00, 0x20, 0x64]);
     tagged.extend_from_slice(&f[12..]);
     assert_eq!(sent, vec![tagged.clone()]);
-    // The filter sees the tag in the frame, not also out of band (that would be two tags).
     assert_eq!(r.f.seen.last().unwrap().1, None);
+    assert_eq!(r.f.seen.last().unwrap().3, tagged);
     // Tag in the frame itself: passes unchanged, no descriptor VLAN.
     let a = r.buf(&tagged);
     r.send(&[legacy(

@@ -390,12 +390,11 @@ fn emit_frame<N: NicRegisters, D: DmaRegion>(
 ) {
     let mut start = HEADROOM;
     let mut len = len;
-    // The descriptor's tag is inserted into the frame here, so the filter sees it in the frame
-    // only: reporting it out of band as well would look like two tags (dropped as malformed).
-    let descriptor_vlan = None;
     if let Some(tci) = vlan {
         if core.g.ctrl & Ctrl::VME.bits() != 0 {
             match offload::insert_vlan(buf, start, len, core.g.vet as u16, tci) {
+                // The tag is now in the frame: the filter sees it in band (a
+                // `descriptor_vlan` would mean a second, out-of-band tag).
                 Some(s) => {
                     start = s;
                     len += 4;
@@ -409,7 +408,7 @@ fn emit_frame<N: NicRegisters, D: DmaRegion>(
     }
     let meta = FrameMeta {
         direction: Direction::Tx,
-        descriptor_vlan,
+        descriptor_vlan: None,
         task,
     };
     let frame = &buf[start..start + len];
