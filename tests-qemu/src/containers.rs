@@ -183,6 +183,13 @@ fn peer_phase(
         if protected { "protected" } else { "control" },
         sink.text()
     ));
+    let phase = if protected { "protected" } else { "control" };
+    rep.highlights.push(format!(
+        "witness (the peer) ARP table after the {phase} phase's attacks:"
+    ));
+    for l in neigh.lines().filter(|l| !l.trim().is_empty()) {
+        rep.highlights.push(format!("    {}", l.trim()));
+    }
     let a = neigh_mac(&neigh, A_IP);
     let b = neigh_mac(&neigh, B_IP);
     let show = |m: &Option<String>| m.clone().unwrap_or_else(|| "no entry".into());

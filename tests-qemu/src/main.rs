@@ -65,7 +65,8 @@ enum Cmd {
         #[command(flatten)]
         opts: E2eOpts,
     },
-    /// Build everything and boot the demo (Linux under Shoji), printing the interesting lines.
+    /// Build everything and boot the demo (containers under Shoji, an ARP spoof blocked, the
+    /// witness's ARP table), printing the interesting lines.
     Demo,
     /// Only build the images (guest images, and the ESP contents when shoji.efi builds).
     Images,
@@ -384,9 +385,10 @@ fn demo(flavour: Flavour) -> Result<bool> {
     if let Err(e) = &shoji {
         eprintln!("xtask: shoji.efi did not build: {e}");
     }
-    let sc = scenarios::find("bochs-shoji").expect("scenario exists");
+    // Containers on one guest, an ARP spoof between them blocked, the witness's ARP table.
+    let sc = scenarios::find("bochs-containers").expect("scenario exists");
     eprintln!(
-        "xtask: booting Linux under Shoji on {} (a few minutes under Bochs)...",
+        "xtask: booting Linux with two crun containers under Shoji on {} (a few minutes under Bochs)...",
         sc.backend().name()
     );
     let reports = run_scenarios(&[sc], &imgs, &shoji, 1);
