@@ -64,6 +64,17 @@ enum Cmd {
         #[arg(long, default_value_t = 64)]
         size: usize,
     },
+    /// Count UDP datagrams arriving on PORT for SECONDS after the first one (waiting up to
+    /// WAIT seconds for it), then print the count.
+    UdpSink {
+        /// Local port.
+        port: u16,
+        /// Counting time in seconds, from the first datagram.
+        seconds: u64,
+        /// Longest wait for the first datagram, in seconds.
+        #[arg(long, default_value_t = 120)]
+        wait: u64,
+    },
     /// Internal: execute one instruction (run in a child process by `vmx` and `log-counters`).
     #[command(hide = true)]
     ExecInsn {
@@ -100,6 +111,11 @@ fn main() -> ExitCode {
             seconds,
             size,
         } => flood(&addr, port, seconds, size),
+        Cmd::UdpSink {
+            port,
+            seconds,
+            wait,
+        } => udp_sink(port, seconds, wait),
         Cmd::ExecInsn { insn } => {
             exec_insn(insn);
             Ok(())
@@ -313,6 +329,49 @@ fn flood(addr: &str, port: u16, seconds: u64, size: usize) -> io::Result<()> {
     println!(
         "probe flood: sent={sent} errors={errors} seconds={secs:.3} pps={:.0}",
         sent as f64 / secs.max(1e-9)
+    );
+    Ok(())
+}
+
+/// `probe udp-sink`: prints `probe udp-sink: received=N bytes=B seconds=S pps=P`.
+fn udp_sink(port: u16, seconds: u64, wait: u64) -> io::Result<()> {
+    use std::time::{Duration, Instant};
+    let sock = std::net::UdpSocket::bind(("0.0.0.0", port))?;
+    let mut buf = vec![0u8; 65536];
+    sock.set_read_timeout(Some(Duration::from_secs(wait.max(1))))?;
+    let (mut received, mut bytes) = match sock.recv(&mut buf) {
+        Ok(n) => (1u64, n as u64),
+        Err(e) => {
+            println!(
+                "probe udp-sink: received=0 bytes=0 seconds=0 pps=0 (nothing within {wait} s: {e})"
+            );
+            return Ok(());
+        }
+    };
+    let start = Instant::now();
+    let limit = Duration::from_secs(seconds);
+    while let Some(left) = limit.checked_sub(start.elapsed()).filter(|d| !d.is_zero()) {
+        sock.set_read_timeout(Some(left))?;
+        match sock.recv(&mut buf) {
+            Ok(n) => {
+                received += 1;
+                bytes += n as u64;
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                break
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "probe udp-sink: received={received} bytes={bytes} seconds={secs:.3} pps={:.0}",
+        received as f64 / secs.max(1e-9)
     );
     Ok(())
 }
