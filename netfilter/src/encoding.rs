@@ -113,8 +113,47 @@ impl DecodeError {
             DecodeError::BadCount => "MAC, address or rule count out of range",
             DecodeError::BadDefaultAction(_) => "default action must be 0 (allow) or 1 (deny)",
             DecodeError::BadRuleField { .. } => "rule field holds an unknown value",
-            DecodeError::Invalid(_) => "registration is inconsistent",
+            DecodeError::Invalid(e) => e.describe(),
         }
+    }
+
+    /// The detail code the hypervisor returns for this error (`RBX` of a refused register or
+    /// update): `1000 +` the variant's index, except that [`DecodeError::Invalid`] returns the
+    /// registry error's own code (`2000 + ...`, see [`RegistryError::code`]), which says more.
+    pub fn code(&self) -> u64 {
+        let index = match self {
+            DecodeError::Truncated => 0,
+            DecodeError::TrailingBytes => 1,
+            DecodeError::BadMagic => 2,
+            DecodeError::UnsupportedVersion(_) => 3,
+            DecodeError::UnknownFlags(_) => 4,
+            DecodeError::NonZeroReserved(_) => 5,
+            DecodeError::BadCount => 6,
+            DecodeError::BadDefaultAction(_) => 7,
+            DecodeError::BadRuleField { .. } => 8,
+            DecodeError::Invalid(e) => return e.code(),
+        };
+        crate::report::DECODE_CODE_BASE + index
+    }
+
+    /// The error a `1000 + index` detail code stands for (payloads, which the code does not
+    /// carry, are zero or `"?"`); `None` for any other number.
+    pub fn from_code(code: u64) -> Option<DecodeError> {
+        Some(match code.checked_sub(crate::report::DECODE_CODE_BASE)? {
+            0 => DecodeError::Truncated,
+            1 => DecodeError::TrailingBytes,
+            2 => DecodeError::BadMagic,
+            3 => DecodeError::UnsupportedVersion(0),
+            4 => DecodeError::UnknownFlags(0),
+            5 => DecodeError::NonZeroReserved(0),
+            6 => DecodeError::BadCount,
+            7 => DecodeError::BadDefaultAction(0),
+            8 => DecodeError::BadRuleField {
+                rule: 0,
+                field: "?",
+            },
+            _ => return None,
+        })
     }
 }
 

@@ -37,7 +37,8 @@
 //!   sending user/process/executable; first match wins, else the container's default. IPv6
 //!   needs an explicit rule ([`rules`]).
 //! * **Fragments, malformed frames, scans, counters, events**: [`parse`], [`fragments`],
-//!   [`scan`], [`counters`], [`events`]. The VMCALL registration format: [`encoding`].
+//!   [`scan`], [`counters`], [`events`]. The VMCALL registration format: [`encoding`]; the
+//!   counters snapshot and event records read back through the ABI: [`report`].
 //!
 //! The full description, including the byte layout of the registration encoding, is in
 //! `docs/policy.md`.
@@ -62,6 +63,7 @@ pub mod fragments;
 pub mod index;
 pub mod parse;
 pub mod registry;
+pub mod report;
 pub mod rules;
 pub mod scan;
 pub mod spoof;

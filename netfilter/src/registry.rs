@@ -151,6 +151,81 @@ pub enum RegistryError {
     },
 }
 
+impl RegistryError {
+    /// Human-readable meaning.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            RegistryError::Full => "the registry is full",
+            RegistryError::DuplicateId(_) => "a container with this id is already registered",
+            RegistryError::NotFound(_) => "no container with this id is registered",
+            RegistryError::InvalidVlan(_) => "VLAN must be 1..4094",
+            RegistryError::VlanInUse(..) => "the VLAN belongs to another container",
+            RegistryError::NoMac => "a container needs at least one MAC address",
+            RegistryError::InvalidMac(_) => "group (multicast/broadcast) or all-zero MAC address",
+            RegistryError::DuplicateMac(_) => "the same MAC address twice",
+            RegistryError::MacInUse(..) => "the MAC address belongs to another container",
+            RegistryError::InvalidIpv4(_) => {
+                "unspecified, broadcast, multicast or loopback IPv4 address"
+            }
+            RegistryError::DuplicateIpv4(_) => "the same IPv4 address twice",
+            RegistryError::Ipv4InUse(..) => "the IPv4 address belongs to another container",
+            RegistryError::CgroupInUse(..) => "the cgroup belongs to another container",
+            RegistryError::NetnsInUse(..) => "the network namespace belongs to another container",
+            RegistryError::InvalidRule { .. } => "a rule is invalid",
+        }
+    }
+
+    /// The detail code the hypervisor returns for this error (`RBX` of a refused register or
+    /// update): `2000 +` the variant's index.
+    pub fn code(&self) -> u64 {
+        let index = match self {
+            RegistryError::Full => 0,
+            RegistryError::DuplicateId(_) => 1,
+            RegistryError::NotFound(_) => 2,
+            RegistryError::InvalidVlan(_) => 3,
+            RegistryError::VlanInUse(..) => 4,
+            RegistryError::NoMac => 5,
+            RegistryError::InvalidMac(_) => 6,
+            RegistryError::DuplicateMac(_) => 7,
+            RegistryError::MacInUse(..) => 8,
+            RegistryError::InvalidIpv4(_) => 9,
+            RegistryError::DuplicateIpv4(_) => 10,
+            RegistryError::Ipv4InUse(..) => 11,
+            RegistryError::CgroupInUse(..) => 12,
+            RegistryError::NetnsInUse(..) => 13,
+            RegistryError::InvalidRule { .. } => 14,
+        };
+        crate::report::REGISTRY_CODE_BASE + index
+    }
+
+    /// The error a `2000 + index` detail code stands for (payloads, which the code does not
+    /// carry, are zero); `None` for any other number.
+    pub fn from_code(code: u64) -> Option<RegistryError> {
+        let none = ContainerId(0);
+        Some(match code.checked_sub(crate::report::REGISTRY_CODE_BASE)? {
+            0 => RegistryError::Full,
+            1 => RegistryError::DuplicateId(none),
+            2 => RegistryError::NotFound(none),
+            3 => RegistryError::InvalidVlan(0),
+            4 => RegistryError::VlanInUse(0, none),
+            5 => RegistryError::NoMac,
+            6 => RegistryError::InvalidMac([0; 6]),
+            7 => RegistryError::DuplicateMac([0; 6]),
+            8 => RegistryError::MacInUse([0; 6], none),
+            9 => RegistryError::InvalidIpv4(Ipv4Addr::UNSPECIFIED),
+            10 => RegistryError::DuplicateIpv4(Ipv4Addr::UNSPECIFIED),
+            11 => RegistryError::Ipv4InUse(Ipv4Addr::UNSPECIFIED, none),
+            12 => RegistryError::CgroupInUse(0, none),
+            13 => RegistryError::NetnsInUse(0, none),
+            14 => RegistryError::InvalidRule {
+                index: 0,
+                error: RuleError::BadCidr,
+            },
+            _ => return None,
+        })
+    }
+}
+
 /// The identity fields the frame path reads for nearly every frame, copied out of the spec so
 /// they share the container's first cache line with the rule bitmaps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -60,15 +60,29 @@ pub enum Function {
     /// the encoded profile). Returns `RCX` = [`ProfileState`]. Agent only; on any refusal the
     /// active profile is unchanged.
     PushProfile = 3,
-    /// Register a container. Agent only.
+    /// Register a container: `RBX` = request, `RCX` = its length (the agent key, then an "SHJC"
+    /// registration, `netfilter::encoding`). Returns [`Status::Exists`] when the id, VLAN or an
+    /// address is taken, [`Status::Full`] when the registry is full, [`Status::InvalidArgument`]
+    /// for a malformed registration; on those three `RBX` = detail code (`1000 +` decode error
+    /// index, `2000 +` registry error index). Agent only; on any refusal the policy is unchanged.
     RegisterContainer = 4,
-    /// Update a container (addresses, rules, default action). Agent only.
+    /// Replace a registered container (addresses, rules, defaults): the request is as for
+    /// [`Function::RegisterContainer`], naming the same id. [`Status::NotFound`] when the id is
+    /// not registered; otherwise the same results as register. Agent only.
     UpdateContainer = 5,
-    /// Unregister a container. Agent only.
+    /// Unregister a container: `RBX` = request, `RCX` = [`UNREGISTER_LEN`] (the agent key, then
+    /// the id as u32 LE). [`Status::NotFound`] when the id is not registered. Agent only.
     UnregisterContainer = 6,
-    /// Read counters. Agent only (cross-tenant data).
+    /// Read the counters snapshot ("SHJS", `netfilter::report`): `RBX` = request, `RCX` =
+    /// [`READ_COUNTERS_LEN`] (the agent key only), `RDX` = output, `RSI` = its length (at most
+    /// [`MAX_BUFFER_LEN`]). Returns `RBX` = bytes written; [`Status::Full`] with `RBX` = bytes
+    /// needed when the output is too small. Agent only (cross-tenant data).
     ReadCounters = 7,
-    /// Read events. Agent only (cross-tenant data).
+    /// Read security events (`netfilter::report::EVENT_LEN` bytes each): `RBX` = request, `RCX`
+    /// = [`READ_EVENTS_LEN`] (the agent key, then `from_seq` as u64 LE), `RDX` = output, `RSI` =
+    /// its length (at most [`MAX_BUFFER_LEN`]). Returns `RBX` = bytes written, `RCX` = the
+    /// sequence number to ask for next, `RDX` = events missed (overwritten before this read).
+    /// Agent only (cross-tenant data).
     ReadEvents = 8,
     /// List guest tasks with their sockets. Agent only.
     ListTasks = 9,
@@ -183,6 +197,23 @@ pub const AGENT_KEY_LEN: usize = 32;
 
 /// Largest guest buffer a single call may name (bytes); longer requests get [`Status::BadBuffer`].
 pub const MAX_BUFFER_LEN: usize = 64 * 1024;
+
+/// Length of the [`Function::UnregisterContainer`] request: the agent key, then the id (u32 LE).
+pub const UNREGISTER_LEN: usize = AGENT_KEY_LEN + 4;
+
+/// Length of the [`Function::ReadCounters`] request: the agent key only.
+pub const READ_COUNTERS_LEN: usize = AGENT_KEY_LEN;
+
+/// Length of the [`Function::ReadEvents`] request: the agent key, then `from_seq` (u64 LE).
+pub const READ_EVENTS_LEN: usize = AGENT_KEY_LEN + 8;
+
+/// Base of the detail codes (`RBX` of a refused register or update) for a malformed
+/// registration: `DECODE_DETAIL_BASE +` the decode error's index.
+pub const DECODE_DETAIL_BASE: u64 = 1000;
+
+/// Base of the detail codes for a registry refusal: `REGISTRY_DETAIL_BASE +` the registry
+/// error's index.
+pub const REGISTRY_DETAIL_BASE: u64 = 2000;
 
 /// Length of the [`Function::PushProfile`] request: the agent key, then the encoded profile.
 pub const PUSH_PROFILE_LEN: usize = AGENT_KEY_LEN + crate::profile::ENCODED_LEN;
@@ -383,6 +414,13 @@ mod tests {
         id.comm = None;
         assert_eq!(whoami::decode(&whoami::encode(&id)), Some(id));
         assert_eq!(whoami::decode(&enc[..50]), None);
+    }
+
+    #[test]
+    fn policy_request_lengths() {
+        assert_eq!(UNREGISTER_LEN, 36);
+        assert_eq!(READ_COUNTERS_LEN, 32);
+        assert_eq!(READ_EVENTS_LEN, 40);
     }
 
     #[test]

@@ -4,11 +4,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use shoji_netfilter::report::CountersView;
 use shoji_shared::profile::{FieldId, KernelProfile, Op};
 use shoji_shared::vmcall::{
     Function, ProfileState, Status, AGENT_KEY_LEN, PUSH_PROFILE_LEN, WHOAMI_LEN,
 };
+use shojictl::agent::{Agent, Loaded, Transport, Vmcall};
 use shojictl::btfprofile::{build, describe, BuildOptions, Symbols};
+use shojictl::oci_hook::HookConfig;
+use shojictl::report_text::{event_line, stats_lines};
 use shojictl::vmcall::{detect, vmcall, Presence};
 use shojictl::whoami::{
     compare, map_up, ns_inode, render, stat_starttime, status_list, KernelSays,
@@ -81,6 +85,89 @@ enum Cmd {
         #[arg(long, hide = true, value_parser = parse_addr)]
         buffer_addr: Option<u64>,
     },
+    /// Register the container(s) described in a TOML policy file.
+    Register {
+        /// The policy file.
+        file: PathBuf,
+        #[command(flatten)]
+        key: KeyArg,
+    },
+    /// Replace the registered container(s) described in a TOML policy file (same ids).
+    Update {
+        /// The policy file.
+        file: PathBuf,
+        #[command(flatten)]
+        key: KeyArg,
+    },
+    /// Unregister a container.
+    Unregister {
+        /// The container's id.
+        id: u32,
+        #[command(flatten)]
+        key: KeyArg,
+    },
+    /// Policy files.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+    /// Print Shoji's frame counters: host, total, unattributed, then per container.
+    Stats {
+        #[command(flatten)]
+        key: KeyArg,
+    },
+    /// Print Shoji's security events.
+    Events {
+        /// First sequence number to print (default: the oldest Shoji still holds).
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Keep polling (every 200 ms) until killed.
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        key: KeyArg,
+    },
+    /// OCI runtime hook: reads the OCI state on standard input; registers on create,
+    /// unregisters on stop, and sweeps stale registrations.
+    OciHook {
+        /// The bridge the containers' veths are ports of.
+        #[arg(long, default_value = "br0")]
+        bridge: String,
+        /// The bridge's uplink port (gets every container VLAN, tagged).
+        #[arg(long, default_value = "eth0")]
+        uplink: String,
+        /// Where the hook records its registrations.
+        #[arg(long, default_value = "/run/shoji")]
+        state_dir: PathBuf,
+        #[command(flatten)]
+        key: KeyArg,
+    },
+    /// Unregister the containers the OCI hook registered whose process is gone.
+    Gc {
+        /// Where the hook records its registrations.
+        #[arg(long, default_value = "/run/shoji")]
+        state_dir: PathBuf,
+        #[command(flatten)]
+        key: KeyArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// For every container in the file: update it if registered, else register it.
+    Load {
+        /// The policy file.
+        file: PathBuf,
+        #[command(flatten)]
+        key: KeyArg,
+    },
+}
+
+#[derive(clap::Args)]
+struct KeyArg {
+    /// The agent key file: 64 hex digits, provisioned by the operator, readable only by root.
+    #[arg(long, default_value = "/etc/shoji/agent.key")]
+    key_file: PathBuf,
 }
 
 fn parse_addr(s: &str) -> Result<u64, String> {
@@ -107,8 +194,7 @@ fn require_shoji() -> Result<(), ExitCode> {
 
 fn read_key(path: &std::path::Path) -> Result<[u8; AGENT_KEY_LEN], String> {
     use std::os::unix::fs::PermissionsExt;
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read the agent key {}: {e}", path.display()))?;
+    let key = shojictl::agent::read_key(path)?;
     if let Ok(m) = std::fs::metadata(path) {
         if m.permissions().mode() & 0o077 != 0 {
             eprintln!(
@@ -116,19 +202,6 @@ fn read_key(path: &std::path::Path) -> Result<[u8; AGENT_KEY_LEN], String> {
                 path.display()
             );
         }
-    }
-    let hex = text.trim();
-    if hex.len() != 2 * AGENT_KEY_LEN {
-        return Err(format!(
-            "{}: the agent key must be {} hex digits",
-            path.display(),
-            2 * AGENT_KEY_LEN
-        ));
-    }
-    let mut key = [0u8; AGENT_KEY_LEN];
-    for (i, k) in key.iter_mut().enumerate() {
-        *k = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-            .map_err(|_| format!("{}: the agent key is not hex", path.display()))?;
     }
     Ok(key)
 }
@@ -146,6 +219,21 @@ fn build_profile(
     release: Option<String>,
     thread_size: u32,
 ) -> Result<KernelProfile, String> {
+    let built = build_profile_quiet(btf, kallsyms, release, thread_size)?;
+    print!("{}", describe(&built.profile));
+    for n in &built.notes {
+        println!("note: {n}");
+    }
+    Ok(built.profile)
+}
+
+/// Build the profile from BTF and kallsyms.
+fn build_profile_quiet(
+    btf: &std::path::Path,
+    kallsyms: &std::path::Path,
+    release: Option<String>,
+    thread_size: u32,
+) -> Result<shojictl::btfprofile::Built, String> {
     let btf_bytes =
         std::fs::read(btf).map_err(|e| format!("cannot read {}: {e}", btf.display()))?;
     let text = std::fs::read_to_string(kallsyms)
@@ -171,11 +259,7 @@ fn build_profile(
         },
     )
     .map_err(|e| format!("cannot build the kernel profile: {e}"))?;
-    print!("{}", describe(&built.profile));
-    for n in &built.notes {
-        println!("note: {n}");
-    }
-    Ok(built.profile)
+    Ok(built)
 }
 
 fn status_of(rax: u64) -> String {
@@ -317,6 +401,165 @@ fn whoami_cmd(buffer_addr: Option<u64>) -> ExitCode {
     }
 }
 
+/// Build the kernel profile from the running kernel and push it (the agent's answer to
+/// `NoProfile`).
+fn auto_push<T: Transport>(t: &mut T, key: &[u8; AGENT_KEY_LEN]) -> Result<(), String> {
+    let built = build_profile_quiet(
+        std::path::Path::new("/sys/kernel/btf/vmlinux"),
+        std::path::Path::new("/proc/kallsyms"),
+        None,
+        16384,
+    )?;
+    let mut req = vec![0u8; PUSH_PROFILE_LEN];
+    req[..AGENT_KEY_LEN].copy_from_slice(key);
+    built
+        .profile
+        .encode(&mut req[AGENT_KEY_LEN..])
+        .map_err(|e| format!("cannot encode the kernel profile: {e:?}"))?;
+    let reply = t.call(Function::PushProfile, &req, &mut []);
+    if reply.rax != Status::Ok as u64 {
+        return Err(format!("profile push refused: {}", status_of(reply.rax)));
+    }
+    eprintln!("shojictl: note: Shoji had no kernel profile; pushed it");
+    Ok(())
+}
+
+/// The agent, after checking that Shoji is there and reading the key.
+fn agent(key: &KeyArg) -> Result<Agent<Vmcall>, String> {
+    if let Presence::Absent { other } = detect() {
+        return Err(match other {
+            Some(sig) => format!(
+                "Shoji is absent: another hypervisor answers ({:?})",
+                String::from_utf8_lossy(&sig)
+            ),
+            None => "Shoji is absent: no hypervisor detected".into(),
+        });
+    }
+    let key = read_key(&key.key_file)?;
+    Ok(Agent::new(Vmcall, key, Box::new(auto_push)))
+}
+
+fn read_policy(file: &std::path::Path) -> Result<Vec<shoji_netfilter::ContainerSpec>, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    shojictl::policy_file::parse_file(&text).map_err(|e| format!("{}: {e}", file.display()))
+}
+
+#[derive(Clone, Copy)]
+enum Apply {
+    Register,
+    Update,
+    Load,
+}
+
+fn apply_file(file: &std::path::Path, key: &KeyArg, how: Apply) -> Result<(), String> {
+    let specs = read_policy(file)?;
+    let mut agent = agent(key)?;
+    for spec in &specs {
+        let done = match how {
+            Apply::Register => agent.register(spec).map(|_| "registered"),
+            Apply::Update => agent.update(spec).map(|_| "updated"),
+            Apply::Load => agent.load(spec).map(|l| match l {
+                Loaded::Registered => "registered",
+                Loaded::Updated => "updated",
+            }),
+        }
+        .map_err(|e| e.to_string())?;
+        println!("{done} container {} vlan {}", spec.id.0, spec.vlan);
+    }
+    Ok(())
+}
+
+fn unregister_cmd(id: u32, key: &KeyArg) -> Result<(), String> {
+    agent(key)?.unregister(id).map_err(|e| e.to_string())?;
+    println!("unregistered container {id}");
+    Ok(())
+}
+
+fn stats_cmd(key: &KeyArg) -> Result<(), String> {
+    let bytes = agent(key)?.read_counters().map_err(|e| e.to_string())?;
+    let view = CountersView::parse(&bytes)
+        .map_err(|e| format!("malformed counters from Shoji: {}", e.describe()))?;
+    for line in stats_lines(&view) {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+fn events_cmd(from: u64, follow: bool, key: &KeyArg) -> Result<(), String> {
+    use std::io::Write;
+    let mut agent = agent(key)?;
+    let mut next = from;
+    loop {
+        let batch = agent.read_events(next).map_err(|e| e.to_string())?;
+        if batch.missed != 0 {
+            eprintln!(
+                "shojictl: warning: {} events were overwritten before they could be read",
+                batch.missed
+            );
+        }
+        let mut out = std::io::stdout().lock();
+        for e in &batch.events {
+            if writeln!(out, "{}", event_line(e)).is_err() {
+                return Ok(()); // the reader went away
+            }
+        }
+        let _ = out.flush();
+        next = batch.next_seq.max(next);
+        if !follow {
+            return Ok(());
+        }
+        if batch.events.is_empty() {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+}
+
+fn oci_hook_cmd(cfg: &HookConfig, key: &KeyArg) -> Result<(), String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read the OCI state from standard input: {e}"))?;
+    let mut agent = agent(key)?;
+    let outcome = shojictl::oci_hook::run(&mut agent, cfg, &text)?;
+    for w in &outcome.warnings {
+        eprintln!("shojictl: warning: {w}");
+    }
+    for l in &outcome.lines {
+        println!("{l}");
+    }
+    Ok(())
+}
+
+fn gc_cmd(state_dir: &std::path::Path, key: &KeyArg) -> Result<(), String> {
+    let mut agent = agent(key)?;
+    let (lines, errors) = shojictl::oci_hook::gc(&mut agent, state_dir, None);
+    for l in &lines {
+        println!("{l}");
+    }
+    match errors.split_last() {
+        None => Ok(()),
+        Some((last, rest)) => {
+            for e in rest {
+                eprintln!("shojictl: {e}");
+            }
+            Err(last.clone())
+        }
+    }
+}
+
+/// Exit status of a policy command.
+fn finish(r: Result<(), String>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shojictl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
@@ -388,5 +631,27 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Cmd::Whoami { buffer_addr } => whoami_cmd(buffer_addr),
+        Cmd::Register { file, key } => finish(apply_file(&file, &key, Apply::Register)),
+        Cmd::Update { file, key } => finish(apply_file(&file, &key, Apply::Update)),
+        Cmd::Policy {
+            cmd: PolicyCmd::Load { file, key },
+        } => finish(apply_file(&file, &key, Apply::Load)),
+        Cmd::Unregister { id, key } => finish(unregister_cmd(id, &key)),
+        Cmd::Stats { key } => finish(stats_cmd(&key)),
+        Cmd::Events { from, follow, key } => finish(events_cmd(from, follow, &key)),
+        Cmd::OciHook {
+            bridge,
+            uplink,
+            state_dir,
+            key,
+        } => finish(oci_hook_cmd(
+            &HookConfig {
+                bridge,
+                uplink,
+                state_dir,
+            },
+            &key,
+        )),
+        Cmd::Gc { state_dir, key } => finish(gc_cmd(&state_dir, &key)),
     }
 }

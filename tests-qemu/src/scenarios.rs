@@ -159,7 +159,9 @@ pub const ALL: &[Scenario] = &[
         name: "bochs-shoji-612",
         about:
             "Debian 13's Linux 6.12 under Shoji: the profile push and every whoami, refusal and \
-                control of the introspection checks (no NIC checks)",
+                control of the introspection checks; the policy VMCALLs at the ABI level \
+                (register, Exists, NotAuthorized from uid 1000 and from a container, stats, \
+                events, unregister, NotFound); no NIC checks",
         needs_shoji: true,
         kind: Kind::Shoji612,
     },
@@ -568,6 +570,7 @@ fn linux(
         )?;
         let console = m.text(Stream::Console);
         introspection_checks(rep, &console, true);
+        policy_abi_checks(rep, &console);
         return Ok(());
     }
     milestone(
@@ -810,6 +813,92 @@ const INTROSPECTION_EXPECT: &[(&str, bool, &str, &str)] = &[
         "whoami matches again",
     ),
 ];
+
+/// What each step of the guest's policy ABI checks must show: (step, must succeed, text its last
+/// line must contain, what it proves).
+const POLICY_ABI_EXPECT: &[(&str, bool, &str, &str)] = &[
+    (
+        "policy-register",
+        true,
+        "registered container 900 vlan 900",
+        "the agent registers a container over VMCALL",
+    ),
+    (
+        "policy-register-again",
+        false,
+        "a container with this id is already registered (code 2001)",
+        "registering the same id again is refused (Exists)",
+    ),
+    (
+        "policy-address-taken",
+        false,
+        "Exists",
+        "another id claiming the same VLAN and addresses is refused (Exists)",
+    ),
+    (
+        "policy-bad-vlan",
+        false,
+        "",
+        "a policy file with VLAN 0 is refused",
+    ),
+    (
+        "policy-uid1000-unregister",
+        false,
+        "NotAuthorized",
+        "uid 1000 holding the key cannot unregister a container",
+    ),
+    (
+        "policy-container-register",
+        false,
+        "NotAuthorized",
+        "root of a container (user namespace, key readable) cannot change a policy",
+    ),
+    (
+        "policy-container-stats",
+        false,
+        "NotAuthorized",
+        "root of a container cannot read the counters (cross-tenant)",
+    ),
+    (
+        "policy-container-events",
+        false,
+        "NotAuthorized",
+        "root of a container cannot read the events (cross-tenant)",
+    ),
+    (
+        "policy-stats",
+        true,
+        "stats container id=900 vlan=900",
+        "the agent reads the counters: the container is there, unchanged by the refusals",
+    ),
+    (
+        "policy-events",
+        true,
+        "change=registered container=900",
+        "the agent reads the events: the registration is recorded",
+    ),
+    (
+        "policy-unregister",
+        true,
+        "unregistered container 900",
+        "the agent unregisters the container",
+    ),
+    (
+        "policy-unregister-again",
+        false,
+        "NotFound",
+        "unregistering it again says NotFound",
+    ),
+];
+
+/// The policy ABI checks from the guest script's lines.
+fn policy_abi_checks(rep: &mut Report, console: &str) {
+    for (name, ok, text, what) in POLICY_ABI_EXPECT {
+        let line = intro_line(console, name).unwrap_or("no line");
+        let rc_ok = line.contains(" rc=0 ");
+        rep.check(*what, rc_ok == *ok && line.contains(text), line);
+    }
+}
 
 /// The guest's "SHOJI-TEST: intro NAME rc=RC :: LAST" line for a step.
 fn intro_line<'a>(console: &'a str, name: &str) -> Option<&'a str> {

@@ -206,3 +206,36 @@ pub fn push_profile(setup: &Setup, va: u64, len: u64) -> Result<ProfileState, St
         ProfileState::Unverified
     })
 }
+
+/// The agent check for the policy calls: the key, and the caller (attributed through the active
+/// profile) is uid 0 in the initial user namespace acting in its own context. `NoProfile` when
+/// no profile is active (the agent pushes one first).
+pub fn authenticate_agent(
+    setup: &Setup,
+    mem: &GuestRam,
+    st: &CallerState,
+    key: &[u8; AGENT_KEY_LEN],
+) -> Result<(), Status> {
+    if setup.agent_key_set == 0 {
+        return Err(Status::NotAuthorized);
+    }
+    let cpu = kernel_view(mem, &st.cpu);
+    let top = ram_top(setup);
+    let mut active = ACTIVE.lock();
+    let a = active.as_mut().ok_or(Status::NoProfile)?;
+    let init = a.intro.profile().init_userns_inum;
+    let id = attribute(&mut a.intro, mem, &cpu, top);
+    check_agent(&id, init, key, &setup.agent_key)
+}
+
+/// The task running on this vCPU at the current exit (attribution of the frames a TDT write
+/// sends), when a profile is active and the guest is in IA-32e paging.
+pub fn current_task(setup: &Setup) -> Option<TaskIdentity> {
+    let st = caller_state()?;
+    let mem = GuestRam::from_setup(setup);
+    let cpu = kernel_view(&mem, &st.cpu);
+    let top = ram_top(setup);
+    let mut active = ACTIVE.lock();
+    let a = active.as_mut()?;
+    Some(attribute(&mut a.intro, &mem, &cpu, top))
+}

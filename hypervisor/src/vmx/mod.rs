@@ -8,6 +8,7 @@ pub mod introspection;
 pub mod launch;
 pub mod mmio;
 pub mod nic;
+pub mod policy;
 pub mod vmcall;
 
 use core::arch::asm;

@@ -7,6 +7,7 @@
 //! frames are also harvested from a periodic poll driven by the VMX preemption timer.
 
 use super::exit::GuestRegs;
+use super::policy::PolicyFilter;
 use super::{rdmsr, vmwrite, IA32_VMX_MISC};
 use crate::arena::Arena;
 use crate::ept::Ept;
@@ -16,7 +17,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use shoji_drivers_e1000::counters::{Counters, ExitCause};
 use shoji_drivers_e1000::regs::{self, RegId};
 use shoji_drivers_e1000::{Buffers, Config, DmaRegion, Env, NicRegisters, PciWrite, E1000};
-use shoji_shared::{Direction, DropReason, PassAll};
+use shoji_shared::{Direction, DropReason, TaskIdentity};
 use spin::Mutex;
 
 /// PCI configuration address port.
@@ -253,6 +254,9 @@ pub fn init(mediate: bool, arena: &mut Arena<'_>, ept: &Ept, io_bitmap_a: u64, i
             crate::heap::init(base, HEAP_PAGES * 0x1000);
         }
     }
+    if mediate {
+        super::policy::init(arena);
+    }
     let warm = shoji_drivers_e1000::mmio_insn::decode(&[0x8b, 0x00], 64).is_ok();
     crate::hv_line!(
         "host heap: {} KiB of {} KiB used after decoder warm-up (ok={})",
@@ -393,17 +397,28 @@ pub fn active() -> bool {
 }
 
 /// Run `f` on the engine with a fresh environment, recording the cost under `cause`.
-fn with_engine<R>(cause: ExitCause, f: impl FnOnce(&mut Nic, &mut Env<'_>) -> R) -> Option<R> {
+/// With `attribute`, the task running at this exit is read first (a write that may send frames)
+/// and handed to the policy with them.
+fn with_engine<R>(
+    cause: ExitCause,
+    attribute: bool,
+    f: impl FnOnce(&mut Nic, &mut Env<'_>) -> R,
+) -> Option<R> {
     let setup = super::launch::setup()?;
     let mut ram = GuestRam::from_setup(setup);
-    let mut filter = PassAll;
+    let mut filter = PolicyFilter;
+    let task: Option<TaskIdentity> = if attribute && super::policy::policy_on() {
+        super::introspection::current_task(setup)
+    } else {
+        None
+    };
     let mut guard = NIC.lock();
     let nic = guard.as_mut()?;
     let t0 = rdtsc();
     let mut env = Env {
         mem: &mut ram,
         filter: &mut filter,
-        task: None,
+        task: task.as_ref(),
     };
     let r = f(nic, &mut env);
     note_deadline(nic);
@@ -426,7 +441,9 @@ pub fn ept_violation(regs: &mut GuestRegs, gpa: u64) -> bool {
         } else {
             ExitCause::MmioRead
         };
-        with_engine(cause, |nic, env| {
+        // Only a TDT write sends frames: read the sender's identity for it.
+        let sends = is_write && offset & !3 == regs::TDT;
+        with_engine(cause, sends, |nic, env| {
             if is_write {
                 nic.engine.mmio_write(env, offset, width, value);
                 0
@@ -469,7 +486,7 @@ pub fn io_access(regs: &mut GuestRegs, port: u16, size: u8, is_in: bool) -> bool
     let out_value = (regs.rax & mask) as u32;
     let result: Option<u32> = if in_io_bar {
         let off = port - io_base;
-        with_engine(ExitCause::IoBar, |nic, env| {
+        with_engine(ExitCause::IoBar, !is_in, |nic, env| {
             if is_in {
                 Some(nic.engine.io_read(env, off, size))
             } else {
@@ -517,7 +534,7 @@ fn pci_config(port: u16, size: u8, is_in: bool, value: u32) -> Option<u32> {
         return if is_in { Some(u32::MAX) } else { None };
     }
     let real = cfg_read(bdf, offset);
-    with_engine(ExitCause::PciConfig, |nic, _env| {
+    with_engine(ExitCause::PciConfig, false, |nic, _env| {
         if is_in {
             return Some(nic.engine.pci_config_read(offset, size, real));
         }
@@ -551,7 +568,7 @@ fn poll_now() {
         return;
     };
     let mut ram = GuestRam::from_setup(setup);
-    let mut filter = PassAll;
+    let mut filter = PolicyFilter;
     let Some(mut guard) = NIC.try_lock() else {
         return;
     };

@@ -4,11 +4,13 @@
 use super::exit::{advance_rip, inject, log_counters, GuestRegs};
 use super::introspection;
 use super::launch::{Vcpu, VCPUS};
+use super::policy;
 use crate::counters::RateLimiter;
 use shoji_shared::vmcall::{Function, Status, ABI_VERSION};
 
 static LOG_COUNTERS_LIMIT: RateLimiter = RateLimiter::new(64);
 static PROFILE_LOG: RateLimiter = RateLimiter::new(32);
+static POLICY_LOG: RateLimiter = RateLimiter::new(256);
 
 /// Handle a VMCALL exit.
 pub fn handle(vcpu: &mut Vcpu, regs: &mut GuestRegs) {
@@ -60,10 +62,86 @@ pub fn handle(vcpu: &mut Vcpu, regs: &mut GuestRegs) {
                 }
             }
         },
-        Ok(_) => Status::Unsupported,
+        Ok(f @ (Function::RegisterContainer | Function::UpdateContainer)) => {
+            match super::launch::setup() {
+                None => Status::Unsupported,
+                Some(setup) => {
+                    let update = f == Function::UpdateContainer;
+                    let r = policy::register(setup, regs.rbx, regs.rcx, update);
+                    if POLICY_LOG.allow().is_some() {
+                        match r {
+                            Ok(id) => crate::hv_line!(
+                                "policy: container {} {}",
+                                id.0,
+                                if update { "updated" } else { "registered" }
+                            ),
+                            Err((s, d)) => crate::hv_line!(
+                                "policy: {:?} refused: {} (detail {})",
+                                f,
+                                s.describe(),
+                                d
+                            ),
+                        }
+                    }
+                    policy_status(r.map(|_| ()), regs)
+                }
+            }
+        }
+        Ok(Function::UnregisterContainer) => match super::launch::setup() {
+            None => Status::Unsupported,
+            Some(setup) => {
+                let r = policy::unregister(setup, regs.rbx, regs.rcx);
+                if POLICY_LOG.allow().is_some() {
+                    match r {
+                        Ok(id) => crate::hv_line!("policy: container {} unregistered", id.0),
+                        Err((s, _)) => {
+                            crate::hv_line!("policy: unregister refused: {}", s.describe())
+                        }
+                    }
+                }
+                policy_status(r.map(|_| ()), regs)
+            }
+        },
+        Ok(Function::ReadCounters) => match super::launch::setup() {
+            None => Status::Unsupported,
+            Some(setup) => {
+                match policy::read_counters(setup, regs.rbx, regs.rcx, regs.rdx, regs.rsi) {
+                    Ok(n) => {
+                        regs.rbx = n;
+                        Status::Ok
+                    }
+                    Err(e) => policy_status(Err(e), regs),
+                }
+            }
+        },
+        Ok(Function::ReadEvents) => match super::launch::setup() {
+            None => Status::Unsupported,
+            Some(setup) => match policy::read_events(setup, regs.rbx, regs.rcx, regs.rdx, regs.rsi)
+            {
+                Ok(r) => {
+                    regs.rbx = r.written;
+                    regs.rcx = r.next_seq;
+                    regs.rdx = r.missed;
+                    Status::Ok
+                }
+                Err(e) => policy_status(Err(e), regs),
+            },
+        },
+        Ok(Function::ListTasks) => Status::Unsupported,
     };
     regs.rax = status as u64;
     advance_rip();
+}
+
+/// The status of a policy call; a refusal's detail code goes to `RBX`.
+fn policy_status(r: Result<(), policy::Refusal>, regs: &mut GuestRegs) -> Status {
+    match r {
+        Ok(()) => Status::Ok,
+        Err((status, detail)) => {
+            regs.rbx = detail;
+            status
+        }
+    }
 }
 
 fn log_all_counters(current: &Vcpu) {

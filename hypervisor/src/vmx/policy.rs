@@ -1,0 +1,370 @@
+//! The per-container policy inside Shoji: the netfilter engine that decides every frame of the
+//! mediated NIC, and the agent's VMCALLs that change it (RegisterContainer, UpdateContainer,
+//! UnregisterContainer) or read it (ReadCounters, ReadEvents).
+//!
+//! Until the agent registers the first container the NIC runs with the shadow rings alone
+//! ([`PassAll`]); from then on every frame, both ways, goes through the engine. Lock order: the
+//! NIC's lock, then this engine's; the VMCALLs take only this one.
+
+use super::introspection::{self, CallerState};
+use crate::arena::Arena;
+use crate::guest::GuestRam;
+use crate::setup::Setup;
+use core::mem::{align_of, size_of};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use shoji_introspect::{copy_from_guest, copy_to_guest};
+use shoji_netfilter::config::EngineConfig;
+use shoji_netfilter::encoding::{self, MAX_ENCODED_LEN};
+use shoji_netfilter::engine::Engine;
+use shoji_netfilter::events::{Event, EventKind, PolicyChange};
+use shoji_netfilter::registry::{ContainerSlot, RegistryError};
+use shoji_netfilter::report;
+use shoji_shared::vmcall::{
+    Status, AGENT_KEY_LEN, MAX_BUFFER_LEN, READ_COUNTERS_LEN, READ_EVENTS_LEN, UNREGISTER_LEN,
+};
+use shoji_shared::{ContainerId, FrameFilter, FrameMeta, FrameSink, PassAll, Verdict};
+use spin::Mutex;
+
+/// How many containers Shoji can hold (each slot is about 5 KiB of Shoji's memory).
+pub const CONTAINER_SLOTS: usize = 64;
+
+/// Where the engine and the registry's slots live: pages of Shoji's reserved region taken at
+/// boot ([`init`]); 0 until then. The engine is built in them at the first registration.
+static STORAGE: AtomicU64 = AtomicU64::new(0);
+
+/// The engine, once built.
+static ENGINE: Mutex<Option<&'static mut Engine<'static>>> = Mutex::new(None);
+
+/// Whether frames go through the engine (a container was registered once).
+static POLICY_ON: AtomicBool = AtomicBool::new(false);
+
+/// TSC ticks per microsecond, for the engine's clock (nanoseconds).
+static TSC_PER_US: AtomicU64 = AtomicU64::new(0);
+
+/// Longest registration request: the key and the longest encoding.
+const MAX_REGISTER_LEN: usize = AGENT_KEY_LEN + MAX_ENCODED_LEN;
+
+/// Filler for the event buffer (overwritten before use).
+const NO_EVENT: Event = Event {
+    seq: 0,
+    time: 0,
+    kind: EventKind::Policy {
+        container: None,
+        change: PolicyChange::Config,
+    },
+};
+
+/// Events copied per step of a ReadEvents call (bounded stack use).
+const EVENT_CHUNK: usize = 16;
+
+/// Whether the policy is on (frames go through the engine).
+pub fn policy_on() -> bool {
+    POLICY_ON.load(Ordering::Acquire)
+}
+
+/// The TSC frequency in ticks per microsecond: CPUID leaf 0x15 (crystal ratio), else 0x16 (base
+/// MHz), else 1,000 (1 GHz, the clock is then only approximate).
+fn tsc_per_us() -> u64 {
+    let cached = TSC_PER_US.load(Ordering::Relaxed);
+    if cached != 0 {
+        return cached;
+    }
+    let max = core::arch::x86_64::__cpuid(0).eax;
+    let mut per_us = 0;
+    if max >= 0x15 {
+        let l = core::arch::x86_64::__cpuid(0x15);
+        if l.eax != 0 && l.ebx != 0 && l.ecx != 0 {
+            per_us = u64::from(l.ecx) * u64::from(l.ebx) / u64::from(l.eax) / 1_000_000;
+        }
+    }
+    if per_us == 0 && max >= 0x16 {
+        per_us = u64::from(core::arch::x86_64::__cpuid(0x16).eax & 0xffff);
+    }
+    if per_us == 0 {
+        per_us = 1_000;
+    }
+    TSC_PER_US.store(per_us, Ordering::Relaxed);
+    per_us
+}
+
+/// The engine's clock: nanoseconds of TSC time.
+fn now_ns() -> u64 {
+    // SAFETY: RDTSC has no side effects.
+    let tsc = unsafe { core::arch::x86_64::_rdtsc() };
+    tsc / tsc_per_us() * 1_000 + tsc % tsc_per_us() * 1_000 / tsc_per_us()
+}
+
+/// Bytes of the slots, rounded up so the engine after them is aligned.
+const SLOTS_BYTES: usize = (CONTAINER_SLOTS * size_of::<ContainerSlot>()).next_multiple_of(64);
+/// Pages for the slots and the engine.
+const STORAGE_PAGES: u64 = (SLOTS_BYTES + size_of::<Engine<'static>>()).div_ceil(4096) as u64;
+
+/// Pages of the stack the engine is built on: `Engine::new` returns a value of a few hundred KiB,
+/// more than a host stack holds, so it runs once on a stack of its own.
+const BUILD_STACK_PAGES: u64 = 256;
+
+/// Take the engine's pages and its build stack from Shoji's reserved region (bootstrap
+/// processor, once, at boot).
+pub fn init(arena: &mut Arena<'_>) {
+    const {
+        assert!(align_of::<ContainerSlot>() <= 4096 && align_of::<Engine<'static>>() <= 64);
+    }
+    match arena.alloc_pages(STORAGE_PAGES + BUILD_STACK_PAGES) {
+        Some(base) => STORAGE.store(base, Ordering::Release),
+        None => crate::hv_line!("policy: no memory for the engine; registrations will be refused"),
+    }
+}
+
+/// Build the engine at `engine` over `slots` (called on the build stack).
+extern "sysv64" fn build_engine(engine: *mut Engine<'static>, slots: *mut ContainerSlot) {
+    for i in 0..CONTAINER_SLOTS {
+        // SAFETY: `slots` points at CONTAINER_SLOTS slots' worth of Shoji's reserved pages,
+        // page-aligned, reachable by nothing else yet.
+        unsafe { slots.add(i).write(ContainerSlot::EMPTY) };
+    }
+    // SAFETY: initialised just above; this is the only reference to them, taken once.
+    let slots = unsafe { core::slice::from_raw_parts_mut(slots, CONTAINER_SLOTS) };
+    // SAFETY: `engine` is the engine's place in the same pages, 64-byte aligned, written once.
+    unsafe { engine.write(Engine::new(slots, EngineConfig::default())) };
+}
+
+/// Build the engine in its pages if it does not exist yet. `None` without storage.
+#[inline(never)]
+fn ensure_engine<'a>(
+    slot: &'a mut Option<&'static mut Engine<'static>>,
+) -> Option<&'a mut Engine<'static>> {
+    if slot.is_none() {
+        let base = STORAGE.load(Ordering::Acquire);
+        if base == 0 {
+            return None;
+        }
+        let slots_ptr = base as *mut ContainerSlot;
+        let engine_ptr = (base + SLOTS_BYTES as u64) as *mut Engine<'static>;
+        let stack_top = base + (STORAGE_PAGES + BUILD_STACK_PAGES) * 0x1000;
+        // SAFETY: switches to the build stack (the top of the pages `init` reserved, 16-byte
+        // aligned, used by nothing else), calls `build_engine` with the System V convention, and
+        // switches back; RSP is kept in R12, which that convention preserves. Called once, with
+        // ENGINE's lock held, so no other CPU uses the build stack.
+        unsafe {
+            core::arch::asm!(
+                "mov r12, rsp",
+                "mov rsp, {top}",
+                "call {build}",
+                "mov rsp, r12",
+                top = in(reg) stack_top,
+                build = sym build_engine,
+                in("rdi") engine_ptr,
+                in("rsi") slots_ptr,
+                out("r12") _,
+                clobber_abi("sysv64"),
+            );
+        }
+        // SAFETY: `build_engine` initialised the engine; only ENGINE reaches it from now on.
+        *slot = Some(unsafe { &mut *engine_ptr });
+    }
+    slot.as_deref_mut()
+}
+
+/// The filter the NIC hands each frame to: the engine once the policy is on, else pass-all.
+pub struct PolicyFilter;
+
+impl FrameFilter for PolicyFilter {
+    fn filter(&mut self, meta: &FrameMeta<'_>, frame: &[u8], out: &mut dyn FrameSink) -> Verdict {
+        if !policy_on() {
+            return PassAll.filter(meta, frame, out);
+        }
+        let mut guard = ENGINE.lock();
+        let Some(engine) = ensure_engine(&mut guard) else {
+            return PassAll.filter(meta, frame, out);
+        };
+        engine.set_now(now_ns());
+        engine.decide(meta, frame, out).verdict
+    }
+}
+
+/// Why a policy call was refused: the status, and a detail code for RBX.
+pub type Refusal = (Status, u64);
+
+fn refuse(status: Status) -> Refusal {
+    (status, 0)
+}
+
+/// Read a request of `len` bytes (at most `N`) that starts with the agent key, and check that the
+/// caller is the agent. Returns the request and the body's length.
+fn agent_request<const N: usize>(
+    setup: &Setup,
+    va: u64,
+    len: u64,
+    min: usize,
+) -> Result<([u8; N], usize, CallerState), Refusal> {
+    if len > MAX_BUFFER_LEN as u64 || len > N as u64 {
+        return Err(refuse(if len > MAX_BUFFER_LEN as u64 {
+            Status::BadBuffer
+        } else {
+            Status::InvalidArgument
+        }));
+    }
+    let len = len as usize;
+    if len < min.max(AGENT_KEY_LEN) {
+        return Err(refuse(Status::InvalidArgument));
+    }
+    let st = introspection::caller_state().ok_or(refuse(Status::InvalidArgument))?;
+    let mem = GuestRam::from_setup(setup);
+    let mut req = [0u8; N];
+    copy_from_guest(&mem, &st.caller, va, len, &mut req[..len]).map_err(refuse)?;
+    let mut key = [0u8; AGENT_KEY_LEN];
+    key.copy_from_slice(&req[..AGENT_KEY_LEN]);
+    introspection::authenticate_agent(setup, &mem, &st, &key).map_err(refuse)?;
+    Ok((req, len - AGENT_KEY_LEN, st))
+}
+
+/// The status and detail code for a registry refusal.
+fn registry_refusal(e: RegistryError) -> Refusal {
+    let status = match e {
+        RegistryError::Full => Status::Full,
+        RegistryError::NotFound(_) => Status::NotFound,
+        RegistryError::DuplicateId(_)
+        | RegistryError::VlanInUse(..)
+        | RegistryError::MacInUse(..)
+        | RegistryError::Ipv4InUse(..)
+        | RegistryError::CgroupInUse(..)
+        | RegistryError::NetnsInUse(..) => Status::Exists,
+        _ => Status::InvalidArgument,
+    };
+    (status, e.code())
+}
+
+/// RegisterContainer (`update` = false) and UpdateContainer (`update` = true): `RBX` = request
+/// (agent key, then the "SHJC" registration), `RCX` = its length.
+pub fn register(setup: &Setup, va: u64, len: u64, update: bool) -> Result<ContainerId, Refusal> {
+    let (req, body_len, _) = agent_request::<MAX_REGISTER_LEN>(setup, va, len, AGENT_KEY_LEN + 1)?;
+    let body = &req[AGENT_KEY_LEN..AGENT_KEY_LEN + body_len];
+    let spec = encoding::decode(body).map_err(|e| (Status::InvalidArgument, e.code()))?;
+    let id = spec.id;
+    let mut guard = ENGINE.lock();
+    let engine = ensure_engine(&mut guard).ok_or(refuse(Status::Unsupported))?;
+    engine.set_now(now_ns());
+    let r = if update {
+        engine.update(spec)
+    } else {
+        engine.register(spec)
+    };
+    r.map_err(registry_refusal)?;
+    POLICY_ON.store(true, Ordering::Release);
+    Ok(id)
+}
+
+/// UnregisterContainer: `RBX` = request (agent key, then the id as u32 LE), `RCX` =
+/// [`UNREGISTER_LEN`].
+pub fn unregister(setup: &Setup, va: u64, len: u64) -> Result<ContainerId, Refusal> {
+    if len != UNREGISTER_LEN as u64 {
+        return Err(refuse(Status::InvalidArgument));
+    }
+    let (req, _, _) = agent_request::<UNREGISTER_LEN>(setup, va, len, UNREGISTER_LEN)?;
+    let mut id = [0u8; 4];
+    id.copy_from_slice(&req[AGENT_KEY_LEN..UNREGISTER_LEN]);
+    let id = ContainerId(u32::from_le_bytes(id));
+    let mut guard = ENGINE.lock();
+    let engine = ensure_engine(&mut guard).ok_or(refuse(Status::Unsupported))?;
+    engine.set_now(now_ns());
+    engine.unregister(id).map_err(registry_refusal)?;
+    Ok(id)
+}
+
+/// ReadCounters: `RBX` = request (the agent key), `RCX` = [`READ_COUNTERS_LEN`], `RDX`/`RSI` =
+/// output buffer. Returns the bytes written; `Full` with the bytes needed when it is too small.
+pub fn read_counters(
+    setup: &Setup,
+    va: u64,
+    len: u64,
+    out: u64,
+    out_len: u64,
+) -> Result<u64, Refusal> {
+    if len != READ_COUNTERS_LEN as u64 {
+        return Err(refuse(Status::InvalidArgument));
+    }
+    if out_len > MAX_BUFFER_LEN as u64 {
+        return Err(refuse(Status::BadBuffer));
+    }
+    let (_, _, st) = agent_request::<READ_COUNTERS_LEN>(setup, va, len, READ_COUNTERS_LEN)?;
+    let mut buf = [0u8; report::counters_len(CONTAINER_SLOTS)];
+    let written = {
+        let mut guard = ENGINE.lock();
+        let engine = ensure_engine(&mut guard).ok_or(refuse(Status::Unsupported))?;
+        report::encode_engine_counters(engine, &mut buf)
+            .map_err(|needed| (Status::Full, needed as u64))?
+    };
+    if written as u64 > out_len {
+        return Err((Status::Full, written as u64));
+    }
+    let mut mem = GuestRam::from_setup(setup);
+    copy_to_guest(&mut mem, &st.caller, out, &buf[..written]).map_err(refuse)?;
+    Ok(written as u64)
+}
+
+/// What a ReadEvents call returns: bytes written, the next sequence number, events missed.
+pub struct EventsRead {
+    /// Bytes written to the output buffer.
+    pub written: u64,
+    /// The sequence number to ask for next.
+    pub next_seq: u64,
+    /// Events overwritten before they could be read.
+    pub missed: u64,
+}
+
+/// ReadEvents: `RBX` = request (the agent key, then the first sequence number as u64 LE), `RCX`
+/// = [`READ_EVENTS_LEN`], `RDX`/`RSI` = output buffer (whole events of `EVENT_LEN` bytes).
+pub fn read_events(
+    setup: &Setup,
+    va: u64,
+    len: u64,
+    out: u64,
+    out_len: u64,
+) -> Result<EventsRead, Refusal> {
+    if len != READ_EVENTS_LEN as u64 {
+        return Err(refuse(Status::InvalidArgument));
+    }
+    if out_len > MAX_BUFFER_LEN as u64 {
+        return Err(refuse(Status::BadBuffer));
+    }
+    if out_len < report::EVENT_LEN as u64 {
+        return Err(refuse(Status::InvalidArgument));
+    }
+    let (req, _, st) = agent_request::<READ_EVENTS_LEN>(setup, va, len, READ_EVENTS_LEN)?;
+    let mut from = [0u8; 8];
+    from.copy_from_slice(&req[AGENT_KEY_LEN..READ_EVENTS_LEN]);
+    let mut seq = u64::from_le_bytes(from);
+    let capacity = (out_len as usize) / report::EVENT_LEN;
+    let mut mem = GuestRam::from_setup(setup);
+    let mut written = 0usize;
+    let mut missed = 0u64;
+    let mut first = true;
+    while written / report::EVENT_LEN < capacity {
+        let want = (capacity - written / report::EVENT_LEN).min(EVENT_CHUNK);
+        let mut events = [NO_EVENT; EVENT_CHUNK];
+        let r = {
+            let guard = ENGINE.lock();
+            match guard.as_deref() {
+                Some(engine) => engine.read_events(seq, &mut events[..want]),
+                None => break,
+            }
+        };
+        if first {
+            missed = r.missed;
+            first = false;
+        }
+        seq = r.next_seq;
+        let mut bytes = [0u8; EVENT_CHUNK * report::EVENT_LEN];
+        let n = report::encode_events(&events[..r.copied], &mut bytes);
+        copy_to_guest(&mut mem, &st.caller, out + written as u64, &bytes[..n]).map_err(refuse)?;
+        written += n;
+        if r.copied < want {
+            break;
+        }
+    }
+    Ok(EventsRead {
+        written: written as u64,
+        next_seq: seq,
+        missed,
+    })
+}
