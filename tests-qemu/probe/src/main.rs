@@ -63,6 +63,17 @@ enum Cmd {
         /// Payload bytes per datagram.
         #[arg(long, default_value_t = 64)]
         size: usize,
+        /// UDP GSO: each send carries up to `--segments` datagrams of this many payload bytes
+        /// (setsockopt UDP_SEGMENT; the kernel segments in software for a NIC without UDP
+        /// segmentation offload and hands the driver the segments as one batch).
+        #[arg(long)]
+        gso: Option<u16>,
+        /// Datagrams per send with `--gso` (at most 64, and 65,507 payload bytes in all).
+        #[arg(long, default_value_t = 45)]
+        segments: usize,
+        /// Stop after this many datagrams (0: only the time bounds the flood).
+        #[arg(long, default_value_t = 0)]
+        frames: u64,
     },
     /// Count UDP datagrams arriving on PORT for SECONDS after the first one (waiting up to
     /// WAIT seconds for it), then print the count.
@@ -110,7 +121,13 @@ fn main() -> ExitCode {
             port,
             seconds,
             size,
-        } => flood(&addr, port, seconds, size),
+            gso,
+            segments,
+            frames,
+        } => match gso {
+            Some(g) => flood_gso(&addr, port, seconds, g, segments, frames),
+            None => flood(&addr, port, seconds, size, frames),
+        },
         Cmd::UdpSink {
             port,
             seconds,
@@ -303,7 +320,7 @@ fn tcp_send(addr: &str, port: u16, bytes: u64) -> io::Result<()> {
 
 /// `probe flood`: send errors (the interface may go away during a driver reload) are counted
 /// and the flood goes on.
-fn flood(addr: &str, port: u16, seconds: u64, size: usize) -> io::Result<()> {
+fn flood(addr: &str, port: u16, seconds: u64, size: usize, frames: u64) -> io::Result<()> {
     use std::net::ToSocketAddrs;
     let dst = (addr, port)
         .to_socket_addrs()?
@@ -314,7 +331,7 @@ fn flood(addr: &str, port: u16, seconds: u64, size: usize) -> io::Result<()> {
     let start = std::time::Instant::now();
     let limit = std::time::Duration::from_secs(seconds);
     let (mut sent, mut errors) = (0u64, 0u64);
-    while start.elapsed() < limit {
+    while start.elapsed() < limit && (frames == 0 || sent < frames) {
         for _ in 0..64 {
             match sock.send_to(&payload, dst) {
                 Ok(_) => sent += 1,
@@ -328,6 +345,91 @@ fn flood(addr: &str, port: u16, seconds: u64, size: usize) -> io::Result<()> {
     let secs = start.elapsed().as_secs_f64();
     println!(
         "probe flood: sent={sent} errors={errors} seconds={secs:.3} pps={:.0}",
+        sent as f64 / secs.max(1e-9)
+    );
+    Ok(())
+}
+
+/// Largest UDP payload of one IPv4 send.
+const UDP_MAX_PAYLOAD: usize = 65_507;
+/// Most segments the kernel accepts in one UDP GSO send (UDP_MAX_SEGMENTS of Linux 6.1).
+const UDP_MAX_SEGMENTS: usize = 64;
+
+/// `probe flood --gso SIZE`: UDP GSO sends of `segments` datagrams of SIZE payload bytes each.
+/// Prints `probe flood gso: sent=N sends=M gso=SIZE errors=E seconds=S pps=P` (N datagrams on
+/// the wire). Send errors are counted and the flood goes on, as for the plain flood, except when
+/// the very first send fails (the kernel refuses GSO on this path: that is reported).
+fn flood_gso(
+    addr: &str,
+    port: u16,
+    seconds: u64,
+    gso: u16,
+    segments: usize,
+    frames: u64,
+) -> io::Result<()> {
+    use std::net::ToSocketAddrs;
+    use std::os::fd::AsRawFd;
+    /// SOL_UDP.
+    const SOL_UDP: libc::c_int = 17;
+    /// UDP_SEGMENT (the GSO size of the socket's sends).
+    const UDP_SEGMENT: libc::c_int = 103;
+    let dst = (addr, port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::other("no address"))?;
+    let gso_size = usize::from(gso.max(1));
+    let segments = segments
+        .clamp(1, UDP_MAX_SEGMENTS)
+        .min(UDP_MAX_PAYLOAD / gso_size);
+    if segments == 0 {
+        return Err(io::Error::other(format!(
+            "gso size {gso_size} is larger than one UDP datagram"
+        )));
+    }
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    sock.connect(dst)?;
+    let val: libc::c_int = gso_size as libc::c_int;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from `&val`, a live local.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            SOL_UDP,
+            UDP_SEGMENT,
+            (&val as *const libc::c_int).cast(),
+            core::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::other(format!(
+            "setsockopt(SOL_UDP, UDP_SEGMENT, {gso_size}): {e}"
+        )));
+    }
+    let payload = vec![0xa5u8; gso_size * segments];
+    let start = std::time::Instant::now();
+    let limit = std::time::Duration::from_secs(seconds);
+    let (mut sent, mut sends, mut errors) = (0u64, 0u64, 0u64);
+    while start.elapsed() < limit && (frames == 0 || sent < frames) {
+        match sock.send(&payload) {
+            Ok(n) => {
+                sends += 1;
+                sent += n.div_ceil(gso_size) as u64;
+            }
+            Err(e) if sends == 0 && errors == 0 => {
+                return Err(io::Error::other(format!(
+                    "first UDP GSO send of {} bytes (gso {gso_size}): {e}",
+                    payload.len()
+                )));
+            }
+            Err(_) => {
+                errors += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "probe flood gso: sent={sent} sends={sends} gso={gso_size} errors={errors} seconds={secs:.3} pps={:.0}",
         sent as f64 / secs.max(1e-9)
     );
     Ok(())
