@@ -1021,10 +1021,11 @@ fn net_load_checks(sc: &Scenario, rep: &mut Report, console: &str, sink: Sink) {
         .find_map(|p| p.strip_suffix(" packets received"))
         .and_then(|n| n.trim().parse::<u32>().ok())
         .unwrap_or(0);
+    let background = find("probe flood (background):").unwrap_or("no background flood line");
     rep.check(
         "rmmod/insmod e1000 during traffic recovers (ping answered afterwards)",
         reloaded && answered > 0,
-        format!("reloaded={reloaded}; {ping}"),
+        format!("reloaded={reloaded}; {ping}; {background}"),
     );
     let flood = find(markers::PROBE_FLOOD).unwrap_or("no probe flood line");
     let flood_sent: u64 = field(flood, "sent")
@@ -1132,7 +1133,11 @@ fn nic_checks(m: &mut Machine, rep: &mut Report, _console: &str, t: &dyn Fn(u64)
     for l in hv_text.lines().filter(|l| l.contains("shoji-hv: e1000 ")) {
         rep.highlights.push(l.trim().to_owned());
     }
-    if let Some(l) = m.find_line(Stream::ShojiLog, markers::HV_NIC_PER_FRAME) {
+    // The last log covers the whole run.
+    if let Some(l) = hv_text
+        .lines()
+        .rfind(|l| l.contains(markers::HV_NIC_PER_FRAME))
+    {
         rep.check("exits and cost per frame logged", true, l.trim().to_owned());
     }
 }

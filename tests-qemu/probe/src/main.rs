@@ -74,6 +74,10 @@ enum Cmd {
         /// Stop after this many datagrams (0: only the time bounds the flood).
         #[arg(long, default_value_t = 0)]
         frames: u64,
+        /// Stop as soon as this file exists (checked every 64 datagrams); the time still bounds
+        /// the flood. Without `--gso` only.
+        #[arg(long)]
+        stop_file: Option<std::path::PathBuf>,
     },
     /// Count UDP datagrams arriving on PORT for SECONDS after the first one (waiting up to
     /// WAIT seconds for it), then print the count.
@@ -124,9 +128,10 @@ fn main() -> ExitCode {
             gso,
             segments,
             frames,
+            stop_file,
         } => match gso {
             Some(g) => flood_gso(&addr, port, seconds, g, segments, frames),
-            None => flood(&addr, port, seconds, size, frames),
+            None => flood(&addr, port, seconds, size, frames, stop_file.as_deref()),
         },
         Cmd::UdpSink {
             port,
@@ -320,7 +325,14 @@ fn tcp_send(addr: &str, port: u16, bytes: u64) -> io::Result<()> {
 
 /// `probe flood`: send errors (the interface may go away during a driver reload) are counted
 /// and the flood goes on.
-fn flood(addr: &str, port: u16, seconds: u64, size: usize, frames: u64) -> io::Result<()> {
+fn flood(
+    addr: &str,
+    port: u16,
+    seconds: u64,
+    size: usize,
+    frames: u64,
+    stop_file: Option<&std::path::Path>,
+) -> io::Result<()> {
     use std::net::ToSocketAddrs;
     let dst = (addr, port)
         .to_socket_addrs()?
@@ -331,7 +343,10 @@ fn flood(addr: &str, port: u16, seconds: u64, size: usize, frames: u64) -> io::R
     let start = std::time::Instant::now();
     let limit = std::time::Duration::from_secs(seconds);
     let (mut sent, mut errors) = (0u64, 0u64);
-    while start.elapsed() < limit && (frames == 0 || sent < frames) {
+    while start.elapsed() < limit
+        && (frames == 0 || sent < frames)
+        && !stop_file.is_some_and(std::path::Path::exists)
+    {
         for _ in 0..64 {
             match sock.send_to(&payload, dst) {
                 Ok(_) => sent += 1,
