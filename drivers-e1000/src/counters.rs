@@ -104,6 +104,10 @@ pub struct Counters {
     pub ring_errors: u64,
     /// Virtual interrupts raised through the real ICS.
     pub virq_raised: u64,
+    /// Interrupts the emulated ITR postponed to the end of the throttling interval.
+    pub virq_deferred: u64,
+    /// Interrupts asserted by the device itself for received frames (real RXT0/RXO).
+    pub real_rx_irqs: u64,
     /// Guest resets (CTRL.RST).
     pub guest_resets: u64,
     /// Guest accesses refused (FIFO/packet buffer, unaligned or out-of-range).
@@ -151,6 +155,45 @@ impl Counters {
         c.instructions = c.instructions.wrapping_add(instructions);
     }
 
+    /// What happened since `earlier` (a snapshot of these counters): every count as a
+    /// difference, so one phase of a measurement can be reported on its own.
+    pub fn since(&self, earlier: &Counters) -> Counters {
+        let d = |a: u64, b: u64| a.wrapping_sub(b);
+        let dir = |a: &DirCounters, b: &DirCounters| DirCounters {
+            frames: d(a.frames, b.frames),
+            bytes: d(a.bytes, b.bytes),
+            drops: core::array::from_fn(|i| d(a.drops[i], b.drops[i])),
+        };
+        let cost = |a: &Cost, b: &Cost| Cost {
+            calls: d(a.calls, b.calls),
+            frames: d(a.frames, b.frames),
+            cycles: d(a.cycles, b.cycles),
+            instructions: d(a.instructions, b.instructions),
+        };
+        Counters {
+            tx: dir(&self.tx, &earlier.tx),
+            rx: dir(&self.rx, &earlier.rx),
+            tx_guest_packets: d(self.tx_guest_packets, earlier.tx_guest_packets),
+            tso_packets: d(self.tso_packets, earlier.tso_packets),
+            tso_segments: d(self.tso_segments, earlier.tso_segments),
+            hairpin_frames: d(self.hairpin_frames, earlier.hairpin_frames),
+            tx_stalls: d(self.tx_stalls, earlier.tx_stalls),
+            rx_stalls: d(self.rx_stalls, earlier.rx_stalls),
+            rx_hostile_descs: d(self.rx_hostile_descs, earlier.rx_hostile_descs),
+            ring_errors: d(self.ring_errors, earlier.ring_errors),
+            virq_raised: d(self.virq_raised, earlier.virq_raised),
+            virq_deferred: d(self.virq_deferred, earlier.virq_deferred),
+            real_rx_irqs: d(self.real_rx_irqs, earlier.real_rx_irqs),
+            guest_resets: d(self.guest_resets, earlier.guest_resets),
+            refused_accesses: d(self.refused_accesses, earlier.refused_accesses),
+            insn_refused: d(self.insn_refused, earlier.insn_refused),
+            exits: core::array::from_fn(|i| d(self.exits[i], earlier.exits[i])),
+            reg_reads: core::array::from_fn(|i| d(self.reg_reads[i], earlier.reg_reads[i])),
+            reg_writes: core::array::from_fn(|i| d(self.reg_writes[i], earlier.reg_writes[i])),
+            cost: core::array::from_fn(|i| cost(&self.cost[i], &earlier.cost[i])),
+        }
+    }
+
     /// Average cycles and instructions per frame for a cause (`None` before any frame).
     pub fn cost_per_frame(&self, cause: ExitCause) -> Option<(u64, u64)> {
         let c = &self.cost[cause as usize];
@@ -170,5 +213,34 @@ impl RateLimit {
     pub fn allow(&mut self) -> bool {
         self.0 = self.0.wrapping_add(1);
         self.0 <= 8 || self.0.is_power_of_two()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_is_the_difference_of_every_counter() {
+        let mut a = Counters::default();
+        a.tx.frames = 5;
+        a.virq_raised = 2;
+        a.reg_writes[RegId::Tdt as usize] = 4;
+        a.cost[ExitCause::Poll as usize].cycles = 100;
+        let mut b = a.clone();
+        b.tx.frames = 12;
+        b.virq_raised = 3;
+        b.virq_deferred = 6;
+        b.reg_writes[RegId::Tdt as usize] = 6;
+        b.cost[ExitCause::Poll as usize].cycles = 250;
+        b.drop(Direction::Rx, DropReason::NoBuffer);
+        let d = b.since(&a);
+        assert_eq!(d.tx.frames, 7);
+        assert_eq!(d.virq_raised, 1);
+        assert_eq!(d.virq_deferred, 6);
+        assert_eq!(d.reg_writes[RegId::Tdt as usize], 2);
+        assert_eq!(d.cost[ExitCause::Poll as usize].cycles, 150);
+        assert_eq!(d.rx.dropped(DropReason::NoBuffer), 1);
+        assert_eq!(b.since(&b).frames_seen(), 0);
     }
 }

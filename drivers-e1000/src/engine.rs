@@ -112,6 +112,7 @@ pub(crate) struct Guest {
     pub vet: u32,
     pub ims: u32,
     pub icr: u32,
+    pub itr: u32,
     pub rsrpd: u32,
     pub rdbal: u32,
     pub rdbah: u32,
@@ -137,6 +138,7 @@ impl Guest {
             vet: regs::VET_DEFAULT,
             ims: 0,
             icr: 0,
+            itr: 0,
             rsrpd: 0,
             rdbal: 0,
             rdbah: 0,
@@ -183,6 +185,20 @@ impl Guest {
     }
 }
 
+/// Emulated interrupt throttling (ITR, 82540 manual 13.4.18): the guest's interrupt is
+/// asserted at most once per `ITR * 256 ns`; causes that appear inside the interval wait for its
+/// end (the hypervisor polls at [`E1000::next_deadline_ns`]), and so do the device's own RX
+/// interrupts, which are masked in the real IMS meanwhile.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Moderation {
+    /// When the guest's interrupt was last asserted (ns), if ever (or no clock).
+    pub last: Option<u64>,
+    /// An unmasked virtual cause waits for the interval to end.
+    pub deferred: bool,
+    /// The device's RX interrupt (RXT0) is masked until the interval ends.
+    pub rx_gated: bool,
+}
+
 /// Per-subsystem log limiters.
 #[derive(Debug, Default)]
 pub(crate) struct Logs {
@@ -204,6 +220,8 @@ pub(crate) struct Core<N, D> {
     pub cause: ExitCause,
     /// Virtual causes already signalled through the doorbell since the last ICR read.
     pub rung: u32,
+    /// Interrupt throttling state.
+    pub modr: Moderation,
     pub logs: Logs,
 }
 
@@ -359,7 +377,10 @@ impl<N: NicRegisters, D: DmaRegion> Core<N, D> {
         let g = Int::from_bits_retain(self.g.ims);
         let mut m = g & Int::PASSTHRU;
         if g.intersects(Int::REAL_RX) {
-            m |= Int::RXT0 | Int::RXO;
+            m |= Int::RXO;
+            if !self.modr.rx_gated {
+                m |= Int::RXT0;
+            }
         }
         if g.intersects(!Int::PASSTHRU) {
             m |= Int::DOORBELL;
@@ -509,13 +530,68 @@ impl<N: NicRegisters, D: DmaRegion> Core<N, D> {
         self.ring_doorbell();
     }
 
-    /// Interrupt the guest through the real ICS for unmasked virtual causes not yet signalled.
+    /// Interrupt the guest through the real ICS for unmasked virtual causes not yet signalled,
+    /// unless the throttling interval since the last interrupt is still running (then the
+    /// causes wait for its end).
     pub(crate) fn ring_doorbell(&mut self) {
         let pending = self.g.icr & self.g.ims & !self.rung;
-        if pending != 0 {
-            self.rung |= pending;
-            self.ctr.virq_raised += 1;
-            self.nic.write32(regs::ICS, Int::DOORBELL.bits());
+        if pending == 0 {
+            self.modr.deferred = false;
+            return;
+        }
+        let now = self.nic.now_ns();
+        if self.interval_end(now).is_some() {
+            if !self.modr.deferred {
+                self.modr.deferred = true;
+                self.ctr.virq_deferred += 1;
+            }
+            return;
+        }
+        self.modr.deferred = false;
+        self.rung |= pending;
+        self.ctr.virq_raised += 1;
+        self.nic.write32(regs::ICS, Int::DOORBELL.bits());
+        self.interrupt_asserted(now);
+    }
+
+    /// The guest's ITR interval in nanoseconds (0: no throttling).
+    fn itr_ns(&self) -> u64 {
+        u64::from(self.g.itr & 0xffff) * 256
+    }
+
+    /// End of the throttling interval running at `now`, if one is.
+    pub(crate) fn interval_end(&self, now: Option<u64>) -> Option<u64> {
+        let (now, last) = (now?, self.modr.last?);
+        let end = last.saturating_add(self.itr_ns());
+        (now < end).then_some(end)
+    }
+
+    /// The guest's interrupt was asserted at `now`: a throttling interval starts, during which
+    /// the device's own RX interrupt stays masked.
+    pub(crate) fn interrupt_asserted(&mut self, now: Option<u64>) {
+        self.modr.last = now;
+        if now.is_some() && self.itr_ns() != 0 && !self.modr.rx_gated {
+            self.modr.rx_gated = true;
+            self.write_real_ims();
+        }
+    }
+
+    /// Once the throttling interval is over: signal the causes that waited and unmask the
+    /// device's RX interrupt again (unless signalling started a new interval).
+    pub(crate) fn moderate(&mut self) {
+        if !self.modr.deferred && !self.modr.rx_gated {
+            return;
+        }
+        let now = self.nic.now_ns();
+        if self.interval_end(now).is_some() {
+            return;
+        }
+        if self.modr.deferred {
+            self.ring_doorbell();
+        }
+        if self.modr.rx_gated && self.interval_end(now).is_none() {
+            self.modr.rx_gated = false;
+            self.write_real_ims();
         }
     }
 
@@ -527,6 +603,7 @@ impl<N: NicRegisters, D: DmaRegion> Core<N, D> {
         self.g = Guest::reset();
         self.g.bus_master = bus_master;
         self.rung = 0;
+        self.modr = Moderation::default();
         self.hw = Hw {
             setup_pending: true,
             ..Hw::default()
@@ -589,6 +666,10 @@ impl<'b, N: NicRegisters, D: DmaRegion> E1000<'b, N, D> {
         g.tctl = nic.read32(regs::TCTL);
         g.vet = nic.read32(regs::VET) & 0xffff;
         g.ims = nic.read32(regs::IMS);
+        // Shoji throttles the guest's interrupts itself; the device must not add its own delay
+        // to the doorbell.
+        g.itr = nic.read32(regs::ITR) & 0xffff;
+        nic.write32(regs::ITR, 0);
         g.rdbal = nic.read32(regs::RDBAL);
         g.rdbah = nic.read32(regs::RDBAH);
         g.rdlen = nic.read32(regs::RDLEN);
@@ -611,6 +692,7 @@ impl<'b, N: NicRegisters, D: DmaRegion> E1000<'b, N, D> {
             ctr: Counters::default(),
             cause: ExitCause::Poll,
             rung: 0,
+            modr: Moderation::default(),
             logs: Logs::default(),
         };
         core.program_real_rings();
@@ -644,6 +726,17 @@ impl<'b, N: NicRegisters, D: DmaRegion> E1000<'b, N, D> {
         (self.bufs.wire.len(), self.bufs.guest.len())
     }
 
+    /// When the engine next needs a [`E1000::poll`] for interrupt throttling (ns on the
+    /// [`NicRegisters::now_ns`] clock): the end of the running ITR interval while causes wait
+    /// for it or the device's RX interrupt is masked; `None` when nothing waits.
+    pub fn next_deadline_ns(&self) -> Option<u64> {
+        let m = &self.core.modr;
+        if !m.deferred && !m.rx_gated {
+            return None;
+        }
+        Some(m.last?.saturating_add(self.core.itr_ns()))
+    }
+
     /// The current virtual interrupt cause (diagnostics; does not clear it).
     pub fn virtual_icr(&self) -> u32 {
         self.core.g.icr
@@ -670,7 +763,9 @@ impl<'b, N: NicRegisters, D: DmaRegion> E1000<'b, N, D> {
         let Some((reg, shift, mask)) = lane(offset, size) else {
             return self.refuse(offset, u64::MAX);
         };
-        u64::from((self.read_reg(env, reg) >> shift) & mask)
+        let v = u64::from((self.read_reg(env, reg) >> shift) & mask);
+        self.core.moderate();
+        v
     }
 
     /// A trapped write of `size` bytes (1, 2, 4 or 8) at `offset` in the memory BAR.
@@ -678,6 +773,7 @@ impl<'b, N: NicRegisters, D: DmaRegion> E1000<'b, N, D> {
         self.enter(ExitCause::MmioWrite);
         self.write_sized(env, offset, size, value);
         self.core.kick_tx();
+        self.core.moderate();
     }
 
     fn write_sized(&mut self, env: &mut Env<'_>, offset: u32, size: u8, value: u64) {
@@ -742,6 +838,7 @@ impl<'b, N: NicRegisters, D: DmaRegion> E1000<'b, N, D> {
                 };
                 self.write_reg(env, target, v);
                 self.core.kick_tx();
+                self.core.moderate();
             }
             _ => {}
         }
@@ -772,6 +869,7 @@ impl<'b, N: NicRegisters, D: DmaRegion> E1000<'b, N, D> {
         self.sync_tx(env, false);
         self.sync_rx(env);
         self.core.kick_tx();
+        self.core.moderate();
     }
 
     /// Record that the hypervisor refused a trapped instruction it could not emulate.
@@ -815,6 +913,7 @@ impl<'b, N: NicRegisters, D: DmaRegion> E1000<'b, N, D> {
             regs::IMS => g.ims,
             regs::RCTL => g.rctl,
             regs::TCTL => g.tctl,
+            regs::ITR => g.itr,
             regs::VET => g.vet,
             regs::RSRPD => g.rsrpd,
             regs::RDBAL => g.rdbal,
@@ -862,8 +961,16 @@ impl<'b, N: NicRegisters, D: DmaRegion> E1000<'b, N, D> {
             self.core.kick_tx();
         }
         let v = self.core.g.icr;
+        if v != 0 && self.core.rung == 0 {
+            // Shoji did not ring: the device's own RX interrupt brought the guest here. Its
+            // throttling interval starts now.
+            self.core.ctr.real_rx_irqs += 1;
+            let now = self.core.nic.now_ns();
+            self.core.interrupt_asserted(now);
+        }
         self.core.g.icr = 0;
         self.core.rung = 0;
+        self.core.modr.deferred = false;
         v
     }
 
@@ -922,6 +1029,7 @@ impl<'b, N: NicRegisters, D: DmaRegion> E1000<'b, N, D> {
                     self.sync_tx(env, true);
                 }
             }
+            regs::ITR => c.g.itr = v & 0xffff,
             regs::VET => {
                 c.g.vet = v & 0xffff;
                 c.nic.write32(regs::VET, v);

@@ -42,6 +42,11 @@ pub trait NicRegisters {
     fn read32(&mut self, offset: u32) -> u32;
     /// Write the 32-bit register at `offset`.
     fn write32(&mut self, offset: u32, value: u32);
+    /// Monotonic time in nanoseconds: the clock of the emulated interrupt throttling (ITR).
+    /// `None` (the default) means no calibrated clock: interrupts are then not moderated.
+    fn now_ns(&mut self) -> Option<u64> {
+        None
+    }
 }
 
 /// Shoji-owned memory the NIC reaches by DMA: Shoji's real descriptor rings and frame buffers.

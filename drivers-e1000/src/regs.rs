@@ -312,6 +312,10 @@ pub enum RegId {
     Tdt,
     /// RSRPD.
     Rsrpd,
+    /// STATUS (read by the driver to flush posted writes).
+    Status,
+    /// ITR (interrupt throttling, emulated by Shoji).
+    Itr,
     /// FIFO diagnostic registers and packet buffer (refused).
     RawFifo,
     /// Any other register of a trapped page (passed to the device).
@@ -320,7 +324,7 @@ pub enum RegId {
 
 impl RegId {
     /// Number of ids.
-    pub const COUNT: usize = 17;
+    pub const COUNT: usize = 19;
     /// Every id, in index order.
     pub const ALL: [RegId; Self::COUNT] = [
         RegId::Ctrl,
@@ -338,6 +342,8 @@ impl RegId {
         RegId::Tdh,
         RegId::Tdt,
         RegId::Rsrpd,
+        RegId::Status,
+        RegId::Itr,
         RegId::RawFifo,
         RegId::Other,
     ];
@@ -360,6 +366,8 @@ impl RegId {
             TDH => RegId::Tdh,
             TDT => RegId::Tdt,
             RSRPD => RegId::Rsrpd,
+            STATUS => RegId::Status,
+            ITR => RegId::Itr,
             o if is_raw_fifo(o) => RegId::RawFifo,
             _ => RegId::Other,
         }
@@ -383,6 +391,8 @@ impl RegId {
             RegId::Tdh => "tdh",
             RegId::Tdt => "tdt",
             RegId::Rsrpd => "rsrpd",
+            RegId::Status => "status",
+            RegId::Itr => "itr",
             RegId::RawFifo => "raw_fifo",
             RegId::Other => "other",
         }

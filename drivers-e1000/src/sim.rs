@@ -128,6 +128,8 @@ pub struct SimState {
     pub rx_oversize: u32,
     /// Interrupts asserted (rising edges of ICR & IMS).
     pub irqs: u32,
+    /// The clock the engine's interrupt throttling reads (ns); `None`: no clock.
+    pub clock: Option<u64>,
 }
 
 /// The simulated NIC; clones share state, so a test keeps one while the engine owns another.
@@ -149,6 +151,7 @@ impl SimNic {
             resets: 0,
             rx_oversize: 0,
             irqs: 0,
+            clock: None,
         };
         s.power_on();
         SimNic(Rc::new(RefCell::new(s)))
@@ -443,5 +446,9 @@ impl NicRegisters for SimNic {
             regs::STATUS => {}
             o => s.w(o, value),
         }
+    }
+
+    fn now_ns(&mut self) -> Option<u64> {
+        self.0.borrow().clock
     }
 }

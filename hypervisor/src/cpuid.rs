@@ -75,6 +75,19 @@ pub fn guest_view(leaf: u32, subleaf: u32, native: CpuidRegs, guest_cr4: u64) ->
     }
 }
 
+/// The TSC frequency in Hz from CPUID: leaf 0x15 (crystal clock times the TSC/crystal ratio)
+/// when it names the crystal, else leaf 0x16 (processor base frequency in MHz, which Intel
+/// parts with an invariant TSC run it at). `max_leaf` is CPUID.0.EAX. `None` when neither says.
+pub fn tsc_hz(max_leaf: u32, leaf15: CpuidRegs, leaf16: CpuidRegs) -> Option<u64> {
+    if max_leaf >= 0x15 && leaf15.eax != 0 && leaf15.ebx != 0 && leaf15.ecx != 0 {
+        return Some(u64::from(leaf15.ecx) * u64::from(leaf15.ebx) / u64::from(leaf15.eax));
+    }
+    if max_leaf >= 0x16 && leaf16.eax & 0xffff != 0 {
+        return Some(u64::from(leaf16.eax & 0xffff) * 1_000_000);
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,5 +154,28 @@ mod tests {
         assert_eq!(guest_view(0x4000_0010, 0, native, 0), CpuidRegs::default());
         assert_eq!(guest_view(0, 0, native, 0), native);
         assert_eq!(guest_view(0x8000_0001, 0, native, 0), native);
+    }
+
+    #[test]
+    fn tsc_frequency_from_leaf_15_then_16() {
+        let r = |eax, ebx, ecx| CpuidRegs {
+            eax,
+            ebx,
+            ecx,
+            edx: 0,
+        };
+        let none = r(0, 0, 0);
+        // 24 MHz crystal, ratio 146/2.
+        assert_eq!(
+            tsc_hz(0x16, r(2, 146, 24_000_000), r(3500, 0, 0,)),
+            Some(1_752_000_000)
+        );
+        // Leaf 0x15 without the crystal: leaf 0x16's base frequency.
+        assert_eq!(
+            tsc_hz(0x16, r(2, 146, 0), r(3500, 3900, 100)),
+            Some(3_500_000_000)
+        );
+        assert_eq!(tsc_hz(0x14, none, r(3500, 0, 0)), None);
+        assert_eq!(tsc_hz(0x16, none, none), None);
     }
 }

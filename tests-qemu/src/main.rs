@@ -91,6 +91,29 @@ enum Cmd {
         /// The summary file (rewritten as datagrams arrive).
         summary: PathBuf,
     },
+    /// Internal (the peer, inside the namespace): send UDP datagrams to ADDR:PORT, paced,
+    /// until killed (the RX flood of the guest's `probe udp-sink`).
+    #[command(hide = true)]
+    UdpFlood {
+        /// Guest address.
+        addr: String,
+        /// Guest port.
+        port: u16,
+    },
+}
+
+/// `xtask udp-flood ADDR PORT` (the peer side of the guest's `probe udp-sink`): paced UDP
+/// datagrams (64-byte payload, 40 every 10 ms) until killed.
+fn udp_flood(addr: &str, port: u16) -> Result<()> {
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    let payload = [0x5au8; 64];
+    loop {
+        for _ in 0..40 {
+            // The guest may not answer ARP at once or the tap queue may be full: keep going.
+            let _ = sock.send_to(&payload, (addr, port));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 /// `xtask tcp-sink PORT` (the peer side of the guest's `probe tcp-send`).
@@ -210,6 +233,10 @@ fn run(cli: Cli) -> Result<bool> {
         }
         Cmd::UdpSink { port, summary } => {
             udp_sink(port, &summary)?;
+            Ok(true)
+        }
+        Cmd::UdpFlood { addr, port } => {
+            udp_flood(&addr, port)?;
             Ok(true)
         }
         Cmd::Images => {

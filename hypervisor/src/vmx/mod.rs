@@ -109,6 +109,22 @@ pub fn cpuid(leaf: u32, subleaf: u32) -> crate::cpuid::CpuidRegs {
     }
 }
 
+/// TSC frequency cache for [`tsc_hz`]: 0 not read yet, `u64::MAX` unknown.
+static TSC_HZ_CACHE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// The TSC frequency in Hz from this CPU's CPUID leaves 0x15/0x16 ([`crate::cpuid::tsc_hz`]),
+/// read once; `None` when CPUID does not say.
+pub fn tsc_hz() -> Option<u64> {
+    use core::sync::atomic::Ordering;
+    let cached = TSC_HZ_CACHE.load(Ordering::Relaxed);
+    if cached == 0 {
+        let hz = crate::cpuid::tsc_hz(cpuid(0, 0).eax, cpuid(0x15, 0), cpuid(0x16, 0));
+        TSC_HZ_CACHE.store(hz.unwrap_or(u64::MAX), Ordering::Relaxed);
+        return hz;
+    }
+    (cached != u64::MAX).then_some(cached)
+}
+
 macro_rules! read_cr {
     ($name:ident, $reg:literal) => {
         /// Read the control register.

@@ -38,9 +38,6 @@ static ENGINE: Mutex<Option<&'static mut Engine<'static>>> = Mutex::new(None);
 /// Whether frames go through the engine (a container was registered once).
 static POLICY_ON: AtomicBool = AtomicBool::new(false);
 
-/// TSC ticks per microsecond, for the engine's clock (nanoseconds).
-static TSC_PER_US: AtomicU64 = AtomicU64::new(0);
-
 /// Longest registration request: the key and the longest encoding.
 const MAX_REGISTER_LEN: usize = AGENT_KEY_LEN + MAX_ENCODED_LEN;
 
@@ -62,29 +59,10 @@ pub fn policy_on() -> bool {
     POLICY_ON.load(Ordering::Acquire)
 }
 
-/// The TSC frequency in ticks per microsecond: CPUID leaf 0x15 (crystal ratio), else 0x16 (base
-/// MHz), else 1,000 (1 GHz, the clock is then only approximate).
+/// The TSC frequency in ticks per microsecond ([`super::tsc_hz`]), else 1,000 (1 GHz, the
+/// clock is then only approximate).
 fn tsc_per_us() -> u64 {
-    let cached = TSC_PER_US.load(Ordering::Relaxed);
-    if cached != 0 {
-        return cached;
-    }
-    let max = core::arch::x86_64::__cpuid(0).eax;
-    let mut per_us = 0;
-    if max >= 0x15 {
-        let l = core::arch::x86_64::__cpuid(0x15);
-        if l.eax != 0 && l.ebx != 0 && l.ecx != 0 {
-            per_us = u64::from(l.ecx) * u64::from(l.ebx) / u64::from(l.eax) / 1_000_000;
-        }
-    }
-    if per_us == 0 && max >= 0x16 {
-        per_us = u64::from(core::arch::x86_64::__cpuid(0x16).eax & 0xffff);
-    }
-    if per_us == 0 {
-        per_us = 1_000;
-    }
-    TSC_PER_US.store(per_us, Ordering::Relaxed);
-    per_us
+    super::tsc_hz().map_or(1_000, |hz| (hz / 1_000_000).max(1))
 }
 
 /// The engine's clock: nanoseconds of TSC time.

@@ -66,9 +66,21 @@ enum Cmd {
         /// Payload bytes per datagram.
         #[arg(long, default_value_t = 64)]
         size: usize,
-        /// Stop after this many datagrams (0: only SECONDS limits the flood).
-        #[arg(long, default_value_t = 0)]
-        count: u64,
+        /// UDP GSO: each send carries up to `--segments` datagrams of this many payload bytes
+        /// (setsockopt UDP_SEGMENT; the kernel segments in software for a NIC without UDP
+        /// segmentation offload and hands the driver the segments as one batch).
+        #[arg(long)]
+        gso: Option<u16>,
+        /// Datagrams per send with `--gso` (at most 64, and 65,507 payload bytes in all).
+        #[arg(long, default_value_t = 45)]
+        segments: usize,
+        /// Stop after this many datagrams (0: only the time bounds the flood).
+        #[arg(long, alias = "count", default_value_t = 0)]
+        frames: u64,
+        /// Stop as soon as this file exists (checked every 64 datagrams); the time still bounds
+        /// the flood. Without `--gso` only.
+        #[arg(long)]
+        stop_file: Option<std::path::PathBuf>,
     },
     /// Send COUNT forged ARP replies "SENDER_IP is at SENDER_MAC" to TARGET (AF_PACKET, 200 ms
     /// apart): the classic ARP spoof.
@@ -139,6 +151,17 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         cmd: Vec<String>,
     },
+    /// Count UDP datagrams arriving on PORT for SECONDS after the first one (waiting up to
+    /// WAIT seconds for it), then print the count.
+    UdpSink {
+        /// Local port.
+        port: u16,
+        /// Counting time in seconds, from the first datagram.
+        seconds: u64,
+        /// Longest wait for the first datagram, in seconds.
+        #[arg(long, default_value_t = 120)]
+        wait: u64,
+    },
     /// Internal: execute one instruction (run in a child process by `vmx` and `log-counters`).
     #[command(hide = true)]
     ExecInsn {
@@ -174,8 +197,14 @@ fn main() -> ExitCode {
             port,
             seconds,
             size,
-            count,
-        } => flood(&addr, port, seconds, size, count),
+            gso,
+            segments,
+            frames,
+            stop_file,
+        } => match gso {
+            Some(g) => flood_gso(&addr, port, seconds, g, segments, frames),
+            None => flood(&addr, port, seconds, size, frames, stop_file.as_deref()),
+        },
         Cmd::ArpReply {
             iface,
             sender_ip,
@@ -224,6 +253,11 @@ fn main() -> ExitCode {
         } => raw::udp_send(addr, port, count, &payload),
         Cmd::UdpListen { port, seconds } => raw::udp_listen(port, seconds),
         Cmd::Timed { label, cmd } => timed(&label, &cmd),
+        Cmd::UdpSink {
+            port,
+            seconds,
+            wait,
+        } => udp_sink(port, seconds, wait),
         Cmd::ExecInsn { insn } => {
             exec_insn(insn);
             Ok(())
@@ -434,7 +468,14 @@ fn tcp_send(addr: &str, port: u16, bytes: u64) -> io::Result<()> {
 
 /// `probe flood`: send errors (the interface may go away during a driver reload) are counted
 /// and the flood goes on.
-fn flood(addr: &str, port: u16, seconds: u64, size: usize, count: u64) -> io::Result<()> {
+fn flood(
+    addr: &str,
+    port: u16,
+    seconds: u64,
+    size: usize,
+    frames: u64,
+    stop_file: Option<&std::path::Path>,
+) -> io::Result<()> {
     use std::net::ToSocketAddrs;
     let dst = (addr, port)
         .to_socket_addrs()?
@@ -445,9 +486,12 @@ fn flood(addr: &str, port: u16, seconds: u64, size: usize, count: u64) -> io::Re
     let start = std::time::Instant::now();
     let limit = std::time::Duration::from_secs(seconds);
     let (mut sent, mut errors) = (0u64, 0u64);
-    while start.elapsed() < limit && (count == 0 || sent + errors < count) {
+    while start.elapsed() < limit
+        && (frames == 0 || sent < frames)
+        && !stop_file.is_some_and(std::path::Path::exists)
+    {
         for _ in 0..64 {
-            if count != 0 && sent + errors >= count {
+            if frames != 0 && sent >= frames {
                 break;
             }
             match sock.send_to(&payload, dst) {
@@ -463,6 +507,134 @@ fn flood(addr: &str, port: u16, seconds: u64, size: usize, count: u64) -> io::Re
     println!(
         "probe flood: sent={sent} errors={errors} seconds={secs:.3} pps={:.0}",
         sent as f64 / secs.max(1e-9)
+    );
+    Ok(())
+}
+
+/// Largest UDP payload of one IPv4 send.
+const UDP_MAX_PAYLOAD: usize = 65_507;
+/// Most segments the kernel accepts in one UDP GSO send (UDP_MAX_SEGMENTS of Linux 6.1).
+const UDP_MAX_SEGMENTS: usize = 64;
+
+/// `probe flood --gso SIZE`: UDP GSO sends of `segments` datagrams of SIZE payload bytes each.
+/// Prints `probe flood gso: sent=N sends=M gso=SIZE errors=E seconds=S pps=P` (N datagrams on
+/// the wire). Send errors are counted and the flood goes on, as for the plain flood, except when
+/// the very first send fails (the kernel refuses GSO on this path: that is reported).
+fn flood_gso(
+    addr: &str,
+    port: u16,
+    seconds: u64,
+    gso: u16,
+    segments: usize,
+    frames: u64,
+) -> io::Result<()> {
+    use std::net::ToSocketAddrs;
+    use std::os::fd::AsRawFd;
+    /// SOL_UDP.
+    const SOL_UDP: libc::c_int = 17;
+    /// UDP_SEGMENT (the GSO size of the socket's sends).
+    const UDP_SEGMENT: libc::c_int = 103;
+    let dst = (addr, port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::other("no address"))?;
+    let gso_size = usize::from(gso.max(1));
+    let segments = segments
+        .clamp(1, UDP_MAX_SEGMENTS)
+        .min(UDP_MAX_PAYLOAD / gso_size);
+    if segments == 0 {
+        return Err(io::Error::other(format!(
+            "gso size {gso_size} is larger than one UDP datagram"
+        )));
+    }
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    sock.connect(dst)?;
+    let val: libc::c_int = gso_size as libc::c_int;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from `&val`, a live local.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            SOL_UDP,
+            UDP_SEGMENT,
+            (&val as *const libc::c_int).cast(),
+            core::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::other(format!(
+            "setsockopt(SOL_UDP, UDP_SEGMENT, {gso_size}): {e}"
+        )));
+    }
+    let payload = vec![0xa5u8; gso_size * segments];
+    let start = std::time::Instant::now();
+    let limit = std::time::Duration::from_secs(seconds);
+    let (mut sent, mut sends, mut errors) = (0u64, 0u64, 0u64);
+    while start.elapsed() < limit && (frames == 0 || sent < frames) {
+        match sock.send(&payload) {
+            Ok(n) => {
+                sends += 1;
+                sent += n.div_ceil(gso_size) as u64;
+            }
+            Err(e) if sends == 0 && errors == 0 => {
+                return Err(io::Error::other(format!(
+                    "first UDP GSO send of {} bytes (gso {gso_size}): {e}",
+                    payload.len()
+                )));
+            }
+            Err(_) => {
+                errors += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "probe flood gso: sent={sent} sends={sends} gso={gso_size} errors={errors} seconds={secs:.3} pps={:.0}",
+        sent as f64 / secs.max(1e-9)
+    );
+    Ok(())
+}
+
+/// `probe udp-sink`: prints `probe udp-sink: received=N bytes=B seconds=S pps=P`.
+fn udp_sink(port: u16, seconds: u64, wait: u64) -> io::Result<()> {
+    use std::time::{Duration, Instant};
+    let sock = std::net::UdpSocket::bind(("0.0.0.0", port))?;
+    let mut buf = vec![0u8; 65536];
+    sock.set_read_timeout(Some(Duration::from_secs(wait.max(1))))?;
+    let (mut received, mut bytes) = match sock.recv(&mut buf) {
+        Ok(n) => (1u64, n as u64),
+        Err(e) => {
+            println!(
+                "probe udp-sink: received=0 bytes=0 seconds=0 pps=0 (nothing within {wait} s: {e})"
+            );
+            return Ok(());
+        }
+    };
+    let start = Instant::now();
+    let limit = Duration::from_secs(seconds);
+    while let Some(left) = limit.checked_sub(start.elapsed()).filter(|d| !d.is_zero()) {
+        sock.set_read_timeout(Some(left))?;
+        match sock.recv(&mut buf) {
+            Ok(n) => {
+                received += 1;
+                bytes += n as u64;
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                break
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "probe udp-sink: received={received} bytes={bytes} seconds={secs:.3} pps={:.0}",
+        received as f64 / secs.max(1e-9)
     );
     Ok(())
 }
