@@ -302,6 +302,18 @@ impl Machine {
 
     /// The first line of `stream` containing `pat`.
     pub fn find_line(&self, stream: Stream, pat: &str) -> Option<String> {
+        // Only whole lines: the emulator may be in the middle of writing the last one.
+        let text = self.text(stream);
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        complete
+            .lines()
+            .find(|l| l.contains(pat))
+            .map(str::to_owned)
+    }
+
+    /// Like [`Machine::find_line`], also accepting an unterminated last line (once the
+    /// emulator has exited and nothing more will be written).
+    fn find_line_final(&self, stream: Stream, pat: &str) -> Option<String> {
         self.text(stream)
             .lines()
             .find(|l| l.contains(pat))
@@ -376,7 +388,7 @@ impl Machine {
             }
             if let Some(st) = self.child.try_wait()? {
                 // One last look: the line may have been written just before the exit.
-                if let Some(line) = self.find_line(stream, pat) {
+                if let Some(line) = self.find_line_final(stream, pat) {
                     return Ok((line, self.elapsed()));
                 }
                 bail!(
