@@ -105,6 +105,30 @@ fn attribute(intro: &mut Introspector, mem: &GuestRam, cpu: &CpuState, top: u64)
     intro.attribute(mem, cpu)
 }
 
+/// A task as the active profile reads it.
+struct Attributed {
+    /// Its identity.
+    id: TaskIdentity,
+    /// The initial user namespace's inode, as the profile names it (for the agent check).
+    init_userns_inum: u32,
+    /// Whether the profile's fingerprint was verified.
+    verified: bool,
+}
+
+/// Attribute the task running at this exit (`cpu`, seen through the kernel's page tables) with
+/// the active profile; `NoProfile` when none is active.
+fn attribute_active(setup: &Setup, mem: &GuestRam, cpu: &CpuState) -> Result<Attributed, Status> {
+    let cpu = kernel_view(mem, cpu);
+    let top = ram_top(setup);
+    let mut active = ACTIVE.lock();
+    let a = active.as_mut().ok_or(Status::NoProfile)?;
+    Ok(Attributed {
+        id: attribute(&mut a.intro, mem, &cpu, top),
+        init_userns_inum: a.intro.profile().init_userns_inum,
+        verified: a.verified,
+    })
+}
+
 /// WhoAmI: `RBX` = buffer, `RCX` = its length (at least [`WHOAMI_LEN`]). Writes the caller's
 /// identity; returns the number of bytes written and the [`ProfileState`].
 pub fn whoami(setup: &Setup, va: u64, len: u64) -> Result<(u64, ProfileState), Status> {
@@ -119,20 +143,13 @@ pub fn whoami(setup: &Setup, va: u64, len: u64) -> Result<(u64, ProfileState), S
     // The buffer is checked (and cleared) before anything else: a refused buffer is refused
     // whether or not a profile is active.
     copy_to_guest(&mut mem, &st.caller, va, &[0u8; WHOAMI_LEN])?;
-    let cpu = kernel_view(&mem, &st.cpu);
-    let top = ram_top(setup);
-    let (id, state) = {
-        let mut active = ACTIVE.lock();
-        let a = active.as_mut().ok_or(Status::NoProfile)?;
-        let id = attribute(&mut a.intro, &mem, &cpu, top);
-        let state = if a.verified {
-            ProfileState::Verified
-        } else {
-            ProfileState::Unverified
-        };
-        (id, state)
+    let caller = attribute_active(setup, &mem, &st.cpu)?;
+    let state = if caller.verified {
+        ProfileState::Verified
+    } else {
+        ProfileState::Unverified
     };
-    copy_to_guest(&mut mem, &st.caller, va, &whoami::encode(&id))?;
+    copy_to_guest(&mut mem, &st.caller, va, &whoami::encode(&caller.id))?;
     Ok((WHOAMI_LEN as u64, state))
 }
 
@@ -219,13 +236,8 @@ pub fn authenticate_agent(
     if setup.agent_key_set == 0 {
         return Err(Status::NotAuthorized);
     }
-    let cpu = kernel_view(mem, &st.cpu);
-    let top = ram_top(setup);
-    let mut active = ACTIVE.lock();
-    let a = active.as_mut().ok_or(Status::NoProfile)?;
-    let init = a.intro.profile().init_userns_inum;
-    let id = attribute(&mut a.intro, mem, &cpu, top);
-    check_agent(&id, init, key, &setup.agent_key)
+    let caller = attribute_active(setup, mem, &st.cpu)?;
+    check_agent(&caller.id, caller.init_userns_inum, key, &setup.agent_key)
 }
 
 /// The task running on this vCPU at the current exit (attribution of the frames a TDT write
@@ -233,9 +245,5 @@ pub fn authenticate_agent(
 pub fn current_task(setup: &Setup) -> Option<TaskIdentity> {
     let st = caller_state()?;
     let mem = GuestRam::from_setup(setup);
-    let cpu = kernel_view(&mem, &st.cpu);
-    let top = ram_top(setup);
-    let mut active = ACTIVE.lock();
-    let a = active.as_mut()?;
-    Some(attribute(&mut a.intro, &mem, &cpu, top))
+    attribute_active(setup, &mem, &st.cpu).ok().map(|c| c.id)
 }

@@ -125,6 +125,24 @@ pub fn tsc_hz() -> Option<u64> {
     (cached != u64::MAX).then_some(cached)
 }
 
+/// Read the time-stamp counter.
+pub fn rdtsc() -> u64 {
+    // SAFETY: RDTSC has no side effects.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Nanoseconds of TSC time ([`tsc_hz`]); `None` when the frequency is unknown.
+pub fn tsc_ns() -> Option<u64> {
+    let hz = tsc_hz()?;
+    Some((u128::from(rdtsc()) * 1_000_000_000 / u128::from(hz)) as u64)
+}
+
+/// TSC ticks in `ns` nanoseconds, rounded up; `None` when the frequency is unknown.
+pub fn ns_to_tsc(ns: u64) -> Option<u64> {
+    let hz = tsc_hz()?;
+    Some((u128::from(ns) * u128::from(hz)).div_ceil(1_000_000_000) as u64)
+}
+
 macro_rules! read_cr {
     ($name:ident, $reg:literal) => {
         /// Read the control register.

@@ -8,7 +8,7 @@
 
 use super::exit::GuestRegs;
 use super::policy::PolicyFilter;
-use super::{rdmsr, vmwrite, IA32_VMX_MISC};
+use super::{rdmsr, rdtsc, vmwrite, IA32_VMX_MISC};
 use crate::arena::Arena;
 use crate::ept::Ept;
 use crate::guest::GuestRam;
@@ -61,8 +61,7 @@ impl NicRegisters for Bar {
         unsafe { core::ptr::write_volatile((self.base + u64::from(offset)) as *mut u32, value) }
     }
     fn now_ns(&mut self) -> Option<u64> {
-        let hz = TSC_HZ.load(Ordering::Relaxed);
-        (hz != 0).then(|| (u128::from(rdtsc()) * 1_000_000_000 / u128::from(hz)) as u64)
+        super::tsc_ns()
     }
 }
 
@@ -142,8 +141,6 @@ static TIMER_SHIFT: AtomicU32 = AtomicU32::new(0);
 /// Memory BAR base and I/O BAR (base, size) for trap checks without the lock.
 static MMIO_BASE: AtomicU64 = AtomicU64::new(0);
 static IO_BAR: AtomicU32 = AtomicU32::new(0);
-/// TSC frequency (Hz) from CPUID, 0 when unknown (the guest's ITR is then not emulated).
-static TSC_HZ: AtomicU64 = AtomicU64::new(0);
 /// Period of the safety-net poll in TSC ticks (set when the NIC is taken over).
 static POLL_PERIOD_TSC: AtomicU64 = AtomicU64::new(POLL_PERIOD_FALLBACK_TSC);
 /// TSC deadline of the engine's interrupt throttling (0: none), for the preemption timer.
@@ -151,17 +148,12 @@ static ITR_DEADLINE: AtomicU64 = AtomicU64::new(0);
 
 /// Record when the engine next needs a poll for interrupt throttling (after every call).
 fn note_deadline(nic: &Nic) {
-    let hz = u128::from(TSC_HZ.load(Ordering::Relaxed));
     let tsc = nic
         .engine
         .next_deadline_ns()
-        .map_or(0, |ns| (u128::from(ns) * hz).div_ceil(1_000_000_000) as u64);
+        .and_then(super::ns_to_tsc)
+        .unwrap_or(0);
     ITR_DEADLINE.store(tsc, Ordering::Relaxed);
-}
-
-fn rdtsc() -> u64 {
-    // SAFETY: RDTSC has no side effects.
-    unsafe { core::arch::x86_64::_rdtsc() }
 }
 
 fn outl(port: u16, v: u32) {
@@ -373,22 +365,23 @@ pub fn init(mediate: bool, arena: &mut Arena<'_>, ept: &Ept, io_bitmap_a: u64, i
         Ordering::Release,
     );
     TIMER_SHIFT.store((rdmsr(IA32_VMX_MISC) & 0x1f) as u32, Ordering::Release);
-    let hz = super::tsc_hz().unwrap_or(0);
-    TSC_HZ.store(hz, Ordering::Release);
-    let period = match hz {
-        0 => POLL_PERIOD_FALLBACK_TSC,
-        hz => (hz / 1_000_000).max(1) * POLL_PERIOD_US,
+    let period = match (super::tsc_hz(), super::ns_to_tsc(POLL_PERIOD_US * 1_000)) {
+        (Some(hz), Some(period)) => {
+            crate::hv_line!(
+                "e1000: TSC {} kHz: guest ITR emulated, poll every {} TSC ticks",
+                hz / 1000,
+                period
+            );
+            period
+        }
+        _ => {
+            crate::hv_line!(
+                "e1000: TSC frequency unknown (CPUID 0x15/0x16): guest ITR not emulated"
+            );
+            POLL_PERIOD_FALLBACK_TSC
+        }
     };
     POLL_PERIOD_TSC.store(period, Ordering::Release);
-    if hz == 0 {
-        crate::hv_line!("e1000: TSC frequency unknown (CPUID 0x15/0x16): guest ITR not emulated");
-    } else {
-        crate::hv_line!(
-            "e1000: TSC {} kHz: guest ITR emulated, poll every {} TSC ticks",
-            hz / 1000,
-            period
-        );
-    }
     NEXT_POLL.store(rdtsc() + period, Ordering::Release);
     *NIC.lock() = Some(nic);
     ACTIVE.store(true, Ordering::Release);

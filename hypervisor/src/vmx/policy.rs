@@ -59,17 +59,10 @@ pub fn policy_on() -> bool {
     POLICY_ON.load(Ordering::Acquire)
 }
 
-/// The TSC frequency in ticks per microsecond ([`super::tsc_hz`]), else 1,000 (1 GHz, the
-/// clock is then only approximate).
-fn tsc_per_us() -> u64 {
-    super::tsc_hz().map_or(1_000, |hz| (hz / 1_000_000).max(1))
-}
-
-/// The engine's clock: nanoseconds of TSC time.
+/// The engine's clock: nanoseconds of TSC time ([`super::tsc_ns`]); raw TSC ticks when the
+/// frequency is unknown (then only approximate).
 fn now_ns() -> u64 {
-    // SAFETY: RDTSC has no side effects.
-    let tsc = unsafe { core::arch::x86_64::_rdtsc() };
-    tsc / tsc_per_us() * 1_000 + tsc % tsc_per_us() * 1_000 / tsc_per_us()
+    super::tsc_ns().unwrap_or_else(super::rdtsc)
 }
 
 /// Bytes of the slots, rounded up so the engine after them is aligned.
@@ -151,8 +144,9 @@ impl FrameFilter for PolicyFilter {
         if !policy_on() {
             return PassAll.filter(meta, frame, out);
         }
+        // The policy is on only after a registration built the engine.
         let mut guard = ENGINE.lock();
-        let Some(engine) = ensure_engine(&mut guard) else {
+        let Some(engine) = guard.as_deref_mut() else {
             return PassAll.filter(meta, frame, out);
         };
         engine.set_now(now_ns());
@@ -196,6 +190,28 @@ fn agent_request<const N: usize>(
     Ok((req, len - AGENT_KEY_LEN, st))
 }
 
+/// Read a request that must be exactly `N` bytes long (the agent key and fixed arguments), with
+/// an output buffer of `out_len` bytes that must hold at least `min_out`, and check that the
+/// caller is the agent.
+fn fixed_agent_request<const N: usize>(
+    setup: &Setup,
+    va: u64,
+    len: u64,
+    out_len: u64,
+    min_out: usize,
+) -> Result<([u8; N], CallerState), Refusal> {
+    if len != N as u64 {
+        return Err(refuse(Status::InvalidArgument));
+    }
+    if out_len > MAX_BUFFER_LEN as u64 {
+        return Err(refuse(Status::BadBuffer));
+    }
+    if out_len < min_out as u64 {
+        return Err(refuse(Status::InvalidArgument));
+    }
+    agent_request::<N>(setup, va, len, N).map(|(req, _, st)| (req, st))
+}
+
 /// The status and detail code for a registry refusal.
 fn registry_refusal(e: RegistryError) -> Refusal {
     let status = match e {
@@ -235,10 +251,7 @@ pub fn register(setup: &Setup, va: u64, len: u64, update: bool) -> Result<Contai
 /// UnregisterContainer: `RBX` = request (agent key, then the id as u32 LE), `RCX` =
 /// [`UNREGISTER_LEN`].
 pub fn unregister(setup: &Setup, va: u64, len: u64) -> Result<ContainerId, Refusal> {
-    if len != UNREGISTER_LEN as u64 {
-        return Err(refuse(Status::InvalidArgument));
-    }
-    let (req, _, _) = agent_request::<UNREGISTER_LEN>(setup, va, len, UNREGISTER_LEN)?;
+    let (req, _) = fixed_agent_request::<UNREGISTER_LEN>(setup, va, len, 0, 0)?;
     let mut id = [0u8; 4];
     id.copy_from_slice(&req[AGENT_KEY_LEN..UNREGISTER_LEN]);
     let id = ContainerId(u32::from_le_bytes(id));
@@ -258,13 +271,7 @@ pub fn read_counters(
     out: u64,
     out_len: u64,
 ) -> Result<u64, Refusal> {
-    if len != READ_COUNTERS_LEN as u64 {
-        return Err(refuse(Status::InvalidArgument));
-    }
-    if out_len > MAX_BUFFER_LEN as u64 {
-        return Err(refuse(Status::BadBuffer));
-    }
-    let (_, _, st) = agent_request::<READ_COUNTERS_LEN>(setup, va, len, READ_COUNTERS_LEN)?;
+    let (_, st) = fixed_agent_request::<READ_COUNTERS_LEN>(setup, va, len, out_len, 0)?;
     let mut buf = [0u8; report::counters_len(CONTAINER_SLOTS)];
     let written = {
         let mut guard = ENGINE.lock();
@@ -299,25 +306,17 @@ pub fn read_events(
     out: u64,
     out_len: u64,
 ) -> Result<EventsRead, Refusal> {
-    if len != READ_EVENTS_LEN as u64 {
-        return Err(refuse(Status::InvalidArgument));
-    }
-    if out_len > MAX_BUFFER_LEN as u64 {
-        return Err(refuse(Status::BadBuffer));
-    }
-    if out_len < report::EVENT_LEN as u64 {
-        return Err(refuse(Status::InvalidArgument));
-    }
-    let (req, _, st) = agent_request::<READ_EVENTS_LEN>(setup, va, len, READ_EVENTS_LEN)?;
+    let (req, st) =
+        fixed_agent_request::<READ_EVENTS_LEN>(setup, va, len, out_len, report::EVENT_LEN)?;
     let mut from = [0u8; 8];
     from.copy_from_slice(&req[AGENT_KEY_LEN..READ_EVENTS_LEN]);
     let mut seq = u64::from_le_bytes(from);
     let capacity = (out_len as usize) / report::EVENT_LEN;
     let mut mem = GuestRam::from_setup(setup);
     let mut written = 0usize;
-    let mut missed = 0u64;
-    let mut first = true;
-    while written / report::EVENT_LEN < capacity {
+    // Events overwritten before the first one copied (the later steps start where it ended).
+    let mut missed = None;
+    while written < capacity * report::EVENT_LEN {
         let want = (capacity - written / report::EVENT_LEN).min(EVENT_CHUNK);
         let mut events = [NO_EVENT; EVENT_CHUNK];
         let r = {
@@ -327,10 +326,7 @@ pub fn read_events(
                 None => break,
             }
         };
-        if first {
-            missed = r.missed;
-            first = false;
-        }
+        missed.get_or_insert(r.missed);
         seq = r.next_seq;
         let mut bytes = [0u8; EVENT_CHUNK * report::EVENT_LEN];
         let n = report::encode_events(&events[..r.copied], &mut bytes);
@@ -343,6 +339,6 @@ pub fn read_events(
     Ok(EventsRead {
         written: written as u64,
         next_seq: seq,
-        missed,
+        missed: missed.unwrap_or(0),
     })
 }

@@ -6,6 +6,7 @@ use super::introspection;
 use super::launch::{Vcpu, VCPUS};
 use super::policy;
 use crate::counters::RateLimiter;
+use crate::setup::Setup;
 use shoji_shared::vmcall::{Function, Status, ABI_VERSION};
 
 static LOG_COUNTERS_LIMIT: RateLimiter = RateLimiter::new(64);
@@ -32,92 +33,81 @@ pub fn handle(vcpu: &mut Vcpu, regs: &mut GuestRegs) {
                 Status::RateLimited
             }
         }
-        Ok(Function::WhoAmI) => match super::launch::setup() {
+        // Every other call reads or writes guest memory: it needs Shoji's setup.
+        Ok(f) => match super::launch::setup() {
             None => Status::Unsupported,
-            Some(setup) => match introspection::whoami(setup, regs.rbx, regs.rcx) {
-                Ok((n, state)) => {
-                    regs.rbx = n;
+            Some(setup) => memory_call(setup, f, regs),
+        },
+    };
+    regs.rax = status as u64;
+    advance_rip();
+}
+
+/// The calls that copy from or to the caller's memory (everything but Version and LogCounters).
+fn memory_call(setup: &Setup, f: Function, regs: &mut GuestRegs) -> Status {
+    match f {
+        Function::WhoAmI => match introspection::whoami(setup, regs.rbx, regs.rcx) {
+            Ok((n, state)) => {
+                regs.rbx = n;
+                regs.rcx = state as u64;
+                Status::Ok
+            }
+            Err(s) => s,
+        },
+        Function::PushProfile => {
+            let r = introspection::push_profile(setup, regs.rbx, regs.rcx);
+            if PROFILE_LOG.allow().is_some() {
+                match r {
+                    Ok(state) => crate::hv_line!("kernel profile accepted ({state:?})"),
+                    Err(s) => crate::hv_line!("kernel profile push refused: {}", s.describe()),
+                }
+            }
+            match r {
+                Ok(state) => {
                     regs.rcx = state as u64;
                     Status::Ok
                 }
                 Err(s) => s,
-            },
-        },
-        Ok(Function::PushProfile) => match super::launch::setup() {
-            None => Status::Unsupported,
-            Some(setup) => {
-                let r = introspection::push_profile(setup, regs.rbx, regs.rcx);
-                if PROFILE_LOG.allow().is_some() {
-                    match r {
-                        Ok(state) => crate::hv_line!("kernel profile accepted ({state:?})"),
-                        Err(s) => crate::hv_line!("kernel profile push refused: {}", s.describe()),
-                    }
-                }
-                match r {
-                    Ok(state) => {
-                        regs.rcx = state as u64;
-                        Status::Ok
-                    }
-                    Err(s) => s,
-                }
-            }
-        },
-        Ok(f @ (Function::RegisterContainer | Function::UpdateContainer)) => {
-            match super::launch::setup() {
-                None => Status::Unsupported,
-                Some(setup) => {
-                    let update = f == Function::UpdateContainer;
-                    let r = policy::register(setup, regs.rbx, regs.rcx, update);
-                    if POLICY_LOG.allow().is_some() {
-                        match r {
-                            Ok(id) => crate::hv_line!(
-                                "policy: container {} {}",
-                                id.0,
-                                if update { "updated" } else { "registered" }
-                            ),
-                            Err((s, d)) => crate::hv_line!(
-                                "policy: {:?} refused: {} (detail {})",
-                                f,
-                                s.describe(),
-                                d
-                            ),
-                        }
-                    }
-                    policy_status(r.map(|_| ()), regs)
-                }
             }
         }
-        Ok(Function::UnregisterContainer) => match super::launch::setup() {
-            None => Status::Unsupported,
-            Some(setup) => {
-                let r = policy::unregister(setup, regs.rbx, regs.rcx);
-                if POLICY_LOG.allow().is_some() {
-                    match r {
-                        Ok(id) => crate::hv_line!("policy: container {} unregistered", id.0),
-                        Err((s, _)) => {
-                            crate::hv_line!("policy: unregister refused: {}", s.describe())
-                        }
+        Function::RegisterContainer | Function::UpdateContainer => {
+            let update = f == Function::UpdateContainer;
+            let r = policy::register(setup, regs.rbx, regs.rcx, update);
+            if POLICY_LOG.allow().is_some() {
+                match r {
+                    Ok(id) => crate::hv_line!(
+                        "policy: container {} {}",
+                        id.0,
+                        if update { "updated" } else { "registered" }
+                    ),
+                    Err((s, d)) => {
+                        crate::hv_line!("policy: {:?} refused: {} (detail {})", f, s.describe(), d)
                     }
                 }
-                policy_status(r.map(|_| ()), regs)
             }
-        },
-        Ok(Function::ReadCounters) => match super::launch::setup() {
-            None => Status::Unsupported,
-            Some(setup) => {
-                match policy::read_counters(setup, regs.rbx, regs.rcx, regs.rdx, regs.rsi) {
-                    Ok(n) => {
-                        regs.rbx = n;
-                        Status::Ok
-                    }
-                    Err(e) => policy_status(Err(e), regs),
+            policy_status(r.map(|_| ()), regs)
+        }
+        Function::UnregisterContainer => {
+            let r = policy::unregister(setup, regs.rbx, regs.rcx);
+            if POLICY_LOG.allow().is_some() {
+                match r {
+                    Ok(id) => crate::hv_line!("policy: container {} unregistered", id.0),
+                    Err((s, _)) => crate::hv_line!("policy: unregister refused: {}", s.describe()),
                 }
             }
-        },
-        Ok(Function::ReadEvents) => match super::launch::setup() {
-            None => Status::Unsupported,
-            Some(setup) => match policy::read_events(setup, regs.rbx, regs.rcx, regs.rdx, regs.rsi)
-            {
+            policy_status(r.map(|_| ()), regs)
+        }
+        Function::ReadCounters => {
+            match policy::read_counters(setup, regs.rbx, regs.rcx, regs.rdx, regs.rsi) {
+                Ok(n) => {
+                    regs.rbx = n;
+                    Status::Ok
+                }
+                Err(e) => policy_status(Err(e), regs),
+            }
+        }
+        Function::ReadEvents => {
+            match policy::read_events(setup, regs.rbx, regs.rcx, regs.rdx, regs.rsi) {
                 Ok(r) => {
                     regs.rbx = r.written;
                     regs.rcx = r.next_seq;
@@ -125,12 +115,11 @@ pub fn handle(vcpu: &mut Vcpu, regs: &mut GuestRegs) {
                     Status::Ok
                 }
                 Err(e) => policy_status(Err(e), regs),
-            },
-        },
-        Ok(Function::ListTasks) => Status::Unsupported,
-    };
-    regs.rax = status as u64;
-    advance_rip();
+            }
+        }
+        // Version and LogCounters are answered in `handle`; ListTasks is reserved.
+        Function::Version | Function::LogCounters | Function::ListTasks => Status::Unsupported,
+    }
 }
 
 /// The status of a policy call; a refusal's detail code goes to `RBX`.
