@@ -31,6 +31,7 @@ use core::net::Ipv4Addr;
 
 use shoji_shared::ContainerId;
 
+use crate::le::{get_u16, get_u32, get_u64, put_u16, put_u32, put_u64};
 use crate::parse::MacAddr;
 use crate::registry::{ContainerSpec, RegistryError, MAX_IPV4, MAX_MACS};
 use crate::rules::{
@@ -172,27 +173,6 @@ pub fn encoded_len(spec: &ContainerSpec) -> usize {
         + spec.macs.len() * MAC_LEN
         + spec.ipv4.len() * IPV4_LEN
         + spec.rules.len() * RULE_LEN
-}
-
-fn put_u16(out: &mut [u8], at: usize, v: u16) {
-    out[at..at + 2].copy_from_slice(&v.to_le_bytes());
-}
-fn put_u32(out: &mut [u8], at: usize, v: u32) {
-    out[at..at + 4].copy_from_slice(&v.to_le_bytes());
-}
-fn put_u64(out: &mut [u8], at: usize, v: u64) {
-    out[at..at + 8].copy_from_slice(&v.to_le_bytes());
-}
-fn get_u16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-fn get_u32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-fn get_u64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
 }
 
 /// Encode `spec` into `out`; returns the number of bytes written.

@@ -61,6 +61,7 @@ pub mod engine;
 pub mod events;
 pub mod fragments;
 pub mod index;
+mod le;
 pub mod parse;
 pub mod registry;
 pub mod report;

@@ -35,6 +35,7 @@ use shoji_shared::{ContainerId, Direction, DropReason};
 use crate::counters::{Counters, EngineCounters};
 use crate::engine::Engine;
 use crate::events::{Event, EventKind, PolicyChange};
+use crate::le::{get_u16, get_u32, get_u64, put_u16, put_u32, put_u64};
 
 /// The magic at the start of a counters snapshot.
 pub const COUNTERS_MAGIC: [u8; 4] = *b"SHJS";
@@ -104,27 +105,6 @@ impl ReportError {
             ReportError::BadChange(_) => "unknown policy change",
         }
     }
-}
-
-fn put_u16(out: &mut [u8], at: usize, v: u16) {
-    out[at..at + 2].copy_from_slice(&v.to_le_bytes());
-}
-fn put_u32(out: &mut [u8], at: usize, v: u32) {
-    out[at..at + 4].copy_from_slice(&v.to_le_bytes());
-}
-fn put_u64(out: &mut [u8], at: usize, v: u64) {
-    out[at..at + 8].copy_from_slice(&v.to_le_bytes());
-}
-fn get_u16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-fn get_u32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-fn get_u64(b: &[u8], at: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(a)
 }
 
 fn require_zero(bytes: &[u8], base: usize) -> Result<(), ReportError> {
