@@ -269,6 +269,16 @@ fn status_of(rax: u64) -> String {
     }
 }
 
+/// The PushProfile request: the agent key, then the encoded profile.
+fn push_request(profile: &KernelProfile, key: &[u8; AGENT_KEY_LEN]) -> Result<Vec<u8>, String> {
+    let mut req = vec![0u8; PUSH_PROFILE_LEN];
+    req[..AGENT_KEY_LEN].copy_from_slice(key);
+    profile
+        .encode(&mut req[AGENT_KEY_LEN..])
+        .map_err(|e| format!("cannot encode the kernel profile: {e:?}"))?;
+    Ok(req)
+}
+
 fn push(profile: &KernelProfile, key_file: &std::path::Path) -> ExitCode {
     if let Err(code) = require_shoji() {
         return code;
@@ -280,12 +290,13 @@ fn push(profile: &KernelProfile, key_file: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut req = vec![0u8; PUSH_PROFILE_LEN];
-    req[..AGENT_KEY_LEN].copy_from_slice(&key);
-    if let Err(e) = profile.encode(&mut req[AGENT_KEY_LEN..]) {
-        eprintln!("shojictl: cannot encode: {e:?}");
-        return ExitCode::FAILURE;
-    }
+    let req = match push_request(profile, &key) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("shojictl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let (rax, _, rcx, _) = vmcall(
         Function::PushProfile.rax(),
         req.as_ptr() as u64,
@@ -410,12 +421,7 @@ fn auto_push<T: Transport>(t: &mut T, key: &[u8; AGENT_KEY_LEN]) -> Result<(), S
         None,
         16384,
     )?;
-    let mut req = vec![0u8; PUSH_PROFILE_LEN];
-    req[..AGENT_KEY_LEN].copy_from_slice(key);
-    built
-        .profile
-        .encode(&mut req[AGENT_KEY_LEN..])
-        .map_err(|e| format!("cannot encode the kernel profile: {e:?}"))?;
+    let req = push_request(&built.profile, key)?;
     let reply = t.call(Function::PushProfile, &req, &mut []);
     if reply.rax != Status::Ok as u64 {
         return Err(format!("profile push refused: {}", status_of(reply.rax)));
