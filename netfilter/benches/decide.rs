@@ -308,7 +308,14 @@ fn profile(spec: &str) {
         .split_once(':')
         .and_then(|(c, d)| Some((c.parse::<u32>().ok()?, d.parse::<u64>().ok()?)))
         .expect("SHOJI_DECIDE_PROFILE=<containers>:<decisions>");
-    let (mut engine, frames) = setup(count);
+    let (mut engine, mut frames) = setup(count);
+    // SHOJI_DECIDE_KIND=<0..5> keeps one kind of the mix (3: a container's UDP datagram to the
+    // wire, like the emulator's flood).
+    if let Ok(kind) = std::env::var("SHOJI_DECIDE_KIND") {
+        let kind: usize = kind.parse().expect("SHOJI_DECIDE_KIND=<0..5>");
+        let wanted = mix(0)[kind].1.len();
+        frames.retain(|(_, f)| f.len() == wanted);
+    }
     let mut sink = NullSink;
     let mut i = 0;
     for _ in 0..frames.len() {

@@ -36,6 +36,9 @@ pub struct EngineConfig {
     pub allow_source_route: bool,
     /// Record one `DropSample` event every this many drops (0: never).
     pub drop_sample_every: u32,
+    /// Whether repeated TX headers take the decision cached for the first one
+    /// ([`crate::flow_cache`]); off only to compare against the full path.
+    pub flow_cache: bool,
 }
 
 impl Default for EngineConfig {
@@ -47,6 +50,7 @@ impl Default for EngineConfig {
             orphan_fragments: Action::Deny,
             allow_source_route: false,
             drop_sample_every: 64,
+            flow_cache: true,
         }
     }
 }

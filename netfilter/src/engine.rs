@@ -14,6 +14,7 @@ use shoji_shared::{
 use crate::config::{BroadcastScope, EngineConfig, HostPolicy};
 use crate::counters::{Counters, EngineCounters};
 use crate::events::{Event, EventKind, EventRead, EventRing, PolicyChange};
+use crate::flow_cache::{self, CachedPass, FlowCache, FlowCacheStats, FlowKey};
 use crate::fragments::{DatagramDecision, DatagramKey, FragmentTable, LaterFragment};
 use crate::parse::{
     is_group_mac, parse_frame, Network, ParsedFrame, Transport, ETHERTYPE_VLAN, ETH_HEADER_LEN,
@@ -82,6 +83,10 @@ pub struct Engine<'s> {
     inbound: InboundScans,
     now: u64,
     drops_until_sample: u32,
+    /// The policy generation: bumped by every change that can alter a decision, so flow-cache
+    /// entries of an older policy no longer match.
+    generation: u64,
+    flow_cache: FlowCache,
     buf: [u8; FRAME_BUFFER_LEN],
 }
 
@@ -159,6 +164,8 @@ impl<'s> Engine<'s> {
             inbound: InboundScans::new(),
             now: 0,
             drops_until_sample,
+            generation: 0,
+            flow_cache: FlowCache::new(),
             buf: [0; FRAME_BUFFER_LEN],
         }
     }
@@ -180,6 +187,7 @@ impl<'s> Engine<'s> {
 
     /// Replace the configuration.
     pub fn set_config(&mut self, config: EngineConfig) {
+        self.new_generation();
         self.drops_until_sample = config.drop_sample_every;
         self.config = config;
         self.events.push(
@@ -202,6 +210,7 @@ impl<'s> Engine<'s> {
             index: i as u16,
             error,
         })?;
+        self.new_generation();
         self.host = policy;
         self.host_rules = rules;
         self.events.push(
@@ -223,6 +232,7 @@ impl<'s> Engine<'s> {
     pub fn register(&mut self, spec: ContainerSpec) -> Result<(), RegistryError> {
         let id = spec.id;
         self.registry.add(spec)?;
+        self.new_generation();
         self.policy_event(id, PolicyChange::Registered);
         Ok(())
     }
@@ -231,6 +241,7 @@ impl<'s> Engine<'s> {
     pub fn update(&mut self, spec: ContainerSpec) -> Result<(), RegistryError> {
         let id = spec.id;
         self.registry.update(spec)?;
+        self.new_generation();
         self.policy_event(id, PolicyChange::Updated);
         Ok(())
     }
@@ -238,6 +249,7 @@ impl<'s> Engine<'s> {
     /// Unregister a container; returns its final counters.
     pub fn unregister(&mut self, id: ContainerId) -> Result<Counters, RegistryError> {
         let counters = self.registry.remove(id)?;
+        self.new_generation();
         self.policy_event(id, PolicyChange::Unregistered);
         Ok(counters)
     }
@@ -293,6 +305,7 @@ impl<'s> Engine<'s> {
         match self.registry.get_mut(slot) {
             Some(c) => {
                 c.scan.unblock();
+                self.new_generation();
                 true
             }
             None => false,
@@ -306,7 +319,18 @@ impl<'s> Engine<'s> {
 
     /// Lift an inbound source's block (operator action).
     pub fn unblock_source(&mut self, source: Ipv4Addr) -> bool {
+        self.new_generation();
         self.inbound.unblock(source)
+    }
+
+    /// Start a new policy generation (cached decisions of the old one stop matching).
+    fn new_generation(&mut self) {
+        self.generation = self.generation.wrapping_add(1);
+    }
+
+    /// The TX flow cache's hits, misses and insertions.
+    pub fn flow_cache_stats(&self) -> FlowCacheStats {
+        self.flow_cache.stats()
     }
 
     fn party_id(&self, party: Party) -> Option<ContainerId> {
@@ -389,6 +413,104 @@ impl<'s> Engine<'s> {
         if frame.len() > MAX_FRAME {
             return self.drop_frame(None, meta.direction, DropReason::Oversize);
         }
+        // The TX flow cache: a repeated header from the same task under the same policy.
+        let flow_key = match meta.direction {
+            Direction::Tx if meta.descriptor_vlan.is_none() && self.config.flow_cache => {
+                flow_cache::key_of(frame)
+            }
+            _ => None,
+        };
+        let task = meta.task.filter(|t| t.is_actor());
+        if let Some(key) = &flow_key {
+            if let Some(d) = self.replay(key, task, frame, out) {
+                return d;
+            }
+        }
+        let d = self.decide_uncached(meta, frame, out);
+        if let Some(key) = flow_key {
+            self.remember(key, task, frame, &d);
+        }
+        d
+    }
+
+    /// Decide a frame from the cache entry for `key`, if a valid one exists.
+    fn replay(
+        &mut self,
+        key: &FlowKey,
+        task: Option<&TaskIdentity>,
+        frame: &[u8],
+        out: &mut dyn FrameSink,
+    ) -> Option<Decision> {
+        let pass = self.flow_cache.lookup(key, self.generation, task)?;
+        if let Party::Container(slot) = pass.sender {
+            let (now, scan) = (self.now, &self.config.scan);
+            let current = self
+                .registry
+                .get_mut(slot)
+                .map(|c| (c.scan.is_blocked(now), c.scan.open_window(now, scan)));
+            if current != Some((false, pass.scan_window)) {
+                self.flow_cache.demote_hit();
+                return None;
+            }
+        }
+        let len = frame.len();
+        if key.tagged {
+            // The tag names the sender's port; the wire gets the frame without it.
+            let end = len - VLAN_TAG_LEN;
+            self.buf[..12].copy_from_slice(&frame[..12]);
+            self.buf[12..end].copy_from_slice(&frame[12 + VLAN_TAG_LEN..]);
+            out.to_wire(&self.buf[..end]);
+        } else {
+            out.to_wire(frame);
+        }
+        self.party_counters(Some(pass.sender)).count_tx(len);
+        self.counters.total.count_tx(len);
+        Some(Decision {
+            verdict: Verdict::Pass,
+            sender: pass.sender_id,
+            rule: pass.rule,
+            to_wire: true,
+            to_guest: 0,
+        })
+    }
+
+    /// Cache decision `d` of a frame with flow key `key` when it passed unicast to the wire only.
+    fn remember(&mut self, key: FlowKey, task: Option<&TaskIdentity>, frame: &[u8], d: &Decision) {
+        if d.verdict != Verdict::Pass || !d.to_wire || d.to_guest != 0 || frame[0] & 1 != 0 {
+            return;
+        }
+        let vlan = key.vlan();
+        let sender = if vlan == 0 {
+            Party::Host
+        } else {
+            match self.registry.by_vlan(vlan) {
+                Some(slot) => Party::Container(slot),
+                None => return,
+            }
+        };
+        let scan_window = match sender {
+            Party::Container(slot) => match self.registry.get(slot) {
+                Some(c) => c.scan.open_window(self.now, &self.config.scan),
+                None => return,
+            },
+            Party::Host => None,
+        };
+        let pass = CachedPass {
+            sender,
+            sender_id: d.sender,
+            rule: d.rule,
+            scan_window,
+        };
+        self.flow_cache.insert(key, self.generation, task, pass);
+    }
+
+    /// Decide one frame the full way: parse, attribute, check, evaluate, deliver.
+    fn decide_uncached(
+        &mut self,
+        meta: &FrameMeta<'_>,
+        frame: &[u8],
+        out: &mut dyn FrameSink,
+    ) -> Decision {
         let parsed = match parse_frame(frame) {
             Ok(p) => p,
             Err(e) => {

@@ -59,6 +59,7 @@ pub mod counters;
 pub mod encoding;
 pub mod engine;
 pub mod events;
+pub mod flow_cache;
 pub mod fragments;
 pub mod index;
 mod le;

@@ -157,6 +157,8 @@ impl ProbeWindow {
 #[repr(C, align(64))]
 pub struct OutboundScan {
     blocked_until: Option<u64>,
+    /// Windows begun (or ended by a block or an unblock) so far: names the current window.
+    windows: u32,
     window: ProbeWindow,
 }
 
@@ -173,8 +175,17 @@ impl OutboundScan {
     /// No history.
     pub const NEW: OutboundScan = OutboundScan {
         blocked_until: None,
+        windows: 0,
         window: ProbeWindow::EMPTY,
     };
+
+    /// The current probe window's number while it is open at `now` (`None` when detection is
+    /// off or no window is open). The same number means the same window: every probe recorded
+    /// under it is still in it.
+    #[inline]
+    pub fn open_window(&self, now: u64, config: &ScanConfig) -> Option<u32> {
+        (config.enabled && !self.window.expired(now, config.window)).then_some(self.windows)
+    }
 
     /// Whether the container is blocked at `now` (an expired block is lifted).
     #[inline]
@@ -198,15 +209,20 @@ impl OutboundScan {
     pub fn unblock(&mut self) {
         self.blocked_until = None;
         self.window = ProbeWindow::EMPTY;
+        self.windows = self.windows.wrapping_add(1);
     }
 
     /// Record a probe; blocks the container when it crosses a threshold.
     pub fn record(&mut self, now: u64, config: &ScanConfig, probe: Probe) -> ScanVerdict {
+        if self.window.expired(now, config.window) {
+            self.windows = self.windows.wrapping_add(1);
+        }
         let counts = self.window.record(now, config, probe);
         if counts.is_scan {
             let until = now.saturating_add(config.block_for);
             self.blocked_until = Some(until);
             self.window = ProbeWindow::EMPTY;
+            self.windows = self.windows.wrapping_add(1);
             ScanVerdict::NewlyBlocked(counts, until)
         } else {
             ScanVerdict::Clear
