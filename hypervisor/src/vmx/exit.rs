@@ -172,11 +172,27 @@ static EXIT_TRACE: RateLimiter = RateLimiter::new(64);
 
 #[no_mangle]
 extern "sysv64" fn shoji_handle_exit(frame: &mut ExitFrame) {
+    let t0 = super::rdtsc();
+    let raw_reason = vmread(ro::EXIT_REASON) as u32;
+    handle_exit(frame, raw_reason);
+    // The whole exit's cost when it served the NIC (the per-frame cost of mediation).
+    let reason = raw_reason & 0xffff;
+    if super::nic::active()
+        && (reason == reason::EPT_VIOLATION || reason == super::nic::EXIT_PREEMPTION_TIMER)
+    {
+        let dt = super::rdtsc().wrapping_sub(t0);
+        let nic_access = reason == reason::EPT_VIOLATION
+            && super::nic::in_bar(vmread(ro::GUEST_PHYSICAL_ADDR_FULL));
+        super::nic::record_whole_exit(nic_access, reason != reason::EPT_VIOLATION, dt);
+    }
+}
+
+/// Dispatch one VM exit of `raw_reason` (the exit-reason field) and prepare the VM entry.
+fn handle_exit(frame: &mut ExitFrame, raw_reason: u32) {
     // SAFETY: the exit stub passes the frame on this CPU's host stack; the slot above the saved
     // registers was set to this CPU's `Vcpu` at launch.
     let vcpu = unsafe { &mut *frame.vcpu };
     let regs = &mut frame.regs;
-    let raw_reason = vmread(ro::EXIT_REASON) as u32;
     let reason = raw_reason & 0xffff;
     let host_rflags: u64;
     // SAFETY: reading RFLAGS through the stack.

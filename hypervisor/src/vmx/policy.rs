@@ -154,6 +154,26 @@ impl FrameFilter for PolicyFilter {
     }
 }
 
+/// Write the TX flow cache's counters to Shoji's log (with the NIC's counters).
+pub fn log_stats() {
+    if !policy_on() {
+        return;
+    }
+    let Some(guard) = ENGINE.try_lock() else {
+        crate::hv_line!("policy: engine busy");
+        return;
+    };
+    if let Some(engine) = guard.as_deref() {
+        let st = engine.flow_cache_stats();
+        crate::hv_line!(
+            "policy: flow cache hits={} misses={} inserts={}",
+            st.hits,
+            st.misses,
+            st.inserts
+        );
+    }
+}
+
 /// Why a policy call was refused: the status, and a detail code for RBX.
 pub type Refusal = (Status, u64);
 

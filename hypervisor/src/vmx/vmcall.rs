@@ -145,4 +145,5 @@ fn log_all_counters(current: &Vcpu) {
         }
     }
     super::nic::log_counters();
+    super::policy::log_stats();
 }
