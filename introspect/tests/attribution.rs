@@ -118,6 +118,40 @@ fn contexts_from_preempt_count_and_flags() {
 }
 
 #[test]
+fn senders_are_read_in_full_only_in_their_own_context() {
+    for name in PROFILES {
+        let s = Spec::default();
+        let (mut g, mut intro, _) = setup(name, PagingMode::Level4, &s);
+        for pc in [0x8000_0000, 0x8000_0200] {
+            g.set_preempt(pc);
+            let cpu = g.cpu();
+            assert_eq!(
+                intro.attribute_sender(&g.mem, &cpu),
+                intro.attribute(&g.mem, &cpu),
+                "{name} {pc:#x}"
+            );
+        }
+        for (pc, want) in [
+            (0x8000_0100, ExecContext::SoftIrq),
+            (0x8001_0000, ExecContext::HardIrq),
+        ] {
+            let (mut g, mut intro, _) = setup(name, PagingMode::Level4, &s);
+            g.set_preempt(pc);
+            let cpu = g.cpu();
+            let cm = CountingMemory::new(g.mem);
+            let id = intro.attribute_sender(&cm, &cpu);
+            assert_eq!(id.context, want, "{name} {pc:#x}");
+            assert!(!id.is_actor());
+            assert_eq!(
+                (id.pid, id.uid, id.cgroup_id, id.netns_id),
+                (None, None, None, None)
+            );
+            assert_eq!(cm.reads(), 1, "{name}: only the per-CPU window is read");
+        }
+    }
+}
+
+#[test]
 fn old_kernels_thread_info_at_stack_base() {
     let mut p = fixture("debian12-6.1");
     p.current = CurrentTask::StackThreadInfo {

@@ -240,10 +240,26 @@ pub fn authenticate_agent(
     check_agent(&caller.id, caller.init_userns_inum, key, &setup.agent_key)
 }
 
-/// The task running on this vCPU at the current exit (attribution of the frames a TDT write
-/// sends), when a profile is active and the guest is in IA-32e paging.
+/// The sender of the frames a TDT write hands over (the task running on this vCPU at the exit,
+/// in full only when it acts in its own context: [`Introspector::attribute_sender`]), when a
+/// profile is active and the guest is in IA-32e paging.
 pub fn current_task(setup: &Setup) -> Option<TaskIdentity> {
     let st = caller_state()?;
     let mem = GuestRam::from_setup(setup);
-    attribute_active(setup, &mem, &st.cpu).ok().map(|c| c.id)
+    let mut active = ACTIVE.lock();
+    let a = active.as_mut()?;
+    // With the direct map known and the per-CPU area inside it, the reads do not depend on
+    // which half's page tables CR3 holds: no page walk to choose them.
+    let in_direct_map = match (a.intro.direct_map(), st.cpu.percpu_base()) {
+        (Some(d), Some(base)) => d.gpa(base, 1).is_some(),
+        _ => false,
+    };
+    if in_direct_map {
+        return Some(a.intro.attribute_sender(&mem, &st.cpu));
+    }
+    let cpu = kernel_view(&mem, &st.cpu);
+    if a.intro.direct_map().is_none() {
+        let _ = a.intro.learn_direct_map(&mem, &cpu, ram_top(setup));
+    }
+    Some(a.intro.attribute_sender(&mem, &cpu))
 }

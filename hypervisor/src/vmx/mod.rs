@@ -131,10 +131,23 @@ pub fn rdtsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
-/// Nanoseconds of TSC time ([`tsc_hz`]); `None` when the frequency is unknown.
+/// Nanoseconds per TSC tick as a 32.32 fixed-point factor for [`tsc_ns`]: 0 not computed yet,
+/// `u64::MAX` unknown.
+static NS_PER_TICK_CACHE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Nanoseconds of TSC time ([`tsc_hz`]); `None` when the frequency is unknown. One
+/// multiplication per call (the engine's clock is read for every frame), no division.
 pub fn tsc_ns() -> Option<u64> {
-    let hz = tsc_hz()?;
-    Some((u128::from(rdtsc()) * 1_000_000_000 / u128::from(hz)) as u64)
+    use core::sync::atomic::Ordering;
+    let mut factor = NS_PER_TICK_CACHE.load(Ordering::Relaxed);
+    if factor == 0 {
+        factor = match tsc_hz() {
+            Some(hz) => ((1_000_000_000u128 << 32) / u128::from(hz)) as u64,
+            None => u64::MAX,
+        };
+        NS_PER_TICK_CACHE.store(factor, Ordering::Relaxed);
+    }
+    (factor != u64::MAX).then(|| ((u128::from(rdtsc()) * u128::from(factor)) >> 32) as u64)
 }
 
 /// TSC ticks in `ns` nanoseconds, rounded up; `None` when the frequency is unknown.
