@@ -7,18 +7,19 @@ use shoji_shared::{GuestMemory, MemError};
 
 /// Guest RAM as the host sees it (identity mapped), limited to the firmware's RAM ranges minus
 /// Shoji's own region.
-pub struct GuestRam {
-    ram: [[u64; 2]; crate::setup::MAX_RAM_RANGES],
-    count: usize,
+pub struct GuestRam<'s> {
+    /// The firmware's RAM ranges (borrowed from the setup page: this is built at every exit
+    /// that touches guest memory, so nothing is copied).
+    ram: &'s [[u64; 2]],
     hidden: (u64, u64),
 }
 
-impl GuestRam {
+impl<'s> GuestRam<'s> {
     /// The guest RAM described by the setup page.
-    pub fn from_setup(setup: &Setup) -> Self {
+    pub fn from_setup(setup: &'s Setup) -> Self {
+        let count = (setup.ram_count as usize).min(setup.ram.len());
         GuestRam {
-            ram: setup.ram,
-            count: (setup.ram_count as usize).min(crate::setup::MAX_RAM_RANGES),
+            ram: &setup.ram[..count],
             hidden: (setup.region_base, setup.region_base + setup.region_size),
         }
     }
@@ -29,10 +30,7 @@ impl GuestRam {
         if gpa < self.hidden.1 && end > self.hidden.0 {
             return Err(MemError::Hypervisor);
         }
-        if self.ram[..self.count]
-            .iter()
-            .any(|r| gpa >= r[0] && end <= r[1])
-        {
+        if self.ram.iter().any(|r| gpa >= r[0] && end <= r[1]) {
             Ok(())
         } else {
             Err(MemError::NotRam)
@@ -40,7 +38,7 @@ impl GuestRam {
     }
 }
 
-impl GuestMemory for GuestRam {
+impl GuestMemory for GuestRam<'_> {
     fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
         self.check(gpa, buf.len() as u64)?;
         // SAFETY: the range is guest RAM (checked above), identity mapped in Shoji's page tables,
