@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use shoji_netfilter::config::BroadcastScope;
-use shoji_netfilter::events::{Event, EventKind};
+use shoji_netfilter::events::EventKind;
 use shoji_netfilter::rules::{
     Action, DirectionMatch, Ipv4Cidr, PortRange, ProtocolMatch, Rule, Subject,
 };
@@ -15,21 +15,6 @@ use shoji_shared::{
 
 fn drop(r: DropReason) -> Verdict {
     Verdict::Drop(r)
-}
-
-fn all_events(e: &Engine<'_>) -> Vec<Event> {
-    let blank = Event {
-        seq: 0,
-        time: 0,
-        kind: EventKind::Policy {
-            container: None,
-            change: shoji_netfilter::PolicyChange::Config,
-        },
-    };
-    let mut buf = vec![blank; 512];
-    let r = e.read_events(1, &mut buf);
-    buf.truncate(r.copied);
-    buf
 }
 
 fn spoof_events(e: &Engine<'_>) -> Vec<EventKind> {

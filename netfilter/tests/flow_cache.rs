@@ -8,7 +8,6 @@ mod common;
 
 use common::*;
 use proptest::prelude::*;
-use shoji_netfilter::events::{Event, EventKind, PolicyChange};
 use shoji_netfilter::rules::{Action, DirectionMatch, PortRange, ProtocolMatch, Rule, Subject};
 use shoji_netfilter::{Engine, EngineConfig, ScanConfig};
 use shoji_shared::{
@@ -185,20 +184,6 @@ fn frame_of(op: &Op) -> Vec<u8> {
     f
 }
 
-fn events(e: &Engine<'_>) -> Vec<EventKind> {
-    let blank = Event {
-        seq: 0,
-        time: 0,
-        kind: EventKind::Policy {
-            container: None,
-            change: PolicyChange::Config,
-        },
-    };
-    let mut buf = vec![blank; 1024];
-    let r = e.read_events(1, &mut buf);
-    buf[..r.copied].iter().map(|e| e.kind).collect()
-}
-
 /// Everything observable about an engine besides its decisions and frames.
 fn state(e: &Engine<'_>) -> String {
     format!(
@@ -206,7 +191,7 @@ fn state(e: &Engine<'_>) -> String {
         e.counters(),
         e.container_counters(ContainerId(1)),
         e.container_counters(ContainerId(2)),
-        events(e)
+        event_kinds(e)
     )
 }
 

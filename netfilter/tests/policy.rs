@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use proptest::prelude::*;
 use shoji_netfilter::encoding::{self, DecodeError};
-use shoji_netfilter::events::{Event, EventKind};
+use shoji_netfilter::events::EventKind;
 use shoji_netfilter::rules::{
     Action, DirectionMatch, Ipv4Cidr, PortRange, ProtocolMatch, Rule, RuleError, RuleFlags, Subject,
 };
@@ -21,20 +21,6 @@ use std::net::Ipv4Addr;
 
 fn deny() -> Verdict {
     Verdict::Drop(DropReason::PolicyDenied)
-}
-
-fn events(e: &Engine<'_>) -> Vec<EventKind> {
-    let blank = Event {
-        seq: 0,
-        time: 0,
-        kind: EventKind::Policy {
-            container: None,
-            change: shoji_netfilter::PolicyChange::Config,
-        },
-    };
-    let mut buf = vec![blank; 512];
-    let r = e.read_events(1, &mut buf);
-    buf[..r.copied].iter().map(|e| e.kind).collect()
 }
 
 // ---------------------------------------------------------------- rule kinds
@@ -406,7 +392,7 @@ fn outbound_port_scan_blocks_the_container_until_expiry() {
     );
     let b = tcp_frame(Some(VLAN_B), MAC_B, MAC_GW, IP_B, IP_REMOTE, 1, 80, SYN);
     assert_eq!(e.filter(&tx(), &b, &mut out), Verdict::Pass);
-    let ev = events(&e);
+    let ev = event_kinds(&e);
     assert!(ev.iter().any(|k| matches!(
         k,
         EventKind::OutboundScan {
@@ -484,7 +470,7 @@ fn inbound_scans_block_the_source_but_never_an_allow_listed_one() {
         assert_eq!(e.filter(&rx(), &from(IP_GW, p), &mut out), Verdict::Pass);
     }
     assert!(!e.is_source_blocked(IP_GW));
-    let ev = events(&e);
+    let ev = event_kinds(&e);
     assert!(ev.iter().any(|k| matches!(k, EventKind::InboundScan { source, blocked_until: Some(_), .. } if *source == IP_REMOTE)));
     assert!(ev.iter().any(|k| matches!(k, EventKind::InboundScan { source, blocked_until: None, .. } if *source == IP_GW)));
     // Expiry and unblock.
@@ -508,7 +494,7 @@ fn inbound_blocking_can_be_disabled_and_detection_turned_off() {
         let f = tcp_frame(None, MAC_GW, MAC_A, IP_REMOTE, IP_A, 50000, p, SYN);
         assert_eq!(e.filter(&rx(), &f, &mut out), Verdict::Pass);
     }
-    assert!(events(&e)
+    assert!(event_kinds(&e)
         .iter()
         .any(|k| matches!(k, EventKind::InboundScan { .. })));
     config.scan.enabled = false;

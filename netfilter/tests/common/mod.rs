@@ -300,3 +300,24 @@ pub fn untag(frame: &[u8]) -> (Option<u16>, Vec<u8>) {
         (None, frame.to_vec())
     }
 }
+
+/// Every event the engine holds (up to 1,024), oldest first.
+pub fn all_events(e: &shoji_netfilter::Engine<'_>) -> Vec<shoji_netfilter::Event> {
+    let blank = shoji_netfilter::Event {
+        seq: 0,
+        time: 0,
+        kind: shoji_netfilter::EventKind::Policy {
+            container: None,
+            change: shoji_netfilter::PolicyChange::Config,
+        },
+    };
+    let mut buf = vec![blank; 1024];
+    let r = e.read_events(1, &mut buf);
+    buf.truncate(r.copied);
+    buf
+}
+
+/// The kinds of [`all_events`].
+pub fn event_kinds(e: &shoji_netfilter::Engine<'_>) -> Vec<shoji_netfilter::EventKind> {
+    all_events(e).into_iter().map(|ev| ev.kind).collect()
+}
