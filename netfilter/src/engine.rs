@@ -99,20 +99,21 @@ enum Target {
 }
 
 /// Build the outgoing frame in `buf`: the original without its in-frame tag, with `tag` added.
+/// `ethertype_offset` is where the frame's network EtherType sits (12, or 16 behind a tag).
 fn rewrite<'a, 'b>(
     buf: &'b mut [u8; FRAME_BUFFER_LEN],
     frame: &'a [u8],
-    parsed: &ParsedFrame,
+    ethertype_offset: usize,
     tag: Option<u16>,
 ) -> &'b [u8]
 where
     'a: 'b,
 {
     // Nothing to change: hand the original bytes on without copying.
-    if tag.is_none() && !parsed.is_tagged() {
+    if tag.is_none() && ethertype_offset == 12 {
         return frame;
     }
-    let rest = &frame[parsed.ethertype_offset..];
+    let rest = &frame[ethertype_offset..];
     buf[..12].copy_from_slice(&frame[..12]);
     let mut at = 12;
     if let Some(vid) = tag {
@@ -454,15 +455,9 @@ impl<'s> Engine<'s> {
             }
         }
         let len = frame.len();
-        if key.tagged {
-            // The tag names the sender's port; the wire gets the frame without it.
-            let end = len - VLAN_TAG_LEN;
-            self.buf[..12].copy_from_slice(&frame[..12]);
-            self.buf[12..end].copy_from_slice(&frame[12 + VLAN_TAG_LEN..]);
-            out.to_wire(&self.buf[..end]);
-        } else {
-            out.to_wire(frame);
-        }
+        // The tag names the sender's port; the wire gets the frame without it.
+        let ethertype_offset = if key.tagged { 12 + VLAN_TAG_LEN } else { 12 };
+        out.to_wire(rewrite(&mut self.buf, frame, ethertype_offset, None));
         self.party_counters(Some(pass.sender)).count_tx(len);
         self.counters.total.count_tx(len);
         Some(Decision {
@@ -837,7 +832,7 @@ impl<'s> Engine<'s> {
     ) -> Result<(), DropReason> {
         let (party, tag) = match target {
             Target::Wire => {
-                out.to_wire(rewrite(&mut self.buf, frame, parsed, None));
+                out.to_wire(rewrite(&mut self.buf, frame, parsed.ethertype_offset, None));
                 return Ok(());
             }
             Target::Host => (Party::Host, None),
@@ -855,7 +850,7 @@ impl<'s> Engine<'s> {
             }
         }
         self.party_counters(Some(party)).count_rx(frame.len());
-        out.to_guest(rewrite(&mut self.buf, frame, parsed, tag));
+        out.to_guest(rewrite(&mut self.buf, frame, parsed.ethertype_offset, tag));
         Ok(())
     }
 

@@ -365,43 +365,26 @@ mod tests {
     #[test]
     fn other_shapes_and_bad_lengths_have_no_key() {
         let good = udp_frame(Some(101), 1, 64, 10);
-        // IPv4 options.
-        let mut f = good.clone();
-        f[18] = 0x46;
-        assert!(key_of(&f).is_none());
-        // A fragment (MF) and a later fragment (offset).
-        let mut f = good.clone();
-        f[24] = 0x20;
-        assert!(key_of(&f).is_none());
-        let mut f = good.clone();
-        f[25] = 1;
-        assert!(key_of(&f).is_none());
-        // Total length beyond the frame, below the header.
-        let mut f = good.clone();
-        f[21] = 200;
-        assert!(key_of(&f).is_none());
-        let mut f = good.clone();
-        f[20] = 0;
-        f[21] = 19;
-        assert!(key_of(&f).is_none());
-        // UDP length beyond the datagram, below the header.
-        let mut f = good.clone();
-        f[43] = 100;
-        assert!(key_of(&f).is_none());
-        let mut f = good.clone();
-        f[43] = 7;
-        assert!(key_of(&f).is_none());
-        // Stacked tags, VLAN id 0xfff, another protocol, a truncated frame.
-        let mut f = good.clone();
-        f[16] = 0x81;
-        assert!(key_of(&f).is_none());
-        let mut f = good.clone();
-        f[14] = 0x0f;
-        f[15] = 0xff;
-        assert!(key_of(&f).is_none());
-        let mut f = good.clone();
-        f[27] = 1;
-        assert!(key_of(&f).is_none());
+        let cases: [(&str, &[(usize, u8)]); 11] = [
+            ("IPv4 options", &[(18, 0x46)]),
+            ("a fragment (MF)", &[(24, 0x20)]),
+            ("a later fragment (offset)", &[(25, 1)]),
+            ("total length beyond the frame", &[(21, 200)]),
+            ("total length below the header", &[(20, 0), (21, 19)]),
+            ("UDP length beyond the datagram", &[(43, 100)]),
+            ("UDP length below the header", &[(43, 7)]),
+            ("stacked tags", &[(16, 0x81)]),
+            ("VLAN id 0xfff", &[(14, 0x0f), (15, 0xff)]),
+            ("another protocol", &[(27, 1)]),
+            ("untagged, not IPv4", &[(12, 0x86), (13, 0xdd)]),
+        ];
+        for (what, edits) in cases {
+            let mut f = good.clone();
+            for &(at, v) in edits {
+                f[at] = v;
+            }
+            assert!(key_of(&f).is_none(), "{what}");
+        }
         assert!(key_of(&good[..40]).is_none());
     }
 

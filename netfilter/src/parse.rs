@@ -236,13 +236,6 @@ pub struct ParsedFrame {
     pub network: Network,
 }
 
-impl ParsedFrame {
-    /// Whether the frame carries an in-frame 802.1Q tag.
-    pub fn is_tagged(&self) -> bool {
-        self.ethertype_offset != 12
-    }
-}
-
 /// Whether a MAC is a group (broadcast or multicast) address.
 pub fn is_group_mac(mac: &MacAddr) -> bool {
     mac[0] & 1 != 0

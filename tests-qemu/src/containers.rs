@@ -591,35 +591,38 @@ fn snapshots(hv: &str) -> Vec<Snapshot> {
             (cur.as_mut(), l.split_once("e1000 whole exits (tsc):"))
         {
             // "mmio: exits=N cycles=N timer: exits=N cycles=N attribution: calls=N cycles=N".
-            let mut section = "";
-            for w in r.split_whitespace() {
-                if let Some(c) = w.strip_suffix(':') {
-                    section = c;
-                } else if let Some(v) = w.strip_prefix("cycles=").and_then(|v| v.parse().ok()) {
-                    match section {
-                        "mmio" => s.mmio_exit_cycles = v,
-                        "attribution" => s.attribution_cycles = v,
-                        _ => {}
-                    }
+            for (section, v) in section_cycles(r) {
+                match section {
+                    "mmio" => s.mmio_exit_cycles = v,
+                    "attribution" => s.attribution_cycles = v,
+                    _ => {}
                 }
             }
         } else if let (Some(s), Some((_, r))) = (cur.as_mut(), l.split_once("e1000 cost (tsc):")) {
             // "CAUSE: calls=N frames=N cycles=N per_frame=X" per exit cause.
-            let words: Vec<&str> = r.split_whitespace().collect();
-            let mut cause = "";
-            for w in words {
-                if let Some(c) = w.strip_suffix(':') {
-                    cause = c;
-                } else if let Some(v) = w.strip_prefix("cycles=") {
-                    if cause != "poll" {
-                        s.cycles += v.parse::<u64>().unwrap_or(0);
-                    }
-                }
-            }
+            s.cycles += section_cycles(r)
+                .filter(|(cause, _)| *cause != "poll")
+                .map(|(_, v)| v)
+                .sum::<u64>();
         }
     }
     out.extend(cur);
     out
+}
+
+/// The `cycles=N` of each `SECTION:` in a line of the form `A: k=N cycles=N B: k=N cycles=N`,
+/// as (section, N); an unreadable number counts as 0.
+fn section_cycles(r: &str) -> impl Iterator<Item = (&str, u64)> {
+    let mut section = "";
+    r.split_whitespace().filter_map(move |w| {
+        if let Some(c) = w.strip_suffix(':') {
+            section = c;
+            None
+        } else {
+            w.strip_prefix("cycles=")
+                .map(|v| (section, v.parse().unwrap_or(0)))
+        }
+    })
 }
 
 /// Shoji's cost per frame during A's flood before registration (shadow rings, no container
@@ -700,10 +703,16 @@ mod tests {
                   shoji-hv: e1000 exits: total=50 poll=1\n\
                   shoji-hv: e1000 cost (tsc): tdt: calls=5 frames=10 cycles=1000 per_frame=100 icr: calls=1 frames=0 cycles=500 per_frame=0 poll: calls=9 frames=1 cycles=7000 per_frame=7000\n\
                   shoji-hv: e1000 totals: seen=300 delivered=290 dropped=10\n\
-                  shoji-hv: e1000 exits: total=150 poll=1\n";
+                  shoji-hv: e1000 exits: total=150 poll=1\n\
+                  shoji-hv: e1000 whole exits (tsc): mmio: exits=9 cycles=4000 timer: exits=2 cycles=300 attribution: calls=3 cycles=600\n";
         let s = snapshots(hv);
         assert_eq!(s.len(), 2);
         assert_eq!((s[0].seen, s[0].exits, s[0].cycles), (100, 49, 1500));
         assert_eq!((s[1].seen, s[1].exits, s[1].cycles), (300, 149, 0));
+        assert_eq!((s[0].mmio_exit_cycles, s[0].attribution_cycles), (0, 0));
+        assert_eq!(
+            (s[1].mmio_exit_cycles, s[1].attribution_cycles),
+            (4000, 600)
+        );
     }
 }

@@ -97,11 +97,17 @@ fn ram_top(setup: &Setup) -> u64 {
     setup.ram[..n].iter().map(|r| r[1]).max().unwrap_or(0)
 }
 
-/// Attribute the caller with `intro` (learning the direct map first if it is not known yet).
-fn attribute(intro: &mut Introspector, mem: &GuestRam, cpu: &CpuState, top: u64) -> TaskIdentity {
+/// Learn the direct map with `intro` if it is not known yet (`cpu` seen through the kernel's page
+/// tables, `top` the end of guest RAM).
+fn learn_direct_map_once(intro: &mut Introspector, mem: &GuestRam, cpu: &CpuState, top: u64) {
     if intro.direct_map().is_none() {
         let _ = intro.learn_direct_map(mem, cpu, top);
     }
+}
+
+/// Attribute the caller with `intro` (learning the direct map first if it is not known yet).
+fn attribute(intro: &mut Introspector, mem: &GuestRam, cpu: &CpuState, top: u64) -> TaskIdentity {
+    learn_direct_map_once(intro, mem, cpu, top);
     intro.attribute(mem, cpu)
 }
 
@@ -254,12 +260,12 @@ pub fn current_task(setup: &Setup) -> Option<TaskIdentity> {
         (Some(d), Some(base)) => d.gpa(base, 1).is_some(),
         _ => false,
     };
-    if in_direct_map {
-        return Some(a.intro.attribute_sender(&mem, &st.cpu));
-    }
-    let cpu = kernel_view(&mem, &st.cpu);
-    if a.intro.direct_map().is_none() {
-        let _ = a.intro.learn_direct_map(&mem, &cpu, ram_top(setup));
-    }
+    let cpu = if in_direct_map {
+        st.cpu
+    } else {
+        let cpu = kernel_view(&mem, &st.cpu);
+        learn_direct_map_once(&mut a.intro, &mem, &cpu, ram_top(setup));
+        cpu
+    };
     Some(a.intro.attribute_sender(&mem, &cpu))
 }
