@@ -870,6 +870,27 @@ impl Introspector {
         self.identify(mem, cpu, cur)
     }
 
+    /// The interrupt the exit came in, told from the per-CPU preempt count alone at
+    /// `percpu_base`, read through the learnt direct map (one 4-byte read, no page walk, no other
+    /// vCPU state). `Some` while a hard or soft interrupt is served; `None` when the sender runs
+    /// in its own context or this cannot be told so cheaply (no direct map yet, the window outside
+    /// it, a profile without a per-CPU preempt count): then [`Self::attribute_sender`] decides.
+    /// What it reads only ever concludes "interrupt", which makes the policy attribute nothing.
+    pub fn interrupt_context<M: GuestMemory + ?Sized>(
+        &self,
+        mem: &M,
+        percpu_base: u64,
+    ) -> Option<ExecContext> {
+        let CurrentTask::PerCpu { .. } = self.profile.current else {
+            return None;
+        };
+        let va = percpu_base.checked_add(u64::from(self.profile.preempt_offset?))?;
+        let gpa = self.dmap?.gpa(va, 4)?;
+        let mut pc = [0u8; 4];
+        mem.read(gpa, &mut pc).ok()?;
+        irq_context(u32::from_le_bytes(pc))
+    }
+
     /// The identity of the task `cur` names, with its execution context.
     fn identify<M: GuestMemory + ?Sized>(
         &mut self,

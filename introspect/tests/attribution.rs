@@ -152,6 +152,46 @@ fn senders_are_read_in_full_only_in_their_own_context() {
 }
 
 #[test]
+fn interrupt_context_is_told_from_one_read_of_the_preempt_count() {
+    for name in PROFILES {
+        let s = Spec::default();
+        for (pc, want) in [
+            (0x8000_0000, None),
+            (0x8000_0200, None), // bottom halves disabled in the sender's own context
+            (0x8000_0100, Some(ExecContext::SoftIrq)),
+            (0x8001_0000, Some(ExecContext::HardIrq)),
+            (0x8010_0000, Some(ExecContext::HardIrq)), // NMI
+        ] {
+            let (mut g, mut intro, _) = setup(name, PagingMode::Level4, &s);
+            g.set_preempt(pc);
+            let cpu = g.cpu();
+            let base = cpu.percpu_base().unwrap();
+            let cm = CountingMemory::new(g.mem);
+            assert_eq!(intro.interrupt_context(&cm, base), want, "{name} {pc:#x}");
+            assert_eq!(cm.reads(), 1, "{name}: one read");
+            // It agrees with the full reading of the sender.
+            let full = intro.attribute_sender(cm.inner(), &cpu);
+            assert_eq!(want.is_some(), !full.is_actor(), "{name} {pc:#x}");
+            if let Some(c) = want {
+                assert_eq!(full.context, c);
+            }
+        }
+        // Without the direct map, or a base outside it, it cannot tell: no read at all.
+        let (mut g, _, _) = setup(name, PagingMode::Level4, &s);
+        g.set_preempt(0x8000_0100);
+        let cpu = g.cpu();
+        let base = cpu.percpu_base().unwrap();
+        let unlearnt = Introspector::new(g.profile).unwrap();
+        let (_, learnt, _) = setup(name, PagingMode::Level4, &s);
+        let cm = CountingMemory::new(g.mem);
+        assert_eq!(unlearnt.interrupt_context(&cm, base), None);
+        assert_eq!(learnt.interrupt_context(&cm, 0x0000_7fff_0000_0000), None);
+        assert_eq!(learnt.interrupt_context(&cm, u64::MAX - 2), None);
+        assert_eq!(cm.reads(), 0);
+    }
+}
+
+#[test]
 fn old_kernels_thread_info_at_stack_base() {
     let mut p = fixture("debian12-6.1");
     p.current = CurrentTask::StackThreadInfo {

@@ -246,14 +246,40 @@ pub fn authenticate_agent(
     check_agent(&caller.id, caller.init_userns_inum, key, &setup.agent_key)
 }
 
-/// The sender of the frames a TDT write hands over (the task running on this vCPU at the exit,
-/// in full only when it acts in its own context: [`Introspector::attribute_sender`]), when a
-/// profile is active and the guest is in IA-32e paging.
+/// The kernel's per-CPU base at this exit, for the quick look at the preempt count: GS base at
+/// CPL 0, IA32_KERNEL_GS_BASE at CPL 3; `None` outside IA-32e mode. Unchecked beyond that: the
+/// reader accepts it only inside the learnt direct map ([`Introspector::interrupt_context`]).
+fn percpu_base_quick() -> Option<u64> {
+    const EFER_LMA: u64 = 1 << 10;
+    if vmread(guest::IA32_EFER_FULL) & EFER_LMA == 0 {
+        return None;
+    }
+    let cpl = (vmread(guest::SS_ACCESS_RIGHTS) >> 5) & 3;
+    Some(if cpl == 0 {
+        vmread(guest::GS_BASE)
+    } else {
+        rdmsr(IA32_KERNEL_GS_BASE)
+    })
+}
+
+/// The sender of the frames a TDT write hands over, for the policy: the identity of the task
+/// running on this vCPU at the exit when it acts in its own context. `None` while an interrupt is
+/// served (what an interrupt sends is not the interrupted task's doing: those frames carry their
+/// port identity only, and the policy attributes nothing to them), for kernel threads and unknown
+/// contexts, when no profile is active, and when the guest is not in IA-32e paging.
+///
+/// Most frames leave from the network softirq: one read of the preempt count through the learnt
+/// direct map tells that, before any other VMCS field or page table is looked at.
 pub fn current_task(setup: &Setup) -> Option<TaskIdentity> {
-    let st = caller_state()?;
     let mem = GuestRam::from_setup(setup);
     let mut active = ACTIVE.lock();
     let a = active.as_mut()?;
+    if let Some(base) = percpu_base_quick() {
+        if a.intro.interrupt_context(&mem, base).is_some() {
+            return None;
+        }
+    }
+    let st = caller_state()?;
     // With the direct map known and the per-CPU area inside it, the reads do not depend on
     // which half's page tables CR3 holds: no page walk to choose them.
     let in_direct_map = match (a.intro.direct_map(), st.cpu.percpu_base()) {
@@ -267,5 +293,6 @@ pub fn current_task(setup: &Setup) -> Option<TaskIdentity> {
         learn_direct_map_once(&mut a.intro, &mem, &cpu, ram_top(setup));
         cpu
     };
-    Some(a.intro.attribute_sender(&mem, &cpu))
+    let id = a.intro.attribute_sender(&mem, &cpu);
+    id.is_actor().then_some(id)
 }
