@@ -265,6 +265,45 @@ pub struct E1000<'b, N: NicRegisters, D: DmaRegion> {
     pub(crate) bufs: &'b mut Buffers,
 }
 
+/// A frame given as two pieces laid end to end (sent without being copied together first).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Joined<'a> {
+    /// The first bytes.
+    pub head: &'a [u8],
+    /// The bytes after them.
+    pub tail: &'a [u8],
+}
+
+impl<'a> Joined<'a> {
+    /// A frame in one piece.
+    pub fn whole(frame: &'a [u8]) -> Self {
+        Joined {
+            head: frame,
+            tail: &[],
+        }
+    }
+
+    /// The frame's length.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.tail.len()
+    }
+
+    /// The bytes of the frame's range `start..end` (within its length), as up to two
+    /// (offset from `start`, bytes) pieces.
+    pub fn range(&self, start: usize, end: usize) -> impl Iterator<Item = (usize, &'a [u8])> {
+        let h = self.head.len();
+        let head = self.head.get(start.min(h)..end.min(h)).unwrap_or(&[]);
+        let tail = self
+            .tail
+            .get(start.max(h) - h..end.max(h) - h)
+            .unwrap_or(&[]);
+        let tail_at = h.saturating_sub(start);
+        [(0, head), (tail_at, tail)]
+            .into_iter()
+            .filter(|(_, b)| !b.is_empty())
+    }
+}
+
 /// The sink the filter emits frames into.
 pub(crate) struct Sink<'a, N, D> {
     pub core: &'a mut Core<N, D>,
@@ -276,7 +315,11 @@ pub(crate) struct Sink<'a, N, D> {
 
 impl<N: NicRegisters, D: DmaRegion> FrameSink for Sink<'_, N, D> {
     fn to_wire(&mut self, frame: &[u8]) {
-        self.core.send_wire(self.wire, frame);
+        self.core.send_wire(self.wire, Joined::whole(frame));
+    }
+
+    fn to_wire_joined(&mut self, head: &[u8], tail: &[u8]) {
+        self.core.send_wire(self.wire, Joined { head, tail });
     }
 
     fn to_guest(&mut self, frame: &[u8]) {
@@ -418,9 +461,11 @@ impl<N: NicRegisters, D: DmaRegion> Core<N, D> {
         }
     }
 
-    /// Put one frame on the real TX ring; false when there is no room.
-    pub(crate) fn post_real(&mut self, frame: &[u8]) -> bool {
-        let need = frame.len().div_ceil(REAL_BUF);
+    /// Put one frame on the real TX ring, joining its pieces in Shoji's buffers; false when
+    /// there is no room.
+    pub(crate) fn post_real(&mut self, frame: Joined<'_>) -> bool {
+        let len = frame.len();
+        let need = len.div_ceil(REAL_BUF);
         if need > self.real_tx_free() {
             self.reclaim_tx();
             if need > self.real_tx_free() {
@@ -428,24 +473,27 @@ impl<N: NicRegisters, D: DmaRegion> Core<N, D> {
             }
         }
         let n = self.layout.ntx;
-        let chunks = frame.chunks(REAL_BUF);
-        let last = chunks.len().saturating_sub(1);
-        for (k, chunk) in chunks.enumerate() {
+        let mut start = 0;
+        while start < len {
+            let end = (start + REAL_BUF).min(len);
             let i = self.hw.tx_tail;
             let boff = self.layout.tx_buf + usize::from(i) * REAL_BUF;
-            self.dma.write(boff, chunk);
+            for (at, bytes) in frame.range(start, end) {
+                self.dma.write(boff + at, bytes);
+            }
             let mut cmd = desc::cmd::IFCS | desc::cmd::RS;
-            if k == last {
+            if end == len {
                 cmd |= desc::cmd::EOP;
             }
-            let d = TxDesc::legacy_bytes(self.layout.phys + boff as u64, chunk.len() as u16, cmd);
+            let d = TxDesc::legacy_bytes(self.layout.phys + boff as u64, (end - start) as u16, cmd);
             let doff = self.tx_desc_off(i);
             self.dma.write(doff, &d);
             self.hw.tx_tail = (i + 1) % n;
+            start = end;
         }
         self.hw.tdt_dirty = true;
         self.ctr.tx.frames += 1;
-        self.ctr.tx.bytes += frame.len() as u64;
+        self.ctr.tx.bytes += len as u64;
         self.ctr.cost[self.cause as usize].frames += 1;
         true
     }
@@ -459,8 +507,8 @@ impl<N: NicRegisters, D: DmaRegion> Core<N, D> {
     }
 
     /// Send a frame the filter let through to the wire (or queue it behind earlier ones).
-    pub(crate) fn send_wire(&mut self, q: &mut FrameQueue, frame: &[u8]) {
-        if frame.is_empty() {
+    pub(crate) fn send_wire(&mut self, q: &mut FrameQueue, frame: Joined<'_>) {
+        if frame.len() == 0 {
             self.ctr.drop(Direction::Tx, DropReason::Truncated);
             return;
         }
@@ -471,7 +519,7 @@ impl<N: NicRegisters, D: DmaRegion> Core<N, D> {
         if q.is_empty() && self.post_real(frame) {
             return;
         }
-        if !q.push(frame) {
+        if !q.push_joined(frame.head, frame.tail) {
             self.ctr.drop(Direction::Tx, DropReason::NoBuffer);
         }
     }
@@ -479,7 +527,7 @@ impl<N: NicRegisters, D: DmaRegion> Core<N, D> {
     /// Retry queued wire frames; true when the queue is empty.
     pub(crate) fn flush_wire(&mut self, q: &mut FrameQueue) -> bool {
         while let Some(f) = q.front() {
-            if !self.post_real(f) {
+            if !self.post_real(Joined::whole(f)) {
                 return false;
             }
             q.pop();
@@ -1056,6 +1104,40 @@ impl<'b, N: NicRegisters, D: DmaRegion> E1000<'b, N, D> {
                 }
             }
             o => c.nic.write32(o, v),
+        }
+    }
+}
+
+#[cfg(test)]
+mod joined_tests {
+    use super::Joined;
+    use proptest::prelude::*;
+    use std::vec::Vec;
+
+    proptest! {
+        /// Any split of a frame into two pieces, read back in any chunking, gives the frame.
+        #[test]
+        fn ranges_cover_the_joined_frame(
+            frame in proptest::collection::vec(any::<u8>(), 0..300),
+            split in 0usize..300,
+            chunk in 1usize..64,
+        ) {
+            let split = split.min(frame.len());
+            let j = Joined { head: &frame[..split], tail: &frame[split..] };
+            prop_assert_eq!(j.len(), frame.len());
+            let mut out = Vec::new();
+            let mut start = 0;
+            while start < j.len() {
+                let end = (start + chunk).min(j.len());
+                let mut buf = std::vec![0u8; end - start];
+                for (at, bytes) in j.range(start, end) {
+                    prop_assert!(!bytes.is_empty());
+                    buf[at..at + bytes.len()].copy_from_slice(bytes);
+                }
+                out.extend(buf);
+                start = end;
+            }
+            prop_assert_eq!(out, frame);
         }
     }
 }

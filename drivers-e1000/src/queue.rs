@@ -36,12 +36,19 @@ impl FrameQueue {
 
     /// Append a copy of `frame`; false when full or the frame is too large.
     pub fn push(&mut self, frame: &[u8]) -> bool {
-        if self.count == QUEUE_SLOTS || frame.len() > MAX_WIRE_FRAME {
+        self.push_joined(frame, &[])
+    }
+
+    /// Append `head` followed by `tail` as one frame; false when full or the frame is too large.
+    pub fn push_joined(&mut self, head: &[u8], tail: &[u8]) -> bool {
+        let len = head.len() + tail.len();
+        if self.count == QUEUE_SLOTS || len > MAX_WIRE_FRAME {
             return false;
         }
         let i = (self.head + self.count) % QUEUE_SLOTS;
-        self.buf[i][..frame.len()].copy_from_slice(frame);
-        self.len[i] = frame.len();
+        self.buf[i][..head.len()].copy_from_slice(head);
+        self.buf[i][head.len()..len].copy_from_slice(tail);
+        self.len[i] = len;
         self.count += 1;
         true
     }

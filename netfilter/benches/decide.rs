@@ -20,6 +20,9 @@ impl FrameSink for NullSink {
     fn to_wire(&mut self, frame: &[u8]) {
         black_box(frame);
     }
+    fn to_wire_joined(&mut self, head: &[u8], tail: &[u8]) {
+        black_box((head, tail));
+    }
     fn to_guest(&mut self, frame: &[u8]) {
         black_box(frame);
     }

@@ -126,6 +126,15 @@ where
     &buf[..end]
 }
 
+/// Send `frame` to the wire without its in-frame tag (`ethertype_offset` is 12, or 16 behind a
+/// tag); the sink leaves the tag out while it copies the frame, no copy here.
+fn to_wire_untagged(out: &mut dyn FrameSink, frame: &[u8], ethertype_offset: usize) {
+    match frame.get(ethertype_offset..) {
+        Some(rest) if ethertype_offset > 12 => out.to_wire_joined(&frame[..12], rest),
+        _ => out.to_wire(frame),
+    }
+}
+
 fn probe_of(parsed: &ParsedFrame, side: Side) -> Option<Probe> {
     let Network::Ipv4(ip) = parsed.network else {
         return None;
@@ -457,7 +466,7 @@ impl<'s> Engine<'s> {
         let len = frame.len();
         // The tag names the sender's port; the wire gets the frame without it.
         let ethertype_offset = if key.tagged { 12 + VLAN_TAG_LEN } else { 12 };
-        out.to_wire(rewrite(&mut self.buf, frame, ethertype_offset, None));
+        to_wire_untagged(out, frame, ethertype_offset);
         self.party_counters(Some(pass.sender)).count_tx(len);
         self.counters.total.count_tx(len);
         Some(Decision {
@@ -832,7 +841,7 @@ impl<'s> Engine<'s> {
     ) -> Result<(), DropReason> {
         let (party, tag) = match target {
             Target::Wire => {
-                out.to_wire(rewrite(&mut self.buf, frame, parsed.ethertype_offset, None));
+                to_wire_untagged(out, frame, parsed.ethertype_offset);
                 return Ok(());
             }
             Target::Host => (Party::Host, None),

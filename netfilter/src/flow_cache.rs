@@ -101,6 +101,16 @@ impl FlowKey {
         u16::from_be_bytes([b[6], b[7]]) & 0x0fff
     }
 
+    /// Whether `other` is the same key (word-wise, without a byte comparison call).
+    fn same(&self, other: &FlowKey) -> bool {
+        let diff = self
+            .words
+            .iter()
+            .zip(other.words.iter())
+            .fold(0, |d, (a, b)| d | (a ^ b));
+        diff == 0 && self.tagged == other.tagged
+    }
+
     fn slot(&self) -> usize {
         let mut h: u64 = 0x9e37_79b9_7f4a_7c15;
         for w in self.words {
@@ -112,74 +122,81 @@ impl FlowKey {
 
 /// The key of `frame` when it has the cached shape and the parser would accept it; `None`
 /// otherwise (the frame then takes the full path).
+///
+/// Every check reads fixed offsets of the frame's first [`KEY_BYTES`] (a shorter frame is
+/// zero-padded to them); a field beyond the frame's end reads as zero, and each such read comes
+/// after the length check that puts the field inside the frame.
 pub fn key_of(frame: &[u8]) -> Option<FlowKey> {
-    if frame.len() < 14 {
+    let len = frame.len();
+    if len < 14 {
         return None;
     }
-    let (tagged, l2) = match [frame[12], frame[13]] {
-        ETHERTYPE_VLAN => {
-            // One tag, a valid VLAN id, IPv4 inside (so no stacked tag).
-            if frame.len() < 18
-                || [frame[16], frame[17]] != ETHERTYPE_IPV4
-                || u16::from_be_bytes([frame[14], frame[15]]) & 0x0fff == 0x0fff
-            {
-                return None;
-            }
+    let padded;
+    let b: &[u8; KEY_BYTES] = match frame.first_chunk::<KEY_BYTES>() {
+        Some(head) => head,
+        None => {
+            padded = zero_padded(frame);
+            &padded
+        }
+    };
+    let be16 = |at: usize| usize::from(u16::from_be_bytes([b[at], b[at + 1]]));
+    let (tagged, l2) = match [b[12], b[13]] {
+        // One tag, a valid VLAN id, IPv4 inside (so no stacked tag).
+        ETHERTYPE_VLAN
+            if len >= 18 && [b[16], b[17]] == ETHERTYPE_IPV4 && be16(14) & 0x0fff != 0x0fff =>
+        {
             (true, 18)
         }
         ETHERTYPE_IPV4 => (false, 14),
         _ => return None,
     };
-    let ip = &frame[l2..];
-    // Version 4, no options; not a fragment (MF clear, offset 0).
-    if ip.len() < 20 || ip[0] != 0x45 || u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
+    // Version 4, no options; not a fragment (MF clear, offset 0); a total length inside the
+    // frame that covers the header.
+    let ip_len = len - l2;
+    if ip_len < 20 || b[l2] != 0x45 || be16(l2 + 6) & 0x3fff != 0 {
         return None;
     }
-    let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
-    if total < 20 || total > ip.len() {
+    let total = be16(l2 + 2);
+    if total < 20 || total > ip_len {
         return None;
     }
-    let body = &ip[20..total];
-    match ip[9] {
+    let body = total - 20;
+    let l4 = l2 + 20;
+    let tcp = match b[l2 + 9] {
+        // The parser's checks: a whole header, a data offset inside the segment.
         IPPROTO_TCP => {
-            // The parser's checks: a whole header, a data offset inside the segment.
-            if body.len() < 20 {
+            let data_offset = usize::from(b[l4 + 12] >> 4) * 4;
+            if body < 20 || data_offset < 20 || data_offset > body {
                 return None;
             }
-            let data_offset = usize::from(body[12] >> 4) * 4;
-            if data_offset < 20 || data_offset > body.len() {
-                return None;
-            }
+            true
         }
         IPPROTO_UDP => {
-            if body.len() < 8 {
+            let udp_len = be16(l4 + 4);
+            if body < 8 || udp_len < 8 || udp_len > body {
                 return None;
             }
-            let udp_len = u16::from_be_bytes([body[4], body[5]]) as usize;
-            if udp_len < 8 || udp_len > body.len() {
-                return None;
-            }
+            false
         }
         _ => return None,
-    }
-    let mask = &KEY_MASKS[usize::from(tagged) * 2 + usize::from(ip[9] == IPPROTO_TCP)];
+    };
+    let mask = &KEY_MASKS[usize::from(tagged) * 2 + usize::from(tcp)];
     let mut words = [0u64; KEY_WORDS];
-    if frame.len() >= KEY_BYTES {
-        for (i, (w, m)) in words.iter_mut().zip(mask).enumerate() {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&frame[i * 8..i * 8 + 8]);
-            *w = u64::from_le_bytes(b) & m;
-        }
-    } else {
-        let mut bytes = [0u8; KEY_BYTES];
-        bytes[..frame.len()].copy_from_slice(frame);
-        for ((w, m), chunk) in words.iter_mut().zip(mask).zip(bytes.chunks_exact(8)) {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(chunk);
-            *w = u64::from_le_bytes(b) & m;
-        }
+    for ((w, m), chunk) in words.iter_mut().zip(mask).zip(b.chunks_exact(8)) {
+        let mut le = [0u8; 8];
+        le.copy_from_slice(chunk);
+        *w = u64::from_le_bytes(le) & m;
     }
     Some(FlowKey { words, tagged })
+}
+
+/// A frame shorter than a key, zero-padded to a key's length.
+#[cold]
+fn zero_padded(frame: &[u8]) -> [u8; KEY_BYTES] {
+    let mut b = [0u8; KEY_BYTES];
+    let n = frame.len().min(KEY_BYTES);
+    b[..n].copy_from_slice(&frame[..n]);
+    b
 }
 
 /// The decision an entry replays: passed to the wire, as the sender's frame.
@@ -248,7 +265,7 @@ impl FlowCache {
         task: Option<&TaskIdentity>,
     ) -> Option<CachedPass> {
         let found = match &self.entries[key.slot()] {
-            Some(e) if e.generation == generation && e.key == *key && e.task.as_ref() == task => {
+            Some(e) if e.generation == generation && e.key.same(key) && e.task.as_ref() == task => {
                 Some(e.pass)
             }
             _ => None,

@@ -11,6 +11,7 @@
 //! struct Nic;
 //! impl FrameSink for Nic {
 //!     fn to_wire(&mut self, _frame: &[u8]) {}
+//!     fn to_wire_joined(&mut self, _head: &[u8], _tail: &[u8]) {}
 //!     fn to_guest(&mut self, _frame: &[u8]) {}
 //! }
 //!

@@ -131,6 +131,10 @@ pub struct FrameMeta<'a> {
 pub trait FrameSink {
     /// Queue `frame` for transmission on the wire.
     fn to_wire(&mut self, frame: &[u8]);
+    /// Queue the frame `head` followed by `tail` for the wire: a frame rewritten without copying
+    /// it first (a tagged frame sent without its 802.1Q tag is its first 12 bytes, then the bytes
+    /// after the tag). The sink joins the pieces while it copies the frame anyway.
+    fn to_wire_joined(&mut self, head: &[u8], tail: &[u8]);
     /// Queue `frame` for delivery into the guest's receive ring.
     fn to_guest(&mut self, frame: &[u8]);
 }

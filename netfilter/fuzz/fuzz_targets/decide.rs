@@ -19,6 +19,9 @@ impl FrameSink for Counting {
         assert!(frame.len() <= shoji_netfilter::parse::FRAME_BUFFER_LEN);
         self.0 += 1;
     }
+    fn to_wire_joined(&mut self, head: &[u8], tail: &[u8]) {
+        self.to_wire(&[head, tail].concat());
+    }
     fn to_guest(&mut self, frame: &[u8]) {
         assert!(frame.len() <= shoji_netfilter::parse::FRAME_BUFFER_LEN);
         self.0 += 1;

@@ -37,6 +37,9 @@ impl FrameSink for Sink {
     fn to_wire(&mut self, frame: &[u8]) {
         self.wire.push(frame.to_vec());
     }
+    fn to_wire_joined(&mut self, head: &[u8], tail: &[u8]) {
+        self.wire.push([head, tail].concat());
+    }
     fn to_guest(&mut self, frame: &[u8]) {
         self.guest.push(frame.to_vec());
     }
