@@ -478,8 +478,16 @@ impl<N: NicRegisters, D: DmaRegion> Core<N, D> {
             let end = (start + REAL_BUF).min(len);
             let i = self.hw.tx_tail;
             let boff = self.layout.tx_buf + usize::from(i) * REAL_BUF;
-            for (at, bytes) in frame.range(start, end) {
-                self.dma.write(boff + at, bytes);
+            if len <= REAL_BUF {
+                // The usual frame: one buffer, each piece written where it belongs.
+                self.dma.write(boff, frame.head);
+                if !frame.tail.is_empty() {
+                    self.dma.write(boff + frame.head.len(), frame.tail);
+                }
+            } else {
+                for (at, bytes) in frame.range(start, end) {
+                    self.dma.write(boff + at, bytes);
+                }
             }
             let mut cmd = desc::cmd::IFCS | desc::cmd::RS;
             if end == len {
