@@ -564,6 +564,8 @@ struct Snapshot {
     mmio_exit_cycles: u64,
     /// Reading the running task at TDT writes (policy on only; inside the whole exits).
     attribution_cycles: u64,
+    /// The policy's decisions (policy on only; inside the engine's share).
+    policy_cycles: u64,
 }
 
 /// Every snapshot in Shoji's log, in order (one per LogCounters call).
@@ -590,11 +592,13 @@ fn snapshots(hv: &str) -> Vec<Snapshot> {
         } else if let (Some(s), Some((_, r))) =
             (cur.as_mut(), l.split_once("e1000 whole exits (tsc):"))
         {
-            // "mmio: exits=N cycles=N timer: exits=N cycles=N attribution: calls=N cycles=N".
+            // "mmio: exits=N cycles=N timer: exits=N cycles=N attribution: calls=N cycles=N
+            // policy: calls=N cycles=N".
             for (section, v) in section_cycles(r) {
                 match section {
                     "mmio" => s.mmio_exit_cycles = v,
                     "attribution" => s.attribution_cycles = v,
+                    "policy" => s.policy_cycles = v,
                     _ => {}
                 }
             }
@@ -647,16 +651,18 @@ fn per_frame(rep: &mut Report, hv: &str) {
             per(a.cycles, b.cycles),
             per(a.mmio_exit_cycles, b.mmio_exit_cycles),
             per(a.attribution_cycles, b.attribution_cycles),
+            per(a.policy_cycles, b.policy_cycles),
         )
     };
-    let (f0, e0, c0, w0, a0) = delta(s[0], s[1]);
-    let (f1, e1, c1, w1, a1) = delta(s[2], s[3]);
+    let (f0, e0, c0, w0, a0, _) = delta(s[0], s[1]);
+    let (f1, e1, c1, w1, a1, p1) = delta(s[2], s[3]);
     let line = format!(
         "Shoji per frame, A's flood (NIC exits; TSC cycles, which Bochs counts in instructions: \
          whole NIC-register exits from handler entry to VM entry, of which the engine and the \
-         task attribution), shadow rings alone: frames={f0} exits={e0:.2} whole={w0:.0} \
-         engine={c0:.0} attribution={a0:.0}; with the policy on: frames={f1} exits={e1:.2} \
-         whole={w1:.0} engine={c1:.0} attribution={a1:.0}; whole x{:.3}, engine x{:.3}",
+         task attribution; in the engine, the policy's decisions), shadow rings alone: \
+         frames={f0} exits={e0:.2} whole={w0:.0} engine={c0:.0} attribution={a0:.0}; with the \
+         policy on: frames={f1} exits={e1:.2} whole={w1:.0} engine={c1:.0} attribution={a1:.0} \
+         policy={p1:.0}; whole x{:.3}, engine x{:.3}",
         w1 / w0.max(1e-9),
         c1 / c0.max(1e-9)
     );
@@ -704,15 +710,19 @@ mod tests {
                   shoji-hv: e1000 cost (tsc): tdt: calls=5 frames=10 cycles=1000 per_frame=100 icr: calls=1 frames=0 cycles=500 per_frame=0 poll: calls=9 frames=1 cycles=7000 per_frame=7000\n\
                   shoji-hv: e1000 totals: seen=300 delivered=290 dropped=10\n\
                   shoji-hv: e1000 exits: total=150 poll=1\n\
-                  shoji-hv: e1000 whole exits (tsc): mmio: exits=9 cycles=4000 timer: exits=2 cycles=300 attribution: calls=3 cycles=600\n";
+                  shoji-hv: e1000 whole exits (tsc): mmio: exits=9 cycles=4000 timer: exits=2 cycles=300 attribution: calls=3 cycles=600 policy: calls=3 cycles=450\n";
         let s = snapshots(hv);
         assert_eq!(s.len(), 2);
         assert_eq!((s[0].seen, s[0].exits, s[0].cycles), (100, 49, 1500));
         assert_eq!((s[1].seen, s[1].exits, s[1].cycles), (300, 149, 0));
         assert_eq!((s[0].mmio_exit_cycles, s[0].attribution_cycles), (0, 0));
         assert_eq!(
-            (s[1].mmio_exit_cycles, s[1].attribution_cycles),
-            (4000, 600)
+            (
+                s[1].mmio_exit_cycles,
+                s[1].attribution_cycles,
+                s[1].policy_cycles
+            ),
+            (4000, 600, 450)
         );
     }
 }

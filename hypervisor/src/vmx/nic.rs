@@ -763,14 +763,17 @@ pub fn log_counters() {
     let (ept, ept_cycles) = WHOLE_EXITS[0].get();
     let (timer, timer_cycles) = WHOLE_EXITS[1].get();
     let (attr, attr_cycles) = ATTRIBUTION.get();
+    let (decisions, policy_cycles) = POLICY.get();
     crate::hv_line!(
-        "e1000 whole exits (tsc): mmio: exits={} cycles={} timer: exits={} cycles={} attribution: calls={} cycles={}",
+        "e1000 whole exits (tsc): mmio: exits={} cycles={} timer: exits={} cycles={} attribution: calls={} cycles={} policy: calls={} cycles={}",
         ept,
         ept_cycles,
         timer,
         timer_cycles,
         attr,
-        attr_cycles
+        attr_cycles,
+        decisions,
+        policy_cycles
     );
     // The same figures for what happened since the previous log (one phase of a measurement).
     let mut prev = LAST_LOGGED.lock();
@@ -792,6 +795,14 @@ pub fn log_counters() {
 static WHOLE_EXITS: [ExitCost; 2] = [ExitCost::new(), ExitCost::new()];
 /// Attributions of TDT writes to the running task (only with the policy on).
 static ATTRIBUTION: ExitCost = ExitCost::new();
+/// The policy's decisions, from taking the engine's lock to the decision (inside the engine's
+/// share of the exits).
+static POLICY: ExitCost = ExitCost::new();
+
+/// Count one policy decision that took `cycles` TSC ticks.
+pub fn record_policy(cycles: u64) {
+    POLICY.add(cycles);
+}
 
 /// Calls and TSC cycles of one kind of work.
 struct ExitCost {

@@ -145,12 +145,16 @@ impl FrameFilter for PolicyFilter {
             return PassAll.filter(meta, frame, out);
         }
         // The policy is on only after a registration built the engine.
+        let t0 = super::rdtsc();
         let mut guard = ENGINE.lock();
         let Some(engine) = guard.as_deref_mut() else {
             return PassAll.filter(meta, frame, out);
         };
         engine.set_now(now_ns());
-        engine.decide(meta, frame, out).verdict
+        let verdict = engine.decide(meta, frame, out).verdict;
+        drop(guard);
+        super::nic::record_policy(super::rdtsc().wrapping_sub(t0));
+        verdict
     }
 }
 
