@@ -556,7 +556,33 @@ fn tx_joined_pieces_reach_the_wire_as_one_frame() {
         r.poll();
     }
     r.nic.run_tx();
-    assert_eq!(r.nic.take_sent(), vec![jumbo.clone(), jumbo]);
+    assert_eq!(r.nic.take_sent(), vec![jumbo.clone(), jumbo.clone()]);
+    // The same jumbo frame when the real ring is short: a small frame's two copies take two
+    // buffers, the jumbo frame's first copy three, and its second copy (three more, with two
+    // free) waits in the wire queue, joined into one frame there, until the NIC has sent the rest.
+    let small = eth(0x0800, &pattern(100, 9));
+    r.send_frame(&tagged(&small, 101));
+    let (aa, ab) = (r.buf(a), r.buf(b));
+    r.send(&[
+        legacy(aa, a.len() as u16, cmd::IFCS),
+        legacy(ab, b.len() as u16, cmd::EOP | cmd::IFCS | cmd::RS),
+    ]);
+    r.nic.run_tx();
+    assert_eq!(
+        r.nic.take_sent(),
+        vec![small.clone(), small, jumbo.clone()],
+        "the second copy is not on the ring yet"
+    );
+    for _ in 0..4 {
+        r.poll();
+        r.nic.run_tx();
+    }
+    assert_eq!(
+        r.nic.take_sent(),
+        vec![jumbo],
+        "the queued copy, untagged, byte-exact"
+    );
+    assert_eq!(r.e.counters().tx.dropped_total(), 0);
     r.no_violations();
 }
 

@@ -424,22 +424,33 @@ impl<'s> Engine<'s> {
             return self.drop_frame(None, meta.direction, DropReason::Oversize);
         }
         // The TX flow cache: a repeated header from the same task under the same policy.
-        let flow_key = match meta.direction {
-            Direction::Tx if meta.descriptor_vlan.is_none() && self.config.flow_cache => {
-                flow_cache::key_of(frame)
+        let cacheable = meta.direction == Direction::Tx
+            && meta.descriptor_vlan.is_none()
+            && self.config.flow_cache;
+        match cacheable.then(|| flow_cache::key_of(frame)).flatten() {
+            Some(key) => {
+                let task = meta.task.filter(|t| t.is_actor());
+                match self.replay(&key, task, frame, out) {
+                    Some(d) => d,
+                    None => self.decide_and_remember(key, task, meta, frame, out),
+                }
             }
-            _ => None,
-        };
-        let task = meta.task.filter(|t| t.is_actor());
-        if let Some(key) = &flow_key {
-            if let Some(d) = self.replay(key, task, frame, out) {
-                return d;
-            }
+            None => self.decide_uncached(meta, frame, out),
         }
+    }
+
+    /// Decide a frame of the cached shape that no entry answered, and cache the decision.
+    #[inline(never)]
+    fn decide_and_remember(
+        &mut self,
+        key: FlowKey,
+        task: Option<&TaskIdentity>,
+        meta: &FrameMeta<'_>,
+        frame: &[u8],
+        out: &mut dyn FrameSink,
+    ) -> Decision {
         let d = self.decide_uncached(meta, frame, out);
-        if let Some(key) = flow_key {
-            self.remember(key, task, frame, &d);
-        }
+        self.remember(key, task, frame, &d);
         d
     }
 
@@ -452,22 +463,31 @@ impl<'s> Engine<'s> {
         out: &mut dyn FrameSink,
     ) -> Option<Decision> {
         let pass = self.flow_cache.lookup(key, self.generation, task)?;
-        if let Party::Container(slot) = pass.sender {
-            let (now, scan) = (self.now, &self.config.scan);
-            let current = self
-                .registry
-                .get_mut(slot)
-                .map(|c| (c.scan.is_blocked(now), c.scan.open_window(now, scan)));
-            if current != Some((false, pass.scan_window)) {
-                self.flow_cache.demote_hit();
-                return None;
+        // The sender's counters; a container's only while its scan state is the entry's (not
+        // blocked, the same probe window open).
+        let counters = match pass.sender {
+            Party::Host => &mut self.counters.host,
+            Party::Container(slot) => {
+                let (now, scan) = (self.now, &self.config.scan);
+                let Some(c) = self.registry.get_mut(slot) else {
+                    self.flow_cache.demote_hit();
+                    return None;
+                };
+                if c.scan.is_blocked(now) || c.scan.open_window(now, scan) != pass.scan_window {
+                    self.flow_cache.demote_hit();
+                    return None;
+                }
+                &mut c.counters
             }
-        }
-        let len = frame.len();
+        };
         // The tag names the sender's port; the wire gets the frame without it.
-        let ethertype_offset = if key.tagged { 12 + VLAN_TAG_LEN } else { 12 };
-        to_wire_untagged(out, frame, ethertype_offset);
-        self.party_counters(Some(pass.sender)).count_tx(len);
+        let len = frame.len();
+        if key.tagged {
+            out.to_wire_joined(&frame[..12], &frame[12 + VLAN_TAG_LEN..]);
+        } else {
+            out.to_wire(frame);
+        }
+        counters.count_tx(len);
         self.counters.total.count_tx(len);
         Some(Decision {
             verdict: Verdict::Pass,
@@ -509,6 +529,7 @@ impl<'s> Engine<'s> {
     }
 
     /// Decide one frame the full way: parse, attribute, check, evaluate, deliver.
+    #[inline(never)]
     fn decide_uncached(
         &mut self,
         meta: &FrameMeta<'_>,

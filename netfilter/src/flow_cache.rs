@@ -27,8 +27,8 @@ pub const FLOW_CACHE_ENTRIES: usize = 256;
 const KEY_BYTES: usize = 56;
 const KEY_WORDS: usize = KEY_BYTES / 8;
 
-const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
-const ETHERTYPE_VLAN: [u8; 2] = [0x81, 0x00];
+const ETHERTYPE_IPV4: usize = 0x0800;
+const ETHERTYPE_VLAN: usize = 0x8100;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 
@@ -102,6 +102,7 @@ impl FlowKey {
     }
 
     /// Whether `other` is the same key (word-wise, without a byte comparison call).
+    #[inline]
     fn same(&self, other: &FlowKey) -> bool {
         let diff = self
             .words
@@ -111,6 +112,7 @@ impl FlowKey {
         diff == 0 && self.tagged == other.tagged
     }
 
+    #[inline]
     fn slot(&self) -> usize {
         let mut h: u64 = 0x9e37_79b9_7f4a_7c15;
         for w in self.words {
@@ -126,24 +128,35 @@ impl FlowKey {
 /// Every check reads fixed offsets of the frame's first [`KEY_BYTES`] (a shorter frame is
 /// zero-padded to them); a field beyond the frame's end reads as zero, and each such read comes
 /// after the length check that puts the field inside the frame.
+#[inline]
 pub fn key_of(frame: &[u8]) -> Option<FlowKey> {
-    let len = frame.len();
+    match frame.first_chunk::<KEY_BYTES>() {
+        Some(head) => key_from(head, frame.len()),
+        None => key_of_short(frame),
+    }
+}
+
+/// [`key_of`] for a frame shorter than a key: its bytes zero-padded to a key's length.
+#[cold]
+#[inline(never)]
+fn key_of_short(frame: &[u8]) -> Option<FlowKey> {
+    let mut b = [0u8; KEY_BYTES];
+    let n = frame.len().min(KEY_BYTES);
+    b[..n].copy_from_slice(&frame[..n]);
+    key_from(&b, frame.len())
+}
+
+/// [`key_of`] given the frame's first [`KEY_BYTES`] (zero-padded) and its length.
+#[inline(always)]
+fn key_from(b: &[u8; KEY_BYTES], len: usize) -> Option<FlowKey> {
     if len < 14 {
         return None;
     }
-    let padded;
-    let b: &[u8; KEY_BYTES] = match frame.first_chunk::<KEY_BYTES>() {
-        Some(head) => head,
-        None => {
-            padded = zero_padded(frame);
-            &padded
-        }
-    };
     let be16 = |at: usize| usize::from(u16::from_be_bytes([b[at], b[at + 1]]));
-    let (tagged, l2) = match [b[12], b[13]] {
+    let (tagged, l2) = match be16(12) {
         // One tag, a valid VLAN id, IPv4 inside (so no stacked tag).
         ETHERTYPE_VLAN
-            if len >= 18 && [b[16], b[17]] == ETHERTYPE_IPV4 && be16(14) & 0x0fff != 0x0fff =>
+            if len >= 18 && be16(16) == ETHERTYPE_IPV4 && be16(14) & 0x0fff != 0x0fff =>
         {
             (true, 18)
         }
@@ -188,15 +201,6 @@ pub fn key_of(frame: &[u8]) -> Option<FlowKey> {
         *w = u64::from_le_bytes(le) & m;
     }
     Some(FlowKey { words, tagged })
-}
-
-/// A frame shorter than a key, zero-padded to a key's length.
-#[cold]
-fn zero_padded(frame: &[u8]) -> [u8; KEY_BYTES] {
-    let mut b = [0u8; KEY_BYTES];
-    let n = frame.len().min(KEY_BYTES);
-    b[..n].copy_from_slice(&frame[..n]);
-    b
 }
 
 /// The decision an entry replays: passed to the wire, as the sender's frame.
@@ -258,23 +262,23 @@ impl FlowCache {
     }
 
     /// The entry for `key` made in `generation` for exactly `task`, if there is one.
+    #[inline]
     pub fn lookup(
         &mut self,
         key: &FlowKey,
         generation: u64,
         task: Option<&TaskIdentity>,
-    ) -> Option<CachedPass> {
-        let found = match &self.entries[key.slot()] {
+    ) -> Option<&CachedPass> {
+        match &self.entries[key.slot()] {
             Some(e) if e.generation == generation && e.key.same(key) && e.task.as_ref() == task => {
-                Some(e.pass)
+                self.stats.hits += 1;
+                Some(&e.pass)
             }
-            _ => None,
-        };
-        match found {
-            Some(_) => self.stats.hits += 1,
-            None => self.stats.misses += 1,
+            _ => {
+                self.stats.misses += 1;
+                None
+            }
         }
-        found
     }
 
     /// A hit found stale by the engine's checks after all: count it as a miss.
@@ -421,7 +425,7 @@ mod tests {
         let mut c = FlowCache::new();
         assert_eq!(c.lookup(&key, 1, None), None);
         c.insert(key, 1, Some(&task), pass);
-        assert_eq!(c.lookup(&key, 1, Some(&task)), Some(pass));
+        assert_eq!(c.lookup(&key, 1, Some(&task)), Some(&pass));
         assert_eq!(c.lookup(&key, 2, Some(&task)), None);
         assert_eq!(c.lookup(&key, 1, None), None);
         let other = TaskIdentity {
