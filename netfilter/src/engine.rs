@@ -482,11 +482,8 @@ impl<'s> Engine<'s> {
         };
         // The tag names the sender's port; the wire gets the frame without it.
         let len = frame.len();
-        if key.tagged {
-            out.to_wire_joined(&frame[..12], &frame[12 + VLAN_TAG_LEN..]);
-        } else {
-            out.to_wire(frame);
-        }
+        let ethertype_offset = if key.tagged { 12 + VLAN_TAG_LEN } else { 12 };
+        to_wire_untagged(out, frame, ethertype_offset);
         counters.count_tx(len);
         self.counters.total.count_tx(len);
         Some(Decision {

@@ -398,10 +398,6 @@ fn reinject_vectored_event() {
     }
 }
 
-fn guest_cpl() -> u64 {
-    (vmread(guest::SS_ACCESS_RIGHTS) >> 5) & 3
-}
-
 /// Refuse a guest action as hardware would (inject `vector`), with a rate-limited log line.
 fn guest_fault(vcpu: &Vcpu, _regs: &GuestRegs, reason: u32, vector: u8, error_code: Option<u32>) {
     if let Some(n) = GUEST_FAULT_LOG.allow() {

@@ -6,7 +6,7 @@
 //! caller's own page tables, the profile is validated before use, and every refusal is a
 //! [`Status`]. No heap: the active profile lives in a static with fixed-size storage.
 
-use super::{rdmsr, vmread};
+use super::{guest_cpl, rdmsr, vmread, EFER_LMA};
 use crate::guest::{address_space, AddressSpace, GuestRam};
 use crate::setup::Setup;
 use shoji_introspect::paging::{translate, PageTables};
@@ -57,7 +57,7 @@ pub fn caller_state() -> Option<CallerState> {
     let AddressSpace::Paged(pt) = space else {
         return None;
     };
-    let cpl = ((vmread(guest::SS_ACCESS_RIGHTS) >> 5) & 3) as u8;
+    let cpl = guest_cpl() as u8;
     let cpu = CpuState {
         cpl,
         gs_base: vmread(guest::GS_BASE),
@@ -250,12 +250,10 @@ pub fn authenticate_agent(
 /// CPL 0, IA32_KERNEL_GS_BASE at CPL 3; `None` outside IA-32e mode. Unchecked beyond that: the
 /// reader accepts it only inside the learnt direct map ([`Introspector::interrupt_context`]).
 fn percpu_base_quick() -> Option<u64> {
-    const EFER_LMA: u64 = 1 << 10;
     if vmread(guest::IA32_EFER_FULL) & EFER_LMA == 0 {
         return None;
     }
-    let cpl = (vmread(guest::SS_ACCESS_RIGHTS) >> 5) & 3;
-    Some(if cpl == 0 {
+    Some(if guest_cpl() == 0 {
         vmread(guest::GS_BASE)
     } else {
         rdmsr(IA32_KERNEL_GS_BASE)

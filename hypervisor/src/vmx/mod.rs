@@ -178,6 +178,11 @@ pub fn vmread(field: u32) -> u64 {
     unsafe { x86::bits64::vmx::vmread(field) }.unwrap_or(0)
 }
 
+/// The guest's current privilege level (SS.DPL from the VMCS).
+pub fn guest_cpl() -> u64 {
+    (vmread(x86::vmx::vmcs::guest::SS_ACCESS_RIGHTS) >> 5) & 3
+}
+
 /// Write a VMCS field of the current VMCS; failures are logged (they indicate a Shoji bug).
 pub fn vmwrite(field: u32, value: u64) {
     // SAFETY: as for `vmread`; VMWRITE only changes the current VMCS.
