@@ -142,8 +142,12 @@ enum Cmd {
         #[command(flatten)]
         key: KeyArg,
     },
-    /// Unregister the containers the OCI hook registered whose process is gone.
+    /// Unregister the containers the OCI hook registered whose process is gone, and take their
+    /// VLANs off the uplink.
     Gc {
+        /// The bridge's uplink port (where the hook added each container's VLAN).
+        #[arg(long, default_value = "eth0")]
+        uplink: String,
         /// Where the hook records its registrations.
         #[arg(long, default_value = "/run/shoji")]
         state_dir: PathBuf,
@@ -538,9 +542,9 @@ fn oci_hook_cmd(cfg: &HookConfig, key: &KeyArg) -> Result<(), String> {
     Ok(())
 }
 
-fn gc_cmd(state_dir: &std::path::Path, key: &KeyArg) -> Result<(), String> {
+fn gc_cmd(state_dir: &std::path::Path, uplink: &str, key: &KeyArg) -> Result<(), String> {
     let mut agent = agent(key)?;
-    let (lines, errors) = shojictl::oci_hook::gc(&mut agent, state_dir, None);
+    let (lines, errors) = shojictl::oci_hook::gc(&mut agent, state_dir, None, uplink);
     for l in &lines {
         println!("{l}");
     }
@@ -658,6 +662,10 @@ fn main() -> ExitCode {
             },
             &key,
         )),
-        Cmd::Gc { state_dir, key } => finish(gc_cmd(&state_dir, &key)),
+        Cmd::Gc {
+            uplink,
+            state_dir,
+            key,
+        } => finish(gc_cmd(&state_dir, &uplink, &key)),
     }
 }

@@ -316,14 +316,42 @@ pub fn unregister_gone(
     }
 }
 
+/// What taking a container's VLAN off the uplink found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VlanRelease {
+    /// The uplink carried the VLAN; it no longer does.
+    Removed,
+    /// The uplink did not carry the VLAN (already removed).
+    Absent,
+}
+
+/// Release `vlan` from the uplink through `release`: the text for the hook's line; a failure
+/// goes to `errors` (the registration is gone either way).
+fn release_text(
+    release: &mut dyn FnMut(u16) -> Result<VlanRelease, String>,
+    vlan: u16,
+    errors: &mut Vec<String>,
+) -> String {
+    match release(vlan) {
+        Ok(VlanRelease::Removed) => format!("VLAN {vlan} removed from the uplink"),
+        Ok(VlanRelease::Absent) => format!("VLAN {vlan} was not on the uplink"),
+        Err(e) => {
+            errors.push(format!("VLAN {vlan} stays on the uplink: {e}"));
+            format!("VLAN {vlan} not removed from the uplink")
+        }
+    }
+}
+
 /// Sweep the state directory: every record (but `except`) whose process is gone, or whose
-/// start time differs (the pid was reused), is unregistered and removed. Returns the lines
-/// to print and the errors met (records that could not be cleaned stay for the next sweep).
+/// start time differs (the pid was reused), is unregistered and removed, and its VLAN is taken
+/// off the uplink (`release`). Returns the lines to print and the errors met (records that
+/// could not be unregistered stay for the next sweep).
 pub fn sweep(
     dir: &Path,
     except: Option<&str>,
     start_time_of: &dyn Fn(u32) -> Option<u64>,
     unregister: &mut dyn FnMut(u32) -> Result<(), CallError>,
+    release: &mut dyn FnMut(u16) -> Result<VlanRelease, String>,
 ) -> (Vec<String>, Vec<String>) {
     let mut done = Vec::new();
     let mut errors = Vec::new();
@@ -356,10 +384,13 @@ pub fn sweep(
         }
         match unregister_gone(unregister, rec.id) {
             Ok(()) => match remove_record(dir, &name) {
-                Ok(()) => done.push(format!(
-                    "shojictl: cleaned up stale registration {} (oci {name})",
-                    rec.id
-                )),
+                Ok(()) => {
+                    done.push(format!(
+                        "shojictl: cleaned up stale registration {} (oci {name}); {}",
+                        rec.id,
+                        release_text(release, rec.vlan, &mut errors)
+                    ));
+                }
                 Err(e) => errors.push(e),
             },
             Err(e) => errors.push(format!("stale registration {} (oci {name}): {e}", rec.id)),
@@ -473,6 +504,27 @@ pub fn set_bridge_vlan(port: u32, vlan: u16, bridge: &str, uplink: &str) -> Resu
         .map_err(|e| format!("cannot add VLAN {vlan} to {uplink}: {}", errno_text(e)))
 }
 
+/// Take `vlan` off the bridge port `uplink` (what [`set_bridge_vlan`] added there for a
+/// container that is gone).
+#[cfg(target_os = "linux")]
+pub fn release_uplink_vlan(vlan: u16, uplink: &str) -> Result<VlanRelease, String> {
+    use crate::netlink::errno_text;
+    let mut sock = crate::netlink::Socket::open()?;
+    let links = sock.links()?;
+    let up = links
+        .iter()
+        .find(|l| l.name == uplink)
+        .ok_or_else(|| format!("no interface {uplink} (the uplink)"))?;
+    match sock.bridge_vlan(false, up.index, vlan, 0) {
+        Ok(()) => Ok(VlanRelease::Removed),
+        Err(libc::ENOENT) => Ok(VlanRelease::Absent),
+        Err(e) => Err(format!(
+            "cannot remove VLAN {vlan} from {uplink}: {}",
+            errno_text(e)
+        )),
+    }
+}
+
 /// Where the hook puts things.
 #[derive(Debug, Clone)]
 pub struct HookConfig {
@@ -511,15 +563,21 @@ pub struct HookOutcome {
     pub warnings: Vec<String>,
 }
 
-/// Run the sweep with the real /proc and the agent.
+/// Run the sweep with the real /proc, the agent and the bridge's `uplink` port.
+#[cfg(target_os = "linux")]
 pub fn gc<T: crate::agent::Transport>(
     agent: &mut crate::agent::Agent<T>,
     state_dir: &Path,
     except: Option<&str>,
+    uplink: &str,
 ) -> (Vec<String>, Vec<String>) {
-    sweep(state_dir, except, &proc_start_time, &mut |id| {
-        agent.unregister(id)
-    })
+    sweep(
+        state_dir,
+        except,
+        &proc_start_time,
+        &mut |id| agent.unregister(id),
+        &mut |vlan| release_uplink_vlan(vlan, uplink),
+    )
 }
 
 /// Handle one hook invocation: `state_json` is the OCI state from standard input.
@@ -531,7 +589,7 @@ pub fn run<T: crate::agent::Transport>(
 ) -> Result<HookOutcome, String> {
     let state = parse_state(state_json)?;
     let except = (state.phase == Phase::Stop).then_some(state.id.as_str());
-    let (lines, warnings) = gc(agent, &cfg.state_dir, except);
+    let (lines, warnings) = gc(agent, &cfg.state_dir, except, &cfg.uplink);
     let mut out = HookOutcome { lines, warnings };
     match state.phase {
         Phase::Running => {}
@@ -544,8 +602,13 @@ pub fn run<T: crate::agent::Transport>(
                 unregister_gone(&mut |id| agent.unregister(id), rec.id)
                     .map_err(|e| e.to_string())?;
                 remove_record(&cfg.state_dir, &state.id)?;
+                let released = release_text(
+                    &mut |vlan| release_uplink_vlan(vlan, &cfg.uplink),
+                    rec.vlan,
+                    &mut out.warnings,
+                );
                 out.lines.push(format!(
-                    "shojictl: unregistered container {} (oci {})",
+                    "shojictl: unregistered container {} (oci {}); {released}",
                     rec.id, state.id
                 ));
             }
@@ -848,24 +911,49 @@ mod tests {
                 _ => Ok(()),
             }
         };
-        let (done, errors) = sweep(&dir, Some("current"), &alive, &mut unregister);
+        let released = RefCell::new(Vec::new());
+        let mut release = |vlan: u16| {
+            released.borrow_mut().push(vlan);
+            match vlan {
+                102 => Ok(VlanRelease::Removed),
+                104 => Ok(VlanRelease::Absent),
+                _ => Err("cannot remove VLAN: Operation not permitted".to_string()),
+            }
+        };
+        let (done, errors) = sweep(&dir, Some("current"), &alive, &mut unregister, &mut release);
         assert_eq!(
             done,
             [
-                "shojictl: cleaned up stale registration 2 (oci dead)",
-                "shojictl: cleaned up stale registration 4 (oci gone-already)",
-                "shojictl: cleaned up stale registration 3 (oci reused)",
+                "shojictl: cleaned up stale registration 2 (oci dead); \
+                 VLAN 102 removed from the uplink",
+                "shojictl: cleaned up stale registration 4 (oci gone-already); \
+                 VLAN 104 was not on the uplink",
+                "shojictl: cleaned up stale registration 3 (oci reused); \
+                 VLAN 103 not removed from the uplink",
             ]
         );
-        assert_eq!(errors.len(), 2, "{errors:?}"); // broken file, refused unregistration
+        // Broken file, refused unregistration, VLAN 103 kept by the kernel.
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(
+            errors[2].contains("VLAN 103 stays on the uplink") && errors[2].contains("permitted"),
+            "{errors:?}"
+        );
         assert_eq!(*calls.borrow(), [2, 4, 6, 3]);
+        // Only unregistered containers give their VLAN back; the refused one keeps it.
+        assert_eq!(*released.borrow(), [102, 104, 103]);
         assert!(dir.join("alive").exists());
         assert!(dir.join("current").exists());
         assert!(dir.join("refused").exists());
         assert!(!dir.join("dead").exists());
         assert!(!dir.join("reused").exists());
         // A missing directory is an empty sweep.
-        let (d, e) = sweep(&dir.join("none"), None, &alive, &mut unregister);
+        let (d, e) = sweep(
+            &dir.join("none"),
+            None,
+            &alive,
+            &mut unregister,
+            &mut release,
+        );
         assert!(d.is_empty() && e.is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -130,6 +130,11 @@ start_ctr() {
 
 stop_ctr() {
     ctr "stop-$1" $CRUN delete -f "$1"
+    # What the poststop hook said (unregistration, the VLAN taken off the uplink).
+    if [ -s /run/hook.log ]; then
+        sed "s/^/  [stop-$1] hook: /" /run/hook.log
+        : > /run/hook.log
+    fi
     # The kernel removes the namespace and its veth pair a moment later.
     i=0
     while [ -e "/sys/class/net/veth$1" ] && [ $i -lt 50 ]; do sleep 0.2; i=$((i + 1)); done

@@ -491,6 +491,16 @@ fn guest_checks(rep: &mut Report, c: &str, with_shoji: bool) {
     rep.check("A's UDP flood runs under policy", s.ok(), s.line);
     let s = step(c, "stop-B");
     rep.check("crun delete B (poststop hook)", s.ok(), s.line);
+    // The kernel acknowledged deleting VLAN 102 from eth0 (it answers ENOENT when absent).
+    let line = s.output.iter().copied().find(|l| {
+        l.contains("hook: shojictl: unregistered container 102")
+            && l.contains("VLAN 102 removed from the uplink")
+    });
+    rep.check(
+        "poststop: B unregistered and its VLAN taken off the uplink",
+        line.is_some(),
+        line.unwrap_or(s.line),
+    );
     let s = step(c, "after-stop-stats");
     rep.check(
         "after B stopped: B unregistered, A still registered",
