@@ -402,7 +402,18 @@ pub fn sweep(
 /// The start time of `pid` (/proc/PID/stat field 22), `None` if it is gone.
 pub fn proc_start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    crate::whoami::stat_starttime(&stat)
+    live_start_time(&stat)
+}
+
+/// The start time in a `/proc/PID/stat` text, `None` when the process has died: a zombie
+/// (state `Z`, not yet reaped by its parent) or dead (`X`) keeps its pid and start time, but its
+/// container is gone.
+pub fn live_start_time(stat: &str) -> Option<u64> {
+    let state = stat[stat.rfind(')')? + 1..].split_whitespace().next()?;
+    if matches!(state, "Z" | "X" | "x") {
+        return None;
+    }
+    crate::whoami::stat_starttime(stat)
 }
 
 /// The network-namespace inode of `pid`.
@@ -871,6 +882,18 @@ mod tests {
         remove_record(&dir, "web-1").unwrap();
         assert!(write_record(&dir, "../escape", &r).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn dead_processes_have_no_start_time() {
+        let stat = |state: &str| {
+            format!("42 (sh) x) {state} 1 42 42 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 1234 100 0")
+        };
+        assert_eq!(live_start_time(&stat("S")), Some(1234));
+        assert_eq!(live_start_time(&stat("R")), Some(1234));
+        assert_eq!(live_start_time(&stat("Z")), None);
+        assert_eq!(live_start_time(&stat("X")), None);
+        assert_eq!(live_start_time("garbage"), None);
     }
 
     #[test]

@@ -294,7 +294,24 @@ phase_protected() {
     start_ctr B 0
     ctr after-unregister-b-ping $CRUN exec B ping -c 2 -W 5 "$PEER"
     stop_ctr B
-    stop_ctr A
+    stale_a
+}
+
+# A dies together with its runtime, so no poststop runs: its process is killed and crun's state
+# for it removed. The registration outlives it until a sweep finds the process gone (every hook
+# invocation sweeps; `shojictl gc` runs only the sweep).
+stale_a() {
+    pid=$(ctr_pid A)
+    kill -9 "$pid"
+    i=0
+    while [ -e "/proc/$pid" ] && ! grep -q ') [ZX] ' "/proc/$pid/stat" 2>/dev/null && [ $i -lt 50 ]; do
+        sleep 0.2
+        i=$((i + 1))
+    done
+    rm -rf /run/crun/A
+    ctr stale-before-gc shojictl stats
+    ctr gc-stale shojictl gc
+    ctr stale-after-gc shojictl stats
 }
 
 containers_tests() {

@@ -524,6 +524,29 @@ fn guest_checks(rep: &mut Report, c: &str, with_shoji: bool) {
         s.ok(),
         s.line,
     );
+    // A died with its runtime: no poststop. Its registration outlives it until the sweep.
+    let s = step(c, "stale-before-gc");
+    rep.check(
+        "A killed without a poststop: its registration is still there",
+        s.ok() && stats_line(&s, 101).is_some(),
+        s.line,
+    );
+    let s = step(c, "gc-stale");
+    let line = s.output.iter().copied().find(|l| {
+        l.contains("cleaned up stale registration 101 (oci A)")
+            && l.contains("VLAN 101 removed from the uplink")
+    });
+    rep.check(
+        "shojictl gc cleans up A's stale registration and its uplink VLAN",
+        s.ok() && line.is_some(),
+        line.unwrap_or(s.line),
+    );
+    let s = step(c, "stale-after-gc");
+    rep.check(
+        "after the sweep: A is no longer registered",
+        s.ok() && stats_line(&s, 101).is_none(),
+        s.line,
+    );
 }
 
 /// Container start times with and without the hook (the guest's clock, `probe timed`).
