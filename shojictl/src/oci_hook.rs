@@ -409,8 +409,8 @@ pub fn proc_start_time(pid: u32) -> Option<u64> {
 /// (state `Z`, not yet reaped by its parent) or dead (`X`) keeps its pid and start time, but its
 /// container is gone.
 pub fn live_start_time(stat: &str) -> Option<u64> {
-    let state = stat[stat.rfind(')')? + 1..].split_whitespace().next()?;
-    if matches!(state, "Z" | "X" | "x") {
+    // Field 3 is the state.
+    if matches!(crate::whoami::stat_field(stat, 3)?, "Z" | "X" | "x") {
         return None;
     }
     crate::whoami::stat_starttime(stat)

@@ -235,11 +235,16 @@ pub fn ns_inode(link: &str) -> Option<u32> {
     link.split_once('[')?.1.strip_suffix(']')?.parse().ok()
 }
 
-/// Field 22 (starttime) of `/proc/self/stat` (the comm in parentheses may hold spaces).
-pub fn stat_starttime(stat: &str) -> Option<u64> {
+/// Field `n` (1-based, as in proc(5)) of a `/proc/PID/stat` text, for `n` >= 3: the fields
+/// after the comm in parentheses, which may itself hold spaces and parentheses.
+pub fn stat_field(stat: &str, n: usize) -> Option<&str> {
     let after = &stat[stat.rfind(')')? + 1..];
-    // Fields after comm start at field 3 (state): starttime is field 22.
-    after.split_whitespace().nth(22 - 3)?.parse().ok()
+    after.split_whitespace().nth(n.checked_sub(3)?)
+}
+
+/// Field 22 (starttime) of `/proc/self/stat`.
+pub fn stat_starttime(stat: &str) -> Option<u64> {
+    stat_field(stat, 22)?.parse().ok()
 }
 
 #[cfg(test)]
