@@ -318,6 +318,7 @@ fn start_hypervisor(cfg: &Config, p: &Placement) -> Result<usize, HvError> {
         ram_count: 0,
         ram: [[0; 2]; shoji_hypervisor::setup::MAX_RAM_RANGES],
         mediate_nic: cfg.mediate_nic as u8,
+        tsc_hz: calibrate_tsc(),
     };
     record_guest_ram(setup).map_err(HvError::NotStarted)?;
     write_canary(region);
@@ -451,6 +452,52 @@ fn record_guest_ram(setup: &mut Setup) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Stall used to measure the TSC frequency: 20 ms of the firmware's timer.
+const CALIBRATION_STALL_US: u64 = 20_000;
+
+/// The TSC frequency measured against the firmware's `Stall` (its platform timer, the ACPI PM
+/// timer on OVMF), when CPUID leaves 0x15/0x16 do not give it (QEMU+KVM does not); 0 when CPUID
+/// gives it or the measurement is implausible. Shoji's poll period and the guest's interrupt
+/// throttling are clocked by it.
+fn calibrate_tsc() -> u64 {
+    use core::arch::x86_64::{__cpuid, __cpuid_count, _rdtsc};
+    let regs = |leaf: u32| {
+        let r = __cpuid_count(leaf, 0);
+        shoji_hypervisor::cpuid::CpuidRegs {
+            eax: r.eax,
+            ebx: r.ebx,
+            ecx: r.ecx,
+            edx: r.edx,
+        }
+    };
+    let max_leaf = __cpuid(0).eax;
+    if shoji_hypervisor::cpuid::tsc_hz(max_leaf, regs(0x15), regs(0x16)).is_some() {
+        return 0;
+    }
+    // SAFETY: RDTSC has no side effects.
+    let t0 = unsafe { _rdtsc() };
+    boot::stall(CALIBRATION_STALL_US as usize);
+    // SAFETY: as above.
+    let t1 = unsafe { _rdtsc() };
+    match shoji_hypervisor::cpuid::calibrated_hz(t1.wrapping_sub(t0), CALIBRATION_STALL_US) {
+        Some(hz) => {
+            println!(
+                "shoji: TSC {} kHz, measured against the firmware's timer (CPUID 0x15/0x16 do not say)",
+                hz / 1000
+            );
+            hz
+        }
+        None => {
+            println!(
+                "shoji: TSC frequency unknown: CPUID 0x15/0x16 do not say and {} ticks in a {} us stall is implausible",
+                t1.wrapping_sub(t0),
+                CALIBRATION_STALL_US
+            );
+            0
+        }
+    }
 }
 
 fn write_canary(region: u64) {

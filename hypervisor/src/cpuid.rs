@@ -88,8 +88,39 @@ pub fn tsc_hz(max_leaf: u32, leaf15: CpuidRegs, leaf16: CpuidRegs) -> Option<u64
     None
 }
 
+/// Lowest TSC frequency [`calibrated_hz`] accepts (100 MHz).
+pub const CALIBRATION_MIN_HZ: u64 = 100_000_000;
+/// Highest TSC frequency [`calibrated_hz`] accepts (20 GHz).
+pub const CALIBRATION_MAX_HZ: u64 = 20_000_000_000;
+
+/// The TSC frequency from a measurement: `ticks` TSC ticks during a firmware stall of
+/// `micros` microseconds. `None` when the measurement is implausible (no time, or a frequency
+/// outside 100 MHz - 20 GHz: a firmware whose stall is not real time).
+pub fn calibrated_hz(ticks: u64, micros: u64) -> Option<u64> {
+    if micros == 0 {
+        return None;
+    }
+    let hz = u128::from(ticks) * 1_000_000 / u128::from(micros);
+    let hz = u64::try_from(hz).ok()?;
+    (CALIBRATION_MIN_HZ..=CALIBRATION_MAX_HZ)
+        .contains(&hz)
+        .then_some(hz)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn calibration_gives_the_frequency_and_refuses_nonsense() {
+        assert_eq!(calibrated_hz(70_000_000, 20_000), Some(3_500_000_000));
+        assert_eq!(calibrated_hz(2_000_000, 20_000), Some(100_000_000));
+        assert_eq!(calibrated_hz(1_999_999, 20_000), None);
+        assert_eq!(calibrated_hz(400_000_000, 20_000), Some(20_000_000_000));
+        assert_eq!(calibrated_hz(400_000_020, 20_000), None);
+        assert_eq!(calibrated_hz(70_000_000, 0), None);
+        assert_eq!(calibrated_hz(u64::MAX, 1), None);
+        assert_eq!(calibrated_hz(0, 20_000), None);
+    }
+
     use super::*;
 
     #[test]

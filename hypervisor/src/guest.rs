@@ -164,6 +164,7 @@ mod tests {
             ram_count: 0,
             ram: [[0; 2]; crate::setup::MAX_RAM_RANGES],
             mediate_nic: 0,
+            tsc_hz: 0,
         }
     }
 

@@ -14,6 +14,7 @@ pub mod heap;
 pub mod log;
 pub mod msr;
 pub mod mtrr;
+pub mod pacing;
 pub mod paging;
 pub mod setup;
 #[cfg(target_arch = "x86_64")]

@@ -60,6 +60,9 @@ pub struct Setup {
     /// Whether Shoji mediates the e1000 NIC (1, the default) or leaves it to the guest (0, for
     /// comparison measurements only: the guest then reaches the NIC directly).
     pub mediate_nic: u8,
+    /// The TSC frequency in Hz as the boot application measured it against the firmware's
+    /// timer (0 = not measured). Used only when CPUID leaves 0x15/0x16 do not give it.
+    pub tsc_hz: u64,
 }
 
 /// Capacity of the RAM range table.

@@ -32,6 +32,9 @@ pub enum Backend {
     QemuKvm,
     /// QEMU with TCG: no VMX at all.
     QemuTcg,
+    /// The user's QEMU+KVM bed without hardware VMX: Bochs runs Linux with KVM and QEMU (L1),
+    /// which runs OVMF and Shoji under KVM's nested VMX ([`crate::nested`]).
+    Nested(crate::nested::L2Machine),
 }
 
 impl Backend {
@@ -41,6 +44,8 @@ impl Backend {
             Backend::Bochs => "bochs",
             Backend::QemuKvm => "qemu-kvm",
             Backend::QemuTcg => "qemu-tcg",
+            Backend::Nested(m) if m.q35 => "nested-kvm-q35",
+            Backend::Nested(_) => "nested-kvm",
         }
     }
 
@@ -50,6 +55,8 @@ impl Backend {
             Backend::Bochs => 1.0,
             Backend::QemuKvm => 0.3,
             Backend::QemuTcg => 0.4,
+            // L1's boot in Bochs, then OVMF in L2 under nested KVM (platform.md: ~13 min in all).
+            Backend::Nested(_) => 3.0,
         };
         let scale = std::env::var("SHOJI_TIMEOUT_SCALE")
             .ok()
@@ -134,11 +141,58 @@ fn lock_of(img: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn bochsrc(spec: &MachineSpec, console: &Path, shoji_log: &Path, net: bool) -> String {
-    let ips = std::env::var("SHOJI_BOCHS_IPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(BOCHS_IPS);
+/// What differs between a plain Bochs machine and the nested bed's L1.
+struct BochsBoard {
+    megs: u32,
+    ips: u64,
+    /// The `ata0-master:` ... lines.
+    disks: String,
+    mac: &'static str,
+    cpus: u32,
+}
+
+impl BochsBoard {
+    /// The scenario's own machine: its ESP and data disk, the guest's MAC.
+    fn plain(spec: &MachineSpec) -> Self {
+        let mut disks = format!(
+            "ata0-master: type=disk, path={}, mode=flat\n",
+            spec.esp.display()
+        );
+        if let Some(d) = &spec.data_disk {
+            disks.push_str(&format!(
+                "ata0-slave: type=disk, path={}, mode=flat\n",
+                d.display()
+            ));
+        }
+        Self {
+            megs: MEMORY_MIB,
+            ips: std::env::var("SHOJI_BOCHS_IPS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(BOCHS_IPS),
+            disks,
+            mac: GUEST_MAC,
+            cpus: spec.cpus,
+        }
+    }
+
+    /// The nested bed's L1 (one CPU: `spec.cpus` is the L2 machine's).
+    fn nested_l1(disks: String) -> Self {
+        Self {
+            megs: crate::nested::L1_MEMORY_MIB,
+            ips: std::env::var("SHOJI_NESTED_IPS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(crate::nested::L1_IPS),
+            disks,
+            mac: crate::nested::L1_MAC,
+            cpus: 1,
+        }
+    }
+}
+
+fn bochsrc(board: &BochsBoard, console: &Path, shoji_log: &Path, net: bool) -> String {
+    let ips = board.ips;
     let clock =
         std::env::var("SHOJI_BOCHS_CLOCK").unwrap_or_else(|_| "sync=none, time0=local".into());
     // Bochs reports every EPT-violation VM exit as a CPU "error": millions of lines (and minutes)
@@ -147,11 +201,13 @@ fn bochsrc(spec: &MachineSpec, console: &Path, shoji_log: &Path, net: bool) -> S
     let cpu_errors: String = if std::env::var_os("SHOJI_BOCHS_CPU_ERRORS").is_some() {
         String::new()
     } else {
-        (0..spec.cpus).map(|c| format!(", cpu{c}=ignore")).collect()
+        (0..board.cpus)
+            .map(|c| format!(", cpu{c}=ignore"))
+            .collect()
     };
     let mut rc = format!(
         "# Written by tests-qemu for one run.\n\
-         megs: {MEMORY_MIB}\n\
+         megs: {megs}\n\
          romimage: file={OVMF}, address=0xffe00000\n\
          vgaromimage: file={VGABIOS}\n\
          cpu: model=corei7_skylake_x, count={cpus}, ips={ips}\n\
@@ -159,7 +215,7 @@ fn bochsrc(spec: &MachineSpec, console: &Path, shoji_log: &Path, net: bool) -> S
          clock: {clock}\n\
          boot: disk\n\
          ata0: enabled=1, ioaddr1=0x1f0, ioaddr2=0x3f0, irq=14\n\
-         ata0-master: type=disk, path={esp}, mode=flat\n\
+         {disks}\
          com1: enabled=1, mode=file, dev={console}\n\
          com2: enabled=1, mode=file, dev={shoji}\n\
          port_e9_hack: enabled=1\n\
@@ -169,21 +225,17 @@ fn bochsrc(spec: &MachineSpec, console: &Path, shoji_log: &Path, net: bool) -> S
          error: action=report{cpu_errors}\n\
          info: action=ignore\n\
          debug: action=ignore\n",
-        cpus = spec.cpus,
+        megs = board.megs,
+        disks = board.disks,
+        cpus = board.cpus,
         slot = if net { ", slot1=e1000" } else { "" },
-        esp = spec.esp.display(),
         console = console.display(),
         shoji = shoji_log.display(),
     );
-    if let Some(d) = &spec.data_disk {
-        rc.push_str(&format!(
-            "ata0-slave: type=disk, path={}, mode=flat\n",
-            d.display()
-        ));
-    }
     if net {
         rc.push_str(&format!(
-            "e1000: enabled=1, mac={GUEST_MAC}, ethmod=tuntap, ethdev=/dev/net/tun:{TAP}, script=\"\"\n"
+            "e1000: enabled=1, mac={}, ethmod=tuntap, ethdev=/dev/net/tun:{TAP}, script=\"\"\n",
+            board.mac
         ));
     }
     rc
@@ -244,6 +296,14 @@ impl Machine {
         }
         let mut images = vec![spec.esp.clone()];
         images.extend(spec.data_disk.clone());
+        let board = match spec.backend {
+            Backend::Nested(l2) => {
+                let (disks, imgs) = crate::nested::prepare(spec, l2)?;
+                images = imgs;
+                BochsBoard::nested_l1(disks)
+            }
+            _ => BochsBoard::plain(spec),
+        };
         let locks: Vec<PathBuf> = images.iter().map(|i| lock_of(i)).collect();
         for l in &locks {
             let _ = std::fs::remove_file(l);
@@ -251,9 +311,9 @@ impl Machine {
         let out = std::fs::File::create(spec.dir.join("emulator.out"))?;
         let err = out.try_clone()?;
         let mut c: Command = match spec.backend {
-            Backend::Bochs => {
+            Backend::Bochs | Backend::Nested(_) => {
                 let rc = spec.dir.join("bochsrc");
-                std::fs::write(&rc, bochsrc(spec, &console, &shoji_log, true))?;
+                std::fs::write(&rc, bochsrc(&board, &console, &shoji_log, true))?;
                 let dbg = spec.dir.join("bochs-debugger.rc");
                 // One `c` starts the simulation; more resume it should anything break into the
                 // debugger (each stop is visible as a "Next at t=" line in emulator.out).
@@ -463,7 +523,12 @@ mod tests {
             data_disk: None,
             dir: "/x".into(),
         };
-        let rc = bochsrc(&spec, Path::new("/x/c.log"), Path::new("/x/s.log"), true);
+        let rc = bochsrc(
+            &BochsBoard::plain(&spec),
+            Path::new("/x/c.log"),
+            Path::new("/x/s.log"),
+            true,
+        );
         for l in [
             "romimage: file=/usr/share/ovmf/OVMF.fd, address=0xffe00000",
             "count=2",

@@ -155,7 +155,7 @@ impl Cpio {
 }
 
 /// How the initramfs is compressed (`SHOJI_INITRD_COMPRESS`: gzip, xz, zstd, none).
-fn compress(raw: Vec<u8>, out: &Path) -> Result<()> {
+pub(crate) fn compress(raw: Vec<u8>, out: &Path) -> Result<()> {
     let method = std::env::var("SHOJI_INITRD_COMPRESS").unwrap_or_else(|_| "gzip".into());
     let tmp = out.with_extension("cpio");
     std::fs::write(&tmp, raw)?;
@@ -222,7 +222,7 @@ fn module_depends(ko: &[u8]) -> Vec<String> {
 
 /// Resolve `wanted` modules and their dependencies into load order (dependencies first).
 /// Modules not found are taken as built in.
-fn module_load_order(dir: &Path, wanted: &[&str]) -> Result<Vec<(String, PathBuf)>> {
+pub(crate) fn module_load_order(dir: &Path, wanted: &[&str]) -> Result<Vec<(String, PathBuf)>> {
     let idx = module_index(dir)?;
     let mut order: Vec<(String, PathBuf)> = Vec::new();
     fn visit(
@@ -325,6 +325,16 @@ pub enum DiskEntry {
 
 /// Build the ext2 data disk (`mke2fs -d`) from `entries`.
 pub fn build_data_disk(out: &Path, entries: &[DiskEntry]) -> Result<()> {
+    build_data_disk_sized(out, entries, "shoji-data", 64)
+}
+
+/// Build an ext2 disk of `mib` MiB labelled `label` (`mke2fs -d`) from `entries`.
+pub fn build_data_disk_sized(
+    out: &Path,
+    entries: &[DiskEntry],
+    label: &str,
+    mib: u64,
+) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let stage = out.with_extension("d");
     let _ = std::fs::remove_dir_all(&stage);
@@ -356,13 +366,10 @@ pub fn build_data_disk(out: &Path, entries: &[DiskEntry]) -> Result<()> {
     }
     let _ = std::fs::remove_file(out);
     run_ok(
-        cmd(
-            "mke2fs",
-            ["-q", "-F", "-t", "ext2", "-L", "shoji-data", "-d"],
-        )
-        .arg(&stage)
-        .arg(out)
-        .arg("64M"),
+        cmd("mke2fs", ["-q", "-F", "-t", "ext2", "-L", label, "-d"])
+            .arg(&stage)
+            .arg(out)
+            .arg(format!("{mib}M")),
         TOOL_TIMEOUT,
     )?;
     std::fs::remove_dir_all(&stage)?;

@@ -11,8 +11,10 @@ mod crun;
 mod emulator;
 mod images;
 mod kernel;
+mod nested;
 mod netns;
 mod scenarios;
+mod setup;
 mod util;
 
 use std::collections::VecDeque;
@@ -70,6 +72,9 @@ enum Cmd {
     Demo,
     /// Only build the images (guest images, and the ESP contents when shoji.efi builds).
     Images,
+    /// Install what a fresh machine lacks: Debian's packages (as root) and the Rust targets and
+    /// components (`demo`, `test`, `e2e` and `images` do this themselves when run as root).
+    Setup,
     /// List the scenarios and what each proves.
     List,
     /// Remove leftovers of an interrupted run (namespaces, Bochs lock files).
@@ -239,7 +244,17 @@ fn run(cli: Cli) -> Result<bool> {
             udp_flood(&addr, port)?;
             Ok(true)
         }
+        Cmd::Setup => {
+            setup::install()?;
+            let left = setup::missing();
+            if !left.is_empty() {
+                anyhow::bail!("still missing after set-up: {left:?}");
+            }
+            println!("xtask setup: done");
+            Ok(true)
+        }
         Cmd::Images => {
+            setup::ensure()?;
             let imgs = images::build_guest_images(cli.flavour)?;
             println!(
                 "kernel:    {} ({})",
@@ -269,14 +284,21 @@ fn run(cli: Cli) -> Result<bool> {
             Ok(true)
         }
         Cmd::E2e { scenarios, opts } => {
+            setup::ensure()?;
             let list = select(&scenarios, &opts)?;
             let shoji = shoji_if_needed(&list);
             let imgs = images::build_guest_images(cli.flavour)?;
             let reports = run_scenarios(&list, &imgs, &shoji, opts.jobs);
             Ok(summary(&[], &reports))
         }
-        Cmd::Demo => demo(cli.flavour),
-        Cmd::Test { opts } => test_all(cli.flavour, &opts),
+        Cmd::Demo => {
+            setup::ensure()?;
+            demo(cli.flavour)
+        }
+        Cmd::Test { opts } => {
+            setup::ensure()?;
+            test_all(cli.flavour, &opts)
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 
 use crate::emulator::{vmx_backend, Backend, Machine, MachineSpec, Stream};
 use crate::images::{build_esp, EspBoot, FailMode, GuestImages, ShojiConfig};
+use crate::nested::L2Machine;
 use crate::netns::{peer_checks, Netns, PeerResult};
 use crate::util::{build_dir, secs};
 
@@ -129,6 +130,8 @@ pub struct Scenario {
     /// Whether it needs shoji.efi.
     pub needs_shoji: bool,
     kind: Kind,
+    /// On the nested bed (QEMU+KVM inside Bochs) with this L2 machine, instead of the usual one.
+    nested: Option<L2Machine>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,8 +153,32 @@ enum Kind {
     TcgContainers,
 }
 
+/// The nested bed's default L2 machine: `-machine pc`, QEMU's own e1000 option ROM (what a
+/// user's plain `-device e1000` gives).
+const NESTED_PC: L2Machine = L2Machine {
+    q35: false,
+    option_rom: true,
+};
+
 /// All scenarios, longest first (so two workers finish together).
 pub const ALL: &[Scenario] = &[
+    Scenario {
+        name: "nested-shoji",
+        about: "the user's bed: QEMU+KVM (nested VMX) runs OVMF and Shoji, QEMU's e1000 with its \
+                option ROM: the same checks as bochs-shoji (signature, VMX hidden, canary, \
+                SIGILL, peer ping/arping through the shadow rings, network load, counters)",
+        needs_shoji: true,
+        kind: Kind::Shoji,
+        nested: Some(NESTED_PC),
+    },
+    Scenario {
+        name: "nested-no-shoji",
+        about: "control on the user's bed: the same L1, QEMU command and guest, the UEFI shell \
+                starts Linux without Shoji: no signature",
+        needs_shoji: false,
+        kind: Kind::NoShoji,
+        nested: Some(NESTED_PC),
+    },
     Scenario {
         name: "bochs-containers",
         about: "crun containers A and B (bridge, VLAN per port, B root with CAP_NET_RAW in its \
@@ -162,6 +189,7 @@ pub const ALL: &[Scenario] = &[
                 time rule, refusals inside B, poststop unregisters; start times and per-frame cost",
         needs_shoji: true,
         kind: Kind::Containers,
+        nested: None,
     },
     Scenario {
         name: "bochs-shoji",
@@ -173,6 +201,7 @@ pub const ALL: &[Scenario] = &[
                 flood, NIC counters that add up",
         needs_shoji: true,
         kind: Kind::Shoji,
+        nested: None,
     },
     Scenario {
         name: "bochs-nic-unmediated",
@@ -180,6 +209,7 @@ pub const ALL: &[Scenario] = &[
                 figures without shadow rings)",
         needs_shoji: true,
         kind: Kind::Unmediated,
+        nested: None,
     },
     Scenario {
         name: "bochs-shoji-612",
@@ -190,6 +220,7 @@ pub const ALL: &[Scenario] = &[
                 events, unregister, NotFound); no NIC checks",
         needs_shoji: true,
         kind: Kind::Shoji612,
+        nested: None,
     },
     Scenario {
         name: "bochs-exposed",
@@ -197,18 +228,21 @@ pub const ALL: &[Scenario] = &[
                 (so 'not found' under bochs-shoji means hidden, not a broken probe)",
         needs_shoji: true,
         kind: Kind::Exposed,
+        nested: None,
     },
     Scenario {
         name: "bochs-no-shoji",
         about: "control: the same images booted by the UEFI shell without Shoji show no signature",
         needs_shoji: false,
         kind: Kind::NoShoji,
+        nested: None,
     },
     Scenario {
         name: "bochs-smp",
         about: "two CPUs, image = none: Shoji runs on both and each CPU sees the signature",
         needs_shoji: true,
         kind: Kind::Smp,
+        nested: None,
     },
     Scenario {
         name: "tcg-no-shoji",
@@ -216,6 +250,7 @@ pub const ALL: &[Scenario] = &[
                 disk mounts, without Shoji",
         needs_shoji: false,
         kind: Kind::TcgNoShoji,
+        nested: None,
     },
     Scenario {
         name: "tcg-containers",
@@ -223,18 +258,21 @@ pub const ALL: &[Scenario] = &[
                 poisons the peer and its impersonation and traffic arrive",
         needs_shoji: false,
         kind: Kind::TcgContainers,
+        nested: None,
     },
     Scenario {
         name: "tcg-fail-open",
         about: "QEMU/TCG has no VMX: Shoji says so, fails open, Linux boots without the signature",
         needs_shoji: true,
         kind: Kind::TcgFailOpen,
+        nested: None,
     },
     Scenario {
         name: "tcg-fail-closed",
         about: "QEMU/TCG has no VMX: Shoji says so, fails closed, Linux never starts",
         needs_shoji: true,
         kind: Kind::TcgFailClosed,
+        nested: None,
     },
 ];
 
@@ -246,6 +284,9 @@ pub fn find(name: &str) -> Option<&'static Scenario> {
 impl Scenario {
     /// The emulator this scenario runs on here.
     pub fn backend(&self) -> Backend {
+        if let Some(l2) = self.nested {
+            return Backend::Nested(l2);
+        }
         match self.kind {
             Kind::TcgNoShoji | Kind::TcgFailOpen | Kind::TcgFailClosed | Kind::TcgContainers => {
                 Backend::QemuTcg
@@ -409,6 +450,7 @@ pub fn run(sc: &Scenario, inputs: &Inputs<'_>) -> Report {
         // Keep the logs, drop the big disk copy.
         let _ = std::fs::remove_file(dir.join("esp.img"));
         let _ = std::fs::remove_file(dir.join("data.img"));
+        crate::nested::cleanup(&dir);
     }
     rep
 }
@@ -443,7 +485,7 @@ fn run_inner(sc: &Scenario, inputs: &Inputs<'_>, rep: &mut Report) -> Result<()>
         // busy: a 30 s flood would take most of an hour there, and the faster the guest gets
         // per frame the more frames a guest second holds: each flood also stops after 40,000
         // datagrams. QEMU+KVM floods for 30 s.
-        if sc.backend() == Backend::Bochs {
+        if matches!(sc.backend(), Backend::Bochs | Backend::Nested(_)) {
             cmdline.push_str(" shojiflood=3 shojifloodframes=40000");
         }
     }

@@ -173,6 +173,9 @@ static EXIT_TRACE: RateLimiter = RateLimiter::new(64);
 #[no_mangle]
 extern "sysv64" fn shoji_handle_exit(frame: &mut ExitFrame) {
     let t0 = super::rdtsc();
+    // SAFETY: the exit stub passes the frame on this CPU's host stack with `vcpu` set at launch
+    // (as in `handle_exit`); only this CPU touches its own `entered_tsc`.
+    super::nic::note_round_trip(unsafe { (*frame.vcpu).entered_tsc }, t0);
     let raw_reason = vmread(ro::EXIT_REASON) as u32;
     handle_exit(frame, raw_reason);
     // The whole exit's cost when it served the NIC (the per-frame cost of mediation).
@@ -185,6 +188,8 @@ extern "sysv64" fn shoji_handle_exit(frame: &mut ExitFrame) {
             && super::nic::in_bar(vmread(ro::GUEST_PHYSICAL_ADDR_FULL));
         super::nic::record_whole_exit(nic_access, reason != reason::EPT_VIOLATION, dt);
     }
+    // SAFETY: as above; the guest is entered right after this function returns.
+    unsafe { (*frame.vcpu).entered_tsc = super::rdtsc() };
 }
 
 /// Dispatch one VM exit of `raw_reason` (the exit-reason field) and prepare the VM entry.

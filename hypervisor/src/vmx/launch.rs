@@ -109,6 +109,8 @@ pub struct Vcpu {
     /// An external interrupt that arrived while this CPU ran host code, to be injected into the
     /// guest (0 = none).
     pub pending_irq: u8,
+    /// TSC just before this CPU's last VM entry (paces Shoji's timer, see [`crate::pacing`]).
+    pub entered_tsc: u64,
 }
 
 /// State shared by all CPUs, set up by the bootstrap processor.
@@ -355,6 +357,7 @@ fn init_global(setup: &mut Setup, setup_phys: u64) -> Result<(), u64> {
             unsafe { *((page + (bit / 8) as u64) as *mut u8) |= 1 << (bit % 8) };
         }
     }
+    super::set_calibrated_tsc_hz(setup.tsc_hz);
     super::nic::init(
         setup.mediate_nic != 0,
         &mut arena,

@@ -111,18 +111,47 @@ pub fn cpuid(leaf: u32, subleaf: u32) -> crate::cpuid::CpuidRegs {
 
 /// TSC frequency cache for [`tsc_hz`]: 0 not read yet, `u64::MAX` unknown.
 static TSC_HZ_CACHE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+/// The boot application's measurement of the TSC frequency (0 = none), see [`set_calibrated_tsc_hz`].
+static TSC_HZ_CALIBRATED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
-/// The TSC frequency in Hz from this CPU's CPUID leaves 0x15/0x16 ([`crate::cpuid::tsc_hz`]),
-/// read once; `None` when CPUID does not say.
+/// Record the TSC frequency the boot application measured against the firmware's timer
+/// (`Setup::tsc_hz`); [`tsc_hz`] uses it when CPUID leaves 0x15/0x16 do not say (QEMU+KVM,
+/// many virtual machines). Call before the first [`tsc_hz`].
+pub fn set_calibrated_tsc_hz(hz: u64) {
+    TSC_HZ_CALIBRATED.store(hz, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// Where the TSC frequency came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TscSource {
+    /// CPUID leaves 0x15/0x16.
+    Cpuid,
+    /// Measured by the boot application against the firmware's timer.
+    Calibrated,
+}
+
+/// The TSC frequency in Hz, read once: from this CPU's CPUID leaves 0x15/0x16
+/// ([`crate::cpuid::tsc_hz`]), else the boot application's calibration; `None` when neither.
 pub fn tsc_hz() -> Option<u64> {
     use core::sync::atomic::Ordering;
     let cached = TSC_HZ_CACHE.load(Ordering::Relaxed);
     if cached == 0 {
-        let hz = crate::cpuid::tsc_hz(cpuid(0, 0).eax, cpuid(0x15, 0), cpuid(0x16, 0));
+        let hz = tsc_hz_source().map(|(hz, _)| hz);
         TSC_HZ_CACHE.store(hz.unwrap_or(u64::MAX), Ordering::Relaxed);
         return hz;
     }
     (cached != u64::MAX).then_some(cached)
+}
+
+/// The TSC frequency and its source (not cached: for the start-up log).
+pub fn tsc_hz_source() -> Option<(u64, TscSource)> {
+    if let Some(hz) = crate::cpuid::tsc_hz(cpuid(0, 0).eax, cpuid(0x15, 0), cpuid(0x16, 0)) {
+        return Some((hz, TscSource::Cpuid));
+    }
+    match TSC_HZ_CALIBRATED.load(core::sync::atomic::Ordering::Relaxed) {
+        0 => None,
+        hz => Some((hz, TscSource::Calibrated)),
+    }
 }
 
 /// Read the time-stamp counter.

@@ -12,6 +12,7 @@ use super::{rdmsr, rdtsc, vmwrite, IA32_VMX_MISC};
 use crate::arena::Arena;
 use crate::ept::Ept;
 use crate::guest::GuestRam;
+use crate::pacing::Pacer;
 use core::fmt::Write as _;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use shoji_drivers_e1000::counters::{Counters, ExitCause};
@@ -141,8 +142,8 @@ static TIMER_SHIFT: AtomicU32 = AtomicU32::new(0);
 /// Memory BAR base and I/O BAR (base, size) for trap checks without the lock.
 static MMIO_BASE: AtomicU64 = AtomicU64::new(0);
 static IO_BAR: AtomicU32 = AtomicU32::new(0);
-/// Period of the safety-net poll in TSC ticks (set when the NIC is taken over).
-static POLL_PERIOD_TSC: AtomicU64 = AtomicU64::new(POLL_PERIOD_FALLBACK_TSC);
+/// The poll's period against the cost of a VM exit (configured when the NIC is taken over).
+static PACER: Mutex<Pacer> = Mutex::new(Pacer::new(POLL_PERIOD_FALLBACK_TSC));
 /// TSC deadline of the engine's interrupt throttling (0: none), for the preemption timer.
 static ITR_DEADLINE: AtomicU64 = AtomicU64::new(0);
 
@@ -365,12 +366,20 @@ pub fn init(mediate: bool, arena: &mut Arena<'_>, ept: &Ept, io_bitmap_a: u64, i
         Ordering::Release,
     );
     TIMER_SHIFT.store((rdmsr(IA32_VMX_MISC) & 0x1f) as u32, Ordering::Release);
-    let period = match (super::tsc_hz(), super::ns_to_tsc(POLL_PERIOD_US * 1_000)) {
-        (Some(hz), Some(period)) => {
+    let period = match (
+        super::tsc_hz_source(),
+        super::ns_to_tsc(POLL_PERIOD_US * 1_000),
+    ) {
+        (Some((hz, source)), Some(period)) => {
             crate::hv_line!(
-                "e1000: TSC {} kHz: guest ITR emulated, poll every {} TSC ticks",
+                "e1000: TSC {} kHz ({}): guest ITR emulated, poll every {} TSC ticks (or {} round trips of a VM exit, when longer)",
                 hz / 1000,
-                period
+                match source {
+                    super::TscSource::Cpuid => "CPUID 0x15/0x16",
+                    super::TscSource::Calibrated => "measured against the firmware's timer",
+                },
+                period,
+                crate::pacing::ROUND_TRIP_FACTOR
             );
             period
         }
@@ -381,7 +390,9 @@ pub fn init(mediate: bool, arena: &mut Arena<'_>, ept: &Ept, io_bitmap_a: u64, i
             POLL_PERIOD_FALLBACK_TSC
         }
     };
-    POLL_PERIOD_TSC.store(period, Ordering::Release);
+    let pacer = Pacer::new(period);
+    *PACER.lock() = pacer;
+    PACING.store(pacer);
     NEXT_POLL.store(rdtsc() + period, Ordering::Release);
     *NIC.lock() = Some(nic);
     ACTIVE.store(true, Ordering::Release);
@@ -580,11 +591,63 @@ pub fn timer_exit() {
     poll_now();
 }
 
+/// One VM exit at TSC `exited` after an entry at `entered`: feeds the round-trip estimate.
+pub fn note_round_trip(entered: u64, exited: u64) {
+    if !active() {
+        return;
+    }
+    if let Some(mut p) = PACER.try_lock() {
+        let before = p.round_trip();
+        p.note_exit(entered, exited);
+        if p.round_trip() != before {
+            PACING.store(*p);
+        }
+    }
+}
+
+/// The pacer's figures, readable without its lock.
+struct Pacing {
+    period: AtomicU64,
+    round_trip: AtomicU64,
+}
+
+static PACING: Pacing = Pacing {
+    period: AtomicU64::new(POLL_PERIOD_FALLBACK_TSC),
+    round_trip: AtomicU64::new(0),
+};
+
+impl Pacing {
+    fn store(&self, p: Pacer) {
+        self.period.store(p.period(), Ordering::Relaxed);
+        self.round_trip.store(p.round_trip(), Ordering::Relaxed);
+    }
+}
+
+/// The current pacing (poll period and slices), from the last estimate.
+fn pacer() -> PacerView {
+    PacerView {
+        period: PACING.period.load(Ordering::Relaxed),
+        round_trip: PACING.round_trip.load(Ordering::Relaxed),
+    }
+}
+
+/// A lock-free copy of the pacer's figures.
+struct PacerView {
+    period: u64,
+    round_trip: u64,
+}
+
+impl PacerView {
+    fn period(&self) -> u64 {
+        self.period
+    }
+    fn slice(&self, left: u64) -> u64 {
+        crate::pacing::slice(left, self.round_trip)
+    }
+}
+
 fn poll_now() {
-    NEXT_POLL.store(
-        rdtsc().wrapping_add(POLL_PERIOD_TSC.load(Ordering::Relaxed)),
-        Ordering::Relaxed,
-    );
+    NEXT_POLL.store(rdtsc().wrapping_add(pacer().period()), Ordering::Relaxed);
     // A CPU already inside the engine does the work; never spin here.
     let Some(setup) = super::launch::setup() else {
         return;
@@ -635,7 +698,9 @@ pub fn before_entry() {
     if !TIMER_ON.load(Ordering::Relaxed) {
         return;
     }
-    let left = next.saturating_sub(rdtsc()) >> TIMER_SHIFT.load(Ordering::Relaxed);
+    // Never a slice shorter than a few round trips of an exit: under nested virtualization a
+    // shorter one would expire before the guest ran an instruction (see `crate::pacing`).
+    let left = pacer().slice(next.saturating_sub(rdtsc())) >> TIMER_SHIFT.load(Ordering::Relaxed);
     vmwrite(
         x86::vmx::vmcs::guest::VMX_PREEMPTION_TIMER_VALUE,
         left.clamp(1, u64::from(u32::MAX)),
@@ -661,6 +726,13 @@ pub fn log_counters() {
         crate::hv_line!("e1000 counters: not mediated");
         return;
     }
+    let p = pacer();
+    crate::hv_line!(
+        "e1000 pacing: poll_period_tsc={} exit_round_trip_tsc={} timer_exits={}",
+        p.period,
+        p.round_trip,
+        TIMER_EXITS.load(Ordering::Relaxed)
+    );
     let Some(guard) = NIC.try_lock() else {
         crate::hv_line!("e1000 counters: engine busy");
         return;
