@@ -49,6 +49,15 @@ impl Backend {
         }
     }
 
+    /// How many times longer the peer waits for the guest's answers than on Bochs (the nested
+    /// bed's network round trip passes two emulated hypervisors and takes seconds).
+    pub fn patience(self) -> u32 {
+        match self {
+            Backend::Nested(_) => 8,
+            _ => 1,
+        }
+    }
+
     /// Factor applied to the scenario time limits (Bochs is the reference).
     pub fn time_factor(self) -> f64 {
         let base = match self {
@@ -106,6 +115,22 @@ pub struct MachineSpec {
     pub data_disk: Option<PathBuf>,
     /// Directory for the logs (console.log, shoji.log, emulator log).
     pub dir: PathBuf,
+    /// Where the firmware should start Linux itself (no Shoji): kernel, initramfs and command
+    /// line. The UEFI shell's `startup.nsh` on the ESP does it on Bochs and QEMU; the nested bed
+    /// hands them to QEMU (`-kernel`, `-initrd`, `-append`: OVMF boots them), since OVMF's shell
+    /// countdown does not advance in L2.
+    pub direct: Option<DirectBoot>,
+}
+
+/// A kernel the firmware starts without Shoji.
+#[derive(Debug, Clone)]
+pub struct DirectBoot {
+    /// The kernel.
+    pub vmlinuz: PathBuf,
+    /// The initramfs.
+    pub initrd: PathBuf,
+    /// The command line, without `initrd=`.
+    pub cmdline: String,
 }
 
 /// Which serial log.
@@ -522,6 +547,7 @@ mod tests {
             esp: "/x/esp.img".into(),
             data_disk: None,
             dir: "/x".into(),
+            direct: None,
         };
         let rc = bochsrc(
             &BochsBoard::plain(&spec),
@@ -549,6 +575,7 @@ mod tests {
             esp: "/x/esp.img".into(),
             data_disk: Some("/x/data.img".into()),
             dir: "/x".into(),
+            direct: None,
         };
         let a = qemu_args(&spec, Path::new("/x/c.log"), Path::new("/x/s.log"), true).join(" ");
         assert!(a.contains("-accel tcg -cpu max"));

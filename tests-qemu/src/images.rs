@@ -481,7 +481,7 @@ impl ShojiConfig {
              image = {}\n\
              cmdline = {}\n\
              fail_mode = {}\n\
-             log_level = info\n\
+             log_level = {}\n\
              log_port = 0x2f8\n\
              agent_key = {TEST_AGENT_KEY}\n\
              expose_hypervisor_memory = {}\n\
@@ -492,6 +492,8 @@ impl ShojiConfig {
                 FailMode::Open => "open",
                 FailMode::Closed => "closed",
             },
+            // SHOJI_LOG_LEVEL: debug or trace for a run that needs Shoji's exit trace.
+            std::env::var("SHOJI_LOG_LEVEL").unwrap_or_else(|_| "info".into()),
             self.expose_hypervisor_memory,
             self.mediate_nic
         )

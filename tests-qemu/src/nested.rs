@@ -242,6 +242,16 @@ pub fn prepare(spec: &MachineSpec, l2: L2Machine) -> Result<(String, Vec<PathBuf
     let transport = spec.dir.join("l1-l2disks.img");
     let mut entries = vec![DiskEntry::File("esp.img".into(), spec.esp.clone())];
     let mut mib = file_mib(&spec.esp) + 16;
+    if let Some(d) = &spec.direct {
+        entries.push(DiskEntry::File("vmlinuz".into(), d.vmlinuz.clone()));
+        entries.push(DiskEntry::File("initrd.img".into(), d.initrd.clone()));
+        entries.push(DiskEntry::Bytes(
+            "cmdline".into(),
+            d.cmdline.clone().into_bytes(),
+            0o644,
+        ));
+        mib += file_mib(&d.vmlinuz) + file_mib(&d.initrd);
+    }
     if let Some(d) = &spec.data_disk {
         entries.push(DiskEntry::File("data.img".into(), d.clone()));
         mib += file_mib(d);

@@ -136,10 +136,14 @@ fn arping_count(text: &str) -> u32 {
 }
 
 /// Run the peer's checks against the guest: ping, arping, then send "done" to port 7777.
-pub fn peer_checks(ns: &Netns) -> PeerResult {
+/// `patience` multiplies how long the peer waits for answers (1 on Bochs; the nested bed's
+/// round trip through two emulated hypervisors takes seconds of wall time).
+pub fn peer_checks(ns: &Netns, patience: u32) -> PeerResult {
     let mut r = PeerResult::default();
-    let t = Duration::from_secs(60);
-    let mut ping = ns.command("ping", ["-c", "3", "-i", "0.5", "-W", "5", GUEST_IP]);
+    let t = Duration::from_secs(60 * u64::from(patience));
+    let wait = (5 * patience).to_string();
+    let arping_wait = (10 * patience).to_string();
+    let mut ping = ns.command("ping", ["-c", "3", "-i", "0.5", "-W", &wait, GUEST_IP]);
     match run_capture(&mut ping, t) {
         Ok(o) => {
             r.ping_received = ping_count(&o.text);
@@ -148,7 +152,10 @@ pub fn peer_checks(ns: &Netns) -> PeerResult {
         }
         Err(e) => r.log.push_str(&format!("ping: {e:#}\n")),
     }
-    let mut arping = ns.command("arping", ["-c", "3", "-w", "10", "-I", TAP, GUEST_IP]);
+    let mut arping = ns.command(
+        "arping",
+        ["-c", "3", "-w", &arping_wait, "-I", TAP, GUEST_IP],
+    );
     match run_capture(&mut arping, t) {
         Ok(o) => {
             r.arping_received = arping_count(&o.text);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::emulator::{vmx_backend, Backend, Machine, MachineSpec, Stream};
+use crate::emulator::{vmx_backend, Backend, DirectBoot, Machine, MachineSpec, Stream};
 use crate::images::{build_esp, EspBoot, FailMode, GuestImages, ShojiConfig};
 use crate::nested::L2Machine;
 use crate::netns::{peer_checks, Netns, PeerResult};
@@ -105,6 +105,19 @@ pub mod markers {
     pub const CONTAINERS_NO_SHOJI: &str = "SHOJI-TEST: containers: Shoji absent";
     /// Port of the peer's TCP sink.
     pub const SINK_PORT: u16 = 7778;
+    /// COM1, SMP mode: `SHOJI-TEST: smp online=0-1 cpuinfo=N`.
+    pub const SMP_ONLINE: &str = "SHOJI-TEST: smp online=";
+    /// COM1, SMP mode: `SHOJI-TEST: smp cpu K probe cpuid: ...` (the probe pinned to CPU K).
+    pub fn smp_cpu(cpu: u32) -> String {
+        format!("SHOJI-TEST: smp cpu {cpu} ")
+    }
+    /// COM1, SMP mode: `SHOJI-TEST: smp work cpu0=+T cpu1=+T` (user ticks during the work).
+    pub const SMP_WORK: &str = "SHOJI-TEST: smp work";
+    /// COM2, Shoji's log: an application processor started by a SIPI Shoji mediated
+    /// (`shoji-hv: cpu K: SIPI vector 0x..: starting at 0x..`).
+    pub fn hv_sipi(cpu: u32) -> String {
+        format!("shoji-hv: cpu {cpu}: SIPI vector ")
+    }
     /// COM2 (Shoji's log) strings that end a run at once.
     pub const FATAL_HV: &[&str] = &["shoji-hv: FATAL", "shoji-hv: panic"];
     /// COM1 strings that end a run at once.
@@ -151,6 +164,9 @@ enum Kind {
     Containers,
     /// The containers control phase on QEMU/TCG without Shoji.
     TcgContainers,
+    /// Linux with two CPUs under Shoji: both brought up through Shoji's INIT/SIPI mediation,
+    /// both show the signature and run work.
+    SmpLinux,
 }
 
 /// The nested bed's default L2 machine: `-machine pc`, QEMU's own e1000 option ROM (what a
@@ -169,6 +185,28 @@ pub const ALL: &[Scenario] = &[
                 SIGILL, peer ping/arping through the shadow rings, network load, counters)",
         needs_shoji: true,
         kind: Kind::Shoji,
+        nested: Some(NESTED_PC),
+    },
+    Scenario {
+        name: "nested-q35",
+        about: "the user's bed on -machine q35 (PCI Express, MMCONFIG) with QEMU's e1000 \
+                without option ROM (romfile=): boot, signature, VMX hidden, canary, SIGILL, \
+                introspection, peer ping/arping through the shadow rings (the network load runs \
+                on nested-shoji)",
+        needs_shoji: true,
+        kind: Kind::Shoji,
+        nested: Some(L2Machine {
+            q35: true,
+            option_rom: false,
+        }),
+    },
+    Scenario {
+        name: "nested-smp",
+        about: "the user's bed with -smp 2: Linux brings its second CPU up through Shoji's \
+                INIT/SIPI mediation, every CPU (probe pinned with taskset) sees the signature \
+                and runs work",
+        needs_shoji: true,
+        kind: Kind::SmpLinux,
         nested: Some(NESTED_PC),
     },
     Scenario {
@@ -297,7 +335,9 @@ impl Scenario {
 
     /// Whether the guest runs the network load (TCP bulk send, driver reload, UDP flood).
     pub fn net_load(&self) -> bool {
-        matches!(self.kind, Kind::Shoji | Kind::Unmediated)
+        // On the nested bed the load runs once, on the pc machine (each frame's exits cost a
+        // trip through L1's KVM); the q35 run proves the chipset.
+        matches!(self.kind, Kind::Shoji | Kind::Unmediated) && !self.nested.is_some_and(|m| m.q35)
     }
 
     /// Whether the guest runs the containers test (crun from the data disk).
@@ -474,6 +514,9 @@ fn run_inner(sc: &Scenario, inputs: &Inputs<'_>, rep: &mut Report) -> Result<()>
     if sc.kind == Kind::Shoji612 {
         cmdline = cmdline.replace("shojitest=full", "shojitest=introspect");
     }
+    if sc.kind == Kind::SmpLinux {
+        cmdline = cmdline.replace("shojitest=full", "shojitest=smp");
+    }
     if sc.containers() {
         cmdline = cmdline.replace("shojitest=full", "shojitest=containers");
         // Guest seconds are long under Bochs: a short flood is enough for per-frame figures.
@@ -485,11 +528,16 @@ fn run_inner(sc: &Scenario, inputs: &Inputs<'_>, rep: &mut Report) -> Result<()>
         // busy: a 30 s flood would take most of an hour there, and the faster the guest gets
         // per frame the more frames a guest second holds: each flood also stops after 40,000
         // datagrams. QEMU+KVM floods for 30 s.
-        if matches!(sc.backend(), Backend::Bochs | Backend::Nested(_)) {
-            cmdline.push_str(" shojiflood=3 shojifloodframes=40000");
+        match sc.backend() {
+            Backend::Bochs => cmdline.push_str(" shojiflood=3 shojifloodframes=40000"),
+            // Every frame's exits pass through L1's KVM (and Bochs): a few thousand frames
+            // give the per-frame figures.
+            Backend::Nested(_) => cmdline.push_str(" shojiflood=3 shojifloodframes=3000"),
+            _ => {}
         }
     }
     let with_initrd = format!("initrd=\\initrd.img {cmdline}");
+    let direct_cmdline = cmdline.clone();
     let boot = match sc.kind {
         Kind::NoShoji | Kind::TcgNoShoji | Kind::TcgContainers => EspBoot::Direct {
             cmdline: with_initrd,
@@ -532,10 +580,19 @@ fn run_inner(sc: &Scenario, inputs: &Inputs<'_>, rep: &mut Report) -> Result<()>
     let ns = Netns::create(&Netns::name_for(sc.name))?;
     let spec = MachineSpec {
         backend: rep.backend,
-        cpus: if sc.kind == Kind::Smp { 2 } else { 1 },
+        cpus: if matches!(sc.kind, Kind::Smp | Kind::SmpLinux) {
+            2
+        } else {
+            1
+        },
         esp,
         data_disk,
         dir: dir.clone(),
+        direct: matches!(boot, EspBoot::Direct { .. }).then(|| DirectBoot {
+            vmlinuz: images.kernel.vmlinuz.clone(),
+            initrd: initrd.clone(),
+            cmdline: direct_cmdline,
+        }),
     };
     let f = rep.backend.time_factor();
     let t = |s: u64| Duration::from_secs_f64(s as f64 * f);
@@ -584,7 +641,12 @@ fn linux(
 ) -> Result<()> {
     let with_shoji = matches!(
         sc.kind,
-        Kind::Shoji | Kind::Shoji612 | Kind::Exposed | Kind::Unmediated | Kind::Containers
+        Kind::Shoji
+            | Kind::Shoji612
+            | Kind::Exposed
+            | Kind::Unmediated
+            | Kind::Containers
+            | Kind::SmpLinux
     );
     if with_shoji {
         let line = milestone(
@@ -651,6 +713,9 @@ fn linux(
     if sc.containers() {
         return crate::containers::run(m, ns, rep, &sc.dir(), t, with_shoji);
     }
+    if sc.kind == Kind::SmpLinux {
+        return smp_linux(sc, m, rep, t);
+    }
     if sc.kind == Kind::Shoji612 {
         milestone(
             sc,
@@ -685,7 +750,7 @@ fn linux(
         let limit = t(900);
         std::thread::spawn(move || crate::util::run_capture(&mut c, limit))
     });
-    let peer = peer_checks(ns);
+    let peer = peer_checks(ns, rep.backend.patience());
     let _ = std::fs::write(sc.dir().join("peer.log"), &peer.log);
     rep.times.push(("peer checks done".into(), m.elapsed()));
     peer_report(sc, rep, &peer);
@@ -1325,6 +1390,74 @@ fn smp(
     Ok(())
 }
 
+/// Linux with two CPUs under Shoji (after the boot-CPU probe): both CPUs online, each shows the
+/// signature and runs work, and Shoji's log shows the SIPI it mediated for the second.
+fn smp_linux(
+    sc: &Scenario,
+    m: &mut Machine,
+    rep: &mut Report,
+    t: &dyn Fn(u64) -> Duration,
+) -> Result<()> {
+    let online = milestone(
+        sc,
+        m,
+        rep,
+        "smp online",
+        (Stream::Console, markers::SMP_ONLINE),
+        t(300),
+        &[],
+    )?;
+    rep.check(
+        "Linux brings up 2 CPUs (/proc/cpuinfo)",
+        online.contains("cpuinfo=2"),
+        online.trim(),
+    );
+    for cpu in 0..2 {
+        let r = m.wait_for(Stream::Console, &markers::smp_cpu(cpu), t(120), &[]);
+        let (ok, detail) = match r {
+            Ok((l, _)) => (l.contains(markers::SIGNATURE_FIELD), l.trim().to_owned()),
+            Err(e) => (false, format!("{e:#}")),
+        };
+        rep.check(
+            format!("cpu {cpu} (probe pinned with taskset) sees Shoji's signature"),
+            ok,
+            detail,
+        );
+    }
+    let work = m.wait_for(Stream::Console, markers::SMP_WORK, t(300), &[]);
+    let (ok, detail) = match work {
+        Ok((l, _)) => (smp_work_on_every_cpu(&l, 2), l.trim().to_owned()),
+        Err(e) => (false, format!("{e:#}")),
+    };
+    rep.check("work runs on every CPU (user ticks grow)", ok, detail);
+    let sipi = m.find_line(Stream::ShojiLog, &markers::hv_sipi(1));
+    rep.check(
+        "Shoji mediated the second CPU's start-up (INIT/SIPI in its log)",
+        sipi.is_some(),
+        sipi.unwrap_or_else(|| "no SIPI line for cpu 1 in shoji.log".into()),
+    );
+    milestone(
+        sc,
+        m,
+        rep,
+        "guest done",
+        (Stream::Console, markers::GUEST_DONE),
+        t(300),
+        &[],
+    )?;
+    Ok(())
+}
+
+/// Whether `SHOJI-TEST: smp work cpu0=+T cpu1=+T` shows user ticks on each of `cpus` CPUs.
+fn smp_work_on_every_cpu(line: &str, cpus: u32) -> bool {
+    (0..cpus).all(|c| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("cpu{c}=+")))
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n > 0)
+    })
+}
+
 /// tcg-fail-closed: the marker, then no Linux within a bounded wait.
 fn fail_closed(
     sc: &Scenario,
@@ -1386,6 +1519,28 @@ fn collect_highlights(m: &Machine, rep: &mut Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn smp_work_needs_ticks_on_every_cpu() {
+        assert!(smp_work_on_every_cpu(
+            "SHOJI-TEST: smp work cpu0=+12 cpu1=+7",
+            2
+        ));
+        assert!(!smp_work_on_every_cpu(
+            "SHOJI-TEST: smp work cpu0=+12 cpu1=+0",
+            2
+        ));
+        assert!(!smp_work_on_every_cpu("SHOJI-TEST: smp work cpu0=+12", 2));
+        assert!(!smp_work_on_every_cpu("SHOJI-TEST: smp work cpu0=+x cpu1=+3", 2));
+    }
+
+    #[test]
+    fn nested_scenarios_run_on_the_nested_bed() {
+        for s in ALL.iter().filter(|s| s.name.starts_with("nested-")) {
+            assert!(matches!(s.backend(), Backend::Nested(_)), "{}", s.name);
+        }
+        assert_eq!(find("nested-smp").map(|s| s.kind), Some(Kind::SmpLinux));
+    }
 
     #[test]
     fn names_are_unique_and_findable() {
