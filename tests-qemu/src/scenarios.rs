@@ -61,6 +61,9 @@ pub mod markers {
     pub const CANARY_NOT_FOUND: &str = "probe canary: not found";
     /// COM1, a Reserved range as the probe lists it (`probe canary: reserved 0xA-0xB ...`).
     pub const CANARY_RESERVED: &str = "probe canary: reserved ";
+    /// COM1, what the probe read of a range:
+    /// `probe canary: scanned 0xA-0xB bytes=N of LEN unreadable_chunks=E`.
+    pub const CANARY_SCANNED: &str = "probe canary: scanned ";
     /// COM1, LogCounters answered.
     pub const LOG_COUNTERS_OK: &str = "probe log-counters: status=0";
     /// COM1, LogCounters prefix.
@@ -106,6 +109,20 @@ pub mod markers {
     pub const SINK_PORT: u16 = 7778;
     /// COM2 (Shoji's log) strings that end a run at once.
     pub const FATAL_HV: &[&str] = &["shoji-hv: FATAL", "shoji-hv: panic"];
+    /// Lines that must be in neither log once the emulator stopped (the whole of shoji.log and
+    /// of the console are scanned after every boot, whatever the waits saw): Shoji's panics and
+    /// fatal errors on either port, the guest kernel's panics and oopses, a Rust panic of a
+    /// guest tool (probe, shojictl), an exception in the firmware. (Not "BUG:": a slow emulator
+    /// makes the kernel's soft-lockup watchdog print one without anything being broken.)
+    pub const PANIC_LINES: &[&str] = &[
+        "shoji-hv: FATAL",
+        "shoji-hv: panic",
+        "shoji: panic",
+        "Kernel panic",
+        "Oops: ",
+        "panicked at",
+        "!!!! X64 Exception",
+    ];
     /// COM1 strings that end a run at once.
     pub const FATAL: &[&str] = &[
         "Kernel panic",
@@ -509,11 +526,43 @@ fn run_inner(sc: &Scenario, inputs: &Inputs<'_>, rep: &mut Report) -> Result<()>
         _ => linux(sc, &mut m, &ns, rep, &t),
     };
     m.stop(Duration::from_secs(3));
+    panic_scan(sc, &m, rep);
     rep.times.extend(m.watched());
     rep.times.sort_by_key(|(_, t)| *t);
     collect_highlights(&m, rep);
     let _ = std::fs::write(dir.join("elapsed.txt"), format!("{:?}\n", rep.times));
     result
+}
+
+/// After the boot: no panic or fatal line anywhere in Shoji's log or the console; where Shoji
+/// ran, its log must not be empty (an empty log would pass the scan for nothing).
+fn panic_scan(sc: &Scenario, m: &Machine, rep: &mut Report) {
+    let hv_runs = matches!(
+        sc.kind,
+        Kind::Shoji
+            | Kind::Shoji612
+            | Kind::Exposed
+            | Kind::Smp
+            | Kind::Unmediated
+            | Kind::Containers
+    );
+    let (hv, console) = (m.text(Stream::ShojiLog), m.text(Stream::Console));
+    let bad = hv
+        .lines()
+        .chain(console.lines())
+        .find(|l| markers::PANIC_LINES.iter().any(|p| l.contains(p)));
+    let (hv_lines, console_lines) = (hv.lines().count(), console.lines().count());
+    let ok = bad.is_none() && console_lines > 0 && (hv_lines > 0 || !hv_runs);
+    rep.check(
+        "no panic or fatal line in shoji.log or the console",
+        ok,
+        match bad {
+            Some(l) => l.trim().to_owned(),
+            None => {
+                format!("scanned {hv_lines} lines of shoji.log, {console_lines} of the console")
+            }
+        },
+    );
 }
 
 /// Wait for a milestone and record its time.
@@ -696,11 +745,7 @@ fn linux(
                 vmx_ok,
                 vmx,
             );
-            rep.check(
-                "probe does NOT find Shoji's canary",
-                not_found.is_some(),
-                canary,
-            );
+            canary_check(m, rep, &console, not_found.is_some(), canary);
             reserved_range_check(m, rep, &console);
             rep.check(
                 "LogCounters VMCALL answered",
@@ -889,7 +934,7 @@ const POLICY_ABI_EXPECT: &[(&str, bool, &str, &str)] = &[
     (
         "policy-bad-vlan",
         false,
-        "",
+        "container[0].vlan: VLAN 0 out of range",
         "a policy file with VLAN 0 is refused",
     ),
     (
@@ -945,9 +990,19 @@ const POLICY_ABI_EXPECT: &[(&str, bool, &str, &str)] = &[
 /// The policy ABI checks from the guest script's lines.
 fn policy_abi_checks(rep: &mut Report, console: &str) {
     for (name, ok, text, what) in POLICY_ABI_EXPECT {
-        let line = intro_line(console, name).unwrap_or("no line");
-        let rc_ok = line.contains(" rc=0 ");
-        rep.check(*what, rc_ok == *ok && line.contains(text), line);
+        expect_step(rep, console, name, *ok, text, what);
+    }
+}
+
+/// One step of the guest script as expected: its line is there, it succeeded or failed as
+/// it must, and its last line says what it must.
+fn expect_step(rep: &mut Report, console: &str, name: &str, ok: bool, text: &str, what: &str) {
+    match intro_line(console, name) {
+        Some(line) => {
+            let rc_ok = line.contains(" rc=0 ");
+            rep.check(what, rc_ok == ok && line.contains(text), line);
+        }
+        None => rep.check(what, false, format!("no line for step {name}")),
     }
 }
 
@@ -973,9 +1028,7 @@ fn introspection_checks(rep: &mut Report, console: &str, with_shoji: bool) {
         return;
     }
     for (name, ok, text, what) in INTROSPECTION_EXPECT {
-        let line = intro_line(console, name).unwrap_or("no line");
-        let rc_ok = line.contains(" rc=0 ");
-        rep.check(*what, rc_ok == *ok && line.contains(text), line);
+        expect_step(rep, console, name, *ok, text, what);
     }
 }
 
@@ -1180,12 +1233,33 @@ fn nic_checks(m: &mut Machine, rep: &mut Report, _console: &str, t: &dyn Fn(u64)
         rep.highlights.push(l.trim().to_owned());
     }
     // The last log covers the whole run.
-    if let Some(l) = hv_text
+    let per_frame = hv_text
         .lines()
         .rfind(|l| l.contains(markers::HV_NIC_PER_FRAME))
-    {
-        rep.check("exits and cost per frame logged", true, l.trim().to_owned());
-    }
+        .unwrap_or("no 'e1000 per frame' line in shoji.log");
+    rep.check(
+        "exits and cost per frame logged, with sane figures",
+        per_frame_sane(per_frame),
+        per_frame.trim().to_owned(),
+    );
+}
+
+/// `shoji-hv: e1000 per frame: tx_exits=E/F=R rx_exits=E/F=R polls=N
+/// all_nic_exits_per_frame=X engine_cycles_per_frame=Y` after a run with traffic both ways:
+/// frames counted in each direction, and exits and engine cycles per frame finite and positive
+/// (Shoji logs `n/a` for a ratio over zero frames).
+fn per_frame_sane(line: &str) -> bool {
+    let frames = |k: &str| {
+        field(line, k)
+            .and_then(|v| v.split('=').next()?.split_once('/'))
+            .and_then(|(_, f)| f.parse::<u64>().ok())
+    };
+    let ratio = |k: &str| field(line, k).and_then(|v| v.parse::<f64>().ok());
+    let positive = |x: Option<f64>| x.is_some_and(|x| x.is_finite() && x > 0.0);
+    frames("tx_exits").unwrap_or(0) > 0
+        && frames("rx_exits").unwrap_or(0) > 0
+        && positive(ratio("all_nic_exits_per_frame"))
+        && positive(ratio("engine_cycles_per_frame"))
 }
 
 fn peer_report(sc: &Scenario, rep: &mut Report, peer: &PeerResult) {
@@ -1215,6 +1289,41 @@ fn parse_range(s: &str) -> Option<(u64, u64)> {
         u64::from_str_radix(a, 16).ok()?,
         u64::from_str_radix(b, 16).ok()?,
     ))
+}
+
+/// Shoji's reserved range from its log (`shoji-hv: reserved memory 0xA-0xB`).
+fn hv_reserved(m: &Machine) -> Option<(u64, u64)> {
+    m.find_line(Stream::ShojiLog, markers::HV_RESERVED)?
+        .split_once("reserved memory ")
+        .and_then(|(_, r)| parse_range(r))
+}
+
+/// The canary is not found, and the probe did read every byte of a guest Reserved range that
+/// holds all of Shoji's memory (a probe that skipped that range, or could not read it, proves
+/// nothing by not finding the canary there).
+fn canary_check(m: &Machine, rep: &mut Report, console: &str, not_found: bool, canary: &str) {
+    let hv = hv_reserved(m);
+    let covering = console
+        .lines()
+        .filter_map(|l| l.split_once(markers::CANARY_SCANNED).map(|(_, r)| r.trim()))
+        .find(|r| {
+            let range = parse_range(r);
+            let bytes = r.split_once("bytes=").and_then(|(_, b)| {
+                b.split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse::<u64>().ok())
+            });
+            matches!((hv, range, bytes), (Some((s, e)), Some((gs, ge)), Some(n))
+                if gs <= s && e <= ge && n == ge - gs + 1)
+        });
+    rep.check(
+        "probe does NOT find Shoji's canary, having read all of Shoji's memory",
+        not_found && covering.is_some(),
+        format!(
+            "{canary}; Shoji's memory {hv:x?} read in full within {}",
+            covering.unwrap_or("no fully read range holding it")
+        ),
+    );
 }
 
 /// Shoji's reserved range (from its log) lies inside a Reserved range of the guest's /proc/iomem.
@@ -1351,6 +1460,50 @@ mod tests {
             assert_eq!(find(s.name).unwrap().name, s.name);
             assert_eq!(ALL.iter().filter(|o| o.name == s.name).count(), 1);
         }
+    }
+
+    #[test]
+    fn every_expected_step_names_its_text_and_a_missing_line_fails() {
+        for (name, _, text, _) in INTROSPECTION_EXPECT.iter().chain(POLICY_ABI_EXPECT) {
+            assert!(
+                !text.trim().is_empty(),
+                "{name}: an empty text matches any line"
+            );
+        }
+        let mut rep = Report {
+            name: "t",
+            backend: Backend::Bochs,
+            checks: Vec::new(),
+            times: Vec::new(),
+            error: None,
+            dir: PathBuf::new(),
+            highlights: Vec::new(),
+        };
+        let console = "SHOJI-TEST: intro policy-bad-vlan rc=1 :: shojictl: f.toml: line 3: container[0].vlan: VLAN 0 out of range (1..4094)\n";
+        policy_abi_checks(&mut rep, console);
+        let bad_vlan = rep
+            .checks
+            .iter()
+            .find(|c| c.what.contains("VLAN 0"))
+            .unwrap();
+        assert!(bad_vlan.ok);
+        // Every other step's line is missing: each fails.
+        assert_eq!(
+            rep.checks.iter().filter(|c| !c.ok).count(),
+            POLICY_ABI_EXPECT.len() - 1
+        );
+    }
+
+    #[test]
+    fn per_frame_figures_must_be_sane() {
+        let good = "shoji-hv: e1000 per frame: tx_exits=900/1000=0.900 rx_exits=50/500=0.100 polls=3 all_nic_exits_per_frame=0.633 engine_cycles_per_frame=2100.500";
+        assert!(per_frame_sane(good));
+        assert!(!per_frame_sane(
+            &good.replace("rx_exits=50/500", "rx_exits=0/0")
+        ));
+        assert!(!per_frame_sane(&good.replace("=0.633", "=n/a")));
+        assert!(!per_frame_sane(&good.replace("=2100.500", "=0.000")));
+        assert!(!per_frame_sane("no 'e1000 per frame' line in shoji.log"));
     }
 
     #[test]
