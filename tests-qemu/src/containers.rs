@@ -29,17 +29,18 @@ pub struct UdpSink {
 }
 
 impl UdpSink {
-    /// Start `xtask udp-sink` in `ns`, writing its summary into `dir`.
-    pub fn start(ns: &Netns, dir: &Path) -> Result<UdpSink> {
+    /// Start `xtask udp-sink` on `port` in `ns`, writing its summary and log into `dir` as
+    /// `NAME.txt` and `NAME.log`.
+    pub fn start(ns: &Netns, dir: &Path, port: u16, name: &str) -> Result<UdpSink> {
         let exe = std::env::current_exe()?;
-        let summary = dir.join("udp-sink.txt");
+        let summary = dir.join(format!("{name}.txt"));
         let _ = std::fs::remove_file(&summary);
-        let log = std::fs::File::create(dir.join("udp-sink.log"))?;
+        let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
         let mut c = ns.command(
             &exe.to_string_lossy(),
             [
                 "udp-sink".as_ref(),
-                SINK_PORT.to_string().as_ref(),
+                port.to_string().as_ref(),
                 summary.as_os_str(),
             ],
         );
@@ -56,6 +57,16 @@ impl UdpSink {
     pub fn count(&self, ip: &str, tag: &str) -> u64 {
         let text = std::fs::read_to_string(&self.summary).unwrap_or_default();
         sink_count(&text, ip, tag)
+    }
+
+    /// Datagrams received so far from `ip`, whatever their payload.
+    pub fn total(&self, ip: &str) -> u64 {
+        let text = std::fs::read_to_string(&self.summary).unwrap_or_default();
+        let from = format!("from={ip}");
+        text.lines()
+            .filter(|l| l.split_whitespace().next() == Some(from.as_str()))
+            .filter_map(|l| l.rsplit_once("count=")?.1.trim().parse::<u64>().ok())
+            .sum()
     }
 
     /// The whole summary, for the report.
@@ -271,7 +282,7 @@ pub fn run(
     t: &dyn Fn(u64) -> Duration,
     with_shoji: bool,
 ) -> Result<()> {
-    let sink = UdpSink::start(ns, dir)?;
+    let sink = UdpSink::start(ns, dir, SINK_PORT, "udp-sink")?;
     let mut peer_log = String::new();
     let (ready, at) = m.wait_for(Stream::Console, markers::CONTAINERS_READY_HOST, t(600), &[])?;
     rep.times.push(("containers host ready".into(), at));
