@@ -75,6 +75,9 @@ pub mod markers {
     pub const LOG_COUNTERS: &str = "probe log-counters: ";
     /// COM1, the guest's data disk line.
     pub const DATA_DISK: &str = "SHOJI-TEST: data disk";
+    /// COM1, `shojictl whoami` when every field it promises was compared and matched
+    /// (`shojictl::whoami::FIELDS`; the guest mounts cgroup2, so cgroup_id is compared too).
+    pub const WHOAMI_MATCH: &str = "whoami: MATCH on all 16 fields";
     /// COM1, prefix of an introspection step's result (`... NAME rc=RC :: LAST-LINE`).
     pub const INTRO: &str = "SHOJI-TEST: intro";
     /// COM1, the data disk is mounted.
@@ -834,43 +837,43 @@ const INTROSPECTION_EXPECT: &[(&str, bool, &str, &str)] = &[
     (
         "whoami-root",
         true,
-        "whoami: MATCH",
+        markers::WHOAMI_MATCH,
         "whoami matches every field as root",
     ),
     (
         "whoami-uid1000",
         true,
-        "whoami: MATCH",
+        markers::WHOAMI_MATCH,
         "whoami matches every field as uid 1000",
     ),
     (
         "whoami-setsid",
         true,
-        "whoami: MATCH",
+        markers::WHOAMI_MATCH,
         "whoami matches every field after setsid",
     ),
     (
         "whoami-netns",
         true,
-        "whoami: MATCH",
+        markers::WHOAMI_MATCH,
         "whoami matches every field in a new network namespace",
     ),
     (
         "whoami-pidns",
         true,
-        "whoami: MATCH",
+        markers::WHOAMI_MATCH,
         "whoami matches every field (global and local ids) in a new pid namespace",
     ),
     (
         "whoami-userns",
         true,
-        "whoami: MATCH",
+        markers::WHOAMI_MATCH,
         "whoami matches every field in a new user namespace",
     ),
     (
         "whoami-uid1000-userns",
         true,
-        "whoami: MATCH",
+        markers::WHOAMI_MATCH,
         "whoami matches every field as uid 1000 mapped to 0 in a user namespace",
     ),
     (
@@ -894,7 +897,7 @@ const INTROSPECTION_EXPECT: &[(&str, bool, &str, &str)] = &[
     (
         "whoami-after-refusals",
         true,
-        "whoami: MATCH",
+        markers::WHOAMI_MATCH,
         "refused pushes left the active profile unchanged",
     ),
     (
@@ -924,7 +927,7 @@ const INTROSPECTION_EXPECT: &[(&str, bool, &str, &str)] = &[
     (
         "whoami-final",
         true,
-        "whoami: MATCH",
+        markers::WHOAMI_MATCH,
         "whoami matches again",
     ),
 ];
@@ -1718,6 +1721,17 @@ mod tests {
         assert!(!arrived(0, 10_000));
         assert!(!arrived(20_000, 10_000)); // sent twice
         assert!(!arrived(0, 0)); // no flood at all
+    }
+
+    #[test]
+    fn whoami_marker_counts_every_field_shojictl_compares() {
+        assert_eq!(
+            markers::WHOAMI_MATCH,
+            format!(
+                "whoami: MATCH on all {} fields",
+                shojictl::whoami::FIELDS.len()
+            )
+        );
     }
 
     #[test]
