@@ -61,8 +61,10 @@ pub struct GuestRam {
     pub bytes: Vec<u8>,
     /// Hypervisor-owned range `[start, end)`, refused with `MemError::Hypervisor`.
     pub hv: (u64, u64),
-    /// Accesses refused so far.
-    pub refused: usize,
+    /// Writes refused so far (address, length): the tests assert which writes the engine
+    /// attempted outside what the guest may address, since the refusal itself makes the bytes
+    /// in `hv` stay as they were whatever the engine does.
+    pub refused: Vec<(u64, usize)>,
 }
 
 impl GuestRam {
@@ -71,7 +73,7 @@ impl GuestRam {
         GuestRam {
             bytes: vec![0; len],
             hv,
-            refused: 0,
+            refused: Vec::new(),
         }
     }
 
@@ -100,7 +102,7 @@ impl GuestMemory for GuestRam {
                 Ok(())
             }
             Err(e) => {
-                self.refused += 1;
+                self.refused.push((gpa, buf.len()));
                 Err(e)
             }
         }
@@ -172,6 +174,11 @@ impl SimNic {
     /// Take the frames sent so far.
     pub fn take_sent(&self) -> Vec<Vec<u8>> {
         std::mem::take(&mut self.0.borrow_mut().sent)
+    }
+
+    /// Set a device register directly, as the hardware would (no side effects).
+    pub fn set_reg(&self, off: u32, v: u32) {
+        self.0.borrow_mut().w(off, v);
     }
 
     /// Current value of a register, without side effects.

@@ -975,15 +975,28 @@ mod tests {
         for n in 0..ENCODED_LEN {
             assert!(KernelProfile::decode(&buf[..n]).is_err());
         }
+        let mut accepted = 0;
         for i in 0..ENCODED_LEN {
             for v in [0u8, 1, 0x7f, 0xff] {
                 let mut b = buf;
                 b[i] = v;
-                if let Ok(p) = KernelProfile::decode(&b) {
-                    p.validate().unwrap();
+                let decoded = KernelProfile::decode(&b);
+                // Magic, version and length (the first 16 bytes) admit no other value.
+                if i < 16 && v != buf[i] {
+                    assert!(decoded.is_err(), "byte {i} set to {v:#x}");
+                }
+                // Accepted: then decode understood every byte. The profile encodes back to
+                // exactly these bytes, so no byte was ignored or normalised away.
+                if let Ok(p) = decoded {
+                    let mut again = [0u8; ENCODED_LEN];
+                    p.encode(&mut again).unwrap();
+                    assert_eq!(again, b, "byte {i} set to {v:#x}");
+                    accepted += 1;
                 }
             }
         }
+        // Most single-byte changes are data (fingerprint, release, offsets) and must load.
+        assert!(accepted > ENCODED_LEN, "{accepted} accepted");
     }
 
     #[test]

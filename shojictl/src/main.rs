@@ -338,15 +338,14 @@ fn kernel_says() -> KernelSays {
             .ok()
             .and_then(|l| ns_inode(&l.to_string_lossy()))
     };
-    let cgroup_id = std::fs::metadata("/sys/fs/cgroup/cgroup.controllers")
-        .ok()
-        .and_then(|_| {
-            let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-            let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-            std::fs::metadata(format!("/sys/fs/cgroup{}", path.trim()))
-                .ok()
-                .map(|m| m.ino())
-        });
+    let cgroup2 = std::fs::metadata("/sys/fs/cgroup/cgroup.controllers").is_ok();
+    let cgroup_id = cgroup2.then_some(()).and_then(|_| {
+        let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+        let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+        std::fs::metadata(format!("/sys/fs/cgroup{}", path.trim()))
+            .ok()
+            .map(|m| m.ino())
+    });
     let pid_local = last("NSpid");
     let tgid_local = Some(std::process::id()).filter(|p| last("NStgid") == Some(*p));
     KernelSays {
@@ -362,6 +361,7 @@ fn kernel_says() -> KernelSays {
         netns_id: ns("net"),
         pidns_id: ns("pid"),
         cgroup_id,
+        cgroup2,
         start_ticks: std::fs::read_to_string("/proc/self/stat")
             .ok()
             .and_then(|s| stat_starttime(&s)),

@@ -32,6 +32,9 @@ pub struct KernelSays {
     pub pidns_id: Option<u32>,
     /// Inode of the process's cgroup v2 directory (`None` without a cgroup2 mount).
     pub cgroup_id: Option<u64>,
+    /// Whether cgroup2 is mounted at `/sys/fs/cgroup` (without it, and only then, cgroup_id may
+    /// go unchecked).
+    pub cgroup2: bool,
     /// Start time in clock ticks after boot (`/proc/self/stat` field 22).
     pub start_ticks: Option<u64>,
     /// Clock ticks per second.
@@ -53,8 +56,10 @@ pub struct Row {
     pub shoji: String,
     /// The kernel's value, rendered.
     pub kernel: String,
-    /// `Match`, `Mismatch`, `Unknown` (Shoji could not read a value the kernel has) or
-    /// `Unchecked` (the kernel's value is not observable from here).
+    /// `Match`, `Mismatch`, `Unknown` (Shoji could not read a value the kernel has),
+    /// `Unchecked` (the kernel's value is not observable from here, allowed only for cgroup_id
+    /// without a cgroup2 mount) or `Unreadable` (the kernel's value of a field whoami promises
+    /// to compare could not be read).
     pub verdict: Verdict,
 }
 
@@ -67,9 +72,33 @@ pub enum Verdict {
     Mismatch,
     /// Shoji reported nothing for a value the kernel has.
     Unknown,
-    /// Not observable from the caller's side.
+    /// Not observable from the caller's side (cgroup_id without a cgroup2 mount).
     Unchecked,
+    /// The kernel's value of a field that must be compared could not be read: no comparison,
+    /// so no MATCH.
+    Unreadable,
 }
+
+/// Every field whoami compares (shojictl/README.md lists them); a MATCH needs each of them
+/// compared, except cgroup_id without a cgroup2 mount.
+pub const FIELDS: [&str; 16] = [
+    "context",
+    "pid",
+    "tgid",
+    "pid_local",
+    "tgid_local",
+    "pgid",
+    "uid",
+    "euid",
+    "uid_local",
+    "userns_id",
+    "netns_id",
+    "pidns_id",
+    "cgroup_id",
+    "start_time",
+    "exe_inode",
+    "comm",
+];
 
 fn show<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "unknown".into())
@@ -160,13 +189,24 @@ pub fn compare(id: &TaskIdentity, k: &KernelSays) -> Vec<Row> {
         shoji: comm.unwrap_or_else(|| "unknown".into()),
         kernel: k.comm.clone().unwrap_or_else(|| "n/a".into()),
     });
+    // A field goes unchecked only where the README allows it.
+    for r in &mut rows {
+        if r.verdict == Verdict::Unchecked && (r.name != "cgroup_id" || k.cgroup2) {
+            r.verdict = Verdict::Unreadable;
+        }
+    }
     rows
 }
 
-/// Render the table and a one-line summary; `true` when every checkable field matches.
+/// Render the table and a one-line summary; `true` when every field of [`FIELDS`] is there
+/// and matches, but cgroup_id unchecked without a cgroup2 mount.
 pub fn render(rows: &[Row]) -> (String, bool) {
     let mut o = String::new();
-    let mut bad = Vec::new();
+    let mut bad: Vec<&str> = FIELDS
+        .iter()
+        .copied()
+        .filter(|f| !rows.iter().any(|r| r.name == *f))
+        .collect();
     let mut unchecked = Vec::new();
     for r in rows {
         let v = match r.verdict {
@@ -174,6 +214,7 @@ pub fn render(rows: &[Row]) -> (String, bool) {
             Verdict::Mismatch => "MISMATCH",
             Verdict::Unknown => "UNKNOWN",
             Verdict::Unchecked => "unchecked",
+            Verdict::Unreadable => "UNREADABLE",
         };
         let _ = writeln!(
             o,
@@ -181,16 +222,22 @@ pub fn render(rows: &[Row]) -> (String, bool) {
             r.name, r.shoji, r.kernel
         );
         match r.verdict {
-            Verdict::Mismatch | Verdict::Unknown => bad.push(r.name),
+            Verdict::Mismatch | Verdict::Unknown | Verdict::Unreadable => bad.push(r.name),
             Verdict::Unchecked => unchecked.push(r.name),
             Verdict::Match => {}
         }
     }
-    let checked = rows.len() - unchecked.len();
+    let compared = rows.len() - unchecked.len();
     if bad.is_empty() {
-        let _ = write!(o, "whoami: MATCH on all {checked} checked fields");
-        if !unchecked.is_empty() {
-            let _ = write!(o, " (not observable here: {})", unchecked.join(","));
+        if unchecked.is_empty() {
+            let _ = write!(o, "whoami: MATCH on all {compared} fields");
+        } else {
+            let _ = write!(
+                o,
+                "whoami: MATCH on {compared} of {} fields (not observable here: {})",
+                rows.len(),
+                unchecked.join(",")
+            );
         }
         o.push('\n');
     } else {
@@ -294,8 +341,107 @@ mod tests {
         assert_eq!(v("cgroup_id"), Verdict::Unchecked);
         assert_eq!(v("comm"), Verdict::Match);
         assert_eq!(v("start_time"), Verdict::Match);
+        // Fields the kernel side could not read are not skipped: no comparison, no MATCH.
+        assert_eq!(v("pidns_id"), Verdict::Unreadable);
+        assert_eq!(v("exe_inode"), Verdict::Unreadable);
         let (text, ok) = render(&rows);
         assert!(!ok);
-        assert!(text.contains("MISMATCH/unknown in tgid,netns_id"), "{text}");
+        assert!(
+            text.contains(
+                "MISMATCH/unknown in tgid,pid_local,tgid_local,pgid,euid,uid_local,userns_id,\
+                 netns_id,pidns_id,exe_inode\n"
+            ),
+            "{text}"
+        );
+    }
+
+    fn full() -> (TaskIdentity, KernelSays) {
+        let id = TaskIdentity {
+            context: ExecContext::Task,
+            pid: Some(5),
+            tgid: Some(5),
+            pid_local: Some(5),
+            tgid_local: Some(5),
+            pgid: Some(5),
+            uid: Some(0),
+            euid: Some(0),
+            uid_local: Some(0),
+            userns_id: Some(1),
+            netns_id: Some(2),
+            pidns_id: Some(3),
+            cgroup_id: Some(4),
+            start_time: Some(12_340_000_000),
+            exe_inode: Some(6),
+            comm: Some(*b"sh\0\0\0\0\0\0\0\0\0\0\0\0\0\0"),
+            ..Default::default()
+        };
+        let k = KernelSays {
+            pid: Some(5),
+            tgid: Some(5),
+            pid_local: Some(5),
+            tgid_local: Some(5),
+            pgid: Some(5),
+            uid: Some(0),
+            euid: Some(0),
+            uid_local: Some(0),
+            userns_id: Some(1),
+            netns_id: Some(2),
+            pidns_id: Some(3),
+            cgroup_id: Some(4),
+            cgroup2: true,
+            start_ticks: Some(1234),
+            hz: 100,
+            exe_inode: Some(6),
+            comm: Some("sh".into()),
+            uid_map_known: true,
+        };
+        (id, k)
+    }
+
+    #[test]
+    fn match_needs_every_promised_field_compared() {
+        let (id, k) = full();
+        let rows = compare(&id, &k);
+        assert_eq!(rows.iter().map(|r| r.name).collect::<Vec<_>>(), FIELDS);
+        let (text, ok) = render(&rows);
+        assert!(
+            ok && text.ends_with("whoami: MATCH on all 16 fields\n"),
+            "{text}"
+        );
+        // Without a cgroup2 mount (and only then) cgroup_id may go unchecked.
+        let k2 = KernelSays {
+            cgroup_id: None,
+            cgroup2: false,
+            ..k.clone()
+        };
+        let (text, ok) = render(&compare(&id, &k2));
+        assert!(ok, "{text}");
+        assert!(text.contains("MATCH on 15 of 16 fields (not observable here: cgroup_id)"));
+        let k3 = KernelSays {
+            cgroup_id: None,
+            ..k.clone()
+        };
+        let (text, ok) = render(&compare(&id, &k3));
+        assert!(
+            !ok && text.contains("MISMATCH/unknown in cgroup_id"),
+            "{text}"
+        );
+        // A field the kernel side cannot read is no match either.
+        let k4 = KernelSays {
+            exe_inode: None,
+            ..k.clone()
+        };
+        let (text, ok) = render(&compare(&id, &k4));
+        assert!(
+            !ok && text.contains("MISMATCH/unknown in exe_inode"),
+            "{text}"
+        );
+        // Nor is a reply with a field missing altogether.
+        let rows: Vec<Row> = compare(&id, &k)
+            .into_iter()
+            .filter(|r| r.name != "comm")
+            .collect();
+        let (text, ok) = render(&rows);
+        assert!(!ok && text.contains("MISMATCH/unknown in comm"), "{text}");
     }
 }

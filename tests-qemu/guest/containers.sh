@@ -109,30 +109,35 @@ write_bundle() {
 EOF
 }
 
-# Start container $1 with (1) or without (0) the Shoji hooks, timing crun.
+# Start container $1 with (1) or without (0) the Shoji hooks, timing crun; $3: the step's name
+# (default start-$1-$2; every step name is used once, the harness refuses a repeated one).
 # --no-pivot: the guest runs from its initramfs, where pivot_root is impossible. The output
 # goes to a file: the container keeps crun's stdout open (a pipe would never reach EOF).
 start_ctr() {
     write_bundle "$1" "$2"
+    step=${3:-start-$1-$2}
     if [ "$2" = 1 ]; then label="start $1 hooks=shoji"; else label="start $1 hooks=none"; fi
-    log=/tmp/start-$1-$2.log
+    log=/tmp/$step.log
     probe timed "$label" $CRUN run --no-pivot -d -b "$BUNDLES/$1" "$1" > "$log" 2>&1 < /dev/null
     rc=$?
-    sed "s/^/  [start-$1-$2] /" "$log"
+    sed "s/^/  [$step] /" "$log"
     if [ -e /run/hook.log ]; then
-        sed "s/^/  [start-$1-$2] hook: /" /run/hook.log
+        sed "s/^/  [$step] hook: /" /run/hook.log
         : > /run/hook.log
     fi
     timing=$(grep "probe timed:" "$log" | tail -n 1)
-    echo "$timing" | sed 's/^probe timed: start //' >> /tmp/start-times
-    echo "SHOJI-TEST: ctr start-$1-$2 rc=$rc :: $timing"
+    if [ -z "$3" ]; then
+        echo "$timing" | sed 's/^probe timed: start //' >> /tmp/start-times
+    fi
+    echo "SHOJI-TEST: ctr $step rc=$rc :: $timing"
 }
 
+# Stop container $1 as step $2 (crun delete runs the poststop hook when the bundle has one).
 stop_ctr() {
-    ctr "stop-$1" $CRUN delete -f "$1"
+    ctr "$2" $CRUN delete -f "$1"
     # What the poststop hook said (unregistration, the VLAN taken off the uplink).
     if [ -s /run/hook.log ]; then
-        sed "s/^/  [stop-$1] hook: /" /run/hook.log
+        sed "s/^/  [$2] hook: /" /run/hook.log
         : > /run/hook.log
     fi
     # The kernel removes the namespace and its veth pair a moment later.
@@ -203,8 +208,8 @@ phase_control() {
     ctr control-b-ping $CRUN exec B ping -c 2 -W 5 "$PEER"
     sync_peer control-attacks
     flood_a control
-    stop_ctr A
-    stop_ctr B
+    stop_ctr A stop-A-control
+    stop_ctr B stop-B-control
 }
 
 # B's policy with the run-time rule (UDP to A's port 7000), as a policy file.
@@ -240,14 +245,28 @@ dst_ports = "$A_PORT"
 EOF
 }
 
-# B -> A on UDP port 7000 while A listens; prints A's count as check $1.
+# B -> A on UDP port 7000 while A listens; prints A's count, with the listener's exit status,
+# as check $1.
 b_to_a_udp() {
     $CRUN exec A probe udp-listen "$A_PORT" 12 > "/tmp/$1.txt" 2>&1 &
     lpid=$!
     sleep 4
     ctr "$1-send" $CRUN exec B probe udp-send "$A_IP" "$A_PORT" 5 --payload "$1"
     wait $lpid
-    echo "SHOJI-TEST: ctr $1 rc=0 :: $(tail -n 1 "/tmp/$1.txt")"
+    lrc=$?
+    echo "SHOJI-TEST: ctr $1 rc=$lrc :: $(tail -n 1 "/tmp/$1.txt")"
+}
+
+# The sequence number the next security event will get (1 when Shoji holds none).
+event_mark() {
+    last=$(shojictl events 2>/dev/null | sed -n 's/^event seq=\([0-9][0-9]*\) .*/\1/p' | tail -n 1)
+    echo $((${last:-0} + 1))
+}
+
+# Step $1: the events from sequence number $2 on (taken before the step that must cause them,
+# so events of earlier steps cannot stand in for them); the first output line says from where.
+events_since() {
+    ctr "$1" sh -c "echo 'events from=$2'; shojictl events --from $2"
 }
 
 phase_protected() {
@@ -259,13 +278,16 @@ phase_protected() {
     ctr prot-b-ping $CRUN exec B ping -c 2 -W 3 "$PEER"
     ctr stats-pings shojictl stats
     sleep 2
+    mark=$(event_mark)
     ctr prot-b-arp-spoof $CRUN exec B probe arp-reply eth0 "$A_IP" "$B_MAC" "$PEER" "$PEER_MAC" 5
-    ctr events-arp shojictl events
+    events_since events-arp "$mark"
+    mark=$(event_mark)
     ctr prot-b-impersonate $CRUN exec B probe raw-udp eth0 "$A_MAC" "$A_IP" "$PEER_MAC" "$PEER" "$SINK_PORT" 5 --payload imp-protected
-    ctr events-impersonation shojictl events
+    events_since events-impersonation "$mark"
     ctr prot-b-impersonate-flood $CRUN exec B probe raw-udp eth0 "$A_MAC" "$A_IP" "$PEER_MAC" "$PEER" "$SINK_PORT" "$FLOOD_COUNT" 3 --payload imp-flood
+    mark=$(event_mark)
     ctr prot-b-impersonate-setsid $CRUN exec B setsid probe raw-udp eth0 "$A_MAC" "$A_IP" "$PEER_MAC" "$PEER" "$SINK_PORT" 5 --payload imp-setsid
-    ctr events-setsid shojictl events
+    events_since events-setsid "$mark"
     ctr prot-b-own-udp $CRUN exec B probe raw-udp eth0 "$B_MAC" "$B_IP" "$PEER_MAC" "$PEER" "$SINK_PORT" 3 --payload b-protected
     ctr prot-a-udp $CRUN exec A probe udp-send "$PEER" "$SINK_PORT" 3 --payload a-protected
     sync_peer protected-attacks
@@ -288,12 +310,12 @@ phase_protected() {
     ctr after-refusals-b-ping $CRUN exec B ping -c 2 -W 3 "$PEER"
     flood_a protected
     # Container stop: the poststop hook unregisters B; the default (no policy) is back.
-    stop_ctr B
+    stop_ctr B stop-B-protected
     ctr after-stop-stats shojictl stats
     ctr events-final shojictl events
-    start_ctr B 0
+    start_ctr B 0 restart-B-0
     ctr after-unregister-b-ping $CRUN exec B ping -c 2 -W 5 "$PEER"
-    stop_ctr B
+    stop_ctr B stop-B-restarted
     stale_a
 }
 

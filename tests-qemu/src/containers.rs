@@ -29,17 +29,18 @@ pub struct UdpSink {
 }
 
 impl UdpSink {
-    /// Start `xtask udp-sink` in `ns`, writing its summary into `dir`.
-    pub fn start(ns: &Netns, dir: &Path) -> Result<UdpSink> {
+    /// Start `xtask udp-sink` on `port` in `ns`, writing its summary and log into `dir` as
+    /// `NAME.txt` and `NAME.log`.
+    pub fn start(ns: &Netns, dir: &Path, port: u16, name: &str) -> Result<UdpSink> {
         let exe = std::env::current_exe()?;
-        let summary = dir.join("udp-sink.txt");
+        let summary = dir.join(format!("{name}.txt"));
         let _ = std::fs::remove_file(&summary);
-        let log = std::fs::File::create(dir.join("udp-sink.log"))?;
+        let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
         let mut c = ns.command(
             &exe.to_string_lossy(),
             [
                 "udp-sink".as_ref(),
-                SINK_PORT.to_string().as_ref(),
+                port.to_string().as_ref(),
                 summary.as_os_str(),
             ],
         );
@@ -56,6 +57,16 @@ impl UdpSink {
     pub fn count(&self, ip: &str, tag: &str) -> u64 {
         let text = std::fs::read_to_string(&self.summary).unwrap_or_default();
         sink_count(&text, ip, tag)
+    }
+
+    /// Datagrams received so far from `ip`, whatever their payload.
+    pub fn total(&self, ip: &str) -> u64 {
+        let text = std::fs::read_to_string(&self.summary).unwrap_or_default();
+        let from = format!("from={ip}");
+        text.lines()
+            .filter(|l| l.split_whitespace().next() == Some(from.as_str()))
+            .filter_map(|l| l.rsplit_once("count=")?.1.trim().parse::<u64>().ok())
+            .sum()
     }
 
     /// The whole summary, for the report.
@@ -102,27 +113,31 @@ impl Step<'_> {
     }
 }
 
+/// The guest's step `name`. A step that ran more than once is refused (no rc, so neither ok nor
+/// failed): its result line and output could belong to any of the runs.
 fn step<'a>(console: &'a str, name: &str) -> Step<'a> {
     let prefix = format!("{} {name} rc=", markers::CTR);
-    let line = console
+    let lines: Vec<&str> = console
         .lines()
         .map(str::trim)
-        .find(|l| l.starts_with(&prefix))
-        .unwrap_or("");
-    let rc = line
-        .strip_prefix(&prefix)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|r| r.parse().ok());
+        .filter(|l| l.starts_with(&prefix))
+        .collect();
+    let (line, rc) = match lines[..] {
+        [] => ("no line", None),
+        [line] => (
+            line,
+            line.strip_prefix(&prefix)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|r| r.parse().ok()),
+        ),
+        _ => ("step name used more than once in the guest script", None),
+    };
     let tag = format!("[{name}] ");
     let output = console
         .lines()
         .filter_map(|l| l.trim().strip_prefix(tag.as_str()))
         .collect();
-    Step {
-        line: if line.is_empty() { "no line" } else { line },
-        rc,
-        output,
-    }
+    Step { line, rc, output }
 }
 
 /// A `stats container id=ID ...` line from a step's output.
@@ -267,7 +282,7 @@ pub fn run(
     t: &dyn Fn(u64) -> Duration,
     with_shoji: bool,
 ) -> Result<()> {
-    let sink = UdpSink::start(ns, dir)?;
+    let sink = UdpSink::start(ns, dir, SINK_PORT, "udp-sink")?;
     let mut peer_log = String::new();
     let (ready, at) = m.wait_for(Stream::Console, markers::CONTAINERS_READY_HOST, t(600), &[])?;
     rep.times.push(("containers host ready".into(), at));
@@ -411,13 +426,8 @@ fn guest_checks(rep: &mut Report, c: &str, with_shoji: bool) {
         ),
     ] {
         let s = step(c, name);
-        let line = s.output.iter().copied().rev().find(|l| {
-            l.contains(" spoof ")
-                && l.contains("sender=102")
-                && (!arp || (l.contains("reason=spoofed_arp") && l.contains("claimed=101")))
-                && (arp || !l.contains("reason=spoofed_arp"))
-        });
-        rep.check(what, s.ok() && line.is_some(), line.unwrap_or(s.line));
+        let (ok, detail) = spoof_event_since(&s, arp);
+        rep.check(what, ok, detail);
     }
     let s = step(c, "prot-a-ping-b");
     rep.check(
@@ -425,10 +435,16 @@ fn guest_checks(rep: &mut Report, c: &str, with_shoji: bool) {
         s.ok(),
         s.line,
     );
+    // Each needs B's send to have gone out and A's listener to have run to the end, so that
+    // "received=0" means dropped and not "never sent" or "listener failed".
+    let sent = |name: &str| {
+        let s = step(c, &format!("{name}-send"));
+        s.ok() && num(s.line, "sent").unwrap_or(0) > 0
+    };
     let before = step(c, "prot-b-to-a-before");
     rep.check(
         "B's UDP to A's port 7000 dropped before the rule",
-        num(before.line, "received") == Some(0),
+        sent("prot-b-to-a-before") && before.ok() && num(before.line, "received") == Some(0),
         before.line,
     );
     let s = step(c, "prot-update");
@@ -440,7 +456,10 @@ fn guest_checks(rep: &mut Report, c: &str, with_shoji: bool) {
     let after = step(c, "prot-b-to-a-after");
     rep.check(
         "the new rule takes effect at once: B's UDP reaches A",
-        num(after.line, "received").unwrap_or(0) > 0,
+        sent("prot-b-to-a-after")
+            && after.ok()
+            && num(after.line, "received").unwrap_or(0) > 0
+            && after.line.contains(&format!("sources={B_IP}")),
         after.line,
     );
     let s = step(c, "stats-relay");
@@ -489,7 +508,7 @@ fn guest_checks(rep: &mut Report, c: &str, with_shoji: bool) {
     );
     let s = step(c, "flood-protected");
     rep.check("A's UDP flood runs under policy", s.ok(), s.line);
-    let s = step(c, "stop-B");
+    let s = step(c, "stop-B-protected");
     rep.check("crun delete B (poststop hook)", s.ok(), s.line);
     // The kernel acknowledged deleting VLAN 102 from eth0 (it answers ENOENT when absent).
     let line = s.output.iter().copied().find(|l| {
@@ -547,6 +566,41 @@ fn guest_checks(rep: &mut Report, c: &str, with_shoji: bool) {
         s.ok() && stats_line(&s, 101).is_none(),
         s.line,
     );
+}
+
+/// A step reading the events from the sequence number taken just before the step that must
+/// cause them (`events from=N`, then the events): the spoof event naming B, numbered N or later.
+/// ARP: B's forged reply claiming A's address; otherwise a frame with A's MAC and IP.
+fn spoof_event_since(s: &Step<'_>, arp: bool) -> (bool, String) {
+    let Some(from) = s
+        .output
+        .iter()
+        .find_map(|l| l.strip_prefix("events from="))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+    else {
+        return (false, format!("no 'events from=' line; {}", s.line));
+    };
+    let line = s.output.iter().copied().find(|l| {
+        let seq = l
+            .strip_prefix("event seq=")
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok());
+        seq.is_some_and(|n| n >= from)
+            && l.contains(" spoof ")
+            && l.contains("sender=102")
+            && l.contains("claimed=101")
+            && if arp {
+                l.contains("reason=spoofed_arp")
+            } else {
+                !l.contains("reason=spoofed_arp")
+                    && l.contains(&format!("mac={A_MAC}"))
+                    && l.contains(&format!("ip={A_IP}"))
+            }
+    });
+    match line {
+        Some(l) if s.ok() => (true, format!("from={from}: {l}")),
+        _ => (false, format!("no such event from seq {from}; {}", s.line)),
+    }
 }
 
 /// Container start times with and without the hook (the guest's clock, `probe timed`).
@@ -734,6 +788,37 @@ mod tests {
         assert_eq!(stats_line(&s, 101).and_then(|l| num(l, "relayed")), Some(2));
         assert!(stats_line(&s, 10).is_none());
         assert_eq!(step(c, "missing").rc, None);
+    }
+
+    #[test]
+    fn a_step_that_ran_twice_is_neither_ok_nor_failed() {
+        let c = "SHOJI-TEST: ctr stop-B rc=0 :: ok\nSHOJI-TEST: ctr stop-B rc=1 :: hook failed\n";
+        let s = step(c, "stop-B");
+        assert!(!s.ok() && !s.failed());
+        assert!(s.line.contains("more than once"));
+    }
+
+    #[test]
+    fn spoof_events_count_only_from_the_mark() {
+        let imp = "event seq=7 time=1 spoof reason=spoofed_mac dir=tx sender=102 claimed=101 mac=02:00:00:00:00:0a ip=10.0.2.21";
+        let arp = "event seq=9 time=2 spoof reason=spoofed_arp dir=tx sender=102 claimed=101 mac=02:00:00:00:00:0b ip=10.0.2.21";
+        let console = |from: u64| {
+            format!(
+                "  [events-setsid] events from={from}\n  [events-setsid] {imp}\n  [events-setsid] {arp}\nSHOJI-TEST: ctr events-setsid rc=0 :: {arp}\n"
+            )
+        };
+        let c = console(7);
+        let s = step(&c, "events-setsid");
+        assert!(spoof_event_since(&s, false).0);
+        assert!(spoof_event_since(&s, true).0);
+        // The impersonation event is older than the mark: it does not count.
+        let c = console(8);
+        let s = step(&c, "events-setsid");
+        assert!(!spoof_event_since(&s, false).0);
+        assert!(spoof_event_since(&s, true).0);
+        // Without the mark nothing counts.
+        let c = c.replace("events from=8", "events");
+        assert!(!spoof_event_since(&step(&c, "events-setsid"), true).0);
     }
 
     #[test]

@@ -47,9 +47,26 @@ struct E2eOpts {
     /// Emulators run side by side (the machines have 2 cores).
     #[arg(short, long, default_value_t = 2)]
     jobs: usize,
-    /// Scenarios to leave out (repeatable; also SHOJI_SKIP=a,b).
+    /// Scenarios to leave out (repeatable; also SHOJI_SKIP=a,b). Reported as skipped.
     #[arg(long)]
     skip: Vec<String>,
+    /// CI mode (also when the environment has CI=true): anything skipped fails the run, since
+    /// CI must run every step and scenario.
+    #[arg(long)]
+    ci: bool,
+}
+
+impl E2eOpts {
+    /// CI mode: `--ci`, or CI set to anything but empty, 0, false or no.
+    fn ci(&self) -> bool {
+        self.ci
+            || std::env::var("CI").is_ok_and(|v| {
+                !matches!(
+                    v.trim().to_ascii_lowercase().as_str(),
+                    "" | "0" | "false" | "no"
+                )
+            })
+    }
 }
 
 /// Subcommands.
@@ -285,11 +302,13 @@ fn run(cli: Cli) -> Result<bool> {
         }
         Cmd::E2e { scenarios, opts } => {
             setup::ensure()?;
-            let list = select(&scenarios, &opts)?;
+            let (list, skipped) = select(&scenarios, &opts)?;
             let shoji = shoji_if_needed(&list);
             let imgs = images::build_guest_images(cli.flavour)?;
             let reports = run_scenarios(&list, &imgs, &shoji, opts.jobs);
-            Ok(summary(&[], &reports))
+            let mut rows = skipped;
+            rows.extend(reports.iter().map(Row::scenario));
+            Ok(summary(&rows, opts.ci()))
         }
         Cmd::Demo => {
             setup::ensure()?;
@@ -315,8 +334,9 @@ fn clean() {
     }
 }
 
-/// The scenarios to run: the named ones (or all), less the skipped ones.
-fn select(names: &[String], opts: &E2eOpts) -> Result<Vec<&'static Scenario>> {
+/// The scenarios to run: the named ones (or all), less the skipped ones, which come back as
+/// summary rows.
+fn select(names: &[String], opts: &E2eOpts) -> Result<(Vec<&'static Scenario>, Vec<Row>)> {
     let mut skip: Vec<String> = opts.skip.clone();
     if let Ok(s) = std::env::var("SHOJI_SKIP") {
         skip.extend(s.split(',').filter(|x| !x.is_empty()).map(str::to_owned));
@@ -326,11 +346,22 @@ fn select(names: &[String], opts: &E2eOpts) -> Result<Vec<&'static Scenario>> {
             anyhow::bail!("unknown scenario {n:?} (see `cargo xtask list`)");
         }
     }
-    Ok(scenarios::ALL
-        .iter()
-        .filter(|s| names.is_empty() || names.iter().any(|n| n == s.name))
-        .filter(|s| !skip.iter().any(|n| n == s.name))
-        .collect())
+    let (mut list, mut skipped) = (Vec::new(), Vec::new());
+    for s in scenarios::ALL {
+        if !names.is_empty() && !names.iter().any(|n| n == s.name) {
+            continue; // not asked for: neither run nor skipped
+        }
+        if skip.iter().any(|n| n == s.name) {
+            skipped.push(Row {
+                name: format!("e2e {}", s.name),
+                outcome: Outcome::Skipped("left out by --skip / SHOJI_SKIP".into()),
+                note: String::new(),
+            });
+        } else {
+            list.push(s);
+        }
+    }
+    Ok((list, skipped))
 }
 
 /// Build shoji.efi when a selected scenario needs it; keep the error text otherwise.
@@ -397,34 +428,117 @@ fn run_scenarios(
     reports
 }
 
-/// Print the summary; returns true when everything passed.
-fn summary(steps: &[(String, bool)], reports: &[Report]) -> bool {
-    println!();
-    println!("==== summary");
-    for (name, ok) in steps {
-        println!("{:<40} {}", name, if *ok { "passed" } else { "FAILED" });
-    }
-    for r in reports {
-        let init = r
-            .time_to_init()
-            .map(|d| format!("power-on to init {}", secs(d)))
-            .unwrap_or_default();
-        println!(
-            "{:<40} {} [{}] {}",
-            format!("e2e {}", r.name),
-            if r.passed() { "passed" } else { "FAILED" },
-            r.backend.name(),
-            init
-        );
-        if !r.passed() {
-            println!("{:<40}   logs: {}", "", r.dir.display());
+/// How a CI step or a scenario ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Outcome {
+    Passed,
+    Failed,
+    /// Not run (or ran without testing anything), with the reason.
+    Skipped(String),
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Passed => write!(f, "passed"),
+            Outcome::Failed => write!(f, "FAILED"),
+            Outcome::Skipped(why) => write!(f, "SKIPPED ({why})"),
         }
     }
-    let passed =
-        steps.iter().filter(|s| s.1).count() + reports.iter().filter(|r| r.passed()).count();
-    let failed = steps.len() + reports.len() - passed;
-    println!("{passed} passed, {failed} failed");
-    failed == 0
+}
+
+/// One line of the summary.
+#[derive(Clone, Debug)]
+struct Row {
+    name: String,
+    outcome: Outcome,
+    /// Shown after the outcome (backend, time to init, logs).
+    note: String,
+}
+
+impl Row {
+    fn step(name: &str, ok: bool) -> Row {
+        let outcome = if ok { Outcome::Passed } else { Outcome::Failed };
+        Row {
+            name: name.to_owned(),
+            outcome,
+            note: String::new(),
+        }
+    }
+
+    fn scenario(r: &Report) -> Row {
+        let mut note = format!("[{}]", r.backend.name());
+        if let Some(d) = r.time_to_init() {
+            note += &format!(" power-on to init {}", secs(d));
+        }
+        if !r.passed() {
+            note += &format!(" logs: {}", r.dir.display());
+        }
+        Row::step(&format!("e2e {}", r.name), r.passed()).with_note(note)
+    }
+
+    fn with_note(mut self, note: String) -> Row {
+        self.note = note;
+        self
+    }
+}
+
+/// Passed, failed and skipped counts.
+#[derive(Debug, PartialEq, Eq)]
+struct Tally {
+    passed: usize,
+    failed: usize,
+    skipped: usize,
+}
+
+impl Tally {
+    fn of<'a>(outcomes: impl IntoIterator<Item = &'a Outcome>) -> Tally {
+        let mut t = Tally {
+            passed: 0,
+            failed: 0,
+            skipped: 0,
+        };
+        for o in outcomes {
+            match o {
+                Outcome::Passed => t.passed += 1,
+                Outcome::Failed => t.failed += 1,
+                Outcome::Skipped(_) => t.skipped += 1,
+            }
+        }
+        t
+    }
+
+    /// The run passes with no failure and, in CI (which must run everything), no skip.
+    fn ok(&self, ci: bool) -> bool {
+        self.failed == 0 && !(ci && self.skipped > 0)
+    }
+}
+
+impl std::fmt::Display for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Tally {
+            passed,
+            failed,
+            skipped,
+        } = self;
+        write!(f, "{passed} passed, {failed} failed, {skipped} skipped")
+    }
+}
+
+/// Print the summary; returns true when the run passed (see `Tally::ok`).
+fn summary(rows: &[Row], ci: bool) -> bool {
+    println!();
+    println!("==== summary");
+    for r in rows {
+        let line = format!("{:<40} {} {}", r.name, r.outcome, r.note);
+        println!("{}", line.trim_end());
+    }
+    let tally = Tally::of(rows.iter().map(|r| &r.outcome));
+    if ci && tally.skipped > 0 {
+        println!("CI mode: CI must run every step and scenario, so a skip fails the run");
+    }
+    println!("{tally}");
+    tally.ok(ci)
 }
 
 /// `cargo xtask demo`.
@@ -448,33 +562,55 @@ fn demo(flavour: Flavour) -> Result<bool> {
             println!("  {l}");
         }
     }
-    Ok(summary(&[], &reports))
+    let rows: Vec<Row> = reports.iter().map(Row::scenario).collect();
+    Ok(summary(&rows, false))
 }
 
-/// One CI step: run a command with a time limit, report pass/fail.
-fn step(name: &str, c: &mut std::process::Command, timeout: Duration) -> (String, bool) {
+/// The exit code by which a step says it skipped (the automake convention), writing its reason
+/// to the file named by `SHOJI_SKIP_REASON_FILE`.
+const EXIT_SKIPPED: i32 = 77;
+
+/// One CI step: run a command with a time limit, report passed, failed or skipped.
+fn step(name: &str, c: &mut std::process::Command, timeout: Duration) -> Row {
     eprintln!("==== {name}");
     let t = Instant::now();
-    let ok = match run_visible(c.current_dir(workspace_root()), timeout) {
-        Ok(st) => st.success(),
+    let reason_file = std::env::temp_dir().join(format!("shoji-skip-{}", std::process::id()));
+    let _ = std::fs::remove_file(&reason_file);
+    c.env("SHOJI_SKIP_REASON_FILE", &reason_file);
+    let outcome = match run_visible(c.current_dir(workspace_root()), timeout) {
+        Ok(st) if st.success() => Outcome::Passed,
+        Ok(st) if st.code() == Some(EXIT_SKIPPED) => {
+            let why = std::fs::read_to_string(&reason_file).unwrap_or_default();
+            let why = why.trim();
+            Outcome::Skipped(
+                if why.is_empty() {
+                    "no reason given"
+                } else {
+                    why
+                }
+                .to_owned(),
+            )
+        }
+        Ok(_) => Outcome::Failed,
         Err(e) => {
             eprintln!("xtask: {e:#}");
-            false
+            Outcome::Failed
         }
     };
-    eprintln!(
-        "==== {name}: {} ({})",
-        if ok { "passed" } else { "FAILED" },
-        secs(t.elapsed())
-    );
-    (name.to_owned(), ok)
+    let _ = std::fs::remove_file(&reason_file);
+    eprintln!("==== {name}: {outcome} ({})", secs(t.elapsed()));
+    Row {
+        name: name.to_owned(),
+        outcome,
+        note: String::new(),
+    }
 }
 
 /// `cargo xtask test`.
 fn test_all(flavour: Flavour, opts: &E2eOpts) -> Result<bool> {
     let cargo = cargo();
     let min = |m: u64| Duration::from_secs(m * 60);
-    let mut steps = vec![
+    let mut rows = vec![
         step(
             "cargo fmt --all --check",
             &mut cmd(&cargo, ["fmt", "--all", "--check"]),
@@ -503,13 +639,17 @@ fn test_all(flavour: Flavour, opts: &E2eOpts) -> Result<bool> {
     ];
     let fuzz = workspace_root().join("netfilter/fuzz/smoke.sh");
     if fuzz.is_file() {
-        steps.push(step(
+        rows.push(step(
             "netfilter fuzz smoke",
             &mut cmd("bash", [fuzz.as_os_str(), "20".as_ref()]),
             min(15),
         ));
     } else {
-        eprintln!("==== netfilter fuzz smoke: skipped (netfilter/fuzz/smoke.sh not there yet)");
+        rows.push(Row {
+            name: "netfilter fuzz smoke".into(),
+            outcome: Outcome::Skipped("netfilter/fuzz/smoke.sh is missing".into()),
+            note: String::new(),
+        });
     }
     util::check_cancelled()?;
     eprintln!("==== building shoji.efi");
@@ -517,18 +657,60 @@ fn test_all(flavour: Flavour, opts: &E2eOpts) -> Result<bool> {
     if let Err(e) = &shoji {
         eprintln!("xtask: {e}");
     }
-    steps.push(("build shoji.efi".into(), shoji.is_ok()));
-    let list = select(&[], opts)?;
-    let reports = match images::build_guest_images(flavour) {
-        Ok(imgs) => {
-            steps.push(("build guest images".into(), true));
-            run_scenarios(&list, &imgs, &shoji, opts.jobs)
-        }
-        Err(e) => {
-            eprintln!("xtask: guest images: {e:#}");
-            steps.push(("build guest images".into(), false));
-            Vec::new()
-        }
-    };
-    Ok(summary(&steps, &reports))
+    rows.push(Row::step("build shoji.efi", shoji.is_ok()));
+    let (list, skipped) = select(&[], opts)?;
+    let imgs = images::build_guest_images(flavour);
+    if let Err(e) = &imgs {
+        eprintln!("xtask: guest images: {e:#}");
+    }
+    rows.push(Row::step("build guest images", imgs.is_ok()));
+    rows.extend(skipped);
+    if let Ok(imgs) = &imgs {
+        let reports = run_scenarios(&list, imgs, &shoji, opts.jobs);
+        rows.extend(reports.iter().map(Row::scenario));
+    }
+    Ok(summary(&rows, opts.ci()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn skipped() -> Outcome {
+        Outcome::Skipped("why".into())
+    }
+
+    #[test]
+    fn tally_counts_each_outcome_and_prints_the_closing_line() {
+        let all = [
+            Outcome::Passed,
+            skipped(),
+            Outcome::Failed,
+            Outcome::Passed,
+            skipped(),
+            Outcome::Passed,
+        ];
+        let t = Tally::of(&all);
+        assert_eq!(
+            t,
+            Tally {
+                passed: 3,
+                failed: 1,
+                skipped: 2
+            }
+        );
+        assert_eq!(t.to_string(), "3 passed, 1 failed, 2 skipped");
+        assert_eq!(Tally::of(&[]).to_string(), "0 passed, 0 failed, 0 skipped");
+    }
+
+    #[test]
+    fn a_skip_passes_locally_and_fails_in_ci_a_failure_always_fails() {
+        let with_skip = Tally::of(&[Outcome::Passed, skipped()]);
+        assert!(with_skip.ok(false));
+        assert!(!with_skip.ok(true));
+        let clean = Tally::of(&[Outcome::Passed, Outcome::Passed]);
+        assert!(clean.ok(false) && clean.ok(true));
+        let failed = Tally::of(&[Outcome::Passed, Outcome::Failed]);
+        assert!(!failed.ok(false) && !failed.ok(true));
+    }
 }

@@ -698,6 +698,7 @@ fn canary() -> io::Result<()> {
             continue;
         }
         scanned_ranges += 1;
+        let (mut range_bytes, mut range_errors) = (0u64, 0u64);
         let mut carry = 0usize; // bytes kept from the previous chunk
         let mut off = r.start;
         while off <= r.end {
@@ -705,6 +706,7 @@ fn canary() -> io::Result<()> {
             match mem.read_at(&mut buf[carry..carry + want], off) {
                 Ok(n) if n > 0 => {
                     scanned_bytes += n as u64;
+                    range_bytes += n as u64;
                     let window = &buf[..carry + n];
                     if let Some(pos) = find(window, CANARY_PREFIX) {
                         let addr = off - carry as u64 + pos as u64;
@@ -725,11 +727,17 @@ fn canary() -> io::Result<()> {
                 }
                 _ => {
                     errors += 1;
+                    range_errors += 1;
                     carry = 0;
                     off += want as u64;
                 }
             }
         }
+        // What was read of this range: a "not found" means something only for bytes read.
+        println!(
+            "probe canary: scanned {:#x}-{:#x} bytes={range_bytes} of {len} unreadable_chunks={range_errors}",
+            r.start, r.end
+        );
     }
     println!(
         "probe canary: not found (scanned {scanned_ranges} ranges, {scanned_bytes} bytes, {errors} unreadable chunks)"
