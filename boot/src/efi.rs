@@ -378,6 +378,7 @@ fn start_hypervisor(cfg: &Config, p: &Placement) -> Result<usize, HvError> {
                 signature: [0; 4],
             };
             let arg = &mut call as *mut ApCall as *mut c_void;
+            println!("shoji: starting processor {proc_no} under Shoji as cpu {index}");
             let started = mp.startup_this_ap(
                 proc_no,
                 ap_virtualize,

@@ -121,16 +121,19 @@ enum Cmd {
         addr: String,
         /// Guest port.
         port: u16,
+        /// Datagrams per 10 ms tick.
+        #[arg(default_value_t = 40)]
+        per_tick: u32,
     },
 }
 
 /// `xtask udp-flood ADDR PORT` (the peer side of the guest's `probe udp-sink`): paced UDP
-/// datagrams (64-byte payload, 40 every 10 ms) until killed.
-fn udp_flood(addr: &str, port: u16) -> Result<()> {
+/// datagrams (64-byte payload, `per_tick` every 10 ms) until killed.
+fn udp_flood(addr: &str, port: u16, per_tick: u32) -> Result<()> {
     let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
     let payload = [0x5au8; 64];
     loop {
-        for _ in 0..40 {
+        for _ in 0..per_tick {
             // The guest may not answer ARP at once or the tap queue may be full: keep going.
             let _ = sock.send_to(&payload, (addr, port));
         }
@@ -257,8 +260,12 @@ fn run(cli: Cli) -> Result<bool> {
             udp_sink(port, &summary)?;
             Ok(true)
         }
-        Cmd::UdpFlood { addr, port } => {
-            udp_flood(&addr, port)?;
+        Cmd::UdpFlood {
+            addr,
+            port,
+            per_tick,
+        } => {
+            udp_flood(&addr, port, per_tick)?;
             Ok(true)
         }
         Cmd::Setup => {

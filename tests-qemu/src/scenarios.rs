@@ -1186,6 +1186,11 @@ fn rx_flood(
             "udp-flood",
             crate::netns::GUEST_IP,
             &markers::RX_FLOOD_PORT.to_string(),
+            // The nested bed's L1 forwards every frame in emulation: a flood at Bochs's rate
+            // only overruns L1, so the peer sends fewer per tick there.
+            &(RX_FLOOD_PER_TICK / rep.backend.patience())
+                .max(1)
+                .to_string(),
         ],
     );
     c.stdout(std::process::Stdio::null())
@@ -1671,6 +1676,10 @@ fn smp(
     }
     Ok(())
 }
+
+/// Datagrams the peer sends into the guest's UDP sink every 10 ms (divided by the backend's
+/// patience).
+const RX_FLOOD_PER_TICK: u32 = 40;
 
 /// Linux with two CPUs under Shoji (after the boot-CPU probe): both CPUs online, each shows the
 /// signature and runs work, and Shoji's log shows the SIPI it mediated for the second.

@@ -182,6 +182,21 @@ pub static STEP_EPTP: AtomicU64 = AtomicU64::new(0);
 /// for exactly one instruction, under an alternate EPT in which the page is writable (monitor
 /// trap flag), so the local APIC sees the guest's own access and Shoji never writes it.
 pub fn trapped_write(vcpu: &Vcpu, regs: &mut GuestRegs, gpa: u64) {
+    if log::log_enabled!(log::Level::Debug) && APIC_TRACE.allow().is_some() {
+        log::debug!(
+            "cpu {}: xAPIC write at offset {:#x} (rip {:#x}, decode {})",
+            vcpu.index,
+            gpa & 0xfff,
+            vmread(x86::vmx::vmcs::guest::RIP),
+            match super::mmio::decode_current() {
+                Ok(a) => match a.write_value(&regs.to_array()) {
+                    Some(_) => "ok",
+                    None => "not a write",
+                },
+                Err(_) => "FAILED",
+            }
+        );
+    }
     if gpa & 0xfff == ICR_LOW {
         if let Ok(access) = super::mmio::decode_current() {
             if let Some(value) = access.write_value(&regs.to_array()) {
@@ -252,8 +267,17 @@ fn write_register(gpa: u64, width: u8, value: u64) {
     }
 }
 
+/// At log level debug: the first xAPIC writes and single steps, then exponentially fewer.
+static APIC_TRACE: crate::counters::RateLimiter = crate::counters::RateLimiter::new(256);
+
 /// The single step of [`trapped_write`] is done: back to the normal EPT.
 pub fn monitor_trap() {
+    if log::log_enabled!(log::Level::Debug) && APIC_TRACE.allow().is_some() {
+        log::debug!(
+            "xAPIC write single-stepped, back at rip {:#x}",
+            vmread(x86::vmx::vmcs::guest::RIP)
+        );
+    }
     if let Some(g) = super::launch::GLOBAL.get() {
         vmwrite(control::EPTP_FULL, g.ept.eptp());
     }
