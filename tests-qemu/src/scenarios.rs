@@ -89,6 +89,8 @@ pub mod markers {
     pub const HV_NIC_NOT_MEDIATED: &str = "NOT mediated (mediate_nic = false)";
     /// COM2, Shoji's log: `shoji-hv: e1000 real rings: TDBA 0x.. RDBA 0x.. (...)`.
     pub const HV_NIC_RINGS: &str = "shoji-hv: e1000 real rings: TDBA ";
+    /// COM2, after LogCounters: the ring bases read back from the NIC then.
+    pub const HV_NIC_RINGS_NOW: &str = "shoji-hv: e1000 real rings now: TDBA ";
     /// COM2, after LogCounters: `shoji-hv: e1000 totals: seen=S delivered=D dropped=X ...`.
     pub const HV_NIC_TOTALS: &str = "shoji-hv: e1000 totals: seen=";
     /// COM2, after LogCounters: exits and cost per frame.
@@ -1325,21 +1327,23 @@ fn nic_checks(m: &mut Machine, rep: &mut Report, console: &str, t: &dyn Fn(u64) 
     let rings = m
         .find_line(Stream::ShojiLog, markers::HV_NIC_RINGS)
         .unwrap_or_else(|| "no 'e1000 real rings' line".into());
-    let hexes: Vec<u64> = ["TDBA ", "RDBA "]
-        .iter()
-        .filter_map(|k| rings.split_once(k))
-        .filter_map(|(_, r)| {
-            let h = r.trim_start_matches("0x");
-            let h = h.split(|c: char| !c.is_ascii_hexdigit()).next()?;
-            u64::from_str_radix(h, 16).ok()
-        })
-        .collect();
-    let inside =
-        hv.is_some_and(|(s, e)| hexes.len() == 2 && hexes.iter().all(|&a| s <= a && a <= e));
     rep.check(
         "the NIC's real TDBA/RDBA lie in Shoji's reserved memory",
-        inside,
+        ring_bases_inside(&rings, hv),
         format!("{} (reserved {:x?})", rings.trim(), hv),
+    );
+    // Read again from the NIC after all traffic (the driver loaded, reloaded under traffic):
+    // a Shoji that let the guest's ring base reach the device fails here.
+    let now = m
+        .text(Stream::ShojiLog)
+        .lines()
+        .rfind(|l| l.contains(markers::HV_NIC_RINGS_NOW))
+        .map(str::to_owned)
+        .unwrap_or_else(|| "no 'e1000 real rings now' line after LogCounters".into());
+    rep.check(
+        "after the guest's driver (and its reload) the NIC's rings are still Shoji's",
+        ring_bases_inside(&now, hv),
+        format!("{} (reserved {:x?})", now.trim(), hv),
     );
     let (first, _) = m
         .wait_for(Stream::ShojiLog, markers::HV_NIC_TOTALS, t(30), &[])
@@ -1684,6 +1688,20 @@ fn smp(
     Ok(())
 }
 
+/// Whether both `TDBA 0x..` and `RDBA 0x..` of a Shoji log line lie in the reserved range.
+fn ring_bases_inside(line: &str, reserved: Option<(u64, u64)>) -> bool {
+    let hexes: Vec<u64> = ["TDBA ", "RDBA "]
+        .iter()
+        .filter_map(|k| line.split_once(k))
+        .filter_map(|(_, r)| {
+            let h = r.trim_start_matches("0x");
+            let h = h.split(|c: char| !c.is_ascii_hexdigit()).next()?;
+            u64::from_str_radix(h, 16).ok()
+        })
+        .collect();
+    reserved.is_some_and(|(s, e)| hexes.len() == 2 && hexes.iter().all(|&a| s <= a && a <= e))
+}
+
 /// Datagrams the peer sends into the guest's UDP sink every 10 ms (divided by the backend's
 /// patience).
 const RX_FLOOD_PER_TICK: u32 = 40;
@@ -1817,6 +1835,24 @@ fn collect_highlights(m: &Machine, rep: &mut Report) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ring_bases_must_both_be_inside() {
+        let r = Some((0xc212000, 0xe211fff));
+        assert!(ring_bases_inside(
+            "shoji-hv: e1000 real rings now: TDBA 0xc63c000 RDBA 0xc63d000",
+            r
+        ));
+        assert!(!ring_bases_inside(
+            "shoji-hv: e1000 real rings now: TDBA 0x3f00000 RDBA 0xc63d000",
+            r
+        ));
+        assert!(!ring_bases_inside("shoji-hv: e1000 real rings now: TDBA 0xc63c000", r));
+        assert!(!ring_bases_inside(
+            "shoji-hv: e1000 real rings now: TDBA 0xc63c000 RDBA 0xc63d000",
+            None
+        ));
+    }
 
     #[test]
     fn smp_work_needs_ticks_on_every_cpu() {

@@ -733,11 +733,25 @@ pub fn log_counters() {
         p.round_trip,
         TIMER_EXITS.load(Ordering::Relaxed)
     );
-    let Some(guard) = NIC.try_lock() else {
+    let Some(mut guard) = NIC.try_lock() else {
         crate::hv_line!("e1000 counters: engine busy");
         return;
     };
-    let Some(nic) = guard.as_ref() else { return };
+    let Some(nic) = guard.as_mut() else { return };
+    // The ring bases the real NIC holds now, after the guest's driver programmed (and maybe
+    // reloaded) its own: they must still be Shoji's.
+    let bar = nic.engine.nic_mut();
+    let (tdbal, tdbah, rdbal, rdbah) = (
+        bar.read32(regs::TDBAL),
+        bar.read32(regs::TDBAH),
+        bar.read32(regs::RDBAL),
+        bar.read32(regs::RDBAH),
+    );
+    crate::hv_line!(
+        "e1000 real rings now: TDBA {:#x} RDBA {:#x}",
+        (u64::from(tdbah) << 32) | u64::from(tdbal),
+        (u64::from(rdbah) << 32) | u64::from(rdbal)
+    );
     let c = nic.engine.counters();
     for (name, d) in [("tx", Direction::Tx), ("rx", Direction::Rx)] {
         let dc = c.dir(d);
