@@ -44,12 +44,16 @@ impl Pacer {
         }
     }
 
-    /// One exit: the guest was entered at TSC `entered` and left at `exited`. Samples whose TSC
-    /// went backwards (another CPU's clock, a wrapped counter) are ignored.
-    pub fn note_exit(&mut self, entered: u64, exited: u64) {
-        let Some(sample) = exited.checked_sub(entered) else {
+    /// One exit: the guest was entered at TSC `entered` and left at `exited`; `armed` is the
+    /// preemption-timer slice when this exit is the timer's (the guest was meant to run that
+    /// long, so only the time past it is the exit's cost: otherwise an idle guest, whose only
+    /// exits are the poll's, would make the period grow without bound). Samples whose TSC went
+    /// backwards (another CPU's clock, a wrapped counter) are ignored.
+    pub fn note_exit(&mut self, entered: u64, exited: u64, armed: Option<u64>) {
+        let Some(elapsed) = exited.checked_sub(entered) else {
             return;
         };
+        let sample = elapsed.saturating_sub(armed.unwrap_or(0));
         self.window_min = self.window_min.min(sample);
         self.window_len += 1;
         // The first window ends early so that a slow machine is noticed within a few exits.
@@ -92,7 +96,7 @@ mod tests {
     fn feed(p: &mut Pacer, n: u32, rt: u64) {
         let mut t = 1_000_000u64;
         for _ in 0..n {
-            p.note_exit(t, t + rt);
+            p.note_exit(t, t + rt, None);
             t += rt * 3;
         }
     }
@@ -132,7 +136,7 @@ mod tests {
             .enumerate()
         {
             assert_eq!(p.round_trip(), 0, "estimate published early at sample {i}");
-            p.note_exit(10, 10 + rt);
+            p.note_exit(10, 10 + rt, None);
         }
         assert_eq!(p.round_trip(), 5_000);
         // Later windows are WINDOW exits long; exits became dearer.
@@ -146,16 +150,45 @@ mod tests {
     }
 
     #[test]
+    fn an_idle_guest_does_not_stretch_the_period() {
+        // Only the poll's own exits, each arriving a little after its slice: the estimate is
+        // the time past the slice, so the period stays the configured one window after window.
+        let mut p = Pacer::new(3_500_000);
+        let mut t = 0u64;
+        for _ in 0..(WINDOW * 4) {
+            let slice = p.slice(p.period());
+            p.note_exit(t, t + slice + 900, Some(slice));
+            t += slice + 5_000;
+        }
+        assert_eq!(p.round_trip(), 900);
+        assert_eq!(p.period(), 3_500_000);
+        // The nested livelock: a 100,000-tick slice answered 3,000,000 ticks later.
+        let mut p = Pacer::new(100_000);
+        for _ in 0..8 {
+            p.note_exit(0, 3_000_000, Some(100_000));
+        }
+        assert_eq!(p.round_trip(), 2_900_000);
+        assert_eq!(p.period(), 2_900_000 * ROUND_TRIP_FACTOR);
+        // A timer exit that came early (a slice the guest cut short) counts as free.
+        let mut p = Pacer::new(10);
+        for _ in 0..8 {
+            p.note_exit(0, 50, Some(100));
+        }
+        assert_eq!(p.round_trip(), 0);
+        assert_eq!(p.period(), 10);
+    }
+
+    #[test]
     fn a_clock_going_backwards_is_ignored() {
         let mut p = Pacer::new(10);
         for _ in 0..20 {
-            p.note_exit(100, 50);
+            p.note_exit(100, 50, None);
         }
         assert_eq!(p.round_trip(), 0);
         assert_eq!(p.period(), 10);
         // Huge samples saturate instead of overflowing.
         for _ in 0..8 {
-            p.note_exit(0, u64::MAX / 3);
+            p.note_exit(0, u64::MAX / 3, None);
         }
         assert_eq!(p.period(), u64::MAX);
         assert_eq!(p.slice(0), u64::MAX / 3 * MIN_SLICE_FACTOR);

@@ -173,10 +173,14 @@ static EXIT_TRACE: RateLimiter = RateLimiter::new(64);
 #[no_mangle]
 extern "sysv64" fn shoji_handle_exit(frame: &mut ExitFrame) {
     let t0 = super::rdtsc();
+    let raw_reason = vmread(ro::EXIT_REASON) as u32;
     // SAFETY: the exit stub passes the frame on this CPU's host stack with `vcpu` set at launch
     // (as in `handle_exit`); only this CPU touches its own `entered_tsc`.
-    super::nic::note_round_trip(unsafe { (*frame.vcpu).entered_tsc }, t0);
-    let raw_reason = vmread(ro::EXIT_REASON) as u32;
+    super::nic::note_round_trip(
+        unsafe { (*frame.vcpu).entered_tsc },
+        t0,
+        raw_reason & 0xffff == super::nic::EXIT_PREEMPTION_TIMER,
+    );
     handle_exit(frame, raw_reason);
     // The whole exit's cost when it served the NIC (the per-frame cost of mediation).
     let reason = raw_reason & 0xffff;

@@ -591,14 +591,22 @@ pub fn timer_exit() {
     poll_now();
 }
 
-/// One VM exit at TSC `exited` after an entry at `entered`: feeds the round-trip estimate.
-pub fn note_round_trip(entered: u64, exited: u64) {
+/// The preemption-timer slice armed before the last entry, in TSC ticks.
+static ARMED_TSC: AtomicU64 = AtomicU64::new(0);
+
+/// One VM exit at TSC `exited` after an entry at `entered` (`timer`: the preemption timer's
+/// exit): feeds the round-trip estimate.
+pub fn note_round_trip(entered: u64, exited: u64, timer: bool) {
     if !active() {
         return;
     }
     if let Some(mut p) = PACER.try_lock() {
         let before = p.round_trip();
-        p.note_exit(entered, exited);
+        p.note_exit(
+            entered,
+            exited,
+            timer.then(|| ARMED_TSC.load(Ordering::Relaxed)),
+        );
         if p.round_trip() != before {
             PACING.store(*p);
         }
@@ -700,7 +708,9 @@ pub fn before_entry() {
     }
     // Never a slice shorter than a few round trips of an exit: under nested virtualization a
     // shorter one would expire before the guest ran an instruction (see `crate::pacing`).
-    let left = pacer().slice(next.saturating_sub(rdtsc())) >> TIMER_SHIFT.load(Ordering::Relaxed);
+    let slice = pacer().slice(next.saturating_sub(rdtsc()));
+    ARMED_TSC.store(slice, Ordering::Relaxed);
+    let left = slice >> TIMER_SHIFT.load(Ordering::Relaxed);
     vmwrite(
         x86::vmx::vmcs::guest::VMX_PREEMPTION_TIMER_VALUE,
         left.clamp(1, u64::from(u32::MAX)),
