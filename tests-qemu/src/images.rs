@@ -251,6 +251,27 @@ pub(crate) fn module_load_order(dir: &Path, wanted: &[&str]) -> Result<Vec<(Stri
     Ok(order)
 }
 
+/// The base of every initramfs here: the directories `dirs` (parents first, `bin` and `dev`
+/// among them), `/dev/console` and `/dev/null`, busybox-static as `/bin/busybox` and `/bin/sh`,
+/// and `init`.
+pub(crate) fn busybox_cpio(dirs: &[&str], init: &str) -> Result<Cpio> {
+    let bb =
+        std::fs::read("/bin/busybox").context("reading /bin/busybox (install busybox-static)")?;
+    if !bb.windows(8).any(|w| w == b"BusyBox ") {
+        bail!("/bin/busybox is not busybox");
+    }
+    let mut c = Cpio::default();
+    for d in dirs {
+        c.dir(d);
+    }
+    c.chardev("dev/console", 5, 1);
+    c.chardev("dev/null", 1, 3);
+    c.file("bin/busybox", 0o755, &bb);
+    c.symlink("bin/sh", "busybox");
+    c.file("init", 0o755, init.as_bytes());
+    Ok(c)
+}
+
 /// Build the initramfs at `out`. With `storage`, the modules to mount the data disk are added.
 pub fn build_initramfs(
     kernel: &Kernel,
@@ -259,32 +280,22 @@ pub fn build_initramfs(
     out: &Path,
     storage: bool,
 ) -> Result<()> {
-    let busybox = Path::new("/bin/busybox");
-    let bb = std::fs::read(busybox).context("reading /bin/busybox (install busybox-static)")?;
-    if !bb.windows(8).any(|w| w == b"BusyBox ") {
-        bail!("/bin/busybox is not busybox");
-    }
-    let mut c = Cpio::default();
-    for d in [
-        "bin",
-        "dev",
-        "proc",
-        "sys",
-        "tmp",
-        "etc",
-        "etc/shoji",
-        "lib",
-        "lib/modules",
-        "root",
-        "mnt",
-    ] {
-        c.dir(d);
-    }
-    c.chardev("dev/console", 5, 1);
-    c.chardev("dev/null", 1, 3);
-    c.file("bin/busybox", 0o755, &bb);
-    c.symlink("bin/sh", "busybox");
-    c.file("init", 0o755, INIT_SCRIPT.as_bytes());
+    let mut c = busybox_cpio(
+        &[
+            "bin",
+            "dev",
+            "proc",
+            "sys",
+            "tmp",
+            "etc",
+            "etc/shoji",
+            "lib",
+            "lib/modules",
+            "root",
+            "mnt",
+        ],
+        INIT_SCRIPT,
+    )?;
     c.file("bin/probe", 0o755, &std::fs::read(probe)?);
     c.file("bin/shojictl", 0o755, &std::fs::read(shojictl)?);
     c.file(

@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 use anyhow::{bail, Context, Result};
 
 use crate::emulator::{MachineSpec, MEMORY_MIB, OVMF};
-use crate::images::{build_data_disk_sized, build_esp, Cpio, DiskEntry, EspBoot};
+use crate::images::{build_data_disk_sized, build_esp, DiskEntry, EspBoot};
 use crate::util::{build_dir, cmd, run_ok};
 
 /// L1's init script.
@@ -106,25 +106,19 @@ fn build_kit() -> Result<L1Kit> {
 }
 
 fn build_l1_initrd(kernel: &crate::kernel::Kernel, out: &Path) -> Result<()> {
-    let bb = std::fs::read("/bin/busybox").context("reading /bin/busybox (busybox-static)")?;
-    let mut c = Cpio::default();
-    for d in [
-        "bin",
-        "dev",
-        "proc",
-        "sys",
-        "tmp",
-        "mnt",
-        "lib",
-        "lib/modules",
-    ] {
-        c.dir(d);
-    }
-    c.chardev("dev/console", 5, 1);
-    c.chardev("dev/null", 1, 3);
-    c.file("bin/busybox", 0o755, &bb);
-    c.symlink("bin/sh", "busybox");
-    c.file("init", 0o755, L1_INIT.as_bytes());
+    let mut c = crate::images::busybox_cpio(
+        &[
+            "bin",
+            "dev",
+            "proc",
+            "sys",
+            "tmp",
+            "mnt",
+            "lib",
+            "lib/modules",
+        ],
+        L1_INIT,
+    )?;
     let mut order = String::new();
     for (name, path) in crate::images::module_load_order(&kernel.modules, L1_MODULES)? {
         c.file(

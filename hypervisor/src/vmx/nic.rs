@@ -147,6 +147,16 @@ static PACER: Mutex<Pacer> = Mutex::new(Pacer::new(POLL_PERIOD_FALLBACK_TSC));
 /// TSC deadline of the engine's interrupt throttling (0: none), for the preemption timer.
 static ITR_DEADLINE: AtomicU64 = AtomicU64::new(0);
 
+/// The TX and RX descriptor ring bases the real NIC holds.
+fn ring_bases(bar: &mut Bar) -> (u64, u64) {
+    let mut base = |lo, hi| {
+        let low = u64::from(bar.read32(lo));
+        (u64::from(bar.read32(hi)) << 32) | low
+    };
+    let tdba = base(regs::TDBAL, regs::TDBAH);
+    (tdba, base(regs::RDBAL, regs::RDBAH))
+}
+
 /// Record when the engine next needs a poll for interrupt throttling (after every call).
 fn note_deadline(nic: &Nic) {
     let tsc = nic
@@ -353,13 +363,7 @@ pub fn init(mediate: bool, arena: &mut Arena<'_>, ept: &Ept, io_bitmap_a: u64, i
         mmio,
         io: (io, cfg.pci.io_size as u16),
     };
-    let bar = nic.engine.nic_mut();
-    let (tdbal, tdbah, rdbal, rdbah) = (
-        bar.read32(regs::TDBAL),
-        bar.read32(regs::TDBAH),
-        bar.read32(regs::RDBAL),
-        bar.read32(regs::RDBAH),
-    );
+    let (tdba, rdba) = ring_bases(nic.engine.nic_mut());
     MMIO_BASE.store(mmio, Ordering::Release);
     IO_BAR.store(
         u32::from(io) | (u32::from(nic.io.1) << 16),
@@ -402,8 +406,8 @@ pub fn init(mediate: bool, arena: &mut Arena<'_>, ept: &Ept, io_bitmap_a: u64, i
     );
     crate::hv_line!(
         "e1000 real rings: TDBA {:#x} RDBA {:#x} (DMA {:#x}-{:#x}, {} tx / {} rx descriptors)",
-        (u64::from(tdbah) << 32) | u64::from(tdbal),
-        (u64::from(rdbah) << 32) | u64::from(rdbal),
+        tdba,
+        rdba,
         dma_base,
         dma_base + pages * 0x1000 - 1,
         cfg.tx_descs,
@@ -750,18 +754,8 @@ pub fn log_counters() {
     let Some(nic) = guard.as_mut() else { return };
     // The ring bases the real NIC holds now, after the guest's driver programmed (and maybe
     // reloaded) its own: they must still be Shoji's.
-    let bar = nic.engine.nic_mut();
-    let (tdbal, tdbah, rdbal, rdbah) = (
-        bar.read32(regs::TDBAL),
-        bar.read32(regs::TDBAH),
-        bar.read32(regs::RDBAL),
-        bar.read32(regs::RDBAH),
-    );
-    crate::hv_line!(
-        "e1000 real rings now: TDBA {:#x} RDBA {:#x}",
-        (u64::from(tdbah) << 32) | u64::from(tdbal),
-        (u64::from(rdbah) << 32) | u64::from(rdbal)
-    );
+    let (tdba, rdba) = ring_bases(nic.engine.nic_mut());
+    crate::hv_line!("e1000 real rings now: TDBA {:#x} RDBA {:#x}", tdba, rdba);
     let c = nic.engine.counters();
     for (name, d) in [("tx", Direction::Tx), ("rx", Direction::Rx)] {
         let dc = c.dir(d);
