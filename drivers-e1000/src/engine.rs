@@ -199,6 +199,25 @@ pub(crate) struct Moderation {
     pub rx_gated: bool,
 }
 
+/// A snapshot of Shoji's ring state ([`E1000::ring_state`]), for the hypervisor's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingState {
+    /// Next real TX descriptor Shoji fills.
+    pub tx_tail: u16,
+    /// Oldest real TX descriptor not yet reclaimed.
+    pub tx_clean: u16,
+    /// Next real RX descriptor Shoji harvests.
+    pub rx_next: u16,
+    /// The real rings wait to be programmed (device in reset).
+    pub setup_pending: bool,
+    /// The device's RX interrupt is masked until the guest's ITR interval ends.
+    pub rx_gated: bool,
+    /// A virtual interrupt cause waits for the ITR interval to end.
+    pub deferred: bool,
+    /// The guest's interrupt mask.
+    pub guest_ims: u32,
+}
+
 /// Per-subsystem log limiters.
 #[derive(Debug, Default)]
 pub(crate) struct Logs {
@@ -775,6 +794,20 @@ impl<'b, N: NicRegisters, D: DmaRegion> E1000<'b, N, D> {
     /// Whether the 4 KiB page `page_index` of the memory BAR must be trapped.
     pub fn page_is_trapped(page_index: u32) -> bool {
         regs::page_is_trapped(page_index)
+    }
+
+    /// Shoji's own ring state, for diagnostics: where the engine stands against the real
+    /// NIC's head and tail registers.
+    pub fn ring_state(&self) -> RingState {
+        RingState {
+            tx_tail: self.core.hw.tx_tail,
+            tx_clean: self.core.hw.tx_clean,
+            rx_next: self.core.hw.rx_next,
+            setup_pending: self.core.hw.setup_pending,
+            rx_gated: self.core.modr.rx_gated,
+            deferred: self.core.modr.deferred,
+            guest_ims: self.core.g.ims,
+        }
     }
 
     /// Frames waiting in Shoji's queues: (for the wire, for the guest).

@@ -30,7 +30,7 @@ pub mod sim;
 mod tests;
 
 pub use counters::{Counters, ExitCause};
-pub use engine::{Buffers, Config, Env, SetupError, E1000};
+pub use engine::{Buffers, Config, Env, RingState, SetupError, E1000};
 pub use pci::{BarMove, BarMovePolicy, PciLayout, PciOutcome, PciWrite};
 
 /// The real NIC's register file (the memory BAR), accessed by byte offset.

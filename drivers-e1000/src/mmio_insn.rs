@@ -278,6 +278,85 @@ pub fn decode(bytes: &[u8], bitness: u32) -> Result<MmioAccess, InsnError> {
     Ok(MmioAccess { width, kind, len })
 }
 
+/// Base addresses of the six segment registers (from the VMCS), for [`operand_address`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SegmentBases {
+    /// ES base.
+    pub es: u64,
+    /// CS base.
+    pub cs: u64,
+    /// SS base.
+    pub ss: u64,
+    /// DS base.
+    pub ds: u64,
+    /// FS base.
+    pub fs: u64,
+    /// GS base.
+    pub gs: u64,
+}
+
+/// The linear address that the memory operand of the instruction at the start of `bytes`
+/// (fetched at `rip`, CPU in `bitness`-bit mode) accesses, given the guest's registers in
+/// encoding order and its segment bases. RIP-relative operands resolve against `rip`.
+///
+/// A trapped access's page offset is the offset of this address: a nested hypervisor that
+/// emulates the access itself may report the guest-physical address of the EPT violation
+/// without its page offset (KVM does, for writes to a page Shoji maps read-only), and the
+/// instruction's own operand says which register was meant.
+pub fn operand_address(
+    bytes: &[u8],
+    bitness: u32,
+    rip: u64,
+    gprs: &[u64; 16],
+    seg: &SegmentBases,
+) -> Result<u64, InsnError> {
+    if bytes.is_empty() {
+        return Err(InsnError::Empty);
+    }
+    if !matches!(bitness, 16 | 32 | 64) {
+        return Err(InsnError::BadMode);
+    }
+    let bytes = &bytes[..bytes.len().min(MAX_INSN_LEN)];
+    let ins = Decoder::with_ip(bitness, bytes, rip, DecoderOptions::NONE).decode();
+    if ins.is_invalid() {
+        return Err(InsnError::Invalid);
+    }
+    let op = (0..ins.op_count())
+        .find(|&i| {
+            matches!(
+                ins.op_kind(i),
+                OpKind::Memory
+                    | OpKind::MemorySegSI
+                    | OpKind::MemorySegESI
+                    | OpKind::MemorySegRSI
+                    | OpKind::MemorySegDI
+                    | OpKind::MemorySegEDI
+                    | OpKind::MemorySegRDI
+                    | OpKind::MemoryESDI
+                    | OpKind::MemoryESEDI
+                    | OpKind::MemoryESRDI
+            )
+        })
+        .ok_or(InsnError::NoMemoryOperand)?;
+    ins.virtual_address(op, 0, |reg, _, _| match reg {
+        Register::ES => Some(seg.es),
+        Register::CS => Some(seg.cs),
+        Register::SS => Some(seg.ss),
+        Register::DS => Some(seg.ds),
+        Register::FS => Some(seg.fs),
+        Register::GS => Some(seg.gs),
+        r => gpr(r).map(|g| {
+            let full = gprs[usize::from(g.num & 15)];
+            if g.high_byte {
+                (full >> 8) & 0xff
+            } else {
+                full & width_mask(g.width)
+            }
+        }),
+    })
+    .ok_or(InsnError::Unsupported)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,6 +368,57 @@ mod tests {
             width,
             high_byte: false,
         }
+    }
+
+    #[test]
+    fn operand_address_of_the_forms_firmware_and_linux_use() {
+        let mut g = [0u64; 16];
+        g[0] = 0xfee0_0000; // rax
+        g[7] = 0xffff_c900_0000_0000; // rdi
+        g[12] = 3; // r12
+        let seg = SegmentBases::default();
+        // mov [rax+0xb0], ecx   (an EOI write; the page offset is 0xb0)
+        let a = operand_address(&[0x89, 0x88, 0xb0, 0x00, 0x00, 0x00], 64, 0x1000, &g, &seg);
+        assert_eq!(a, Ok(0xfee0_00b0));
+        // mov eax, [rdi+r12*4+0x10]
+        let a = operand_address(&[0x42, 0x8b, 0x44, 0xa7, 0x10], 64, 0x1000, &g, &seg);
+        assert_eq!(a, Ok(0xffff_c900_0000_001c));
+        // mov [rip+0x100], eax at rip 0x2000 (6 bytes long): 0x2106
+        let a = operand_address(&[0x89, 0x05, 0x00, 0x01, 0x00, 0x00], 64, 0x2000, &g, &seg);
+        assert_eq!(a, Ok(0x2106));
+        // mov fs:[rax+0x300], ecx with FS base 0x10: the segment base is added
+        let fs = SegmentBases {
+            fs: 0x10,
+            ..SegmentBases::default()
+        };
+        let a = operand_address(&[0x64, 0x89, 0x88, 0x00, 0x03, 0x00, 0x00], 64, 0, &g, &fs);
+        assert_eq!(a, Ok(0xfee0_0310));
+        // 32-bit addressing wraps at 4 GiB: mov [eax+0x300], ecx with rax = 0x1_ffff_ff00
+        g[0] = 0x1_ffff_ff00;
+        let a = operand_address(&[0x67, 0x89, 0x88, 0x00, 0x03, 0x00, 0x00], 64, 0, &g, &seg);
+        assert_eq!(a, Ok(0x200));
+        // 32-bit mode with a DS base: mov [eax+4], ecx
+        let ds = SegmentBases {
+            ds: 0x1000,
+            ..SegmentBases::default()
+        };
+        g[0] = 0x20;
+        let a = operand_address(&[0x89, 0x48, 0x04], 32, 0, &g, &ds);
+        assert_eq!(a, Ok(0x1024));
+        // No memory operand, nothing decodable, bad mode.
+        assert_eq!(
+            operand_address(&[0x89, 0xc8], 64, 0, &g, &seg),
+            Err(InsnError::NoMemoryOperand)
+        );
+        assert_eq!(operand_address(&[], 64, 0, &g, &seg), Err(InsnError::Empty));
+        assert_eq!(
+            operand_address(&[0x89], 64, 0, &g, &seg),
+            Err(InsnError::Invalid)
+        );
+        assert_eq!(
+            operand_address(&[0x89, 0x48, 0x04], 8, 0, &g, &seg),
+            Err(InsnError::BadMode)
+        );
     }
 
     #[test]

@@ -563,9 +563,15 @@ fn ept_violation(vcpu: &mut Vcpu, regs: &mut GuestRegs) {
     // checks whether the address is its own).
     let apic_page = super::apic::TRAPPED_PAGE.load(core::sync::atomic::Ordering::Acquire);
     if apic_page != 0 && gpa & !0xfff == apic_page {
+        let gpa = super::mmio::operand_gpa(gpa, regs);
         super::apic::trapped_write(vcpu, regs, gpa);
         return;
     }
+    let gpa = if super::nic::in_bar(gpa) {
+        super::mmio::operand_gpa(gpa, regs)
+    } else {
+        gpa
+    };
     if super::nic::ept_violation(regs, gpa) {
         return;
     }

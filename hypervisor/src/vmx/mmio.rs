@@ -8,7 +8,7 @@ use super::exit::{advance_rip_by, inject, GuestRegs};
 use super::vmread;
 use crate::counters::RateLimiter;
 use crate::guest::{address_space, fetch_instruction, GuestRam};
-use shoji_drivers_e1000::mmio_insn::{self, MmioAccess};
+use shoji_drivers_e1000::mmio_insn::{self, MmioAccess, SegmentBases};
 use x86::vmx::vmcs::guest;
 
 static REFUSED_LOG: RateLimiter = RateLimiter::new(16);
@@ -59,8 +59,16 @@ impl GuestRegs {
     }
 }
 
-/// Decode the instruction that caused the current exit.
-pub fn decode_current() -> Result<MmioAccess, &'static str> {
+/// The instruction that caused the current exit: its bytes (the first `len` are valid), the
+/// CPU's bitness and the instruction's RIP.
+struct CurrentInstruction {
+    bytes: [u8; 15],
+    len: usize,
+    bitness: u32,
+    rip: u64,
+}
+
+fn fetch_current() -> Result<CurrentInstruction, &'static str> {
     let setup = super::launch::setup().ok_or("no setup")?;
     let ram = GuestRam::from_setup(setup);
     let cs_ar = vmread(guest::CS_ACCESS_RIGHTS);
@@ -72,7 +80,8 @@ pub fn decode_current() -> Result<MmioAccess, &'static str> {
     } else {
         16
     };
-    let linear = vmread(guest::CS_BASE).wrapping_add(vmread(guest::RIP));
+    let rip = vmread(guest::RIP);
+    let linear = vmread(guest::CS_BASE).wrapping_add(rip);
     let space = address_space(
         vmread(guest::CR0),
         vmread(guest::CR3),
@@ -81,9 +90,66 @@ pub fn decode_current() -> Result<MmioAccess, &'static str> {
     );
     let user = (vmread(guest::SS_ACCESS_RIGHTS) >> 5) & 3 == 3;
     let mut bytes = [0u8; 15];
-    let n = fetch_instruction(&ram, space, linear, user, &mut bytes)
+    let len = fetch_instruction(&ram, space, linear, user, &mut bytes)
         .map_err(|_| "instruction not readable")?;
-    mmio_insn::decode(&bytes[..n], bitness).map_err(|e| e.describe())
+    Ok(CurrentInstruction {
+        bytes,
+        len,
+        bitness,
+        rip,
+    })
+}
+
+/// Decode the instruction that caused the current exit.
+pub fn decode_current() -> Result<MmioAccess, &'static str> {
+    let i = fetch_current()?;
+    mmio_insn::decode(&i.bytes[..i.len], i.bitness).map_err(|e| e.describe())
+}
+
+static OFFSET_LOG: RateLimiter = RateLimiter::new(4);
+/// EPT violations whose reported page offset the faulting instruction corrected.
+pub static OFFSET_FIXUPS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// The guest-physical address of a trapped access at `gpa` (an EPT violation on a device page
+/// Shoji mediates), with the page offset the faulting instruction's operand names. On hardware
+/// the two agree; a nested hypervisor that emulates the access itself may report the address
+/// without its offset (KVM does for writes to a page Shoji maps read-only, such as the xAPIC
+/// page: every such write then read as one to offset 0). Only a page-aligned `gpa` is checked:
+/// an offset the CPU reported is never second-guessed.
+pub fn operand_gpa(gpa: u64, regs: &GuestRegs) -> u64 {
+    if gpa & 0xfff != 0 {
+        return gpa;
+    }
+    let Ok(i) = fetch_current() else { return gpa };
+    let seg = SegmentBases {
+        es: vmread(guest::ES_BASE),
+        cs: vmread(guest::CS_BASE),
+        ss: vmread(guest::SS_BASE),
+        ds: vmread(guest::DS_BASE),
+        fs: vmread(guest::FS_BASE),
+        gs: vmread(guest::GS_BASE),
+    };
+    let Ok(linear) =
+        mmio_insn::operand_address(&i.bytes[..i.len], i.bitness, i.rip, &regs.to_array(), &seg)
+    else {
+        return gpa;
+    };
+    let offset = linear & 0xfff;
+    if offset == 0 {
+        return gpa;
+    }
+    OFFSET_FIXUPS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    if let Some(n) = OFFSET_LOG.allow() {
+        crate::hv_line!(
+            "EPT violation at {:#x} reported without its page offset; the instruction at rip {:#x} accesses offset {:#x} (linear {:#x}): using it (event #{})",
+            gpa,
+            i.rip,
+            offset,
+            linear,
+            n
+        );
+    }
+    gpa | offset
 }
 
 /// Emulate the current trapped access with `device`, which gets (is_write, width, value) and

@@ -756,6 +756,30 @@ pub fn log_counters() {
     // reloaded) its own: they must still be Shoji's.
     let (tdba, rdba) = ring_bases(nic.engine.nic_mut());
     crate::hv_line!("e1000 real rings now: TDBA {:#x} RDBA {:#x}", tdba, rdba);
+    // Head and tail of both real rings against Shoji's own indices: a receive path that
+    // stalls shows here (RDH caught up with RDT, or RX interrupts left masked).
+    let rs = nic.engine.ring_state();
+    let bar = nic.engine.nic_mut();
+    let mut reg = |r| bar.read32(r);
+    crate::hv_line!(
+        "e1000 real state now: RDH={} RDT={} rx_next={} TDH={} TDT={} tx_tail={} tx_clean={} RCTL={:#x} STATUS={:#x} IMS={:#x} guest_IMS={:#x} rx_gated={} deferred={} setup_pending={} queued_wire={} queued_guest={}",
+        reg(regs::RDH),
+        reg(regs::RDT),
+        rs.rx_next,
+        reg(regs::TDH),
+        reg(regs::TDT),
+        rs.tx_tail,
+        rs.tx_clean,
+        reg(regs::RCTL),
+        reg(regs::STATUS),
+        reg(regs::IMS),
+        rs.guest_ims,
+        rs.rx_gated,
+        rs.deferred,
+        rs.setup_pending,
+        nic.engine.pending_frames().0,
+        nic.engine.pending_frames().1
+    );
     let c = nic.engine.counters();
     for (name, d) in [("tx", Direction::Tx), ("rx", Direction::Rx)] {
         let dc = c.dir(d);
