@@ -338,15 +338,7 @@ impl Machine {
         let mut c: Command = match spec.backend {
             Backend::Bochs | Backend::Nested(_) => {
                 let rc = spec.dir.join("bochsrc");
-                let mut text = bochsrc(&board, &console, &shoji_log, true);
-                if matches!(spec.backend, Backend::Nested(_)) {
-                    // L1's own log (its init's network counters), apart from L2's consoles.
-                    text.push_str(&format!(
-                        "com3: enabled=1, mode=file, dev={}\n",
-                        spec.dir.join("l1.log").display()
-                    ));
-                }
-                std::fs::write(&rc, text)?;
+                std::fs::write(&rc, bochsrc(&board, &console, &shoji_log, true))?;
                 let dbg = spec.dir.join("bochs-debugger.rc");
                 // One `c` starts the simulation; more resume it should anything break into the
                 // debugger (each stop is visible as a "Next at t=" line in emulator.out).

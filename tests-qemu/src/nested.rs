@@ -205,7 +205,7 @@ fn build_qemu_disk(out: &Path) -> Result<()> {
 /// L1's kernel command line (its init reads the `l2*` options).
 pub fn l1_cmdline(spec: &MachineSpec, l2: L2Machine) -> String {
     format!(
-        "initrd=\\initrd.img console=ttyS0,115200 quiet panic=0 nokaslr mitigations=off tsc=reliable \
+        "initrd=\\initrd.img console=ttyS0,115200 quiet panic=0 nokaslr mitigations=off tsc=reliable nolapic_timer \
          no_timer_check random.trust_cpu=on l2smp={} l2machine={} l2rom={} l2data={} l2mem={}",
         spec.cpus,
         if l2.q35 { "q35" } else { "pc" },
@@ -266,6 +266,24 @@ pub fn prepare(spec: &MachineSpec, l2: L2Machine) -> Result<(String, Vec<PathBuf
 
 fn file_mib(p: &Path) -> u64 {
     std::fs::metadata(p).map(|m| m.len() >> 20).unwrap_or(0) + 1
+}
+
+/// Copy L1's own log (`/l1.log` on the disk that carried L2's disks; L1's init writes it) into
+/// the scenario's directory as `l1.log`, after the run. Missing is not an error: L1 may not have
+/// got that far.
+pub fn collect_logs(dir: &Path) {
+    let disk = dir.join("l1-l2disks.img");
+    if !disk.exists() {
+        return;
+    }
+    let out = dir.join("l1.log");
+    let _ = std::process::Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("dump /l1.log {}", out.display()))
+        .arg(&disk)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
 }
 
 /// Remove the per-run disk copies after a passing run.

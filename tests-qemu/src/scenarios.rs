@@ -520,6 +520,7 @@ pub fn run(sc: &Scenario, inputs: &Inputs<'_>) -> Report {
     if let Err(e) = run_inner(sc, inputs, &mut rep) {
         rep.error = Some(format!("{e:#}"));
     }
+    crate::nested::collect_logs(&dir);
     let _ = std::fs::write(dir.join("report.txt"), rep.render());
     if rep.passed() {
         // Keep the logs, drop the big disk copy.

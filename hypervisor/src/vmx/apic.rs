@@ -113,9 +113,11 @@ fn mediate_icr(icr_low: u64, dest: u32, sender_apic: u32) -> bool {
                 matched += 1;
                 if VCPUS[i].lock().is_none() {
                     native = true;
-                } else if assert {
+                } else if assert && !STARTUP[i].waiting.load(Ordering::Acquire) {
                     // The CPU runs under Shoji: a hardware INIT must never reach it. Park it via
-                    // an NMI exit instead.
+                    // an NMI exit instead. (A CPU already waiting for a SIPI stays waiting, as
+                    // in wait-for-SIPI an INIT changes nothing: no kick, which it would
+                    // otherwise take as a second INIT right after the SIPI that starts it.)
                     STARTUP[i].init.store(true, Ordering::Release);
                     send_nmi(STARTUP[i].apic_id.load(Ordering::Acquire));
                 }
@@ -309,6 +311,8 @@ pub fn wait_for_sipi(vcpu: &Vcpu) -> u8 {
         core::hint::spin_loop();
     };
     s.waiting.store(false, Ordering::Release);
+    // An INIT kick that raced with this wait was answered by it: the SIPI starts the CPU.
+    s.init.store(false, Ordering::Release);
     v as u8
 }
 
