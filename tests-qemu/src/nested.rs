@@ -205,7 +205,7 @@ fn build_qemu_disk(out: &Path) -> Result<()> {
 /// L1's kernel command line (its init reads the `l2*` options).
 pub fn l1_cmdline(spec: &MachineSpec, l2: L2Machine) -> String {
     format!(
-        "initrd=\\initrd.img console=ttyS0,115200 quiet panic=0 nokaslr mitigations=off tsc=reliable nolapic_timer \
+        "initrd=\\initrd.img console=ttyS0,115200 quiet panic=0 nokaslr mitigations=off tsc=reliable \
          no_timer_check random.trust_cpu=on l2smp={} l2machine={} l2rom={} l2data={} l2mem={}",
         spec.cpus,
         if l2.q35 { "q35" } else { "pc" },
