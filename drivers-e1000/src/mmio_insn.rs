@@ -345,14 +345,8 @@ pub fn operand_address(
         Register::DS => Some(seg.ds),
         Register::FS => Some(seg.fs),
         Register::GS => Some(seg.gs),
-        r => gpr(r).map(|g| {
-            let full = gprs[usize::from(g.num & 15)];
-            if g.high_byte {
-                (full >> 8) & 0xff
-            } else {
-                full & width_mask(g.width)
-            }
-        }),
+        // Address registers are 16, 32 or 64 bits wide (never AH..BH).
+        r => gpr(r).map(|g| gprs[usize::from(g.num & 15)] & width_mask(g.width)),
     })
     .ok_or(InsnError::Unsupported)
 }
