@@ -1083,3 +1083,113 @@ pub fn percpu_gpa<M: GuestMemory + ?Sized>(mem: &M, cpu: &CpuState) -> Option<u6
         .ok()
         .map(|t| t.gpa)
 }
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::vec::Vec;
+
+    fn profile_with_keys(keys: &[u32]) -> KernelProfile {
+        let mut p = KernelProfile::empty(CurrentTask::PerCpu { offset: 0x100 });
+        for (slot, &k) in p.key_offsets.iter_mut().zip(keys) {
+            *slot = Some(k);
+        }
+        p
+    }
+
+    /// The planned key reads as (task offset, length).
+    fn reads(keys: &[u32]) -> Vec<(u32, u32)> {
+        let plan = KeyPlan::compute(&profile_with_keys(keys));
+        // Every key slot points at its own 8 bytes in the key buffer.
+        for (i, &k) in keys.iter().enumerate() {
+            let at = plan.at[i].unwrap_or_else(|| panic!("key {k:#x} not read"));
+            let (s, _, base) = plan.reads[..plan.n]
+                .iter()
+                .copied()
+                .find(|&(s, l, _)| k >= s && k + 8 <= s + l)
+                .unwrap();
+            assert_eq!(at, base + (k - s), "key {k:#x}");
+            assert!(plan.covers(k, 8));
+        }
+        // The reads sit back to back in the key buffer, and cover their own bytes only.
+        let mut at = 0;
+        for &(s, l, a) in &plan.reads[..plan.n] {
+            assert_eq!(a, at);
+            at += l;
+            assert!(plan.covers(s, l) && plan.covers(s + l - 1, 1));
+            let alone = |o: u32, n: u32| {
+                plan.reads[..plan.n]
+                    .iter()
+                    .all(|&(s2, l2, _)| o + n <= s2 || o >= s2 + l2 || s2 == s)
+            };
+            if s >= 8 && alone(s - 8, 8) {
+                assert!(!plan.covers(s - 8, 8), "{s:#x}-8");
+                assert!(!plan.covers(s - 1, 2), "{s:#x}-1");
+            }
+            if alone(s + l, 8) {
+                assert!(!plan.covers(s + l - 7, 8), "{s:#x}+{l:#x}");
+            }
+        }
+        assert!(!plan.covers(0x8000, 8));
+        plan.reads[..plan.n]
+            .iter()
+            .map(|&(s, l, _)| (s, l))
+            .collect()
+    }
+
+    #[test]
+    fn debian_keys_become_three_reads_merging_the_closest_first() {
+        // Debian 12's 6.1 keys (introspect/fixtures/debian12-6.1.txt).
+        assert_eq!(
+            reads(&[0xad8, 0x8e0, 0x9d8, 0xb90, 0xbf8, 0xe10]),
+            [(0x8e0, 0x100), (0xad8, 0x128), (0xe10, 8)]
+        );
+    }
+
+    #[test]
+    fn the_smallest_gap_is_merged_first() {
+        // Four keys, one merge needed: 0x100+0x110 (gap 8), not 0x0+0x100 (gap 0xf8).
+        assert_eq!(
+            reads(&[0x0, 0x100, 0x110, 0x300]),
+            [(0x0, 8), (0x100, 0x18), (0x300, 8)]
+        );
+        // After a merge in the middle, the groups after it move down intact; then no pair fits
+        // one read and four reads stay.
+        assert_eq!(
+            reads(&[0x0, 0x200, 0x208, 0x400, 0x600]),
+            [(0x0, 8), (0x200, 0x10), (0x400, 8), (0x600, 8)]
+        );
+    }
+
+    #[test]
+    fn keys_too_far_apart_stay_separate_reads() {
+        // No two keys fit one read of KEY_READ_MAX bytes: every key keeps its own read, even
+        // past KEY_READS, and none is truncated away.
+        assert_eq!(
+            reads(&[0x0, 0x400, 0x800, 0xc00]),
+            [(0x0, 8), (0x400, 8), (0x800, 8), (0xc00, 8)]
+        );
+        // Just fits: 0x0..0x140 is KEY_READ_MAX bytes.
+        assert_eq!(
+            reads(&[0x0, 0x138, 0x800, 0xc00]),
+            [(0x0, KEY_READ_MAX), (0x800, 8), (0xc00, 8)]
+        );
+        // One byte more does not.
+        assert_eq!(
+            reads(&[0x0, 0x140, 0x800, 0xc00]),
+            [(0x0, 8), (0x140, 8), (0x800, 8), (0xc00, 8)]
+        );
+    }
+
+    #[test]
+    fn few_keys_are_read_as_they_are_and_duplicates_once() {
+        assert_eq!(reads(&[0x100, 0x110]), [(0x100, 8), (0x110, 8)]);
+        assert_eq!(reads(&[0x100, 0x100]), [(0x100, 8)]);
+        assert_eq!(
+            reads(&[0x100, 0x200, 0x100, 0x300]),
+            [(0x100, 8), (0x200, 8), (0x300, 8)]
+        );
+        assert_eq!(reads(&[]), []);
+    }
+}
