@@ -1083,3 +1083,342 @@ pub fn percpu_gpa<M: GuestMemory + ?Sized>(mem: &M, cpu: &CpuState) -> Option<u6
         .ok()
         .map(|t| t.gpa)
 }
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::vec::Vec;
+
+    fn profile_with_keys(keys: &[u32]) -> KernelProfile {
+        let mut p = KernelProfile::empty(CurrentTask::PerCpu { offset: 0x100 });
+        for (slot, &k) in p.key_offsets.iter_mut().zip(keys) {
+            *slot = Some(k);
+        }
+        p
+    }
+
+    /// The planned key reads as (task offset, length).
+    fn reads(keys: &[u32]) -> Vec<(u32, u32)> {
+        let plan = KeyPlan::compute(&profile_with_keys(keys));
+        // Every key slot points at its own 8 bytes in the key buffer.
+        for (i, &k) in keys.iter().enumerate() {
+            let at = plan.at[i].unwrap_or_else(|| panic!("key {k:#x} not read"));
+            let (s, _, base) = plan.reads[..plan.n]
+                .iter()
+                .copied()
+                .find(|&(s, l, _)| k >= s && k + 8 <= s + l)
+                .unwrap();
+            assert_eq!(at, base + (k - s), "key {k:#x}");
+            assert!(plan.covers(k, 8));
+        }
+        // The reads sit back to back in the key buffer, and cover their own bytes only.
+        let mut at = 0;
+        for &(s, l, a) in &plan.reads[..plan.n] {
+            assert_eq!(a, at);
+            at += l;
+            assert!(plan.covers(s, l) && plan.covers(s + l - 1, 1));
+            let alone = |o: u32, n: u32| {
+                plan.reads[..plan.n]
+                    .iter()
+                    .all(|&(s2, l2, _)| o + n <= s2 || o >= s2 + l2 || s2 == s)
+            };
+            if s >= 8 && alone(s - 8, 8) {
+                assert!(!plan.covers(s - 8, 8), "{s:#x}-8");
+                assert!(!plan.covers(s - 1, 2), "{s:#x}-1");
+            }
+            if alone(s + l, 8) {
+                assert!(!plan.covers(s + l - 7, 8), "{s:#x}+{l:#x}");
+            }
+        }
+        assert!(!plan.covers(0x8000, 8));
+        plan.reads[..plan.n]
+            .iter()
+            .map(|&(s, l, _)| (s, l))
+            .collect()
+    }
+
+    #[test]
+    fn debian_keys_become_three_reads_merging_the_closest_first() {
+        // Debian 12's 6.1 keys (introspect/fixtures/debian12-6.1.txt).
+        assert_eq!(
+            reads(&[0xad8, 0x8e0, 0x9d8, 0xb90, 0xbf8, 0xe10]),
+            [(0x8e0, 0x100), (0xad8, 0x128), (0xe10, 8)]
+        );
+    }
+
+    #[test]
+    fn the_smallest_gap_is_merged_first() {
+        // Four keys, one merge needed: 0x100+0x110 (gap 8), not 0x0+0x100 (gap 0xf8).
+        assert_eq!(
+            reads(&[0x0, 0x100, 0x110, 0x300]),
+            [(0x0, 8), (0x100, 0x18), (0x300, 8)]
+        );
+        // After a merge in the middle, the groups after it move down intact; then no pair fits
+        // one read and four reads stay.
+        assert_eq!(
+            reads(&[0x0, 0x200, 0x208, 0x400, 0x600]),
+            [(0x0, 8), (0x200, 0x10), (0x400, 8), (0x600, 8)]
+        );
+    }
+
+    #[test]
+    fn keys_too_far_apart_stay_separate_reads() {
+        // No two keys fit one read of KEY_READ_MAX bytes: every key keeps its own read, even
+        // past KEY_READS, and none is truncated away.
+        assert_eq!(
+            reads(&[0x0, 0x400, 0x800, 0xc00]),
+            [(0x0, 8), (0x400, 8), (0x800, 8), (0xc00, 8)]
+        );
+        // Just fits: 0x0..0x140 is KEY_READ_MAX bytes.
+        assert_eq!(
+            reads(&[0x0, 0x138, 0x800, 0xc00]),
+            [(0x0, KEY_READ_MAX), (0x800, 8), (0xc00, 8)]
+        );
+        // One byte more does not.
+        assert_eq!(
+            reads(&[0x0, 0x140, 0x800, 0xc00]),
+            [(0x0, 8), (0x140, 8), (0x800, 8), (0xc00, 8)]
+        );
+    }
+
+    #[test]
+    fn few_keys_are_read_as_they_are_and_duplicates_once() {
+        assert_eq!(reads(&[0x100, 0x110]), [(0x100, 8), (0x110, 8)]);
+        assert_eq!(reads(&[0x100, 0x100]), [(0x100, 8)]);
+        assert_eq!(
+            reads(&[0x100, 0x200, 0x100, 0x300]),
+            [(0x100, 8), (0x200, 8), (0x300, 8)]
+        );
+        assert_eq!(reads(&[]), []);
+    }
+
+    use shoji_shared::profile::{FieldId, Step};
+    use shoji_shared::MemError;
+
+    fn with_fields(keys: &[u32], fields: &[(FieldId, &[Step])]) -> KernelProfile {
+        let mut p = profile_with_keys(keys);
+        for (f, steps) in fields {
+            p.fields[*f as usize] = Program::from_steps(steps).unwrap();
+        }
+        p.validate().unwrap();
+        p
+    }
+
+    /// The spans as (task offset, length, offset in the window).
+    fn spans(keys: &[u32], fields: &[(FieldId, &[Step])]) -> Vec<(u32, u32, u32)> {
+        let p = with_fields(keys, fields);
+        let s = Spans::compute(&p, &KeyPlan::compute(&p));
+        s.spans[..s.n]
+            .iter()
+            .map(|s| (s.off, s.len, s.at))
+            .collect()
+    }
+
+    #[test]
+    fn first_steps_within_sixty_four_bytes_share_a_span() {
+        let v = |off| [Step::value(off, 4)];
+        assert_eq!(
+            spans(
+                &[],
+                &[(FieldId::Pid, &v(0x100)), (FieldId::Tgid, &v(0x144))]
+            ),
+            [(0x100, 0x48, 0)]
+        );
+        assert_eq!(
+            spans(
+                &[],
+                &[(FieldId::Pid, &v(0x100)), (FieldId::Tgid, &v(0x145))]
+            ),
+            [(0x100, 4, 0), (0x145, 4, 4)]
+        );
+        assert_eq!(
+            spans(
+                &[],
+                &[(FieldId::Pid, &v(0x100)), (FieldId::Tgid, &v(0x2000))]
+            ),
+            [(0x100, 4, 0), (0x2000, 4, 4)]
+        );
+    }
+
+    #[test]
+    fn a_span_reads_what_each_first_step_reads() {
+        assert_eq!(
+            spans(
+                &[],
+                &[
+                    (FieldId::Uid, &[Step::ptr(0x200), Step::value(8, 4)]),
+                    (FieldId::Comm, &[Step::value(0x300, 16)]),
+                    (
+                        FieldId::PidLocal,
+                        &[
+                            Step::index(0x400, 2, 32),
+                            Step::add_index(16),
+                            Step::value(0, 4)
+                        ]
+                    ),
+                    // An offset step reads nothing.
+                    (FieldId::Pgid, &[Step::add(0x600), Step::value(0, 4)]),
+                ]
+            ),
+            [(0x200, 8, 0), (0x300, 16, 8), (0x400, 2, 24)]
+        );
+    }
+
+    #[test]
+    fn spans_skip_what_the_key_reads_hold_and_stop_at_four() {
+        let v = |off| [Step::value(off, 4)];
+        assert_eq!(
+            spans(
+                &[0x100],
+                &[(FieldId::Pid, &v(0x100)), (FieldId::Tgid, &v(0x108))]
+            ),
+            [(0x108, 4, 0)]
+        );
+        assert_eq!(
+            spans(
+                &[],
+                &[
+                    (FieldId::Pid, &v(0x5000)),
+                    (FieldId::Tgid, &v(0x1000)),
+                    (FieldId::Pgid, &v(0x2000)),
+                    (FieldId::Uid, &v(0x3000)),
+                    (FieldId::Euid, &v(0x4000)),
+                ]
+            ),
+            [
+                (0x1000, 4, 0),
+                (0x2000, 4, 4),
+                (0x3000, 4, 8),
+                (0x4000, 4, 12)
+            ]
+        );
+    }
+
+    /// Guest memory of 1 MiB, mapped by one 1 GiB page at the start of the kernel half; counts
+    /// reads.
+    struct Flat {
+        bytes: Vec<u8>,
+        reads: core::cell::Cell<u32>,
+    }
+
+    const KVA: u64 = 0xffff_8000_0000_0000;
+
+    impl GuestMemory for Flat {
+        fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemError> {
+            self.reads.set(self.reads.get() + 1);
+            let s = gpa as usize;
+            buf.copy_from_slice(self.bytes.get(s..s + buf.len()).ok_or(MemError::NotRam)?);
+            Ok(())
+        }
+        fn write(&mut self, gpa: u64, buf: &[u8]) -> Result<(), MemError> {
+            let s = gpa as usize;
+            self.bytes
+                .get_mut(s..s + buf.len())
+                .ok_or(MemError::NotRam)?
+                .copy_from_slice(buf);
+            Ok(())
+        }
+    }
+
+    fn flat() -> (Flat, CpuState) {
+        let mut m = Flat {
+            bytes: std::vec![0u8; 1 << 20],
+            reads: core::cell::Cell::new(0),
+        };
+        // PML4[256] -> PDPT at 0x1000; PDPT[0] = 1 GiB page at 0 (present, writable, PS).
+        m.write_u64(256 * 8, 0x1000 | 3).unwrap();
+        m.write_u64(0x1000, 0x83).unwrap();
+        let cpu = CpuState {
+            cpl: 0,
+            gs_base: KVA + 0x8000,
+            kernel_gs_base: 0,
+            rsp: KVA + 0x9000,
+            pt: PageTables {
+                cr3: 0,
+                mode: crate::paging::PagingMode::Level4,
+            },
+        };
+        (m, cpu)
+    }
+
+    #[test]
+    fn object_blocks_are_read_once_and_the_oldest_is_replaced_first() {
+        let (mut m, cpu) = flat();
+        let va = |i: u64| KVA + 0x2_0000 + 32 * i;
+        for i in 0..20u64 {
+            m.write_u64(0x2_0000 + 32 * i, (i + 1) * 0x1111).unwrap();
+        }
+        let view = KernelView {
+            mem: &m,
+            pt: cpu.pt,
+            dmap: None,
+        };
+        let spans = Spans::default();
+        let win = Window::new();
+        let plan = KeyPlan::default();
+        let keys = KeyWindow {
+            task: 0,
+            loaded: false,
+            buf: [0; KEY_BUF],
+        };
+        let mut blocks = Blocks::new();
+        let mut r = Reader {
+            view: &view,
+            spans: &spans,
+            win: &win,
+            plan: &plan,
+            keys: &keys,
+            blocks: &mut blocks,
+        };
+        let reads = || m.reads.get();
+        let read = |r: &mut Reader<'_, '_, Flat>, i: u64| {
+            let before = reads();
+            assert_eq!(r.scalar(va(i), 8), Some((i + 1) * 0x1111), "block {i}");
+            reads() != before
+        };
+        for i in 0..BLOCKS as u64 {
+            assert!(read(&mut r, i), "first read of block {i}");
+        }
+        for i in 0..BLOCKS as u64 {
+            assert!(!read(&mut r, i), "block {i} again");
+        }
+        // Two more: blocks 0 and 1, the oldest, make room.
+        assert!(read(&mut r, 16));
+        assert!(read(&mut r, 17));
+        for i in 2..18 {
+            assert!(!read(&mut r, i), "block {i} kept");
+        }
+        assert!(read(&mut r, 0), "block 0 was replaced");
+        // A field across a block boundary is not served from a block.
+        assert!(r.block(va(3) + 24, 8).is_some());
+        assert!(r.block(va(3) + 25, 8).is_none());
+        // Unreadable memory: no block, no value.
+        assert_eq!(r.scalar(KVA + (2 << 20), 8), None);
+        // A new attribution starts with no blocks.
+        r.blocks.clear();
+        assert!(read(&mut r, 5));
+    }
+
+    #[test]
+    fn flush_forgets_even_when_the_generation_wraps() {
+        let (m, cpu) = flat();
+        let mut intro = Introspector::new(profile_with_keys(&[])).unwrap();
+        let task = KVA + 0x4_0000;
+        intro.identity(&m, &cpu, task);
+        intro.identity(&m, &cpu, task);
+        assert_eq!(intro.stats(), CacheStats { hits: 1, misses: 1 });
+        intro.flush();
+        intro.identity(&m, &cpu, task);
+        assert_eq!(intro.stats().misses, 2);
+        // 2^32 flushes after an entry was made, the generation is back at the entry's own: the
+        // wrap clears the cache, so the entry cannot match again.
+        let mut intro = Introspector::new(profile_with_keys(&[])).unwrap();
+        intro.identity(&m, &cpu, task);
+        intro.gen = u32::MAX;
+        intro.flush();
+        assert_eq!(intro.gen, 0);
+        intro.identity(&m, &cpu, task);
+        assert_eq!(intro.stats(), CacheStats { hits: 0, misses: 2 });
+    }
+}

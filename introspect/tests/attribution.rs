@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use proptest::prelude::*;
-use shoji_introspect::{CountingMemory, Introspector, PagingMode};
+use shoji_introspect::{CountingMemory, CpuState, Introspector, PagingMode};
 use shoji_shared::profile::{CurrentTask, FieldId, KernelProfile, ENCODED_LEN, PF_KTHREAD};
 use shoji_shared::{ExecContext, GuestMemory, TaskIdentity};
 
@@ -479,4 +479,443 @@ proptest! {
             let _ = intro.attribute(&g.mem, &g.cpu());
         }
     }
+}
+
+#[test]
+fn per_cpu_base_is_chosen_by_privilege_level_and_must_be_a_kernel_address() {
+    let g = Guest::new(fixture("debian12-6.1"), PagingMode::Level4);
+    let a = 0xffff_8880_0010_0000;
+    let b = 0xffff_8880_0020_0000;
+    let user = 0x0000_7f00_1234_0000;
+    let cpu = |cpl, gs_base, kernel_gs_base| CpuState {
+        cpl,
+        gs_base,
+        kernel_gs_base,
+        ..g.cpu()
+    };
+    // Both plausible: GS base at CPL 0, the swapped-out kernel GS base at CPL 3.
+    assert_eq!(cpu(0, a, b).percpu_base(), Some(a));
+    assert_eq!(cpu(3, a, b).percpu_base(), Some(b));
+    // The chosen one is a user value (an exit between swapgs and the entry code): the other.
+    assert_eq!(cpu(0, user, b).percpu_base(), Some(b));
+    assert_eq!(cpu(3, a, user).percpu_base(), Some(a));
+    assert_eq!(cpu(0, user, 0).percpu_base(), None);
+    assert_eq!(cpu(3, 0, user).percpu_base(), None);
+}
+
+#[test]
+fn a_current_task_pointer_must_be_an_aligned_kernel_address() {
+    use shoji_introspect::task::CurrentError;
+    for name in PROFILES {
+        let s = Spec::default();
+        let (mut g, mut intro, task) = setup(name, PagingMode::Level4, &s);
+        let cpu = g.cpu();
+        assert_eq!(intro.current(&g.mem, &cpu).map(|c| c.task), Ok(task));
+        for bad in [task + 4, task + 1, 0x1000, 0x0000_7fff_0000_1000] {
+            g.set_current(bad, 0x8000_0000);
+            assert_eq!(
+                intro.current(&g.mem, &cpu),
+                Err(CurrentError::BadTaskPointer(bad)),
+                "{name} {bad:#x}"
+            );
+            // Attribution then knows nothing, not even the address.
+            assert_eq!(intro.attribute(&g.mem, &cpu), TaskIdentity::default());
+            assert_eq!(
+                intro.attribute_sender(&g.mem, &cpu),
+                TaskIdentity::default()
+            );
+        }
+    }
+}
+
+#[test]
+fn changing_any_cache_key_field_reads_the_identity_afresh() {
+    for name in PROFILES {
+        let s = Spec::default();
+        let (mut g, mut intro, task) = setup(name, PagingMode::Level4, &s);
+        let cpu = g.cpu();
+        let first = intro.attribute(&g.mem, &cpu);
+        let keys: Vec<u32> = g.profile.key_offsets.iter().flatten().copied().collect();
+        assert_eq!(keys.len(), 6);
+        let mut misses = intro.stats().misses;
+        for off in keys {
+            let slot = g.task_slot(task, off);
+            let old = g.r64(slot);
+            g.w64(slot, old ^ 0x40);
+            intro.attribute(&g.mem, &cpu);
+            assert_eq!(intro.stats().misses, misses + 1, "{name}: key {off:#x}");
+            g.w64(slot, old);
+            assert_eq!(intro.attribute(&g.mem, &cpu), first, "{name}: key {off:#x}");
+            misses = intro.stats().misses;
+        }
+        // Unchanged keys: a hit.
+        let hits = intro.stats().hits;
+        assert_eq!(intro.attribute(&g.mem, &cpu), first);
+        assert_eq!(intro.stats().hits, hits + 1);
+    }
+}
+
+#[test]
+fn a_fresh_read_sees_objects_changed_in_place() {
+    for name in PROFILES {
+        let s = Spec::default();
+        let (mut g, mut intro, task) = setup(name, PagingMode::Level4, &s);
+        let p = g.profile;
+        let cpu = g.cpu();
+        let id = intro.attribute(&g.mem, &cpu);
+        assert_eq!(id.netns_id, Some(s.netns));
+        // The network namespace's inode changes in place (same nsproxy, same net): only a new
+        // start time (a cache key) tells the cache, and the identity read afresh must not reuse
+        // anything read for the previous attribution.
+        let net_prog = p.field(FieldId::NetNsId).steps();
+        let nsproxy = g.r64(g.task_slot(task, net_prog[0].off));
+        let net = g.r64(g.pa(nsproxy) + net_prog[1].off as u64);
+        g.w32(g.pa(net) + net_prog[2].off as u64, 0xF000_0999);
+        let st = p.field(FieldId::StartTime).steps()[0].off;
+        let slot = g.task_slot(task, st);
+        g.w64(slot, 77);
+        let id = intro.attribute(&g.mem, &cpu);
+        assert_eq!(id.netns_id, Some(0xF000_0999), "{name}");
+        assert_eq!(id.start_time, Some(77), "{name}");
+    }
+}
+
+#[test]
+fn pid_namespace_level_is_bounded_by_the_profiles_index_limit() {
+    for name in PROFILES {
+        let limit = fixture(name).field(FieldId::PidLocal).steps()[1].aux as u32;
+        let at = |level: u32| {
+            let s = Spec {
+                level,
+                ..Spec::default()
+            };
+            let (g, mut intro, _) = setup(name, PagingMode::Level4, &s);
+            intro.attribute(&g.mem, &g.cpu())
+        };
+        let id = at(limit);
+        assert_eq!(id.pid_local, Some(Spec::default().pid_local), "{name}");
+        assert_eq!(id.pidns_id, Some(Spec::default().pidns), "{name}");
+        let id = at(limit + 1);
+        assert_eq!((id.pid_local, id.pidns_id), (None, None), "{name}");
+        assert_eq!(id.pid, Some(Spec::default().pid));
+    }
+}
+
+#[test]
+fn comm_must_be_printable_and_nul_padded() {
+    let comm = |c: &[u8]| {
+        let mut b = [0u8; 16];
+        b[..c.len()].copy_from_slice(c);
+        b
+    };
+    for (bytes, ok) in [
+        (comm(b"curl"), true),
+        (comm(b"a b~"), true),            // space and tilde are printable
+        (comm(b"fifteen-chars-x"), true), // 15 characters and the NUL
+        (comm(b"bad\x1f"), false),        // control character
+        (comm(b"bad\x7f"), false),        // DEL
+        (comm(b"\x01"), false),
+        (comm(b"ok\0junk"), false),    // bytes after the NUL
+        (*b"sixteen-chars-xy", false), // no NUL at all
+    ] {
+        let s = Spec {
+            comm: bytes,
+            ..Spec::default()
+        };
+        let (g, mut intro, _) = setup("debian12-6.1", PagingMode::Level4, &s);
+        let id = intro.attribute(&g.mem, &g.cpu());
+        assert_eq!(id.comm, ok.then_some(bytes), "{bytes:?}");
+    }
+}
+
+#[test]
+fn a_learnt_direct_map_can_be_shared_and_withdrawn() {
+    let s = Spec::default();
+    let (mut g, learnt, _) = setup("debian13-6.12", PagingMode::Level4, &s);
+    let d = learnt.direct_map().expect("learnt");
+    assert_eq!(d.base(), g.dmap_base);
+    g.set_preempt(0x8000_0100);
+    let base = g.cpu().percpu_base().unwrap();
+    // Another vCPU's introspector takes it over and can tell the interrupt context at once.
+    let mut other = Introspector::new(g.profile).unwrap();
+    assert_eq!(other.direct_map(), None);
+    other.set_direct_map(Some(d));
+    assert_eq!(other.direct_map(), Some(d));
+    assert_eq!(
+        other.interrupt_context(&g.mem, base),
+        Some(ExecContext::SoftIrq)
+    );
+    other.set_direct_map(None);
+    assert_eq!(other.interrupt_context(&g.mem, base), None);
+}
+
+#[test]
+fn fingerprint_matches_the_btf_it_was_taken_from() {
+    let s = Spec::default();
+    let (mut g, _, _) = setup("debian12-6.1", PagingMode::Level4, &s);
+    let mut p = g.profile;
+    p.btf_len = 10_000;
+    let pages = (p.btf_len as u64 + (p.btf_va & 0xfff)).div_ceil(4096);
+    let pa = g.alloc(pages * 4096);
+    for i in 0..pages {
+        g.map((p.btf_va & !0xfff) + i * 4096, pa + i * 4096, 4096, P);
+    }
+    let btf: Vec<u8> = (0..p.btf_len).map(|i| (i % 241) as u8).collect();
+    g.mem.write(pa + (p.btf_va & 0xfff), &btf).unwrap();
+    p.fingerprint = shoji_shared::profile::sha256(&btf);
+    let intro = Introspector::new(p).unwrap();
+    assert_eq!(intro.verify_fingerprint(&g.mem, &g.pt()), Ok(true));
+    // Without an address or a length there is nothing to check: false, nothing read.
+    let pt = g.pt();
+    let cm = CountingMemory::new(g.mem);
+    for (va, len) in [(0, p.btf_len), (p.btf_va, 0)] {
+        let q = KernelProfile {
+            btf_va: va,
+            btf_len: len,
+            ..p
+        };
+        let intro = Introspector::new(q).unwrap();
+        assert_eq!(intro.verify_fingerprint(&cm, &pt), Ok(false));
+    }
+    assert_eq!(cm.reads(), 0);
+}
+
+#[test]
+fn preempt_count_far_from_the_current_task_pointer_is_read_on_its_own() {
+    for (preempt, reads) in [(0x1fb40, 1), (0x1000, 2), (0x1fb80 + 0x400, 2)] {
+        let mut p = fixture("debian12-6.1");
+        p.preempt_offset = Some(preempt);
+        let mut g = Guest::new(p, PagingMode::Level4);
+        let s = Spec::default();
+        let task = g.make_task(&s);
+        let mut intro = Introspector::new(p).unwrap();
+        intro.learn_direct_map(&g.mem, &g.cpu(), RAM).unwrap();
+        for (pc, context) in [
+            (0x8000_0000, ExecContext::Task),
+            (0x8000_0100, ExecContext::SoftIrq),
+            (0x8001_0000, ExecContext::HardIrq),
+        ] {
+            g.set_current(task, pc);
+            let cpu = g.cpu();
+            let cm = CountingMemory::new(Ram {
+                bytes: g.mem.bytes.clone(),
+            });
+            let cur = intro.current(&cm, &cpu).unwrap();
+            assert_eq!(cur.task, task, "{preempt:#x}");
+            assert_eq!(cur.preempt_count, Some(pc & 0x7fff_ffff), "{preempt:#x}");
+            assert_eq!(cm.reads(), reads, "{preempt:#x}");
+            assert_eq!(
+                intro.attribute(&g.mem, &cpu).context,
+                context,
+                "{preempt:#x}"
+            );
+        }
+    }
+}
+
+#[test]
+fn uid_maps_up_to_the_kernels_extent_limit_are_read() {
+    for name in PROFILES {
+        let max = fixture(name).uid_map.max_extents;
+        for (n, mapped) in [(max, true), (max + 1, false)] {
+            // The task's kuid sits in the last extent.
+            let s = Spec {
+                uid: 500_000 + (n - 1) * 10 + 3,
+                extents: (0..n).map(|i| (i * 10, 500_000 + i * 10, 10)).collect(),
+                ..Spec::default()
+            };
+            let (g, mut intro, _) = setup(name, PagingMode::Level4, &s);
+            let want = mapped.then_some((n - 1) * 10 + 3);
+            assert_eq!(
+                intro.attribute(&g.mem, &g.cpu()).uid_local,
+                want,
+                "{name}: {n} extents"
+            );
+        }
+    }
+}
+
+#[test]
+fn an_interrupt_still_names_the_task_it_interrupted() {
+    let s = Spec::default();
+    let (mut g, mut intro, task) = setup("debian13-6.12", PagingMode::Level4, &s);
+    g.set_preempt(0x8001_0000);
+    let id = intro.attribute_sender(&g.mem, &g.cpu());
+    assert_eq!((id.task, id.context), (task, ExecContext::HardIrq));
+}
+
+#[test]
+fn two_keys_changed_by_the_same_bits_still_miss_the_cache() {
+    for name in PROFILES {
+        let s = Spec::default();
+        let (mut g, mut intro, task) = setup(name, PagingMode::Level4, &s);
+        let cpu = g.cpu();
+        intro.attribute(&g.mem, &cpu);
+        let keys: Vec<u32> = g.profile.key_offsets.iter().flatten().copied().collect();
+        for off in &keys[..2] {
+            let slot = g.task_slot(task, *off);
+            let v = g.r64(slot);
+            g.w64(slot, v ^ 0x1000);
+        }
+        let misses = intro.stats().misses;
+        intro.attribute(&g.mem, &cpu);
+        assert_eq!(intro.stats().misses, misses + 1, "{name}");
+    }
+}
+
+#[test]
+fn the_cache_holds_several_tasks_at_once() {
+    for name in PROFILES {
+        let s = Spec::default();
+        let (mut g, mut intro, a) = setup(name, PagingMode::Level4, &s);
+        let b = g.make_task(&Spec {
+            pid: 77,
+            ..Spec::default()
+        });
+        for _ in 0..2 {
+            for t in [a, b] {
+                g.set_current(t, 0x8000_0000);
+                intro.attribute(&g.mem, &g.cpu());
+            }
+        }
+        assert_eq!(
+            intro.stats(),
+            shoji_introspect::task::CacheStats { hits: 2, misses: 2 }
+        );
+    }
+}
+
+#[test]
+fn thread_info_is_only_looked_for_on_a_kernel_stack_at_cpl_0() {
+    let mut p = fixture("debian12-6.1");
+    p.current = CurrentTask::StackThreadInfo {
+        thread_size: 16384,
+        task_offset: 0,
+    };
+    let mut g = Guest::new(p, PagingMode::Level4);
+    let s = Spec::default();
+    let task = g.make_task(&s);
+    g.set_preempt(0x8000_0000);
+    // A kernel stack at the very start of the kernel half, its thread_info at its base.
+    let stack = g.alloc(0x4000);
+    for i in 0..4 {
+        g.map(
+            shoji_shared::profile::KERNEL_HALF_4 + i * 4096,
+            stack + i * 4096,
+            4096,
+            P | RW,
+        );
+    }
+    g.w64(stack, task);
+    let intro = Introspector::new(p).unwrap();
+    let mut cpu = g.cpu();
+    for (cpl, rsp, found) in [
+        (0, shoji_shared::profile::KERNEL_HALF_4, true),
+        (0, shoji_shared::profile::KERNEL_HALF_4 + 0x3f00, true),
+        (3, shoji_shared::profile::KERNEL_HALF_4 + 0x3f00, false),
+        (0, 0x7ffd_0000_1000, false),
+    ] {
+        cpu.cpl = cpl;
+        cpu.rsp = rsp;
+        assert_eq!(
+            intro.current(&g.mem, &cpu).map(|c| c.task).ok(),
+            found.then_some(task),
+            "cpl {cpl} rsp {rsp:#x}"
+        );
+    }
+}
+
+/// Reads and bytes of one uncached and one cached attribution.
+fn cost(name: &str, s: &Spec) -> ((u64, u64), (u64, u64)) {
+    let (g, mut intro, _) = setup(name, PagingMode::Level4, s);
+    let cpu = g.cpu();
+    let cm = CountingMemory::new(g.mem);
+    intro.attribute(&cm, &cpu);
+    let uncached = (cm.reads(), cm.bytes_read());
+    cm.reset();
+    intro.attribute(&cm, &cpu);
+    (uncached, (cm.reads(), cm.bytes_read()))
+}
+
+#[test]
+fn attribution_cost_does_not_grow() {
+    // Measured on the synthetic Debian tasks with the direct map learnt; the plan of task_struct
+    // reads (key reads, spans), the object blocks and the batched uid-map reads all show here.
+    // A change that makes an attribution cheaper lowers these figures.
+    for (name, uncached, cached) in [
+        ("debian12-6.1", (26, 1292), (4, 632)),
+        ("debian13-6.12", (26, 1220), (4, 560)),
+    ] {
+        let (u, c) = cost(name, &Spec::default());
+        eprintln!("{name}: uncached {u:?}, cached {c:?}");
+        assert!(
+            u.0 <= uncached.0 && u.1 <= uncached.1,
+            "{name}: uncached {u:?}"
+        );
+        assert!(c.0 <= cached.0 && c.1 <= cached.1, "{name}: cached {c:?}");
+    }
+}
+
+#[test]
+fn uid_map_extents_are_read_sixteen_at_a_time() {
+    for name in PROFILES {
+        let one = Spec::default();
+        // 40 extents in the forward array, the task's kuid in the last one.
+        let forty = Spec {
+            uid: 500_393,
+            extents: (0..40).map(|i| (i * 10, 500_000 + i * 10, 10)).collect(),
+            ..Spec::default()
+        };
+        let (u1, _) = cost(name, &one);
+        let (u40, _) = cost(name, &forty);
+        eprintln!("{name}: {u1:?} {u40:?}");
+        // The forward pointer, then three batches (16 + 16 + 8) instead of one.
+        assert!(u40.0 <= u1.0 + 3, "{name}: {u1:?} -> {u40:?}");
+    }
+}
+
+#[test]
+fn a_uid_maps_to_an_extent_only_inside_it_and_only_among_the_declared_extents() {
+    for name in PROFILES {
+        // One past the end of an extent: not in it.
+        let s = Spec {
+            uid: 201_010,
+            extents: vec![(0, 100_000, 1000), (1000, 201_000, 10)],
+            ..Spec::default()
+        };
+        let (g, mut intro, _) = setup(name, PagingMode::Level4, &s);
+        assert_eq!(intro.attribute(&g.mem, &g.cpu()).uid_local, None, "{name}");
+        // 26 extents written, the kuid in the last one; the map declares only 20 of them.
+        let s = Spec {
+            uid: 500_253,
+            extents: (0..26).map(|i| (i * 10, 500_000 + i * 10, 10)).collect(),
+            ..Spec::default()
+        };
+        let (mut g, mut intro, task) = setup(name, PagingMode::Level4, &s);
+        assert_eq!(
+            intro.attribute(&g.mem, &g.cpu()).uid_local,
+            Some(253),
+            "{name}"
+        );
+        let p = g.profile;
+        let ns_prog = p.field(FieldId::UserNsPtr).steps();
+        let cred = g.r64(g.task_slot(task, ns_prog[0].off));
+        let ns = g.r64(g.pa(cred) + ns_prog[1].off as u64);
+        let nr = g.pa(ns) + p.uid_map.map_off as u64 + p.uid_map.nr_extents_off as u64;
+        g.w32(nr, 20);
+        intro.flush();
+        assert_eq!(intro.attribute(&g.mem, &g.cpu()).uid_local, None, "{name}");
+    }
+}
+
+#[test]
+fn per_cpu_area_is_found_in_guest_physical_memory() {
+    let g = Guest::new(fixture("debian12-6.1"), PagingMode::Level4);
+    assert_eq!(
+        shoji_introspect::task::percpu_gpa(&g.mem, &g.cpu()),
+        Some(g.percpu)
+    );
+    let mut cpu = g.cpu();
+    cpu.gs_base = 0;
+    assert_eq!(shoji_introspect::task::percpu_gpa(&g.mem, &cpu), None);
 }

@@ -829,6 +829,16 @@ const K256: [u32; 64] = [
     0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
 ];
 
+/// FIPS 180-4 `Ch`: each bit of `e` chooses the bit of `f` (1) or of `g` (0).
+fn ch(e: u32, f: u32, g: u32) -> u32 {
+    (e & f) ^ (!e & g)
+}
+
+/// FIPS 180-4 `Maj`: the majority of each bit of `a`, `b`, `c`.
+fn maj(a: u32, b: u32, c: u32) -> u32 {
+    (a & b) ^ (a & c) ^ (b & c)
+}
+
 impl Default for Sha256 {
     fn default() -> Self {
         Self::new()
@@ -865,14 +875,14 @@ impl Sha256 {
         let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = self.h;
         for i in 0..64 {
             let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
-            let ch = (e & f) ^ (!e & g);
+            let ch = ch(e, f, g);
             let t1 = h
                 .wrapping_add(s1)
                 .wrapping_add(ch)
                 .wrapping_add(K256[i])
                 .wrapping_add(w[i]);
             let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
-            let maj = (a & b) ^ (a & c) ^ (b & c);
+            let maj = maj(a, b, c);
             let t2 = s0.wrapping_add(maj);
             h = g;
             g = f;
