@@ -167,6 +167,31 @@ mod tests {
     }
 
     #[test]
+    fn architectural_bit_positions() {
+        // The SDM's positions, written out: VMX is CPUID.1:ECX[5], the hypervisor bit ECX[31],
+        // OSPKE is CPUID.(7,0):ECX[4], OSXSAVE CPUID.1:ECX[27].
+        let all = CpuidRegs {
+            eax: 0,
+            ebx: 0,
+            ecx: u32::MAX,
+            edx: 0,
+        };
+        let g = guest_view(1, 0, all, CR4_OSXSAVE);
+        assert_eq!(
+            g.ecx,
+            u32::MAX & !(1 << 5),
+            "only VMX is hidden; a set bit 31 stays set"
+        );
+        assert_eq!(
+            guest_view(1, 0, all, 0).ecx,
+            u32::MAX & !(1 << 5) & !(1 << 27)
+        );
+        assert_eq!(guest_view(7, 0, all, 0).ecx, u32::MAX & !(1 << 4));
+        // Only sub-leaf 0 of leaf 7 carries OSPKE: other sub-leaves pass unchanged.
+        assert_eq!(guest_view(7, 1, all, 0), all);
+    }
+
+    #[test]
     fn signature_and_version_leaves() {
         let native = CpuidRegs {
             eax: 7,
