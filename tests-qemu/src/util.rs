@@ -131,6 +131,8 @@ impl GroupChild {
         cancellable: bool,
     ) -> Result<Option<ExitStatus>> {
         let start = Instant::now();
+        // Short commands end within milliseconds: poll from 1 ms up to every 100 ms.
+        let mut nap = Duration::from_millis(1);
         loop {
             if let Some(st) = self.try_wait()? {
                 return Ok(Some(st));
@@ -140,7 +142,8 @@ impl GroupChild {
             {
                 return Ok(None);
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(nap);
+            nap = (nap * 2).min(Duration::from_millis(100));
         }
     }
 
