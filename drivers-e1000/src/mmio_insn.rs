@@ -200,9 +200,9 @@ fn gpr(r: Register) -> Option<Gpr> {
     })
 }
 
-/// Decode the instruction at the start of `bytes` (fetched by the caller from the guest's RIP)
-/// for a CPU in `bitness`-bit mode (16, 32 or 64).
-pub fn decode(bytes: &[u8], bitness: u32) -> Result<MmioAccess, InsnError> {
+/// The one instruction at the start of `bytes` (at most [`MAX_INSN_LEN`] of them are looked
+/// at), decoded for a CPU in `bitness`-bit mode as if fetched at `ip`.
+fn decode_one(bytes: &[u8], bitness: u32, ip: u64) -> Result<Instruction, InsnError> {
     if bytes.is_empty() {
         return Err(InsnError::Empty);
     }
@@ -210,11 +210,17 @@ pub fn decode(bytes: &[u8], bitness: u32) -> Result<MmioAccess, InsnError> {
         return Err(InsnError::BadMode);
     }
     let bytes = &bytes[..bytes.len().min(MAX_INSN_LEN)];
-    let mut dec = Decoder::new(bitness, bytes, DecoderOptions::NONE);
-    let ins: Instruction = dec.decode();
+    let ins = Decoder::with_ip(bitness, bytes, ip, DecoderOptions::NONE).decode();
     if ins.is_invalid() {
         return Err(InsnError::Invalid);
     }
+    Ok(ins)
+}
+
+/// Decode the instruction at the start of `bytes` (fetched by the caller from the guest's RIP)
+/// for a CPU in `bitness`-bit mode (16, 32 or 64).
+pub fn decode(bytes: &[u8], bitness: u32) -> Result<MmioAccess, InsnError> {
+    let ins = decode_one(bytes, bitness, 0)?;
     if ins.has_lock_prefix() {
         return Err(InsnError::Locked);
     }
@@ -310,17 +316,7 @@ pub fn operand_address(
     gprs: &[u64; 16],
     seg: &SegmentBases,
 ) -> Result<u64, InsnError> {
-    if bytes.is_empty() {
-        return Err(InsnError::Empty);
-    }
-    if !matches!(bitness, 16 | 32 | 64) {
-        return Err(InsnError::BadMode);
-    }
-    let bytes = &bytes[..bytes.len().min(MAX_INSN_LEN)];
-    let ins = Decoder::with_ip(bitness, bytes, rip, DecoderOptions::NONE).decode();
-    if ins.is_invalid() {
-        return Err(InsnError::Invalid);
-    }
+    let ins = decode_one(bytes, bitness, rip)?;
     let op = (0..ins.op_count())
         .find(|&i| {
             matches!(

@@ -562,16 +562,16 @@ fn ept_violation(vcpu: &mut Vcpu, regs: &mut GuestRegs) {
     // Device pages Shoji mediates are completed by emulating the access (each device module
     // checks whether the address is its own).
     let apic_page = super::apic::TRAPPED_PAGE.load(core::sync::atomic::Ordering::Acquire);
-    if apic_page != 0 && gpa & !0xfff == apic_page {
-        let gpa = super::mmio::operand_gpa(gpa, regs);
-        super::apic::trapped_write(vcpu, regs, gpa);
-        return;
-    }
-    let gpa = if super::nic::in_bar(gpa) {
+    let on_apic = apic_page != 0 && gpa & !0xfff == apic_page;
+    let gpa = if on_apic || super::nic::in_bar(gpa) {
         super::mmio::operand_gpa(gpa, regs)
     } else {
         gpa
     };
+    if on_apic {
+        super::apic::trapped_write(vcpu, regs, gpa);
+        return;
+    }
     if super::nic::ept_violation(regs, gpa) {
         return;
     }

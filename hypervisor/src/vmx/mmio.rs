@@ -106,9 +106,8 @@ pub fn decode_current() -> Result<MmioAccess, &'static str> {
     mmio_insn::decode(&i.bytes[..i.len], i.bitness).map_err(|e| e.describe())
 }
 
+/// Corrections of a reported page offset (the limiter's event number counts them all).
 static OFFSET_LOG: RateLimiter = RateLimiter::new(4);
-/// EPT violations whose reported page offset the faulting instruction corrected.
-pub static OFFSET_FIXUPS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
 /// The guest-physical address of a trapped access at `gpa` (an EPT violation on a device page
 /// Shoji mediates), with the page offset the faulting instruction's operand names. On hardware
@@ -138,7 +137,6 @@ pub fn operand_gpa(gpa: u64, regs: &GuestRegs) -> u64 {
     if offset == 0 {
         return gpa;
     }
-    OFFSET_FIXUPS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     if let Some(n) = OFFSET_LOG.allow() {
         crate::hv_line!(
             "EPT violation at {:#x} reported without its page offset; the instruction at rip {:#x} accesses offset {:#x} (linear {:#x}): using it (event #{})",

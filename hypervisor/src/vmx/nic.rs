@@ -759,6 +759,7 @@ pub fn log_counters() {
     // Head and tail of both real rings against Shoji's own indices: a receive path that
     // stalls shows here (RDH caught up with RDT, or RX interrupts left masked).
     let rs = nic.engine.ring_state();
+    let (queued_wire, queued_guest) = nic.engine.pending_frames();
     let bar = nic.engine.nic_mut();
     let mut reg = |r| bar.read32(r);
     crate::hv_line!(
@@ -777,8 +778,8 @@ pub fn log_counters() {
         rs.rx_gated,
         rs.deferred,
         rs.setup_pending,
-        nic.engine.pending_frames().0,
-        nic.engine.pending_frames().1
+        queued_wire,
+        queued_guest
     );
     let c = nic.engine.counters();
     for (name, d) in [("tx", Direction::Tx), ("rx", Direction::Rx)] {
