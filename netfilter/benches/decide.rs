@@ -1,5 +1,6 @@
 //! Per-frame decision cost for a realistic mix (ARP, TCP SYN, established TCP, UDP, IPv6, and
-//! inbound TCP) at 1, 64 and 1,024 registered containers with 32 rules each.
+//! inbound TCP) at 1, 64 and 1,024 registered containers with 32 rules each, and at 1,024
+//! containers once more with the TX flow cache off (every frame decided the full way).
 //!
 //! Run: `cargo bench -p shoji-netfilter --bench decide`. For instruction counts per decision see
 //! [`profile`].
@@ -223,10 +224,14 @@ fn mix(n: u32) -> Vec<(Direction, Vec<u8>)> {
 
 /// A registry of `count` containers (leaked: the engine borrows its slots for the whole run)
 /// and the frames to decide, interleaved so consecutive frames differ in kind and container.
-fn setup(count: u32) -> (Engine<'static>, Vec<(Direction, Vec<u8>)>) {
+fn setup(count: u32, flow_cache: bool) -> (Engine<'static>, Vec<(Direction, Vec<u8>)>) {
     let rules = rules();
     let slots: &'static mut [ContainerSlot] = Vec::leak(vec![ContainerSlot::EMPTY; count as usize]);
-    let mut engine = Engine::new(slots, EngineConfig::default());
+    let config = EngineConfig {
+        flow_cache,
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(slots, config);
     for n in 0..count {
         engine.register(spec(n, &rules)).unwrap();
     }
@@ -274,12 +279,16 @@ fn bench(c: &mut Criterion) {
     group.warm_up_time(Duration::from_secs(1));
     group.measurement_time(Duration::from_secs(3));
     group.sample_size(50);
-    for &count in &[1u32, 64, 1024] {
-        let (mut engine, frames) = setup(count);
+    for (count, flow_cache) in [(1u32, true), (64, true), (1024, true), (1024, false)] {
+        let (mut engine, frames) = setup(count, flow_cache);
         group.throughput(Throughput::Elements(1));
         let mut i = 0usize;
         let mut sink = NullSink;
-        group.bench_function(format!("{count}_containers_32_rules"), |b| {
+        let name = match flow_cache {
+            true => format!("{count}_containers_32_rules"),
+            false => format!("{count}_containers_32_rules_no_flow_cache"),
+        };
+        group.bench_function(name, |b| {
             b.iter(|| i = decide_one(&mut engine, &frames, i, &mut sink))
         });
     }
@@ -311,7 +320,9 @@ fn profile(spec: &str) {
         .split_once(':')
         .and_then(|(c, d)| Some((c.parse::<u32>().ok()?, d.parse::<u64>().ok()?)))
         .expect("SHOJI_DECIDE_PROFILE=<containers>:<decisions>");
-    let (mut engine, mut frames) = setup(count);
+    // SHOJI_DECIDE_FLOW_CACHE=0 decides every frame the full way.
+    let flow_cache = std::env::var("SHOJI_DECIDE_FLOW_CACHE").map_or(true, |v| v != "0");
+    let (mut engine, mut frames) = setup(count, flow_cache);
     // SHOJI_DECIDE_KIND=<0..5> keeps one kind of the mix (3: a container's UDP datagram to the
     // wire, like the emulator's flood).
     if let Ok(kind) = std::env::var("SHOJI_DECIDE_KIND") {
@@ -325,9 +336,12 @@ fn profile(spec: &str) {
         i = decide_one(&mut engine, &frames, i, &mut sink);
     }
     decide_loop(&mut engine, &frames, decisions);
+    let stats = engine.flow_cache_stats();
     println!(
-        "{count} containers: {decisions} decisions over {} frames",
-        frames.len()
+        "{count} containers: {decisions} decisions over {} frames; flow cache {} hits, {} misses",
+        frames.len(),
+        stats.hits,
+        stats.misses
     );
 }
 

@@ -19,8 +19,15 @@ use shoji_shared::{ContainerId, TaskIdentity};
 
 use crate::engine::Party;
 
-/// Entries in the cache (direct-mapped).
-pub const FLOW_CACHE_ENTRIES: usize = 256;
+/// Sets of the cache. A key's set is chosen by the top bits of its hash.
+pub const FLOW_CACHE_SETS: usize = 1024;
+/// Entries per set: two keys whose hashes share a set both stay.
+pub const FLOW_CACHE_WAYS: usize = 2;
+/// Entries in the cache.
+pub const FLOW_CACHE_ENTRIES: usize = FLOW_CACHE_SETS * FLOW_CACHE_WAYS;
+/// Task identities the entries can refer to (a task identity is about 170 bytes; most cached
+/// frames have no acting task, so entries refer to a smaller table instead of holding one each).
+pub const FLOW_CACHE_TASKS: usize = 256;
 
 /// Bytes of a key: a tagged Ethernet header (18), IPv4 without options (20), TCP up to its
 /// flags (14), rounded up to whole words.
@@ -101,24 +108,25 @@ impl FlowKey {
         u16::from_be_bytes([b[6], b[7]]) & 0x0fff
     }
 
-    /// Whether `other` is the same key (word-wise, without a byte comparison call).
+    /// Whether `words` are this key's (word-wise, without a byte comparison call). The words
+    /// hold the EtherType at bytes 12..14, so they also tell a tagged key from an untagged one.
     #[inline]
-    fn same(&self, other: &FlowKey) -> bool {
-        let diff = self
-            .words
+    fn is(&self, words: &[u64; KEY_WORDS]) -> bool {
+        self.words
             .iter()
-            .zip(other.words.iter())
-            .fold(0, |d, (a, b)| d | (a ^ b));
-        diff == 0 && self.tagged == other.tagged
+            .zip(words.iter())
+            .fold(0, |d, (a, b)| d | (a ^ b))
+            == 0
     }
 
+    /// The key's set: the top bits of a multiplicative hash of its words.
     #[inline]
-    fn slot(&self) -> usize {
+    fn set(&self) -> usize {
         let mut h: u64 = 0x9e37_79b9_7f4a_7c15;
         for w in self.words {
             h = (h ^ w).wrapping_mul(0xff51_afd7_ed55_8ccd);
         }
-        (h >> 56) as usize % FLOW_CACHE_ENTRIES
+        (h >> (64 - FLOW_CACHE_SETS.trailing_zeros())) as usize
     }
 }
 
@@ -216,12 +224,34 @@ pub struct CachedPass {
     pub scan_window: Option<u32>,
 }
 
+/// The part of an entry a lookup compares: the key's words and the policy generation, one
+/// cache line.
 #[derive(Debug, Clone, Copy)]
-struct Entry {
-    key: FlowKey,
+#[repr(C, align(64))]
+struct Line {
+    words: [u64; KEY_WORDS],
+    /// [`EMPTY`] for an entry never written.
     generation: u64,
-    task: Option<TaskIdentity>,
+}
+
+/// The generation of an empty line: the engine's generations count up from 0 and never reach it.
+const EMPTY: u64 = u64::MAX;
+
+/// The rest of an entry, read only when its line matches.
+#[derive(Debug, Clone, Copy)]
+struct Payload {
     pass: CachedPass,
+    /// The acting task the entry was made for, if any.
+    task: Option<TaskRef>,
+}
+
+/// An entry's task: a place in the task table and the version of that place the entry was made
+/// under. Writing another identity to the place makes a new version, so the entry never stands
+/// for the identity that replaced its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TaskRef {
+    index: u16,
+    version: u64,
 }
 
 /// Hits, misses and insertions since the engine was built.
@@ -235,10 +265,23 @@ pub struct FlowCacheStats {
     pub inserts: u64,
 }
 
-/// The cache: direct-mapped entries of flow key, policy generation, task and decision.
+/// The cache: [`FLOW_CACHE_SETS`] sets of [`FLOW_CACHE_WAYS`] entries of flow key, policy
+/// generation, task and decision.
+///
+/// The parts of an entry live apart so that a lookup reads one cache line per way ([`Line`]), a
+/// hit one more for the decision, and only an entry made for an acting task its task identity
+/// (in a table of [`FLOW_CACHE_TASKS`], by the `task_struct` address). A miss inserts into the
+/// way that held the same key for the same task, else an empty or outdated way, else the way of
+/// the set that was used less recently.
 #[derive(Debug, Clone)]
 pub struct FlowCache {
-    entries: [Option<Entry>; FLOW_CACHE_ENTRIES],
+    lines: [Line; FLOW_CACHE_ENTRIES],
+    payloads: [Payload; FLOW_CACHE_ENTRIES],
+    /// Per set, the way used most recently.
+    recent: [u8; FLOW_CACHE_SETS],
+    tasks: [TaskIdentity; FLOW_CACHE_TASKS],
+    /// Per task place, its version: bumped whenever another identity is written there.
+    task_versions: [u64; FLOW_CACHE_TASKS],
     stats: FlowCacheStats,
 }
 
@@ -248,16 +291,87 @@ impl Default for FlowCache {
     }
 }
 
+const NO_PASS: Payload = Payload {
+    pass: CachedPass {
+        sender: Party::Host,
+        sender_id: None,
+        rule: None,
+        scan_window: None,
+    },
+    task: None,
+};
+
+const NO_TASK: TaskIdentity = TaskIdentity {
+    task: 0,
+    context: shoji_shared::ExecContext::Task,
+    pid: None,
+    tgid: None,
+    pid_local: None,
+    tgid_local: None,
+    pgid: None,
+    uid: None,
+    euid: None,
+    uid_local: None,
+    userns_id: None,
+    netns_id: None,
+    pidns_id: None,
+    cgroup_id: None,
+    start_time: None,
+    exe_inode: None,
+    comm: None,
+};
+
+/// The task table place of `task`: a hash of its `task_struct` address.
+#[inline]
+fn task_index(task: &TaskIdentity) -> usize {
+    (task.task.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - FLOW_CACHE_TASKS.trailing_zeros()))
+        as usize
+}
+
 impl FlowCache {
     /// An empty cache.
     pub const fn new() -> Self {
         FlowCache {
-            entries: [None; FLOW_CACHE_ENTRIES],
+            lines: [Line {
+                words: [0; KEY_WORDS],
+                generation: EMPTY,
+            }; FLOW_CACHE_ENTRIES],
+            payloads: [NO_PASS; FLOW_CACHE_ENTRIES],
+            recent: [0; FLOW_CACHE_SETS],
+            tasks: [NO_TASK; FLOW_CACHE_TASKS],
+            task_versions: [0; FLOW_CACHE_TASKS],
             stats: FlowCacheStats {
                 hits: 0,
                 misses: 0,
                 inserts: 0,
             },
+        }
+    }
+
+    /// Whether `entry` refers to exactly `task` (or to no task, when `task` is `None`).
+    #[inline]
+    fn same_task(&self, entry: Option<TaskRef>, task: Option<&TaskIdentity>) -> bool {
+        match (entry, task) {
+            (None, None) => true,
+            (Some(r), Some(t)) => {
+                let i = usize::from(r.index);
+                self.task_versions[i] == r.version && self.tasks[i] == *t
+            }
+            _ => false,
+        }
+    }
+
+    /// A reference to `task` in the task table, writing it there (as a new version of its
+    /// place) unless the place already holds exactly it.
+    fn task_ref(&mut self, task: &TaskIdentity) -> TaskRef {
+        let i = task_index(task);
+        if self.tasks[i] != *task {
+            self.tasks[i] = *task;
+            self.task_versions[i] += 1;
+        }
+        TaskRef {
+            index: i as u16,
+            version: self.task_versions[i],
         }
     }
 
@@ -269,16 +383,22 @@ impl FlowCache {
         generation: u64,
         task: Option<&TaskIdentity>,
     ) -> Option<&CachedPass> {
-        match &self.entries[key.slot()] {
-            Some(e) if e.generation == generation && e.key.same(key) && e.task.as_ref() == task => {
+        let set = key.set();
+        let first = set * FLOW_CACHE_WAYS;
+        for way in 0..FLOW_CACHE_WAYS {
+            let i = first + way;
+            let line = &self.lines[i];
+            if line.generation == generation
+                && key.is(&line.words)
+                && self.same_task(self.payloads[i].task, task)
+            {
                 self.stats.hits += 1;
-                Some(&e.pass)
-            }
-            _ => {
-                self.stats.misses += 1;
-                None
+                self.recent[set] = way as u8;
+                return Some(&self.payloads[i].pass);
             }
         }
+        self.stats.misses += 1;
+        None
     }
 
     /// A hit found stale by the engine's checks after all: count it as a miss.
@@ -295,12 +415,26 @@ impl FlowCache {
         task: Option<&TaskIdentity>,
         pass: CachedPass,
     ) {
-        self.entries[key.slot()] = Some(Entry {
-            key,
+        let set = key.set();
+        let first = set * FLOW_CACHE_WAYS;
+        let ways = first..first + FLOW_CACHE_WAYS;
+        // The same key for the same task (an entry found outdated), else an empty or outdated
+        // way, else the one used less recently.
+        let way = ways
+            .clone()
+            .find(|&i| key.is(&self.lines[i].words) && self.same_task(self.payloads[i].task, task))
+            .or_else(|| {
+                ways.clone()
+                    .find(|&i| self.lines[i].generation != generation)
+            })
+            .unwrap_or(first + (usize::from(self.recent[set]) + 1) % FLOW_CACHE_WAYS);
+        let task = task.map(|t| self.task_ref(t));
+        self.lines[way] = Line {
+            words: key.words,
             generation,
-            task: task.copied(),
-            pass,
-        });
+        };
+        self.payloads[way] = Payload { pass, task };
+        self.recent[set] = (way - first) as u8;
         self.stats.inserts += 1;
     }
 
@@ -441,5 +575,149 @@ mod tests {
                 inserts: 1
             }
         );
+    }
+    fn pass(slot: u16) -> CachedPass {
+        CachedPass {
+            sender: Party::Container(slot),
+            sender_id: Some(ContainerId(u32::from(slot) + 100)),
+            rule: None,
+            scan_window: None,
+        }
+    }
+
+    /// `n` keys (of tagged UDP frames, one VLAN each) that share one set.
+    fn keys_in_one_set(n: usize) -> Vec<FlowKey> {
+        let mut by_set: std::collections::BTreeMap<usize, Vec<FlowKey>> = Default::default();
+        for vlan in 1..4000 {
+            let key = key_of(&udp_frame(Some(vlan), 1, 64, 10)).unwrap();
+            let same = by_set.entry(key.set()).or_default();
+            same.push(key);
+            if same.len() == n {
+                return same.clone();
+            }
+        }
+        panic!("no {n} keys in one set");
+    }
+
+    /// Two task identities (of different tasks) that take the same place in the task table.
+    fn tasks_in_one_place() -> (TaskIdentity, TaskIdentity) {
+        let a = TaskIdentity {
+            task: 0xffff_8880_0100_0000,
+            pid: Some(7),
+            uid: Some(1000),
+            ..NO_TASK
+        };
+        let b = (1..1_000_000u64)
+            .map(|k| TaskIdentity {
+                task: a.task + k * 0x40,
+                pid: Some(8),
+                uid: Some(0),
+                ..NO_TASK
+            })
+            .find(|b| task_index(b) == task_index(&a))
+            .unwrap();
+        (a, b)
+    }
+
+    #[test]
+    fn keys_sharing_a_set_both_stay() {
+        let k = keys_in_one_set(2);
+        let mut c = FlowCache::new();
+        c.insert(k[0], 1, None, pass(0));
+        c.insert(k[1], 1, None, pass(1));
+        assert_eq!(c.lookup(&k[0], 1, None), Some(&pass(0)));
+        assert_eq!(c.lookup(&k[1], 1, None), Some(&pass(1)));
+    }
+
+    #[test]
+    fn a_third_key_replaces_the_one_used_less_recently() {
+        let k = keys_in_one_set(3);
+        let mut c = FlowCache::new();
+        c.insert(k[0], 1, None, pass(0));
+        c.insert(k[1], 1, None, pass(1));
+        assert!(c.lookup(&k[0], 1, None).is_some());
+        c.insert(k[2], 1, None, pass(2));
+        assert_eq!(
+            c.lookup(&k[1], 1, None),
+            None,
+            "the less recently used way goes"
+        );
+        assert_eq!(c.lookup(&k[2], 1, None), Some(&pass(2)));
+        assert_eq!(c.lookup(&k[0], 1, None), Some(&pass(0)));
+        // Now k[0] was used last: the next new key replaces k[2].
+        c.insert(k[1], 1, None, pass(1));
+        assert_eq!(c.lookup(&k[2], 1, None), None);
+        assert_eq!(c.lookup(&k[0], 1, None), Some(&pass(0)));
+    }
+
+    #[test]
+    fn an_outdated_or_empty_way_goes_before_a_current_one() {
+        let k = keys_in_one_set(3);
+        let mut c = FlowCache::new();
+        c.insert(k[0], 1, None, pass(0));
+        // The set's other way is empty: k[1] takes it although k[0] was used last.
+        c.insert(k[1], 2, None, pass(1));
+        assert!(c.lookup(&k[1], 2, None).is_some());
+        // k[0]'s entry is from generation 1: k[2] replaces it, not k[1]'s current one, even
+        // though k[1] was used last.
+        c.insert(k[2], 2, None, pass(2));
+        assert_eq!(c.lookup(&k[1], 2, None), Some(&pass(1)));
+        assert_eq!(c.lookup(&k[2], 2, None), Some(&pass(2)));
+    }
+
+    #[test]
+    fn a_key_made_again_replaces_its_own_entry() {
+        let k = keys_in_one_set(2);
+        let mut c = FlowCache::new();
+        c.insert(k[1], 1, None, pass(1));
+        c.insert(k[0], 1, None, pass(0));
+        // k[0] again in a new generation: its own way, not k[1]'s outdated one (which would
+        // leave two entries for k[0] and lose k[1]).
+        c.insert(k[0], 2, None, pass(5));
+        assert_eq!(c.lookup(&k[1], 1, None), Some(&pass(1)));
+        assert_eq!(c.lookup(&k[0], 2, None), Some(&pass(5)));
+        assert_eq!(c.lookup(&k[0], 1, None), None);
+    }
+
+    #[test]
+    fn one_key_for_two_tasks_keeps_two_entries() {
+        let k = keys_in_one_set(1)[0];
+        let (a, _) = tasks_in_one_place();
+        let mut c = FlowCache::new();
+        c.insert(k, 1, Some(&a), pass(1));
+        c.insert(k, 1, None, pass(2));
+        assert_eq!(c.lookup(&k, 1, Some(&a)), Some(&pass(1)));
+        assert_eq!(c.lookup(&k, 1, None), Some(&pass(2)));
+    }
+
+    #[test]
+    fn an_entry_never_answers_for_the_task_that_took_its_tasks_place() {
+        let k = keys_in_one_set(2);
+        let (a, b) = tasks_in_one_place();
+        let mut c = FlowCache::new();
+        c.insert(k[0], 1, Some(&a), pass(1));
+        assert_eq!(c.lookup(&k[0], 1, Some(&a)), Some(&pass(1)));
+        // b's entry takes a's place in the task table.
+        c.insert(k[1], 1, Some(&b), pass(2));
+        assert_eq!(c.lookup(&k[1], 1, Some(&b)), Some(&pass(2)));
+        assert_eq!(
+            c.lookup(&k[0], 1, Some(&b)),
+            None,
+            "made for a, asked for b"
+        );
+        assert_eq!(
+            c.lookup(&k[0], 1, Some(&a)),
+            None,
+            "a is no longer in the table"
+        );
+        // a back in its place: its new entry hits, b's old one does not answer for a or b.
+        c.insert(k[0], 1, Some(&a), pass(3));
+        assert_eq!(c.lookup(&k[0], 1, Some(&a)), Some(&pass(3)));
+        assert_eq!(c.lookup(&k[1], 1, Some(&a)), None);
+        assert_eq!(c.lookup(&k[1], 1, Some(&b)), None);
+        // The same identity written again keeps its version: entries made for it stay.
+        c.insert(k[1], 1, Some(&a), pass(4));
+        assert_eq!(c.lookup(&k[0], 1, Some(&a)), Some(&pass(3)));
+        assert_eq!(c.lookup(&k[1], 1, Some(&a)), Some(&pass(4)));
     }
 }

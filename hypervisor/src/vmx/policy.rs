@@ -70,9 +70,11 @@ const SLOTS_BYTES: usize = (CONTAINER_SLOTS * size_of::<ContainerSlot>()).next_m
 /// Pages for the slots and the engine.
 const STORAGE_PAGES: u64 = (SLOTS_BYTES + size_of::<Engine<'static>>()).div_ceil(4096) as u64;
 
-/// Pages of the stack the engine is built on: `Engine::new` returns a value of a few hundred KiB,
-/// more than a host stack holds, so it runs once on a stack of its own.
-const BUILD_STACK_PAGES: u64 = 256;
+/// Pages of the stack the engine is built on: `Engine::new` returns a value of about half a MiB,
+/// more than a host stack holds, so it runs once on a stack of its own, with room for three
+/// copies of the value (the compiler may build parts of it, then the whole, before the write)
+/// and 256 KiB for the calls.
+const BUILD_STACK_PAGES: u64 = (3 * size_of::<Engine<'static>>()).div_ceil(4096) as u64 + 64;
 
 /// Take the engine's pages and its build stack from Shoji's reserved region (bootstrap
 /// processor, once, at boot).

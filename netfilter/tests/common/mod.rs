@@ -63,13 +63,14 @@ pub fn spec_b() -> ContainerSpec {
     s
 }
 
-/// An engine with containers A and B registered (allow-all defaults).
-pub fn engine_ab(slots: &mut [ContainerSlot]) -> Engine<'_> {
+/// An engine with containers A and B registered (allow-all defaults). Boxed: an engine is about
+/// half a MiB, and a test compares two of them on one thread's stack.
+pub fn engine_ab(slots: &mut [ContainerSlot]) -> Box<Engine<'_>> {
     engine_ab_with(slots, EngineConfig::default())
 }
 
-pub fn engine_ab_with(slots: &mut [ContainerSlot], config: EngineConfig) -> Engine<'_> {
-    let mut e = Engine::new(slots, config);
+pub fn engine_ab_with(slots: &mut [ContainerSlot], config: EngineConfig) -> Box<Engine<'_>> {
+    let mut e = Box::new(Engine::new(slots, config));
     e.register(spec_a()).unwrap();
     e.register(spec_b()).unwrap();
     e
