@@ -342,10 +342,14 @@ impl<N: NicRegisters, D: DmaRegion> FrameSink for Sink<'_, N, D> {
     }
 
     fn to_guest(&mut self, frame: &[u8]) {
+        self.to_guest_joined([frame, &[], &[]]);
+    }
+
+    fn to_guest_joined(&mut self, parts: [&[u8]; 3]) {
         if self.dir == Direction::Tx {
             self.core.ctr.hairpin_frames += 1;
         }
-        self.core.send_guest(self.guest, self.mem, frame);
+        self.core.send_guest(self.guest, self.mem, parts);
     }
 }
 
@@ -546,7 +550,7 @@ impl<N: NicRegisters, D: DmaRegion> Core<N, D> {
         if q.is_empty() && self.post_real(frame) {
             return;
         }
-        if !q.push_joined(frame.head, frame.tail) {
+        if !q.push_joined(&[frame.head, frame.tail]) {
             self.ctr.drop(Direction::Tx, DropReason::NoBuffer);
         }
     }
@@ -567,7 +571,7 @@ impl<N: NicRegisters, D: DmaRegion> Core<N, D> {
         &mut self,
         q: &mut FrameQueue,
         mem: &mut dyn GuestMemory,
-        frame: &[u8],
+        frame: [&[u8]; 3],
     ) {
         if q.is_empty() {
             match rx::deliver(self, mem, frame) {
@@ -579,7 +583,7 @@ impl<N: NicRegisters, D: DmaRegion> Core<N, D> {
                 Err(rx::Deliver::Full) => {}
             }
         }
-        if !q.push(frame) {
+        if !q.push_joined(&frame) {
             self.ctr.drop(Direction::Rx, DropReason::NoBuffer);
         }
     }
@@ -587,7 +591,7 @@ impl<N: NicRegisters, D: DmaRegion> Core<N, D> {
     /// Retry queued guest frames; true when the queue is empty.
     pub(crate) fn flush_guest(&mut self, q: &mut FrameQueue, mem: &mut dyn GuestMemory) -> bool {
         while let Some(f) = q.front() {
-            match rx::deliver(self, mem, f) {
+            match rx::deliver(self, mem, [f, &[], &[]]) {
                 Ok(()) => {}
                 Err(rx::Deliver::Drop(r)) => self.ctr.drop(Direction::Rx, r),
                 Err(rx::Deliver::Full) => return false,

@@ -34,20 +34,18 @@ impl FrameQueue {
         self.count
     }
 
-    /// Append a copy of `frame`; false when full or the frame is too large.
-    pub fn push(&mut self, frame: &[u8]) -> bool {
-        self.push_joined(frame, &[])
-    }
-
-    /// Append `head` followed by `tail` as one frame; false when full or the frame is too large.
-    pub fn push_joined(&mut self, head: &[u8], tail: &[u8]) -> bool {
-        let len = head.len() + tail.len();
+    /// Append `parts` laid end to end as one frame; false when full or the frame is too large.
+    pub fn push_joined(&mut self, parts: &[&[u8]]) -> bool {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
         if self.count == QUEUE_SLOTS || len > MAX_WIRE_FRAME {
             return false;
         }
         let i = (self.head + self.count) % QUEUE_SLOTS;
-        self.buf[i][..head.len()].copy_from_slice(head);
-        self.buf[i][head.len()..len].copy_from_slice(tail);
+        let mut at = 0;
+        for p in parts {
+            self.buf[i][at..at + p.len()].copy_from_slice(p);
+            at += p.len();
+        }
         self.len[i] = len;
         self.count += 1;
         true

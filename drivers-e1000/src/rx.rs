@@ -67,48 +67,68 @@ fn write_stream(
     Ok(())
 }
 
-/// Write one frame into the guest's RX ring.
+/// The bytes `start..end` of the frame made of `parts` laid end to end, as the pieces of each
+/// part that fall in that range.
+fn range_of<'a>(parts: &[&'a [u8]; 3], start: usize, end: usize) -> [&'a [u8]; 3] {
+    let mut at = 0;
+    parts.map(|p| {
+        let (s, e) = (start.clamp(at, at + p.len()), end.clamp(at, at + p.len()));
+        let piece = &p[s - at..e.max(s) - at];
+        at += p.len();
+        piece
+    })
+}
+
+/// Byte `i` of the frame made of `parts` (0 beyond its end).
+fn byte_of(parts: &[&[u8]; 3], i: usize) -> u8 {
+    range_of(parts, i, i + 1)
+        .iter()
+        .find_map(|p| p.first().copied())
+        .unwrap_or(0)
+}
+
+/// Write one frame, given as up to three pieces laid end to end, into the guest's RX ring.
 pub(crate) fn deliver<N: NicRegisters, D: DmaRegion>(
     core: &mut Core<N, D>,
     mem: &mut dyn GuestMemory,
-    frame: &[u8],
+    frame: [&[u8]; 3],
 ) -> Result<(), Deliver> {
     let (base, n, free, bsize) = guest_ring(&core.g).map_err(Deliver::Drop)?;
     let g = &core.g;
     let rctl = g.rctl();
-    if frame.is_empty() {
+    let len: usize = frame.iter().map(|p| p.len()).sum();
+    if len == 0 {
         return Err(Deliver::Drop(DropReason::Truncated));
     }
-    if frame.len() > MAX_WIRE_FRAME
-        || (!rctl.contains(Rctl::LPE) && frame.len() + 4 > MAX_STD_FRAME)
-    {
+    if len > MAX_WIRE_FRAME || (!rctl.contains(Rctl::LPE) && len + 4 > MAX_STD_FRAME) {
         return Err(Deliver::Drop(DropReason::Oversize));
     }
     // VLAN stripping (guest CTRL.VME) with the guest's VET.
-    let tag = if g.vme()
-        && frame.len() >= 18
-        && u32::from(u16::from_be_bytes([frame[12], frame[13]])) == g.vet & 0xffff
-    {
-        Some(u16::from_be_bytes([frame[14], frame[15]]))
+    let be16 = |at: usize| u16::from_be_bytes([byte_of(&frame, at), byte_of(&frame, at + 1)]);
+    let tag = if g.vme() && len >= 18 && u32::from(be16(12)) == g.vet & 0xffff {
+        Some(be16(14))
     } else {
         None
     };
-    let (a, b): (&[u8], &[u8]) = match tag {
-        Some(_) => (&frame[..12], &frame[16..]),
-        None => (frame, &[]),
+    // The bytes the guest gets: the whole frame, or the frame without its tag.
+    let (a, b) = match tag {
+        Some(_) => (range_of(&frame, 0, 12), range_of(&frame, 16, len)),
+        None => (frame, [&[][..]; 3]),
     };
-    let body = a.len() + b.len();
+    let [a0, a1, a2] = a;
+    let [b0, b1, b2] = b;
+    let body = len - if tag.is_some() { 4 } else { 0 };
     let pad = &ZEROS[..MIN_FRAME.saturating_sub(body)];
     let fcs = if rctl.contains(Rctl::SECRC) {
         None
     } else {
-        Some(crc32(&[a, b, pad]).to_le_bytes())
+        Some(crc32(&[a0, a1, a2, b0, b1, b2, pad]).to_le_bytes())
     };
     let fcs_bytes: &[u8] = match &fcs {
         Some(f) => f,
         None => &[],
     };
-    let parts = [a, b, pad, fcs_bytes];
+    let parts = [a0, a1, a2, b0, b1, b2, pad, fcs_bytes];
     let total = body + pad.len() + fcs_bytes.len();
     let need = total.div_ceil(bsize);
     if need > free as usize {

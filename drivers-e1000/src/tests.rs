@@ -2,6 +2,7 @@
 
 use crate::desc::{cmd, popts, rx_sta, tucmd, RxWriteBack};
 use crate::engine::{Buffers, Config, Env, E1000};
+use crate::offload::crc32;
 use crate::regs::{self, Ctrl, Int, Rctl, Tctl};
 use crate::sim::{GuestRam, SimDma, SimNic};
 use shoji_shared::{
@@ -29,6 +30,10 @@ pub(crate) enum Mode {
     Hairpin,
     /// TX frames go to the wire twice without their 802.1Q tag, as joined pieces.
     UntagTwice,
+    /// RX frames go to the guest in three pieces, cut at bytes 5 and 13.
+    SplitRx,
+    /// RX frames go to the guest with this 802.1Q VLAN id inserted, as joined pieces.
+    TagRx(u16),
 }
 
 /// What the filter saw: direction, descriptor VLAN, task pid, frame.
@@ -59,6 +64,13 @@ impl FrameFilter for Recorder {
                 if self.mode == Mode::Hairpin {
                     out.to_guest(frame);
                 }
+            }
+            (Mode::SplitRx, Direction::Rx) => {
+                out.to_guest_joined([&frame[..5], &frame[5..13], &frame[13..]]);
+            }
+            (Mode::TagRx(vid), Direction::Rx) => {
+                let [v0, v1] = vid.to_be_bytes();
+                out.to_guest_joined([&frame[..12], &[0x81, 0x00, v0, v1], &frame[12..]]);
             }
             (_, Direction::Rx) => out.to_guest(frame),
         }
@@ -1175,6 +1187,102 @@ fn rx_vlan_stripping_follows_guest_vme() {
     assert_ne!(got[0].1 & rx_sta::VP, 0);
     assert_eq!(got[0].2, 0x2a);
     assert_eq!(r.f.seen.last().unwrap().3, tagged, "the filter saw the tag");
+    r.no_violations();
+}
+
+/// `inner` with an 802.1Q tag of VLAN `vid` after its MAC addresses.
+fn with_tag(inner: &[u8], vid: u16) -> Vec<u8> {
+    let mut tagged = inner[..12].to_vec();
+    tagged.extend_from_slice(&[0x81, 0x00, (vid >> 8) as u8, vid as u8]);
+    tagged.extend_from_slice(&inner[12..]);
+    tagged
+}
+
+#[test]
+fn rx_frame_in_pieces_reaches_the_guest_whole() {
+    // Without SECRC the guest keeps the FCS: it must cover the joined bytes.
+    let mut r = Rig::new(32, 32);
+    r.f.mode = Mode::SplitRx;
+    r.up(8, 8, 0);
+    let inner = eth(0x0800, &pattern(100, 7));
+    let tagged = with_tag(&inner, 0x2a);
+    r.nic.inject(&tagged);
+    r.poll();
+    let got = r.rx();
+    let mut want = tagged.clone();
+    want.extend_from_slice(&crc32(&[&tagged]).to_le_bytes());
+    assert_eq!(
+        got[0].0, want,
+        "VME clear: the pieces in order, FCS over all of them"
+    );
+    assert_eq!(got[0].1 & rx_sta::VP, 0);
+    // VME set: the tag (bytes 12..16, across the cut at 13) is stripped, the FCS covers what
+    // the guest gets.
+    let ctrl = r.r(regs::CTRL);
+    r.w(regs::CTRL, ctrl | Ctrl::VME.bits());
+    r.nic.inject(&tagged);
+    r.poll();
+    let got = r.rx();
+    let mut want = inner.clone();
+    want.extend_from_slice(&crc32(&[&inner]).to_le_bytes());
+    assert_eq!(got[0].0, want);
+    assert_ne!(got[0].1 & rx_sta::VP, 0);
+    assert_eq!(got[0].2, 0x2a);
+    r.no_violations();
+}
+
+#[test]
+fn rx_tag_added_by_the_filter_is_seen_or_stripped_by_the_guest() {
+    let mut r = Rig::new(32, 32);
+    r.f.mode = Mode::TagRx(0x123);
+    r.up(8, 8, Rctl::SECRC.bits());
+    let inner = eth(0x0800, &pattern(64, 3));
+    r.nic.inject(&inner);
+    r.poll();
+    let got = r.rx();
+    assert_eq!(
+        got[0].0,
+        with_tag(&inner, 0x123),
+        "VME clear: the tag in the frame"
+    );
+    let ctrl = r.r(regs::CTRL);
+    r.w(regs::CTRL, ctrl | Ctrl::VME.bits());
+    r.nic.inject(&inner);
+    r.poll();
+    let got = r.rx();
+    assert_eq!(got[0].0, inner, "VME set: stripped again");
+    assert_ne!(got[0].1 & rx_sta::VP, 0);
+    assert_eq!(got[0].2, 0x123);
+    // A frame shorter than the minimum once untagged is padded to 60 bytes.
+    let short = eth(0x0800, &pattern(10, 4));
+    r.nic.inject(&short);
+    r.poll();
+    let got = r.rx();
+    let mut want = short.clone();
+    want.resize(60, 0);
+    assert_eq!(got[0].0, want);
+    r.no_violations();
+}
+
+#[test]
+fn rx_joined_frames_queued_behind_a_full_guest_ring_arrive_whole() {
+    let mut r = Rig::new(32, 16);
+    r.f.mode = Mode::TagRx(7);
+    r.up(8, 8, Rctl::SECRC.bits());
+    let frames: Vec<Vec<u8>> = (0..12).map(|i| eth(0x0800, &pattern(300, i))).collect();
+    for f in &frames {
+        r.nic.inject(f);
+    }
+    r.poll();
+    assert!(r.e.counters().rx_stalls > 0, "the guest ring filled up");
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        got.extend(r.rx().into_iter().map(|x| x.0));
+        r.poll();
+    }
+    let want: Vec<Vec<u8>> = frames.iter().map(|f| with_tag(f, 7)).collect();
+    assert_eq!(got, want);
+    assert_eq!(r.e.counters().rx.dropped_total(), 0);
     r.no_violations();
 }
 

@@ -27,6 +27,9 @@ impl FrameSink for NullSink {
     fn to_guest(&mut self, frame: &[u8]) {
         black_box(frame);
     }
+    fn to_guest_joined(&mut self, parts: [&[u8]; 3]) {
+        black_box(parts);
+    }
 }
 
 const GW_MAC: MacAddr = [2, 0, 0, 0, 0xff, 0xfe];

@@ -18,7 +18,7 @@ use crate::flow_cache::{self, CachedPass, FlowCache, FlowCacheStats, FlowKey};
 use crate::fragments::{DatagramDecision, DatagramKey, FragmentTable, LaterFragment};
 use crate::parse::{
     is_group_mac, parse_frame, Network, ParsedFrame, Transport, ETHERTYPE_VLAN, ETH_HEADER_LEN,
-    FRAME_BUFFER_LEN, MAX_FRAME, VLAN_TAG_LEN,
+    MAX_FRAME, VLAN_TAG_LEN,
 };
 use crate::registry::{ContainerSlot, ContainerSpec, Registry, RegistryError};
 use crate::rules::{Action, Flow, ProtocolClass, RuleError, RuleOutcome, RuleSet, Side};
@@ -87,7 +87,6 @@ pub struct Engine<'s> {
     /// entries of an older policy no longer match.
     generation: u64,
     flow_cache: FlowCache,
-    buf: [u8; FRAME_BUFFER_LEN],
 }
 
 /// Where one copy of a frame goes.
@@ -98,32 +97,28 @@ enum Target {
     Container(u16),
 }
 
-/// Build the outgoing frame in `buf`: the original without its in-frame tag, with `tag` added.
-/// `ethertype_offset` is where the frame's network EtherType sits (12, or 16 behind a tag).
-fn rewrite<'a, 'b>(
-    buf: &'b mut [u8; FRAME_BUFFER_LEN],
-    frame: &'a [u8],
+/// Send `frame` into the guest with `tag` as its only 802.1Q tag (or untagged when `tag` is
+/// `None`): the bytes before and after its own tag (`ethertype_offset` is 12, or 16 behind a tag)
+/// and the new tag go to the sink in pieces, which it joins while it copies the frame anyway.
+fn to_guest_tagged(
+    out: &mut dyn FrameSink,
+    frame: &[u8],
     ethertype_offset: usize,
     tag: Option<u16>,
-) -> &'b [u8]
-where
-    'a: 'b,
-{
-    // Nothing to change: hand the original bytes on without copying.
-    if tag.is_none() && ethertype_offset == 12 {
-        return frame;
+) {
+    let (Some(head), Some(rest)) = (frame.get(..12), frame.get(ethertype_offset..)) else {
+        return out.to_guest(frame);
+    };
+    match tag {
+        // Nothing to change: the original bytes, in one piece.
+        None if ethertype_offset == 12 => out.to_guest(frame),
+        None => out.to_guest_joined([head, &[], rest]),
+        Some(vid) => {
+            let [t0, t1] = ETHERTYPE_VLAN.to_be_bytes();
+            let [v0, v1] = (vid & 0x0fff).to_be_bytes();
+            out.to_guest_joined([head, &[t0, t1, v0, v1], rest]);
+        }
     }
-    let rest = &frame[ethertype_offset..];
-    buf[..12].copy_from_slice(&frame[..12]);
-    let mut at = 12;
-    if let Some(vid) = tag {
-        buf[12..14].copy_from_slice(&ETHERTYPE_VLAN.to_be_bytes());
-        buf[14..16].copy_from_slice(&(vid & 0x0fff).to_be_bytes());
-        at = 16;
-    }
-    let end = at + rest.len();
-    buf[at..end].copy_from_slice(rest);
-    &buf[..end]
 }
 
 /// Send `frame` to the wire without its in-frame tag (`ethertype_offset` is 12, or 16 behind a
@@ -176,7 +171,6 @@ impl<'s> Engine<'s> {
             drops_until_sample,
             generation: 0,
             flow_cache: FlowCache::new(),
-            buf: [0; FRAME_BUFFER_LEN],
         }
     }
 
@@ -877,7 +871,7 @@ impl<'s> Engine<'s> {
             }
         }
         self.party_counters(Some(party)).count_rx(frame.len());
-        out.to_guest(rewrite(&mut self.buf, frame, parsed.ethertype_offset, tag));
+        to_guest_tagged(out, frame, parsed.ethertype_offset, tag);
         Ok(())
     }
 

@@ -13,6 +13,7 @@
 //!     fn to_wire(&mut self, _frame: &[u8]) {}
 //!     fn to_wire_joined(&mut self, _head: &[u8], _tail: &[u8]) {}
 //!     fn to_guest(&mut self, _frame: &[u8]) {}
+//!     fn to_guest_joined(&mut self, _parts: [&[u8]; 3]) {}
 //! }
 //!
 //! let mut slots = [ContainerSlot::EMPTY, ContainerSlot::EMPTY];

@@ -137,6 +137,11 @@ pub trait FrameSink {
     fn to_wire_joined(&mut self, head: &[u8], tail: &[u8]);
     /// Queue `frame` for delivery into the guest's receive ring.
     fn to_guest(&mut self, frame: &[u8]);
+    /// Queue for the guest the frame made of `parts` laid end to end: a frame rewritten without
+    /// copying it first (a frame given an 802.1Q tag is its first 12 bytes, the tag, then the
+    /// bytes after any tag it had). The sink joins the pieces while it copies the frame into
+    /// the guest's buffers anyway.
+    fn to_guest_joined(&mut self, parts: [&[u8]; 3]);
 }
 
 /// The policy hook: called by the NIC driver for every frame, in both directions.

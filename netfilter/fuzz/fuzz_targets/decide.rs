@@ -26,6 +26,9 @@ impl FrameSink for Counting {
         assert!(frame.len() <= shoji_netfilter::parse::FRAME_BUFFER_LEN);
         self.0 += 1;
     }
+    fn to_guest_joined(&mut self, parts: [&[u8]; 3]) {
+        self.to_guest(&parts.concat());
+    }
 }
 
 fn container(n: u8) -> ContainerSpec {

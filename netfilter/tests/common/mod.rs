@@ -43,6 +43,9 @@ impl FrameSink for Sink {
     fn to_guest(&mut self, frame: &[u8]) {
         self.guest.push(frame.to_vec());
     }
+    fn to_guest_joined(&mut self, parts: [&[u8]; 3]) {
+        self.guest.push(parts.concat());
+    }
 }
 
 pub fn slots(n: usize) -> Vec<ContainerSlot> {
