@@ -364,8 +364,7 @@ fn start_hypervisor(cfg: &Config, p: &Placement) -> Result<usize, HvError> {
         [r.eax, r.ebx, r.ecx, r.edx]
     });
     if let Some(mp) = &mp {
-        let mut index = 1u64;
-        for proc_no in (0..cpus).filter(|n| *n != bsp) {
+        for (index, proc_no) in (1u64..).zip((0..cpus).filter(|n| *n != bsp)) {
             let mut call = ApCall {
                 entry,
                 host_cr3,
@@ -409,7 +408,6 @@ fn start_hypervisor(cfg: &Config, p: &Placement) -> Result<usize, HvError> {
             } else {
                 all_ok &= report_signature(index as usize, call.signature);
             }
-            index += 1;
         }
     }
     if !all_ok {

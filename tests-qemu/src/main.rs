@@ -650,6 +650,25 @@ fn test_all(flavour: Flavour, opts: &E2eOpts) -> Result<bool> {
             ),
             min(30),
         ),
+        // The firmware-side code (`cfg(target_os = "uefi")`) that the host build leaves out.
+        step(
+            "cargo clippy shoji.efi (x86_64-unknown-uefi) -D warnings",
+            &mut cmd(
+                &cargo,
+                [
+                    "clippy",
+                    "--release",
+                    "-p",
+                    "shoji-boot",
+                    "--target",
+                    "x86_64-unknown-uefi",
+                    "--",
+                    "-D",
+                    "warnings",
+                ],
+            ),
+            min(30),
+        ),
         step(
             "cargo test --workspace",
             &mut cmd(&cargo, ["test", "--workspace"]),
