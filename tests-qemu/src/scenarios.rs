@@ -1486,7 +1486,9 @@ fn nic_per_call(hv: &str) -> Vec<Option<(DirCount, DirCount)>> {
 /// Shoji's NIC counters over a stretch of the guest's traffic, against the guest driver's own
 /// counters over the same stretch (read just before the LogCounters call that closes it):
 /// TX over the two UDP floods (every frame the driver sent, Shoji saw), RX over the peer's
-/// flood (every frame the driver received, Shoji delivered). Fails for a Shoji that counts
+/// flood (every frame the driver received, Shoji delivered; the guest closes that window once
+/// nothing has arrived for 2 s, as the peer's flood stops only when the harness sees the
+/// guest's RX-FLOOD-DONE line). Fails for a Shoji that counts
 /// frames it never handled, misses or double-counts them, or logs no counters.
 fn counters_match_the_guest(rep: &mut Report, console: &str, hv: &str) {
     let calls = nic_per_call(hv);
