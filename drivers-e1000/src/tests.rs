@@ -1382,6 +1382,95 @@ fn hairpin_relays_tx_into_guest_rx() {
     assert_eq!(r.e.counters().hairpin_frames, 1);
 }
 
+#[test]
+fn hairpin_frames_wait_for_a_full_guest_ring_in_order_and_overflow_is_counted() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, Rctl::SECRC.bits());
+    r.f.mode = Mode::Hairpin;
+    // The guest's 8-descriptor ring takes 7 frames; the guest does not clean them yet.
+    let first: Vec<Vec<u8>> = (0..7).map(|i| eth(0x0800, &pattern(80, i))).collect();
+    for f in &first {
+        r.nic.inject(f);
+    }
+    r.poll();
+    // Three relayed frames find the ring full: they wait in Shoji's guest queue.
+    let relayed: Vec<Vec<u8>> = (10..13).map(|i| eth(0x0800, &pattern(90, i))).collect();
+    for f in &relayed {
+        r.send_frame(f);
+    }
+    // A frame from the wire behind them must not overtake them.
+    let later = eth(0x0800, &pattern(70, 20));
+    r.nic.inject(&later);
+    r.poll();
+    let mut got: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..4 {
+        got.extend(r.rx().into_iter().map(|x| x.0));
+        r.poll();
+    }
+    let want: Vec<Vec<u8>> = first
+        .iter()
+        .chain(&relayed)
+        .chain([&later])
+        .cloned()
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(r.e.counters().rx.dropped_total(), 0);
+    // Six relayed frames behind a full ring: the queue holds four, two are dropped as NoBuffer.
+    for i in 0..7 {
+        r.nic.inject(&eth(0x0800, &pattern(80, 30 + i)));
+    }
+    r.poll();
+    let more: Vec<Vec<u8>> = (40..46).map(|i| eth(0x0800, &pattern(90, i))).collect();
+    for f in &more {
+        r.send_frame(f);
+    }
+    assert_eq!(r.e.counters().rx.dropped(DropReason::NoBuffer), 2);
+    let mut got: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..4 {
+        got.extend(r.rx().into_iter().map(|x| x.0));
+        r.poll();
+    }
+    assert_eq!(got.len(), 7 + 4);
+    assert_eq!(got[7..], more[..4]);
+    r.no_violations();
+}
+
+#[test]
+fn rx_frame_size_limits_for_the_guest_are_exact() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, Rctl::SECRC.bits() | Rctl::BSEX.bits() | (1 << 16)); // 16 KiB buffers
+    r.rx_bsize = 16384;
+    // Without LPE: 1518 bytes (1522 with the FCS) arrive, 1519 do not.
+    let fits = eth(0x0800, &pattern(1518 - 14, 1));
+    let over = eth(0x0800, &pattern(1519 - 14, 2));
+    r.nic.inject(&fits);
+    r.nic.inject(&over);
+    r.poll();
+    let got = r.rx();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, fits);
+    assert_eq!(r.e.counters().rx.dropped(DropReason::Oversize), 1);
+    // With LPE: a tag added by the filter may take a frame to the largest the guest takes
+    // (MAX_WIRE_FRAME), not beyond.
+    r.w(
+        regs::RCTL,
+        Rctl::EN.bits() | Rctl::SECRC.bits() | Rctl::LPE.bits() | Rctl::BSEX.bits() | (1 << 16),
+    );
+    r.f.mode = Mode::TagRx(5);
+    let largest = eth(0x0800, &pattern(crate::engine::MAX_WIRE_FRAME - 4 - 14, 3));
+    r.nic.inject(&largest);
+    r.poll();
+    let got = r.rx();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0.len(), crate::engine::MAX_WIRE_FRAME);
+    let beyond = eth(0x0800, &pattern(crate::engine::MAX_WIRE_FRAME - 3 - 14, 4));
+    r.nic.inject(&beyond);
+    r.poll();
+    assert!(r.rx().is_empty());
+    assert_eq!(r.e.counters().rx.dropped(DropReason::Oversize), 2);
+    r.no_violations();
+}
+
 // ---- registers, interrupts, reset ------------------------------------------------------------
 
 #[test]

@@ -417,24 +417,25 @@ impl FlowCache {
     ) {
         let set = key.set();
         let first = set * FLOW_CACHE_WAYS;
-        let ways = first..first + FLOW_CACHE_WAYS;
         // The same key for the same task (an entry found outdated), else an empty or outdated
         // way, else the one used less recently.
-        let way = ways
-            .clone()
-            .find(|&i| key.is(&self.lines[i].words) && self.same_task(self.payloads[i].task, task))
-            .or_else(|| {
-                ways.clone()
-                    .find(|&i| self.lines[i].generation != generation)
+        let way = (0..FLOW_CACHE_WAYS)
+            .find(|&w| {
+                let i = first + w;
+                key.is(&self.lines[i].words) && self.same_task(self.payloads[i].task, task)
             })
-            .unwrap_or(first + (usize::from(self.recent[set]) + 1) % FLOW_CACHE_WAYS);
+            .or_else(|| {
+                (0..FLOW_CACHE_WAYS).find(|&w| self.lines[first + w].generation != generation)
+            })
+            .unwrap_or((usize::from(self.recent[set]) + 1) % FLOW_CACHE_WAYS);
         let task = task.map(|t| self.task_ref(t));
-        self.lines[way] = Line {
+        let i = first + way;
+        self.lines[i] = Line {
             words: key.words,
             generation,
         };
-        self.payloads[way] = Payload { pass, task };
-        self.recent[set] = (way - first) as u8;
+        self.payloads[i] = Payload { pass, task };
+        self.recent[set] = way as u8;
         self.stats.inserts += 1;
     }
 
@@ -719,5 +720,90 @@ mod tests {
         c.insert(k[1], 1, Some(&a), pass(4));
         assert_eq!(c.lookup(&k[0], 1, Some(&a)), Some(&pass(3)));
         assert_eq!(c.lookup(&k[1], 1, Some(&a)), Some(&pass(4)));
+    }
+    #[test]
+    fn keys_differ_in_any_word() {
+        let a = key_of(&udp_frame(Some(101), 1, 64, 10)).unwrap();
+        // Two words changed by the same bits: a comparison that let the differences cancel
+        // would call these the same key.
+        let mut b = a;
+        b.words[2] ^= 0x0101;
+        b.words[3] ^= 0x0101;
+        assert!(!a.is(&b.words));
+        assert!(a.is(&a.words));
+        for w in 0..KEY_WORDS {
+            let mut c = a;
+            c.words[w] ^= 1 << 40;
+            assert!(!a.is(&c.words), "word {w}");
+        }
+    }
+
+    #[test]
+    fn flows_in_different_sets_all_stay() {
+        // 600 keys, each the only one of its set: every one is still there after all went in.
+        let mut keys: std::collections::BTreeMap<usize, FlowKey> = Default::default();
+        for vlan in 1..4000 {
+            let key = key_of(&udp_frame(Some(vlan), 1, 64, 10)).unwrap();
+            keys.entry(key.set()).or_insert(key);
+            if keys.len() == 600 {
+                break;
+            }
+        }
+        assert_eq!(keys.len(), 600);
+        let mut c = FlowCache::new();
+        for (n, key) in keys.values().enumerate() {
+            c.insert(*key, 1, None, pass(n as u16));
+        }
+        for (n, key) in keys.values().enumerate() {
+            assert_eq!(c.lookup(key, 1, None), Some(&pass(n as u16)), "key {n}");
+        }
+    }
+
+    #[test]
+    fn entries_for_tasks_in_different_places_all_stay() {
+        // 16 tasks, each alone in its place of the task table, one entry each for one key.
+        let key = keys_in_one_set(1)[0];
+        let mut tasks: std::collections::BTreeMap<usize, TaskIdentity> = Default::default();
+        for k in 0..10_000u64 {
+            let t = TaskIdentity {
+                task: 0xffff_8880_0200_0000 + k * 0x2c40,
+                pid: Some(100 + k as u32),
+                ..NO_TASK
+            };
+            tasks.entry(task_index(&t)).or_insert(t);
+            if tasks.len() == 16 {
+                break;
+            }
+        }
+        let keys: Vec<FlowKey> = (1..4000)
+            .map(|vlan| key_of(&udp_frame(Some(vlan), 1, 64, 10)).unwrap())
+            .filter(|k| k.set() != key.set())
+            .take(16)
+            .collect();
+        let mut c = FlowCache::new();
+        for (n, (t, k)) in tasks.values().zip(&keys).enumerate() {
+            c.insert(*k, 1, Some(t), pass(n as u16));
+        }
+        for (n, (t, k)) in tasks.values().zip(&keys).enumerate() {
+            assert_eq!(c.lookup(k, 1, Some(t)), Some(&pass(n as u16)), "task {n}");
+        }
+    }
+
+    #[test]
+    fn a_new_entry_counts_as_the_most_recently_used() {
+        let k = keys_in_one_set(4);
+        assert_ne!(k[0].set(), 0, "a set other than the first");
+        let mut c = FlowCache::new();
+        c.insert(k[0], 1, None, pass(0));
+        c.insert(k[1], 1, None, pass(1));
+        assert!(c.lookup(&k[1], 1, None).is_some());
+        // k[0] is the less recently used: k[2] replaces it and is then the most recent one.
+        c.insert(k[2], 1, None, pass(2));
+        assert_eq!(c.lookup(&k[0], 1, None), None);
+        // So k[3] replaces k[1], not k[2].
+        c.insert(k[3], 1, None, pass(3));
+        assert_eq!(c.lookup(&k[1], 1, None), None);
+        assert_eq!(c.lookup(&k[2], 1, None), Some(&pass(2)));
+        assert_eq!(c.lookup(&k[3], 1, None), Some(&pass(3)));
     }
 }
