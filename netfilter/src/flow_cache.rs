@@ -775,6 +775,7 @@ mod tests {
                 break;
             }
         }
+        assert_eq!(tasks.len(), 16, "16 tasks in 16 places");
         let keys: Vec<FlowKey> = (1..4000)
             .map(|vlan| key_of(&udp_frame(Some(vlan), 1, 64, 10)).unwrap())
             .filter(|k| k.set() != key.set())
