@@ -1170,9 +1170,7 @@ fn rx_vlan_stripping_follows_guest_vme() {
     let mut r = Rig::new(32, 32);
     r.up(8, 8, Rctl::SECRC.bits());
     let inner = eth(0x0800, &pattern(100, 5));
-    let mut tagged = inner[..12].to_vec();
-    tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x2a]);
-    tagged.extend_from_slice(&inner[12..]);
+    let tagged = with_tag(&inner, 0x2a);
     r.nic.inject(&tagged);
     r.poll();
     let got = r.rx();
