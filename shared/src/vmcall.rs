@@ -305,13 +305,14 @@ pub mod whoami {
         ]
     }
 
-    /// Encode an identity.
+    /// Encode an identity for its caller. Bytes 8..16 (once the `task_struct` address) stay 0:
+    /// a kernel address would tell every caller, a container's process too, where the kernel's
+    /// heap lies (a KASLR leak); the caller gets only what it may know about itself.
     pub fn encode(id: &TaskIdentity) -> [u8; WHOAMI_LEN] {
         let mut out = [0u8; WHOAMI_LEN];
         out[0..2].copy_from_slice(&WHOAMI_VERSION.to_le_bytes());
         out[2] = ctx_code(id.context);
         let mut valid = 0u32;
-        out[8..16].copy_from_slice(&id.task.to_le_bytes());
         for (i, v) in u32s(id).iter().enumerate() {
             if let Some(v) = v {
                 valid |= 1 << i;
@@ -409,10 +410,15 @@ mod tests {
             ..Default::default()
         };
         let enc = whoami::encode(&id);
-        assert_eq!(whoami::decode(&enc), Some(id));
+        // Everything but the task_struct address, which the reply never carries.
+        let without_address = TaskIdentity { task: 0, ..id };
+        assert_eq!(whoami::decode(&enc), Some(without_address));
         id.context = ExecContext::Unknown;
         id.comm = None;
-        assert_eq!(whoami::decode(&whoami::encode(&id)), Some(id));
+        assert_eq!(
+            whoami::decode(&whoami::encode(&id)),
+            Some(TaskIdentity { task: 0, ..id })
+        );
         assert_eq!(whoami::decode(&enc[..50]), None);
     }
 

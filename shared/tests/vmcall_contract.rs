@@ -107,6 +107,11 @@ fn everything() -> TaskIdentity {
     }
 }
 
+/// `id` as a WhoAmI reply gives it back: without the `task_struct` address.
+fn as_reported(id: TaskIdentity) -> TaskIdentity {
+    TaskIdentity { task: 0, ..id }
+}
+
 fn u32_at(b: &[u8], o: usize) -> u32 {
     u32::from_le_bytes(b[o..o + 4].try_into().unwrap())
 }
@@ -124,7 +129,12 @@ fn whoami_reply_follows_the_documented_layout() {
     assert_eq!(b[2], 0, "context: task");
     assert_eq!(b[3], 0);
     assert_eq!(u32_at(&b, 4), 0x7fff, "all 15 fields known");
-    assert_eq!(u64_at(&b, 8), id.task);
+    assert_ne!(id.task, 0);
+    assert_eq!(
+        u64_at(&b, 8),
+        0,
+        "no kernel address (the task_struct's) in the reply"
+    );
     let u32s = [
         id.pid,
         id.tgid,
@@ -146,7 +156,7 @@ fn whoami_reply_follows_the_documented_layout() {
     assert_eq!(Some(u64_at(&b, 72)), id.start_time);
     assert_eq!(Some(u64_at(&b, 80)), id.exe_inode);
     assert_eq!(&b[88..104], &id.comm.unwrap());
-    assert_eq!(whoami::decode(&b), Some(id));
+    assert_eq!(whoami::decode(&b), Some(as_reported(id)));
 
     // Unknown fields: zero, bit clear.
     let sparse = TaskIdentity {
@@ -160,7 +170,7 @@ fn whoami_reply_follows_the_documented_layout() {
     assert_eq!(u32_at(&s, 16 + 4 * 6), 0);
     assert_eq!(u64_at(&s, 80), 0);
     assert!(s[88..].iter().all(|&x| x == 0));
-    assert_eq!(whoami::decode(&s), Some(sparse));
+    assert_eq!(whoami::decode(&s), Some(as_reported(sparse)));
 }
 
 #[test]
@@ -178,7 +188,7 @@ fn whoami_round_trips_every_context() {
         };
         let b = whoami::encode(&id);
         assert_eq!(b[2], code, "{context:?}");
-        assert_eq!(whoami::decode(&b), Some(id), "{context:?}");
+        assert_eq!(whoami::decode(&b), Some(as_reported(id)), "{context:?}");
     }
 }
 
@@ -190,7 +200,7 @@ fn whoami_decode_refuses_malformed_replies() {
     assert_eq!(whoami::decode(&good[..WHOAMI_LEN - 1]), None);
     let mut long = good.to_vec();
     long.push(0xff);
-    assert_eq!(whoami::decode(&long), Some(everything()));
+    assert_eq!(whoami::decode(&long), Some(as_reported(everything())));
     let broken = |at: usize, v: u8| {
         let mut b = good;
         b[at] = v;

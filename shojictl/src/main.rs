@@ -406,7 +406,16 @@ fn whoami_cmd(buffer_addr: Option<u64>) -> ExitCode {
         Some(ProfileState::Unverified) => "profile fingerprint not verified",
         _ => "profile state unknown",
     };
-    println!("task {:#x} ({state})", id.task);
+    println!("{state}");
+    // Bytes 8..16 once carried the caller's task_struct address; a Shoji that still fills them
+    // leaks a kernel address to every caller.
+    if id.task != 0 {
+        println!(
+            "whoami: LEAK: the reply carries a kernel address ({:#x})",
+            id.task
+        );
+        return ExitCode::FAILURE;
+    }
     let (text, ok) = render(&compare(&id, &kernel));
     print!("{text}");
     if ok {
