@@ -433,6 +433,28 @@ impl Machine {
         self.started.elapsed()
     }
 
+    /// Wait until `n` complete lines of `stream` contain `pat`, at most `timeout` (or until the
+    /// emulator exits, or Ctrl-C). Returns how many there are then.
+    pub fn wait_for_lines(
+        &mut self,
+        stream: Stream,
+        pat: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> usize {
+        let start = Instant::now();
+        loop {
+            let text = self.text(stream);
+            let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+            let have = complete.lines().filter(|l| l.contains(pat)).count();
+            let exited = !matches!(self.child.try_wait(), Ok(None));
+            if have >= n || exited || start.elapsed() >= timeout || check_cancelled().is_err() {
+                return have;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
     /// Wait until a line containing `pat` appears on `stream`; returns it with the time since
     /// power-on. Fails on timeout, on a fatal console string, when the emulator exits, or on
     /// Ctrl-C. `abort_on` names further strings that end the wait with an error.

@@ -1319,6 +1319,14 @@ fn nic_checks(
     t: &dyn Fn(u64) -> Duration,
     load: bool,
 ) {
+    // Every LogCounters call the guest saw succeed writes the NIC's lines to Shoji's log; on the
+    // nested bed they reach the harness seconds after the guest has moved on. Wait for all of
+    // them, so that the checks below read the counters of the last call, not an earlier one.
+    let calls = console
+        .lines()
+        .filter(|l| l.contains(markers::LOG_COUNTERS) && l.contains("status=0"))
+        .count();
+    m.wait_for_lines(Stream::ShojiLog, markers::HV_NIC_TOTALS, calls, t(120));
     let mediated = m
         .find_line(Stream::ShojiLog, markers::HV_NIC_MEDIATED)
         .unwrap_or_else(|| "no 'mediated: rings shadowed' line in shoji.log".into());
