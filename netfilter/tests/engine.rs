@@ -56,6 +56,23 @@ fn tx_from_container_is_stripped_to_the_wire() {
 }
 
 #[test]
+fn untagged_frames_reach_the_wire_whole_and_tagged_ones_joined_around_the_tag() {
+    let mut s = slots(8);
+    let mut e = engine_ab(&mut s);
+    let mut out = Sink::default();
+    // The host's frame has no tag: the sink gets it as it is, in one piece.
+    let host = udp_frame(None, MAC_HOST, MAC_GW, IP_HOST, IP_REMOTE, 5000, 53);
+    assert_eq!(e.filter(&tx(), &host, &mut out), Verdict::Pass);
+    assert_eq!((out.wire.len(), out.joined), (1, 0));
+    assert_eq!(out.wire[0], host);
+    // A container's frame: the pieces before and after its tag, joined by the sink.
+    let tagged = udp_frame(Some(VLAN_A), MAC_A, MAC_GW, IP_A, IP_REMOTE, 5000, 53);
+    assert_eq!(e.filter(&tx(), &tagged, &mut out), Verdict::Pass);
+    assert_eq!((out.wire.len(), out.joined), (2, 1));
+    assert_eq!(out.wire[1], untag(&tagged).1);
+}
+
+#[test]
 fn descriptor_vlan_names_the_container_and_frame_stays_untagged() {
     let mut s = slots(8);
     let mut e = engine_ab(&mut s);
@@ -985,6 +1002,26 @@ fn rx_fragments_are_tracked_too() {
 }
 
 // ---------------------------------------------------------------- malformed input
+
+#[test]
+fn a_frame_of_exactly_max_frame_bytes_is_decided_one_byte_more_is_oversize() {
+    let mut s = slots(8);
+    let mut e = engine_ab(&mut s);
+    let mut out = Sink::default();
+    // 14 + 4 (tag) + 20 + 8 + data = MAX_FRAME.
+    let data = vec![0x5a; shoji_netfilter::MAX_FRAME - 46];
+    let ip = Ip4::new(IP_A, IP_REMOTE, 17).build(&udp(5000, 53, &data));
+    let f = eth(MAC_GW, MAC_A, Some(VLAN_A), 0x0800, &ip);
+    assert_eq!(f.len(), shoji_netfilter::MAX_FRAME);
+    assert_eq!(e.filter(&tx(), &f, &mut out), Verdict::Pass);
+    assert_eq!(out.wire.len(), 1);
+    let mut longer = f.clone();
+    longer.push(0);
+    assert_eq!(
+        e.filter(&tx(), &longer, &mut out),
+        drop(DropReason::Oversize)
+    );
+}
 
 #[test]
 fn malformed_frames_of_every_layer_have_their_own_reasons() {
