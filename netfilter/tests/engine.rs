@@ -783,6 +783,34 @@ fn source_routed_datagrams_are_denied_by_default() {
         &ip.build(&udp(1, 2, b"")),
     );
     assert_eq!(e.filter(&tx(), &f, &mut out), Verdict::Pass);
+    // From the wire too: a source-routed datagram for A is denied, unless configured.
+    let mut inbound = Ip4::new(IP_REMOTE, IP_A, 17);
+    inbound.options = vec![131, 7, 4, 10, 0, 0, 9, 1];
+    let f = eth(MAC_A, MAC_GW, None, 0x0800, &inbound.build(&udp(1, 2, b"")));
+    assert_eq!(
+        e.filter(&rx(), &f, &mut out),
+        drop(DropReason::PolicyDenied)
+    );
+    assert!(out.guest.is_empty());
+    e.set_config(EngineConfig {
+        allow_source_route: true,
+        ..EngineConfig::default()
+    });
+    assert_eq!(e.filter(&rx(), &f, &mut out), Verdict::Pass);
+    assert_eq!(out.guest.len(), 1);
+}
+
+#[test]
+fn a_container_frame_for_its_own_mac_goes_nowhere() {
+    let mut s = slots(8);
+    let mut e = engine_ab(&mut s);
+    let mut out = Sink::default();
+    let f = udp_frame(Some(VLAN_A), MAC_A, MAC_A, IP_A, IP_B, 5000, 53);
+    assert_eq!(
+        e.filter(&tx(), &f, &mut out),
+        drop(DropReason::NoDestination)
+    );
+    assert!(out.wire.is_empty() && out.guest.is_empty());
 }
 
 fn frag(
@@ -1329,6 +1357,19 @@ fn malformed_frames_of_every_layer_have_their_own_reasons() {
         drop(DropReason::Truncated)
     );
     assert_eq!(e.counters().unattributed.dropped(DropReason::Truncated), 1);
+}
+
+#[test]
+fn an_unparseable_tagged_frame_is_counted_on_the_container_its_tag_names() {
+    let mut s = slots(8);
+    let mut e = engine_ab(&mut s);
+    let mut out = Sink::default();
+    // Priority bits set in the tag; the VLAN id is A's. The IPv4 header is cut short.
+    let f = eth(MAC_GW, MAC_A, Some(0xa000 | VLAN_A), 0x0800, &[0x45, 0]);
+    assert_eq!(e.filter(&tx(), &f, &mut out), drop(DropReason::Truncated));
+    let a = e.container_counters(ContainerId(1)).unwrap();
+    assert_eq!(a.dropped(DropReason::Truncated), 1);
+    assert_eq!(e.counters().unattributed.dropped(DropReason::Truncated), 0);
 }
 
 // ---------------------------------------------------------------- counters and events

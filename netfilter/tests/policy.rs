@@ -465,6 +465,18 @@ fn inbound_scans_block_the_source_but_never_an_allow_listed_one() {
     assert_eq!(verdicts[9], Verdict::Drop(DropReason::ScanSourceBlocked));
     assert_eq!(verdicts[11], Verdict::Drop(DropReason::ScanSourceBlocked));
     assert!(e.is_source_blocked(IP_REMOTE));
+    // Its ARP is refused too (the ARP sender address is its source).
+    let arp_from = eth(
+        BCAST,
+        MAC_GW,
+        None,
+        0x0806,
+        &arp(1, MAC_GW, IP_REMOTE, [0; 6], IP_A),
+    );
+    assert_eq!(
+        e.filter(&rx(), &arp_from, &mut out),
+        Verdict::Drop(DropReason::ScanSourceBlocked)
+    );
     // Gateway scans too (or someone spoofs it): recorded, never blocked.
     for p in 1..=30 {
         assert_eq!(e.filter(&rx(), &from(IP_GW, p), &mut out), Verdict::Pass);
