@@ -273,6 +273,41 @@ mod tests {
         assert!(!t.first_fragment(key(2), 8, 2, 100));
     }
 
+    /// Datagrams that differ in one key field only (source, destination, identification or
+    /// protocol) are spread over the table: sixteen of them are all tracked at once, where a
+    /// single set holds four.
+    #[test]
+    fn datagrams_differing_in_one_key_field_are_tracked_side_by_side() {
+        let by_field: [fn(u8) -> DatagramKey; 4] = [
+            |i| DatagramKey {
+                src: Ipv4Addr::new(10, 0, 1, i),
+                ..key(7)
+            },
+            |i| DatagramKey {
+                dst: Ipv4Addr::new(10, 0, 2, i),
+                ..key(7)
+            },
+            |i| key(u16::from(i)),
+            |i| DatagramKey {
+                protocol: 100 + i,
+                ..key(7)
+            },
+        ];
+        for (field, make) in by_field.iter().enumerate() {
+            let mut t = FragmentTable::new();
+            for i in 0..16 {
+                assert!(t.first_fragment(make(i), 8, 0, 100));
+            }
+            for i in 0..16 {
+                assert_ne!(
+                    t.later_fragment(&make(i), 8, 8, 1, 100),
+                    LaterFragment::Orphan,
+                    "field {field}, datagram {i}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn eviction_keeps_table_bounded() {
         let mut t = FragmentTable::new();
