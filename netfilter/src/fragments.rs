@@ -308,6 +308,42 @@ mod tests {
         }
     }
 
+    /// The table is set-associative: a datagram's set is one of the aligned, disjoint groups
+    /// of `WAYS` entries, and the sets of different datagrams use the whole table.
+    #[test]
+    fn a_datagrams_set_is_an_aligned_group_of_ways() {
+        let t = FragmentTable::new();
+        let mut starts = [false; FRAGMENT_DATAGRAMS / WAYS];
+        for ident in 0..1000u16 {
+            let set = t.set(&key(ident));
+            assert_eq!(set.start % WAYS, 0, "ident {ident}");
+            assert_eq!(set.len(), WAYS);
+            assert!(set.end <= FRAGMENT_DATAGRAMS);
+            starts[set.start / WAYS] = true;
+        }
+        assert!(starts.iter().all(|s| *s), "every set is used");
+    }
+
+    /// Fragments that touch without overlapping (one ends where the next begins) are accepted,
+    /// whichever arrives first.
+    #[test]
+    fn adjacent_fragments_do_not_overlap() {
+        let mut t = FragmentTable::new();
+        assert!(t.first_fragment(key(3), 8, 0, 100));
+        t.decide(&key(3), DatagramDecision::Pass, 0, 100);
+        let pass = LaterFragment::Known(DatagramDecision::Pass);
+        assert_eq!(t.later_fragment(&key(3), 16, 8, 1, 100), pass);
+        assert_eq!(
+            t.later_fragment(&key(3), 8, 8, 2, 100),
+            pass,
+            "fills the gap exactly"
+        );
+        assert_eq!(
+            t.later_fragment(&key(3), 23, 2, 3, 100),
+            LaterFragment::Overlap
+        );
+    }
+
     #[test]
     fn eviction_keeps_table_bounded() {
         let mut t = FragmentTable::new();
