@@ -344,6 +344,50 @@ mod tests {
         );
     }
 
+    /// Six datagrams that share one set.
+    fn same_set() -> [DatagramKey; 6] {
+        let t = FragmentTable::new();
+        let set = t.set(&key(0));
+        let mut keys = [key(0); 6];
+        let mut n = 1;
+        for ident in 1.. {
+            if n == keys.len() {
+                break;
+            }
+            if t.set(&key(ident)) == set {
+                keys[n] = key(ident);
+                n += 1;
+            }
+        }
+        keys
+    }
+
+    /// A full set gives way to a new datagram by forgetting its oldest one; a set with room
+    /// forgets nothing.
+    #[test]
+    fn a_full_set_evicts_its_oldest_datagram() {
+        let k = same_set();
+        let long = 1_000_000;
+        let mut t = FragmentTable::new();
+        for (i, key) in k[..4].iter().enumerate() {
+            assert!(t.first_fragment(*key, 8, 1 + i as u64, long));
+        }
+        for key in &k[..4] {
+            assert_ne!(t.later_fragment(key, 8, 8, 5, long), LaterFragment::Orphan);
+        }
+        // The fifth replaces k0 (created at 1), the sixth k1 (created at 2): the oldest each time.
+        assert!(t.first_fragment(k[4], 8, 5, long));
+        assert!(t.first_fragment(k[5], 8, 6, long));
+        let orphan = |t: &mut FragmentTable, key: &DatagramKey| {
+            t.later_fragment(key, 100, 8, 7, long) == LaterFragment::Orphan
+        };
+        assert!(orphan(&mut t, &k[0]));
+        assert!(orphan(&mut t, &k[1]));
+        for key in &k[2..] {
+            assert!(!orphan(&mut t, key), "{key:?}");
+        }
+    }
+
     #[test]
     fn eviction_keeps_table_bounded() {
         let mut t = FragmentTable::new();
