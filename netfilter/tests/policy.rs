@@ -308,6 +308,26 @@ fn invalid_rules_are_refused_with_their_index() {
             RuleError::PortsWithoutTcpOrUdp,
         ),
         (
+            // A range open at one end is a restriction too (not "any port").
+            Rule {
+                protocol: ProtocolMatch::Icmp,
+                src_ports: PortRange { first: 0, last: 80 },
+                ..Rule::any(Action::Deny, DirectionMatch::Both)
+            },
+            RuleError::PortsWithoutTcpOrUdp,
+        ),
+        (
+            Rule {
+                protocol: ProtocolMatch::Arp,
+                dst_ports: PortRange {
+                    first: 1024,
+                    last: u16::MAX,
+                },
+                ..Rule::any(Action::Deny, DirectionMatch::Both)
+            },
+            RuleError::PortsWithoutTcpOrUdp,
+        ),
+        (
             Rule {
                 protocol: ProtocolMatch::Udp,
                 flags: RuleFlags::TCP_NEW_ONLY,
@@ -333,6 +353,48 @@ fn invalid_rules_are_refused_with_their_index() {
             Err(RegistryError::InvalidRule { index: 1, error })
         );
         assert!(!error.describe().is_empty());
+    }
+}
+
+#[test]
+fn every_rule_error_has_its_own_description() {
+    let errors = [
+        RuleError::BadCidr,
+        RuleError::BadPortRange,
+        RuleError::PortsWithoutTcpOrUdp,
+        RuleError::TcpFlagWithoutTcp,
+        RuleError::ProtocolNumberHasName,
+        RuleError::TooMany,
+    ];
+    let texts: Vec<&str> = errors.iter().map(|e| e.describe()).collect();
+    for (i, t) in texts.iter().enumerate() {
+        assert!(!t.is_empty());
+        assert!(!texts[..i].contains(t), "{t:?} describes two errors");
+    }
+    assert!(RuleError::BadCidr.describe().contains("CIDR"));
+    assert!(RuleError::TooMany.describe().contains("too many"));
+}
+
+/// A later fragment carries no transport header, but its flow still has its datagram's
+/// protocol class (from the IP protocol number).
+#[test]
+fn a_later_fragments_flow_has_the_class_of_its_protocol() {
+    use shoji_netfilter::parse::parse_frame;
+    use shoji_netfilter::rules::{Flow, ProtocolClass, Side};
+    for (proto, class) in [
+        (1, ProtocolClass::Icmp),
+        (6, ProtocolClass::Tcp),
+        (17, ProtocolClass::Udp),
+        (47, ProtocolClass::OtherIp),
+    ] {
+        let mut ip = Ip4::new(IP_A, IP_REMOTE, proto);
+        ip.frag_offset = 64;
+        let f = eth(MAC_GW, MAC_A, None, 0x0800, &ip.build(&[0u8; 16]));
+        let parsed = parse_frame(&f).unwrap();
+        let flow = Flow::of(&parsed, Side::Egress);
+        assert_eq!(flow.class, class, "protocol {proto}");
+        assert_eq!((flow.ip_protocol, flow.remote), (proto, Some(IP_REMOTE)));
+        assert_eq!((flow.src_port, flow.dst_port, flow.tcp_new), (0, 0, false));
     }
 }
 
