@@ -394,3 +394,33 @@ impl Default for InboundScans {
         InboundScans::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A window used on its own (thresholds above what it holds) keeps at most
+    /// `PROBE_SET_CAPACITY` distinct ports and hosts; more probes neither panic nor count.
+    #[test]
+    fn a_window_saturates_at_its_capacity() {
+        let config = ScanConfig {
+            port_threshold: u16::MAX,
+            host_threshold: u16::MAX,
+            ..ScanConfig::default()
+        };
+        let mut w = ProbeWindow::EMPTY;
+        let mut last = None;
+        for i in 0..100u32 {
+            let probe = Probe {
+                host: Ipv4Addr::from(0x0a00_0000 + i),
+                port: Some(1000 + i as u16),
+            };
+            last = Some(w.record(0, &config, probe));
+            let expected = (i + 1).min(PROBE_SET_CAPACITY as u32) as u16;
+            assert_eq!(last.unwrap().ports, expected);
+            assert_eq!(last.unwrap().hosts, expected);
+        }
+        // The clamped threshold (64) is reached.
+        assert!(last.unwrap().is_scan);
+    }
+}
