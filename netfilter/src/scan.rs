@@ -423,4 +423,33 @@ mod tests {
         // The clamped threshold (64) is reached.
         assert!(last.unwrap().is_scan);
     }
+
+    /// `open_window` names the probe window while it is open, and only then.
+    #[test]
+    fn open_window_is_named_only_while_it_is_open() {
+        let config = ScanConfig {
+            window: 1_000,
+            ..ScanConfig::default()
+        };
+        let probe = Probe {
+            host: Ipv4Addr::new(192, 0, 2, 1),
+            port: Some(80),
+        };
+        let mut s = OutboundScan::NEW;
+        assert_eq!(s.open_window(0, &config), None, "no probe yet");
+        assert_eq!(s.record(100, &config, probe), ScanVerdict::Clear);
+        let open = s.open_window(100, &config);
+        assert!(open.is_some());
+        assert_eq!(s.open_window(1_099, &config), open);
+        assert_eq!(s.open_window(1_100, &config), None, "window elapsed");
+        let off = ScanConfig {
+            enabled: false,
+            ..config.clone()
+        };
+        assert_eq!(s.open_window(100, &off), None, "detection off");
+        // The next window has another number.
+        s.record(1_100, &config, probe);
+        let next = s.open_window(1_100, &config);
+        assert!(next.is_some() && next != open);
+    }
 }
