@@ -424,6 +424,76 @@ mod tests {
         assert!(last.unwrap().is_scan);
     }
 
+    fn scan_from(scans: &mut InboundScans, config: &ScanConfig, now: u64, source: u32) {
+        for port in 0..config.port_threshold {
+            let probe = Probe {
+                host: Ipv4Addr::new(10, 0, 0, 1),
+                port: Some(port),
+            };
+            scans.record(now, config, Ipv4Addr::from(source), probe);
+        }
+    }
+
+    /// Blocked sources are counted until their block ends (a lookup drops expired ones) or the
+    /// operator lifts it.
+    #[test]
+    fn blocked_sources_are_counted_until_expiry_or_unblock() {
+        let config = ScanConfig {
+            port_threshold: 2,
+            inbound_block_for: 1_000,
+            ..ScanConfig::default()
+        };
+        let mut scans = InboundScans::new();
+        assert_eq!(scans.blocked_count(), 0);
+        scan_from(&mut scans, &config, 0, 0xc000_0201);
+        scan_from(&mut scans, &config, 500, 0xc000_0202);
+        assert_eq!(scans.blocked_count(), 2);
+        assert!(scans.is_blocked(999, Ipv4Addr::from(0xc000_0201)));
+        // At 1,000 the first block has ended: the lookup drops it, the second stays.
+        assert!(!scans.is_blocked(1_000, Ipv4Addr::from(0xc000_0201)));
+        assert_eq!(scans.blocked_count(), 1);
+        assert!(scans.is_blocked(1_000, Ipv4Addr::from(0xc000_0202)));
+        assert!(scans.unblock(Ipv4Addr::from(0xc000_0202)));
+        assert!(!scans.unblock(Ipv4Addr::from(0xc000_0202)));
+        assert_eq!(scans.blocked_count(), 0);
+    }
+
+    /// With the blocked list full, a new block replaces the one that ends soonest.
+    #[test]
+    fn a_full_blocked_list_replaces_the_block_that_ends_soonest() {
+        let config = ScanConfig {
+            port_threshold: 2,
+            inbound_block_for: 1_000_000,
+            ..ScanConfig::default()
+        };
+        let mut scans = InboundScans::new();
+        // Source t's block ends at 1_000_100 + t: source 0's ends soonest, and it is not the
+        // first in the list (the list is filled from t = 10 on).
+        let order: [u32; BLOCKED_SOURCES] =
+            core::array::from_fn(|i| ((i + 10) % BLOCKED_SOURCES) as u32);
+        for t in order {
+            scan_from(&mut scans, &config, 100 + u64::from(t), 0x0b00_0000 + t);
+        }
+        assert_eq!(scans.blocked_count(), BLOCKED_SOURCES);
+        scan_from(&mut scans, &config, 200, 0x0c00_0000);
+        assert_eq!(scans.blocked_count(), BLOCKED_SOURCES);
+        assert!(scans.is_blocked(300, Ipv4Addr::from(0x0c00_0000)));
+        assert!(
+            !scans.is_blocked(300, Ipv4Addr::from(0x0b00_0000)),
+            "soonest end replaced"
+        );
+        for t in 1..BLOCKED_SOURCES as u32 {
+            assert!(
+                scans.is_blocked(300, Ipv4Addr::from(0x0b00_0000 + t)),
+                "source {t}"
+            );
+        }
+        // Blocking an already blocked source again only extends its block.
+        scan_from(&mut scans, &config, 250, 0x0b00_0005);
+        assert_eq!(scans.blocked_count(), BLOCKED_SOURCES);
+        assert!(scans.is_blocked(1_000_200, Ipv4Addr::from(0x0b00_0005)));
+    }
+
     /// `open_window` names the probe window while it is open, and only then.
     #[test]
     fn open_window_is_named_only_while_it_is_open() {
