@@ -494,6 +494,86 @@ mod tests {
         assert!(scans.is_blocked(1_000_200, Ipv4Addr::from(0x0b00_0005)));
     }
 
+    /// Sources whose probes are tracked in the same set of `WAYS` entries as `first`'s.
+    fn same_set(first: u32, n: usize) -> std::vec::Vec<Ipv4Addr> {
+        let set = |ip: u32| (ip.hash32() as usize) & (INBOUND_SOURCES - 1) & !(WAYS - 1);
+        (first..)
+            .filter(|ip| set(*ip) == set(first))
+            .take(n)
+            .map(Ipv4Addr::from)
+            .collect()
+    }
+
+    fn probe_port(
+        scans: &mut InboundScans,
+        config: &ScanConfig,
+        now: u64,
+        source: Ipv4Addr,
+        port: u16,
+    ) -> bool {
+        let probe = Probe {
+            host: Ipv4Addr::new(10, 0, 0, 1),
+            port: Some(port),
+        };
+        matches!(
+            scans.record(now, config, source, probe),
+            InboundVerdict::Scan { .. }
+        )
+    }
+
+    /// Sources tracked in the same set keep their own windows: interleaved probes from two of
+    /// them are never added up, and each is a scanner only by its own probes.
+    #[test]
+    fn sources_sharing_a_set_keep_their_own_windows() {
+        let config = ScanConfig {
+            port_threshold: 3,
+            window: 1_000,
+            ..ScanConfig::default()
+        };
+        let [a, b] = same_set(0xc000_0200, 2)[..] else {
+            panic!()
+        };
+        let mut scans = InboundScans::new();
+        for k in 0..2 {
+            assert!(!probe_port(&mut scans, &config, 10, a, 100 + k));
+            assert!(!probe_port(&mut scans, &config, 10, b, 200 + k));
+        }
+        assert!(
+            probe_port(&mut scans, &config, 10, a, 102),
+            "a's third port"
+        );
+        assert!(
+            probe_port(&mut scans, &config, 10, b, 202),
+            "b's third port"
+        );
+    }
+
+    /// A full set (every window still open) gives way to a new source by dropping the window
+    /// that started first; the newcomer starts from nothing.
+    #[test]
+    fn a_full_set_drops_the_oldest_window_for_a_new_source() {
+        let config = ScanConfig {
+            port_threshold: 3,
+            window: 1_000,
+            ..ScanConfig::default()
+        };
+        let s = same_set(0xc000_0300, WAYS + 1);
+        let mut scans = InboundScans::new();
+        // Windows start at 10, 11, 12, 13 (the second source's first), two ports each.
+        let starts = [11, 10, 12, 13];
+        for (source, start) in s[..WAYS].iter().zip(starts) {
+            assert!(!probe_port(&mut scans, &config, start, *source, 1));
+            assert!(!probe_port(&mut scans, &config, start, *source, 2));
+        }
+        // The newcomer takes the second source's entry, with a window of its own.
+        assert!(!probe_port(&mut scans, &config, 20, s[WAYS], 7));
+        assert!(!probe_port(&mut scans, &config, 20, s[WAYS], 8));
+        for (i, source) in s[..WAYS].iter().enumerate() {
+            let scan = probe_port(&mut scans, &config, 30, *source, 3);
+            assert_eq!(scan, i != 1, "source {i}");
+        }
+    }
+
     /// `open_window` names the probe window while it is open, and only then.
     #[test]
     fn open_window_is_named_only_while_it_is_open() {
