@@ -487,6 +487,44 @@ fn spoofed_source_mac_and_ip_are_dropped() {
 }
 
 #[test]
+fn a_spoofed_mac_event_names_the_frames_address_and_who_owns_it() {
+    let mut s = slots(8);
+    let mut e = engine_ab(&mut s);
+    let mut out = Sink::default();
+    let spoof = |reason, claimed, ipv4| EventKind::Spoof {
+        reason,
+        direction: Direction::Tx,
+        sender: Some(ContainerId(1)),
+        claimed,
+        mac: MAC_EVIL,
+        ipv4,
+    };
+    // A foreign MAC with A's own address: nobody else is claimed.
+    let f = tcp_frame(Some(VLAN_A), MAC_EVIL, MAC_GW, IP_A, IP_REMOTE, 1, 80, SYN);
+    assert_eq!(e.filter(&tx(), &f, &mut out), drop(DropReason::SpoofedMac));
+    // A foreign MAC with B's address: B is claimed.
+    let f = tcp_frame(Some(VLAN_A), MAC_EVIL, MAC_GW, IP_B, IP_REMOTE, 1, 80, SYN);
+    assert_eq!(e.filter(&tx(), &f, &mut out), drop(DropReason::SpoofedMac));
+    // ARP from a foreign MAC: its sender address is the one recorded.
+    let f = eth(
+        BCAST,
+        MAC_EVIL,
+        Some(VLAN_A),
+        0x0806,
+        &arp(1, MAC_EVIL, IP_A, [0; 6], IP_GW),
+    );
+    assert_eq!(e.filter(&tx(), &f, &mut out), drop(DropReason::SpoofedMac));
+    assert_eq!(
+        spoof_events(&e),
+        vec![
+            spoof(DropReason::SpoofedMac, None, Some(IP_A)),
+            spoof(DropReason::SpoofedMac, Some(ContainerId(2)), Some(IP_B)),
+            spoof(DropReason::SpoofedMac, None, Some(IP_A)),
+        ]
+    );
+}
+
+#[test]
 fn full_impersonation_is_caught_by_the_port() {
     let mut s = slots(8);
     let mut e = engine_ab(&mut s);
