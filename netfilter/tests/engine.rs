@@ -670,6 +670,15 @@ fn host_frames_may_not_claim_container_addresses() {
         &arp(2, MAC_HOST, IP_B, BCAST, IP_B),
     );
     assert_eq!(e.filter(&tx(), &f, &mut out), drop(DropReason::SpoofedArp));
+    // The host's own address, but B's MAC as the ARP sender hardware address.
+    let f = eth(
+        BCAST,
+        MAC_HOST,
+        None,
+        0x0806,
+        &arp(2, MAC_B, IP_HOST, BCAST, IP_HOST),
+    );
+    assert_eq!(e.filter(&tx(), &f, &mut out), drop(DropReason::SpoofedArp));
 }
 
 #[test]
@@ -707,6 +716,15 @@ fn rx_arp_claiming_a_container_address_from_a_foreign_mac_is_dropped() {
             );
         }
         _ => unreachable!(),
+    }
+    // Both MACs must be A's: the ARP sender's and the frame's source.
+    for (src, sha) in [(MAC_A, MAC_EVIL), (MAC_EVIL, MAC_A)] {
+        let f = eth(BCAST, src, None, 0x0806, &arp(2, sha, IP_A, BCAST, IP_GW));
+        assert_eq!(
+            e.filter(&rx(), &f, &mut out),
+            drop(DropReason::SpoofedArp),
+            "frame from {src:?}, ARP sender {sha:?}"
+        );
     }
     // Ordinary ARP from the gateway passes.
     let ok = eth(
