@@ -1425,6 +1425,15 @@ fn an_unparseable_tagged_frame_is_counted_on_the_container_its_tag_names() {
     assert_eq!(e.filter(&tx(), &f, &mut out), drop(DropReason::Truncated));
     let a = e.container_counters(ContainerId(1)).unwrap();
     assert_eq!(a.dropped(DropReason::Truncated), 1);
+    // The same from an untagged frame whose descriptor carries the tag.
+    let meta = FrameMeta {
+        descriptor_vlan: Some(0xa000 | VLAN_A),
+        ..tx()
+    };
+    let f = eth(MAC_GW, MAC_A, None, 0x0800, &[0x45, 0]);
+    assert_eq!(e.filter(&meta, &f, &mut out), drop(DropReason::Truncated));
+    let a = e.container_counters(ContainerId(1)).unwrap();
+    assert_eq!(a.dropped(DropReason::Truncated), 2);
     assert_eq!(e.counters().unattributed.dropped(DropReason::Truncated), 0);
 }
 
