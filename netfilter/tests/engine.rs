@@ -514,12 +514,25 @@ fn a_spoofed_mac_event_names_the_frames_address_and_who_owns_it() {
         &arp(1, MAC_EVIL, IP_A, [0; 6], IP_GW),
     );
     assert_eq!(e.filter(&tx(), &f, &mut out), drop(DropReason::SpoofedMac));
+    // A's own MAC with an address nobody owns: a spoofed IP, and nobody is claimed (A is the
+    // sender, not a victim).
+    let stray = std::net::Ipv4Addr::new(10, 9, 9, 9);
+    let f = tcp_frame(Some(VLAN_A), MAC_A, MAC_GW, stray, IP_REMOTE, 1, 80, SYN);
+    assert_eq!(e.filter(&tx(), &f, &mut out), drop(DropReason::SpoofedIp));
     assert_eq!(
         spoof_events(&e),
         vec![
             spoof(DropReason::SpoofedMac, None, Some(IP_A)),
             spoof(DropReason::SpoofedMac, Some(ContainerId(2)), Some(IP_B)),
             spoof(DropReason::SpoofedMac, None, Some(IP_A)),
+            EventKind::Spoof {
+                reason: DropReason::SpoofedIp,
+                direction: Direction::Tx,
+                sender: Some(ContainerId(1)),
+                claimed: None,
+                mac: MAC_A,
+                ipv4: Some(stray),
+            },
         ]
     );
 }
