@@ -1261,6 +1261,33 @@ fn rx_disabled_drops_and_filter_drops_are_counted() {
 }
 
 #[test]
+fn rx_frames_the_nic_reports_broken_are_dropped_checksum_errors_are_not() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, Rctl::SECRC.bits());
+    // CE, SE, SEQ, CXE, RXE: the frame itself is bad.
+    for (k, bit) in [0x01u8, 0x02, 0x04, 0x10, 0x80].into_iter().enumerate() {
+        r.nic.0.borrow_mut().rx_errors = bit;
+        r.nic.inject(&eth(0x0800, &pattern(100, k as u8)));
+        r.poll();
+        assert!(r.rx().is_empty(), "error bit {bit:#x}");
+        assert_eq!(
+            r.e.counters().rx.dropped(DropReason::Malformed),
+            k as u64 + 1
+        );
+    }
+    // TCPE, IPE: only a checksum the NIC checked is wrong; the guest checks it again.
+    for bit in [0x20u8, 0x40] {
+        r.nic.0.borrow_mut().rx_errors = bit;
+        let f = eth(0x0800, &pattern(100, bit));
+        r.nic.inject(&f);
+        r.poll();
+        assert_eq!(r.rx()[0].0, f, "error bit {bit:#x}");
+    }
+    assert_eq!(r.e.counters().rx.dropped(DropReason::Malformed), 5);
+    r.no_violations();
+}
+
+#[test]
 fn hairpin_relays_tx_into_guest_rx() {
     let mut r = Rig::new(32, 32);
     r.up(8, 8, Rctl::SECRC.bits());
