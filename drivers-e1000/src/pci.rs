@@ -250,6 +250,10 @@ mod tests {
         assert_eq!(p.read(0x10, 4, real), 0xfffe_0000);
         assert_eq!(p.write(0x10, 4, real, real).write, PciWrite::Drop);
         assert_eq!(p.read(0x10, 4, real), real);
+        assert_eq!(
+            p.denied, 0,
+            "writing the current base back is not a refused move"
+        );
         let out = p.write(0x10, 4, 0xe000_0000, real);
         assert_eq!(
             out,
@@ -334,6 +338,21 @@ mod tests {
         assert_eq!(p.read(0x10, 4, 0xfebc_0008), 0xffff_fff8);
         assert_eq!(p.write(0x14, 4, 0xffff_ffff, 0xc001).write, PciWrite::Drop);
         assert_eq!(p.read(0x14, 4, 0xc001), 0xffff_fffd);
+        // Moved (when followed), the base keeps the 16-byte alignment and the BAR its flags.
+        let mut p = PciState::new(PciLayout {
+            mmio_size: 8,
+            bar_move: BarMovePolicy::Follow,
+            ..Default::default()
+        });
+        let out = p.write(0x10, 4, 0xe000_0013, 0xfebc_0008);
+        assert_eq!(out.write, PciWrite::Replace(0xe000_0018));
+        assert_eq!(
+            out.moved,
+            Some(BarMove {
+                bar: 0,
+                base: 0xe000_0010
+            })
+        );
     }
 
     #[test]
@@ -350,6 +369,15 @@ mod tests {
                 bar: 0,
                 base: 0xe000_0000
             })
+        );
+        // Writing the current base back (flag bits aside) is no move.
+        let out = p.write(0x10, 4, 0xfebc_0000, 0xfebc_0008);
+        assert_eq!(
+            out,
+            PciOutcome {
+                write: PciWrite::Drop,
+                moved: None
+            }
         );
         // A byte write moves it too: the top byte of BAR0.
         let out = p.write(0x13, 1, 0xe0, 0xfebc_0000);
