@@ -262,6 +262,7 @@ mod tests {
                 moved: None
             }
         );
+        assert_eq!(p.denied, 1, "the refused move is counted");
         // I/O BAR sizing.
         assert_eq!(p.write(0x14, 4, 0xffff_ffff, 0xc001).write, PciWrite::Drop);
         assert_eq!(p.read(0x14, 4, 0xc001), 0xffff_ffc1);
