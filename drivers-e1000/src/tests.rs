@@ -1288,6 +1288,55 @@ fn rx_frames_the_nic_reports_broken_are_dropped_checksum_errors_are_not() {
 }
 
 #[test]
+fn rx_nothing_reaches_a_guest_with_receive_or_bus_mastering_off() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, Rctl::SECRC.bits());
+    // Receive disabled (RCTL.EN clear), bus mastering on: a frame relayed into the guest (the
+    // real NIC receives nothing meanwhile) is not written into its ring.
+    r.w(regs::RCTL, Rctl::SECRC.bits());
+    r.f.mode = Mode::Hairpin;
+    r.send_frame(&eth(0x0800, &pattern(100, 1)));
+    assert_eq!(r.nic.take_sent().len(), 1);
+    r.poll();
+    assert!(r.rx().is_empty());
+    assert_eq!(r.e.counters().rx.dropped(DropReason::NoDestination), 1);
+    r.f.mode = Mode::Pass;
+    // Receive enabled, bus mastering off.
+    r.w(regs::RCTL, Rctl::SECRC.bits() | Rctl::EN.bits());
+    r.e.pci_config_write(0x04, 2, 0x0003, 0x0000_0007);
+    r.nic.inject(&eth(0x0800, &pattern(100, 2)));
+    r.poll();
+    assert!(r.rx().is_empty());
+    assert_eq!(r.e.counters().rx.dropped(DropReason::NoDestination), 2);
+    // Both on: frames flow again.
+    r.e.pci_config_write(0x04, 2, 0x0007, 0x0000_0007);
+    let f = eth(0x0800, &pattern(100, 3));
+    r.nic.inject(&f);
+    r.poll();
+    assert_eq!(r.rx()[0].0, f);
+    r.no_violations();
+}
+
+#[test]
+fn rx_the_largest_frame_reaches_a_jumbo_guest_one_byte_more_is_oversize() {
+    let mut r = Rig::new(32, 32);
+    let jumbo = Rctl::SECRC.bits() | Rctl::LPE.bits() | Rctl::BSEX.bits() | (1 << 16);
+    r.up(8, 8, jumbo); // 16 KiB buffers
+    let largest = eth(0x0800, &pattern(crate::engine::MAX_WIRE_FRAME - 14, 1));
+    r.nic.inject(&largest);
+    r.poll();
+    let got = r.rx();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, largest);
+    let over = eth(0x0800, &pattern(crate::engine::MAX_WIRE_FRAME - 13, 2));
+    r.nic.inject(&over);
+    r.poll();
+    assert!(r.rx().is_empty());
+    assert_eq!(r.e.counters().rx.dropped(DropReason::Oversize), 1);
+    r.no_violations();
+}
+
+#[test]
 fn hairpin_relays_tx_into_guest_rx() {
     let mut r = Rig::new(32, 32);
     r.up(8, 8, Rctl::SECRC.bits());
