@@ -1318,6 +1318,21 @@ fn rx_nothing_reaches_a_guest_with_receive_or_bus_mastering_off() {
 }
 
 #[test]
+fn rx_a_standard_guest_takes_1518_byte_frames_not_one_byte_more() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, Rctl::SECRC.bits());
+    let largest = eth(0x0800, &pattern(1518 - 14, 1));
+    r.nic.inject(&largest);
+    r.poll();
+    assert_eq!(r.rx()[0].0, largest);
+    r.nic.inject(&eth(0x0800, &pattern(1519 - 14, 2)));
+    r.poll();
+    assert!(r.rx().is_empty());
+    assert_eq!(r.e.counters().rx.dropped(DropReason::Oversize), 1);
+    r.no_violations();
+}
+
+#[test]
 fn rx_the_largest_frame_reaches_a_jumbo_guest_one_byte_more_is_oversize() {
     let mut r = Rig::new(32, 32);
     let jumbo = Rctl::SECRC.bits() | Rctl::LPE.bits() | Rctl::BSEX.bits() | (1 << 16);
