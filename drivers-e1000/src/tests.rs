@@ -1352,6 +1352,57 @@ fn rx_the_largest_frame_reaches_a_jumbo_guest_one_byte_more_is_oversize() {
 }
 
 #[test]
+fn rx_delivered_frames_and_bytes_are_counted_on_the_cause_that_moved_them() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, Rctl::SECRC.bits());
+    r.nic.inject(&eth(0x0800, &pattern(100, 1)));
+    r.nic.inject(&eth(0x0806, &[1, 2, 3])); // padded to 60 bytes
+    r.poll();
+    assert_eq!(r.rx().len(), 2);
+    let c = r.e.counters();
+    assert_eq!((c.rx.frames, c.rx.bytes), (2, 114 + 60));
+    assert_eq!(c.cost[crate::ExitCause::Poll as usize].frames, 2);
+}
+
+#[test]
+fn rx_descriptor_minimum_threshold_is_signalled_when_half_the_ring_is_used() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, Rctl::SECRC.bits()); // RDMTS 1/2: 4 of 8 descriptors
+    assert_eq!(r.r(regs::ICR), 0);
+    r.nic.inject(&eth(0x0800, &pattern(100, 1)));
+    r.poll();
+    let icr = r.r(regs::ICR);
+    assert_ne!(icr & Int::RXT0.bits(), 0);
+    assert_eq!(icr & Int::RXDMT0.bits(), 0, "6 of 8 descriptors still free");
+    r.nic.inject(&eth(0x0800, &pattern(100, 2)));
+    r.poll();
+    assert_eq!(r.r(regs::ICR) & Int::RXDMT0.bits(), 0, "5 free");
+    r.nic.inject(&eth(0x0800, &pattern(100, 3)));
+    r.poll();
+    assert_ne!(
+        r.r(regs::ICR) & Int::RXDMT0.bits(),
+        0,
+        "4 free: the threshold"
+    );
+    assert_eq!(r.rx().len(), 3);
+}
+
+#[test]
+fn rx_a_descriptor_whose_status_the_guest_may_not_address_is_hostile() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, Rctl::SECRC.bits());
+    // Descriptor 0's buffer address is readable, its write-back half is not.
+    let hv = r.ram.hv;
+    r.ram.hv = (RX_RING + 8, RX_RING + 16);
+    r.nic.inject(&eth(0x0800, &pattern(100, 1)));
+    r.poll();
+    r.ram.hv = hv;
+    assert_eq!(r.e.counters().rx_hostile_descs, 1);
+    assert_eq!(r.e.counters().rx.dropped(DropReason::HostileDescriptor), 1);
+    assert_eq!(r.e.counters().rx.frames, 0);
+}
+
+#[test]
 fn hairpin_relays_tx_into_guest_rx() {
     let mut r = Rig::new(32, 32);
     r.up(8, 8, Rctl::SECRC.bits());
