@@ -1403,6 +1403,52 @@ fn rx_a_descriptor_whose_status_the_guest_may_not_address_is_hostile() {
 }
 
 #[test]
+fn rx_frames_wait_in_the_real_ring_until_the_guest_has_room_for_them_and_their_fcs() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, 3 << 16); // 256-byte buffers, the guest keeps the FCS
+    r.w(regs::RDT, 4); // 4 descriptors free
+                       // 1,022 bytes + FCS need 5 descriptors: none may leave the real ring yet.
+    let frames: Vec<Vec<u8>> = (0..6).map(|i| eth(0x0800, &pattern(1008, i))).collect();
+    for f in &frames {
+        r.nic.inject(f);
+    }
+    r.poll();
+    assert!(r.e.counters().rx_stalls > 0);
+    assert_eq!(r.e.counters().rx.frames, 0);
+    r.w(regs::RDT, 7);
+    let mut got = Vec::new();
+    for _ in 0..12 {
+        r.poll();
+        got.extend(r.rx().into_iter().map(|x| x.0[..x.0.len() - 4].to_vec()));
+    }
+    assert_eq!(got, frames);
+    assert_eq!(r.e.counters().rx.dropped_total(), 0);
+    r.no_violations();
+}
+
+#[test]
+fn rx_frames_queued_for_a_full_guest_ring_count_a_stall_per_attempt() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, Rctl::SECRC.bits());
+    r.w(regs::RDT, 0); // no descriptor free
+    r.f.mode = Mode::Hairpin;
+    let f = eth(0x0800, &pattern(90, 1));
+    r.send_frame(&f);
+    let stalls = r.e.counters().rx_stalls;
+    r.poll();
+    r.poll();
+    assert_eq!(
+        r.e.counters().rx_stalls,
+        stalls + 2,
+        "one per poll that found it waiting"
+    );
+    r.w(regs::RDT, 7);
+    r.poll();
+    assert_eq!(r.rx()[0].0, f);
+    assert_eq!(r.e.counters().rx.dropped_total(), 0);
+}
+
+#[test]
 fn hairpin_relays_tx_into_guest_rx() {
     let mut r = Rig::new(32, 32);
     r.up(8, 8, Rctl::SECRC.bits());
