@@ -616,6 +616,46 @@ fn tx_real_ring_full_stalls_then_resumes_without_loss() {
 }
 
 #[test]
+fn tx_frames_longer_than_one_real_buffer_wait_for_room_without_loss() {
+    let mut r = Rig::new(8, 8);
+    r.up(32, 8, Rctl::SECRC.bits());
+    r.nic.0.borrow_mut().auto_tx = false;
+    // 2,050 bytes: two of Shoji's 2 KiB buffers each, so 3 frames fill its 7 usable descriptors.
+    let frames: Vec<Vec<u8>> = (0..10).map(|i| eth(0x0800, &pattern(2036, i))).collect();
+    let mut ds = Vec::new();
+    for f in &frames {
+        let a = r.buf(f);
+        ds.push(legacy(a, f.len() as u16, cmd::EOP | cmd::IFCS | cmd::RS));
+    }
+    r.send(&ds);
+    assert_eq!(r.r(regs::TDH), 3);
+    let mut sent = Vec::new();
+    for _ in 0..10 {
+        r.nic.run_tx();
+        sent.extend(r.nic.take_sent());
+        r.poll();
+    }
+    r.nic.run_tx();
+    sent.extend(r.nic.take_sent());
+    assert_eq!(sent, frames);
+    assert_eq!(r.e.counters().tx.dropped_total(), 0);
+    r.no_violations();
+}
+
+#[test]
+fn tx_completion_sets_dd_whatever_the_status_byte_held() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, Rctl::SECRC.bits());
+    let f = eth(0x0800, &pattern(100, 1));
+    let a = r.buf(&f);
+    let mut d = legacy(a, f.len() as u16, cmd::EOP | cmd::IFCS | cmd::RS);
+    d[12] = 0x01; // DD left over from the descriptor's previous use
+    r.send(&[d]);
+    assert_eq!(r.nic.take_sent(), vec![f]);
+    assert_eq!(r.tx_status(0) & 1, 1);
+}
+
+#[test]
 fn tx_checksum_offload_with_context() {
     let mut r = Rig::new(32, 32);
     r.up(16, 8, Rctl::SECRC.bits());
@@ -1362,6 +1402,14 @@ fn rx_delivered_frames_and_bytes_are_counted_on_the_cause_that_moved_them() {
     let c = r.e.counters();
     assert_eq!((c.rx.frames, c.rx.bytes), (2, 114 + 60));
     assert_eq!(c.cost[crate::ExitCause::Poll as usize].frames, 2);
+    // Frames the filter drops were moved too.
+    r.f.mode = Mode::DropAll;
+    r.nic.inject(&eth(0x0800, &pattern(100, 2)));
+    r.poll();
+    assert_eq!(
+        r.e.counters().cost[crate::ExitCause::Poll as usize].frames,
+        3
+    );
 }
 
 #[test]
@@ -1424,6 +1472,32 @@ fn rx_frames_wait_in_the_real_ring_until_the_guest_has_room_for_them_and_their_f
     assert_eq!(got, frames);
     assert_eq!(r.e.counters().rx.dropped_total(), 0);
     r.no_violations();
+}
+
+#[test]
+fn rx_a_frame_that_needs_exactly_the_free_descriptors_is_delivered() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, 3 << 16); // 256-byte buffers, the guest keeps the FCS
+    r.w(regs::RDT, 5); // 5 descriptors free
+                       // 1,018 bytes: room kept for a tag and the FCS, 1,034 bytes, exactly 5 buffers.
+    let f = eth(0x0800, &pattern(1004, 1));
+    r.nic.inject(&f);
+    r.poll();
+    let got = r.rx();
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].0[..f.len()], &f[..]);
+}
+
+#[test]
+fn rx_the_real_tail_trails_the_next_descriptor_to_harvest() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, Rctl::SECRC.bits());
+    for k in 0..3u32 {
+        r.nic.inject(&eth(0x0800, &pattern(100, k as u8)));
+        r.poll();
+        r.rx();
+        assert_eq!(r.nic.reg(regs::RDT), k, "after {} frames", k + 1);
+    }
 }
 
 #[test]
