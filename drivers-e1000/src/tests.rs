@@ -1095,6 +1095,8 @@ fn tx_disabled_or_no_bus_master_holds_frames() {
     r.w(regs::TCTL, 0);
     r.send_frame(&eth(0x0800, &pattern(60, 1)));
     assert!(r.nic.take_sent().is_empty());
+    assert_eq!(r.r(regs::TDH), 0, "the descriptor is not consumed");
+    assert_eq!(r.tx_status(0) & 1, 0);
     r.w(regs::TCTL, Tctl::EN.bits());
     assert_eq!(r.nic.take_sent().len(), 1);
     let out = r.e.pci_config_write(0x04, 2, 0x0003, 0x0000_0007);
