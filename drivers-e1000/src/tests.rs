@@ -724,6 +724,110 @@ fn tx_checksum_offload_with_context() {
 }
 
 #[test]
+fn tx_offloads_do_only_what_the_first_data_descriptor_asks() {
+    let mut r = Rig::new(32, 32);
+    r.up(16, 8, Rctl::SECRC.bits());
+    let f = ipv4_tcp(&pattern(100, 4), 0x18, true);
+    let ctx = context(14, 24, 33, 34, 34 + 16, 0, tucmd::TCP | tucmd::IP, 0, 0);
+    let a = r.buf(&f);
+    let eop = cmd::EOP | cmd::IFCS | cmd::RS;
+    // TXSM only: the TCP checksum is inserted, the IP header checksum stays 0.
+    r.send(&[ctx, data(a, f.len() as u32, eop, popts::TXSM)]);
+    let sent = r.nic.take_sent();
+    assert_eq!(&sent[0][24..26], &[0, 0], "IP checksum not inserted");
+    let ipp = Ipv4Packet::new_checked(&sent[0][14..]).unwrap();
+    let t = TcpPacket::new_checked(ipp.payload()).unwrap();
+    assert!(t.verify_checksum(
+        &IpAddress::Ipv4(ipp.src_addr()),
+        &IpAddress::Ipv4(ipp.dst_addr())
+    ));
+    // IXSM only: the IP checksum is inserted, the TCP checksum field keeps the guest's value.
+    r.send(&[ctx, data(a, f.len() as u32, eop, popts::IXSM)]);
+    let sent = r.nic.take_sent();
+    assert!(Ipv4Packet::new_checked(&sent[0][14..])
+        .unwrap()
+        .verify_checksum());
+    assert_eq!(&sent[0][50..52], &f[50..52], "TCP checksum not inserted");
+    r.no_violations();
+}
+
+#[test]
+fn tx_the_vlan_tag_comes_from_the_end_of_packet_descriptor() {
+    let mut r = Rig::new(32, 32);
+    r.up(16, 8, Rctl::SECRC.bits());
+    let ctrl = r.r(regs::CTRL);
+    r.w(regs::CTRL, ctrl | Ctrl::VME.bits());
+    let f = eth(0x0800, &pattern(80, 2));
+    let a = r.buf(&f[..40]);
+    let b = r.buf(&f[40..]);
+    // Legacy: VLE and a tag on the first descriptor only.
+    r.send(&[
+        legacy_vlan(a, 40, cmd::IFCS, 0x0123),
+        legacy(b, (f.len() - 40) as u16, cmd::EOP | cmd::IFCS | cmd::RS),
+    ]);
+    assert_eq!(r.nic.take_sent(), vec![f.clone()], "legacy: untagged");
+    // Data descriptors: the same.
+    let mut first = data(a, 40, cmd::IFCS | cmd::VLE, 0);
+    first[14..16].copy_from_slice(&0x0123u16.to_le_bytes());
+    let mut last = data(b, (f.len() - 40) as u32, cmd::EOP | cmd::IFCS | cmd::RS, 0);
+    last[14..16].copy_from_slice(&0x0456u16.to_le_bytes()); // a tag, but no VLE
+    r.send(&[first, last]);
+    assert_eq!(r.nic.take_sent(), vec![f.clone()], "data: untagged");
+    // VLE on the end-of-packet data descriptor: tagged.
+    last[11] |= cmd::VLE;
+    r.send(&[data(a, 40, cmd::IFCS, 0), last]);
+    let mut tagged = f[..12].to_vec();
+    tagged.extend_from_slice(&[0x81, 0x00, 0x04, 0x56]);
+    tagged.extend_from_slice(&f[12..]);
+    assert_eq!(r.nic.take_sent(), vec![tagged]);
+    r.no_violations();
+}
+
+#[test]
+fn tx_a_context_or_reserved_descriptor_with_rs_reports_its_completion() {
+    let mut r = Rig::new(32, 32);
+    r.up(16, 8, Rctl::SECRC.bits());
+    r.r(regs::ICR);
+    // Context with RS, then a data descriptor without RS.
+    let f = eth(0x0800, &pattern(80, 3));
+    let a = r.buf(&f);
+    let ctx = context(14, 24, 33, 34, 50, 0, tucmd::TCP | tucmd::IP, 0, 0);
+    r.send(&[ctx, data(a, f.len() as u32, cmd::EOP | cmd::IFCS, 0)]);
+    assert_eq!(r.nic.take_sent().len(), 1);
+    assert_ne!(r.r(regs::ICR) & Int::TXDW.bits(), 0, "context");
+    assert_eq!(r.tx_status(1) & 1, 0, "no RS, no DD");
+    // A reserved descriptor type with RS: refused, but completed and reported.
+    let mut reserved = [0u8; 16];
+    reserved[8..12]
+        .copy_from_slice(&((7u32 << 20) | (u32::from(cmd::DEXT | cmd::RS) << 24)).to_le_bytes());
+    r.send(&[reserved]);
+    assert_ne!(r.r(regs::ICR) & Int::TXDW.bits(), 0, "reserved");
+    assert_eq!(r.tx_status(2) & 1, 1);
+}
+
+#[test]
+fn tx_tso_packets_wait_until_shojis_ring_has_room_for_every_segment() {
+    let mut r = Rig::new(8, 8);
+    r.up(32, 8, Rctl::SECRC.bits());
+    r.nic.0.borrow_mut().auto_tx = false;
+    // Six segments, then eight: Shoji's ring holds 7 frames.
+    let first = tso_v4(&mut r, &pattern(3000, 1), 500, 0x18, &[3000]);
+    assert!(first.is_empty());
+    let second = tso_v4(&mut r, &pattern(1600, 2), 200, 0x18, &[1600]);
+    assert!(second.is_empty());
+    let mut sent = Vec::new();
+    for _ in 0..6 {
+        r.nic.run_tx();
+        sent.extend(r.nic.take_sent());
+        r.poll();
+    }
+    assert_eq!(sent.len(), 6 + 8);
+    assert_eq!(r.e.counters().tso_segments, 14);
+    assert_eq!(r.e.counters().tx.dropped_total(), 0);
+    r.no_violations();
+}
+
+#[test]
 fn tx_legacy_insert_checksum() {
     let mut r = Rig::new(32, 32);
     r.up(8, 8, Rctl::SECRC.bits());
