@@ -643,6 +643,44 @@ fn tx_frames_longer_than_one_real_buffer_wait_for_room_without_loss() {
 }
 
 #[test]
+fn tx_a_max_frame_goes_out_one_byte_more_is_oversize() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, Rctl::SECRC.bits());
+    let largest = eth(0x0800, &pattern(crate::engine::MAX_FRAME - 14, 1));
+    r.send_frame(&largest);
+    assert_eq!(r.nic.take_sent(), vec![largest]);
+    r.send_frame(&eth(0x0800, &pattern(crate::engine::MAX_FRAME - 13, 2)));
+    assert!(r.nic.take_sent().is_empty());
+    assert_eq!(r.e.counters().tx.dropped(DropReason::Oversize), 1);
+}
+
+#[test]
+fn tx_queue_empty_is_signalled_with_the_completion_that_empties_the_ring() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, Rctl::SECRC.bits());
+    r.r(regs::ICR);
+    // A packet whose end is not posted yet: its context completes, the ring is not empty.
+    let f = eth(0x0800, &pattern(100, 1));
+    let a = r.buf(&f);
+    let ctx = context(14, 24, 33, 34, 50, 0, tucmd::TCP | tucmd::IP, 0, 0);
+    r.send(&[ctx, data(a, 40, cmd::IFCS, 0)]);
+    let icr = r.r(regs::ICR);
+    assert_ne!(icr & Int::TXDW.bits(), 0);
+    assert_eq!(icr & Int::TXQE.bits(), 0, "a descriptor is still pending");
+    let b = r.buf(&f[40..]);
+    r.send(&[data(
+        b,
+        (f.len() - 40) as u32,
+        cmd::EOP | cmd::IFCS | cmd::RS,
+        0,
+    )]);
+    assert_eq!(r.nic.take_sent(), vec![f]);
+    let icr = r.r(regs::ICR);
+    assert_ne!(icr & (Int::TXDW | Int::TXQE).bits(), 0);
+    assert_eq!(icr & Int::TXQE.bits(), Int::TXQE.bits());
+}
+
+#[test]
 fn tx_completion_sets_dd_whatever_the_status_byte_held() {
     let mut r = Rig::new(32, 32);
     r.up(8, 8, Rctl::SECRC.bits());
