@@ -1891,6 +1891,15 @@ fn counters_and_cost_hooks() {
     assert!(c.exits[crate::ExitCause::MmioWrite as usize] > 0);
     assert_eq!(c.reg_writes[regs::RegId::Tdt as usize], 5);
     assert!(c.cost_per_frame(crate::ExitCause::IoBar).is_none());
+    // A frame the filter drops was moved too: it counts for its cause.
+    let before = c.cost[crate::ExitCause::MmioWrite as usize].frames;
+    r.f.mode = Mode::DropAll;
+    r.send_frame(&eth(0x0800, &pattern(60, 9)));
+    let c = r.e.counters_mut();
+    assert_eq!(
+        c.cost[crate::ExitCause::MmioWrite as usize].frames,
+        before + 1
+    );
     r.e.note_refused_instruction();
     assert_eq!(r.e.counters().insn_refused, 1);
 }
