@@ -318,9 +318,10 @@ mod tests {
         assert_eq!(p.write(0x0e, 4, 0, 0).write, PciWrite::Drop);
         assert_eq!(p.write(0x10, 3, 0, 0).write, PciWrite::Drop);
         assert_eq!(p.write(0x07, 2, 0, 0).write, PciWrite::Drop);
-        assert_eq!(p.denied, 3);
+        assert_eq!(p.write(0x11, 4, 0, 0).write, PciWrite::Drop);
+        assert_eq!(p.denied, 4);
         assert_eq!(p.write(0x3c, 1, 0x0b, 0).write, PciWrite::Pass);
-        assert_eq!(p.denied, 3);
+        assert_eq!(p.denied, 4);
     }
 
     /// A BAR declared smaller than the hardware minimum (16 bytes memory, 4 bytes I/O) is sized
