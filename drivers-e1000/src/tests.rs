@@ -866,6 +866,35 @@ fn tx_tso_packets_wait_until_shojis_ring_has_room_for_every_segment() {
 }
 
 #[test]
+fn tx_a_packet_is_taken_as_soon_as_shojis_ring_has_room_for_all_it_becomes() {
+    let mut r = Rig::new(8, 8);
+    r.up(32, 8, Rctl::SECRC.bits());
+    r.nic.0.borrow_mut().auto_tx = false;
+    // One small frame waits in Shoji's ring (7 usable descriptors): 6 left.
+    r.send_frame(&eth(0x0800, &pattern(60, 1)));
+    assert_eq!(r.r(regs::TDH), 1);
+    // Six 1,514-byte segments need exactly the 6 left: taken at once.
+    tso_v4(&mut r, &pattern(6 * 1460, 2), 1460, 0x18, &[6 * 1460]);
+    assert_eq!(
+        r.r(regs::TDH),
+        1 + 3,
+        "context, header and payload descriptors consumed"
+    );
+    // Two jumbo segments (2 buffers each) do not fit in the 0 left: the packet waits.
+    tso_v4(&mut r, &pattern(2 * 3000, 3), 3000, 0x18, &[2 * 3000]);
+    assert_eq!(r.r(regs::TDH), 5, "only its context descriptor is consumed");
+    let mut sent = Vec::new();
+    for _ in 0..4 {
+        r.nic.run_tx();
+        sent.extend(r.nic.take_sent());
+        r.poll();
+    }
+    assert_eq!(sent.len(), 1 + 6 + 2);
+    assert_eq!(r.e.counters().tx.dropped_total(), 0);
+    r.no_violations();
+}
+
+#[test]
 fn tx_legacy_insert_checksum() {
     let mut r = Rig::new(32, 32);
     r.up(8, 8, Rctl::SECRC.bits());
