@@ -891,6 +891,18 @@ fn tx_a_packet_is_taken_as_soon_as_shojis_ring_has_room_for_all_it_becomes() {
     }
     assert_eq!(sent.len(), 1 + 6 + 2);
     assert_eq!(r.e.counters().tx.dropped_total(), 0);
+    // Three jumbo segments need 6 descriptors; with two small frames waiting only 5 are free.
+    let mut r = Rig::new(8, 8);
+    r.up(32, 8, Rctl::SECRC.bits());
+    r.nic.0.borrow_mut().auto_tx = false;
+    r.send_frame(&eth(0x0800, &pattern(60, 6)));
+    r.send_frame(&eth(0x0800, &pattern(60, 7)));
+    tso_v4(&mut r, &pattern(3 * 3000, 8), 3000, 0x18, &[3 * 3000]);
+    assert_eq!(r.r(regs::TDH), 3, "only its context descriptor is consumed");
+    r.nic.run_tx();
+    r.poll();
+    r.nic.run_tx();
+    assert_eq!(r.nic.take_sent().len(), 2 + 3);
     r.no_violations();
 }
 
