@@ -486,6 +486,30 @@ fn tx_wraps_around_the_guest_ring() {
 }
 
 #[test]
+fn tx_one_tail_write_sends_every_packet_even_past_one_that_wraps() {
+    let mut r = Rig::new(16, 16);
+    r.up(8, 8, Rctl::SECRC.bits());
+    // Move the guest's ring to descriptor 6.
+    for k in 0..6u8 {
+        r.send_frame(&eth(0x0800, &pattern(60, k)));
+    }
+    r.nic.take_sent();
+    // A packet in descriptors 6, 7 and 0, then one in descriptor 1: one TDT write.
+    let f = eth(0x0800, &pattern(90, 7));
+    let (a, b, c) = (r.buf(&f[..30]), r.buf(&f[30..60]), r.buf(&f[60..]));
+    let g = eth(0x0800, &pattern(70, 8));
+    let d = r.buf(&g);
+    r.send(&[
+        legacy(a, 30, cmd::IFCS),
+        legacy(b, 30, cmd::IFCS),
+        legacy(c, (f.len() - 60) as u16, cmd::EOP | cmd::IFCS | cmd::RS),
+        legacy(d, g.len() as u16, cmd::EOP | cmd::IFCS | cmd::RS),
+    ]);
+    assert_eq!(r.r(regs::TDH), 2);
+    assert_eq!(r.nic.take_sent(), vec![f, g]);
+}
+
+#[test]
 fn tx_multi_descriptor_frame_and_partial_packet() {
     let mut r = Rig::new(32, 32);
     r.up(16, 8, Rctl::SECRC.bits());
