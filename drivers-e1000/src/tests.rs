@@ -989,6 +989,24 @@ fn tso_v4(r: &mut Rig, payload: &[u8], mss: u16, flags: u8, split: &[usize]) -> 
 }
 
 #[test]
+fn tx_the_largest_packet_is_gathered_whole_one_byte_more_is_oversize() {
+    let mut r = Rig::new(64, 32);
+    r.up(32, 8, Rctl::SECRC.bits());
+    let cap = crate::engine::GATHER_CAP;
+    // A TSO packet of exactly GATHER_CAP bytes (54 of headers): 46 segments of MSS 1,460.
+    let payload = pattern(cap - 54, 9);
+    let segs = tso_v4(&mut r, &payload, 1460, 0x10, &[cap - 54]);
+    assert_eq!(segs.len(), (cap - 54).div_ceil(1460));
+    let joined: Vec<u8> = segs.iter().flat_map(|s| s[54..].to_vec()).collect();
+    assert_eq!(joined, payload);
+    // One byte more is refused as oversize, nothing of it sent.
+    let segs = tso_v4(&mut r, &pattern(cap - 53, 10), 1460, 0x10, &[cap - 53]);
+    assert!(segs.is_empty());
+    assert_eq!(r.e.counters().tx.dropped(DropReason::Oversize), 1);
+    r.no_violations();
+}
+
+#[test]
 fn tx_tso_ipv4_segments_match_reference() {
     let mut r = Rig::new(64, 32);
     r.up(32, 8, Rctl::SECRC.bits());
