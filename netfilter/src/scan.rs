@@ -559,7 +559,7 @@ mod tests {
         };
         let s = same_set(0xc000_0300, WAYS + 1);
         let mut scans = InboundScans::new();
-        // Windows start at 10, 11, 12, 13 (the second source's first), two ports each.
+        // Windows open at 11, 10, 12 and 13 (the second source's is the oldest), two ports each.
         let starts = [11, 10, 12, 13];
         for (source, start) in s[..WAYS].iter().zip(starts) {
             assert!(!probe_port(&mut scans, &config, start, *source, 1));
