@@ -290,4 +290,47 @@ mod tests {
         };
         assert_eq!(RxWriteBack::from_u64(w.to_u64()), w);
     }
+
+    /// Bytes 8..16 of an RX descriptor: length, checksum, status, errors, special, in that
+    /// order, little-endian.
+    #[test]
+    fn rx_writeback_has_the_documented_layout() {
+        let bytes = [0xea, 0x05, 0x34, 0x12, 0x0b, 0x80, 0x64, 0x00];
+        let w = RxWriteBack::from_u64(u64::from_le_bytes(bytes));
+        assert_eq!(
+            w,
+            RxWriteBack {
+                len: 1514,
+                csum: 0x1234,
+                status: 0x0b,
+                errors: 0x80,
+                special: 0x0064,
+            }
+        );
+        assert_eq!(w.to_u64().to_le_bytes(), bytes);
+    }
+
+    /// The command byte is byte 11 in every format (for a context descriptor, its TUCMD).
+    #[test]
+    fn cmd_is_byte_11_in_every_format() {
+        let legacy = TxDesc::legacy_bytes(0x1000, 60, cmd::EOP | cmd::RS);
+        assert_eq!(TxDesc::parse(&legacy).cmd(), cmd::EOP | cmd::RS);
+        let mut context = [0u8; 16];
+        context[11] = cmd::DEXT | cmd::RS | tucmd::TCP;
+        assert!(matches!(TxDesc::parse(&context), TxDesc::Context(_)));
+        assert_eq!(
+            TxDesc::parse(&context).cmd(),
+            cmd::DEXT | cmd::RS | tucmd::TCP
+        );
+        let mut data = [0u8; 16];
+        data[10] = 1 << 4; // DTYP 1
+        data[11] = cmd::DEXT | cmd::EOP | cmd::VLE;
+        assert!(matches!(TxDesc::parse(&data), TxDesc::Data { .. }));
+        assert_eq!(TxDesc::parse(&data).cmd(), cmd::DEXT | cmd::EOP | cmd::VLE);
+        let mut reserved = [0u8; 16];
+        reserved[10] = 5 << 4;
+        reserved[11] = cmd::DEXT | cmd::RS;
+        assert!(matches!(TxDesc::parse(&reserved), TxDesc::Reserved { .. }));
+        assert_eq!(TxDesc::parse(&reserved).cmd(), cmd::DEXT | cmd::RS);
+    }
 }

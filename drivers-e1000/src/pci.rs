@@ -250,6 +250,10 @@ mod tests {
         assert_eq!(p.read(0x10, 4, real), 0xfffe_0000);
         assert_eq!(p.write(0x10, 4, real, real).write, PciWrite::Drop);
         assert_eq!(p.read(0x10, 4, real), real);
+        assert_eq!(
+            p.denied, 0,
+            "writing the current base back is not a refused move"
+        );
         let out = p.write(0x10, 4, 0xe000_0000, real);
         assert_eq!(
             out,
@@ -258,6 +262,7 @@ mod tests {
                 moved: None
             }
         );
+        assert_eq!(p.denied, 1, "the refused move is counted");
         // I/O BAR sizing.
         assert_eq!(p.write(0x14, 4, 0xffff_ffff, 0xc001).write, PciWrite::Drop);
         assert_eq!(p.read(0x14, 4, 0xc001), 0xffff_ffc1);
@@ -265,6 +270,91 @@ mod tests {
         assert_eq!(p.write(0x3c, 1, 0x0b, 0).write, PciWrite::Pass);
         assert_eq!(p.write(0x18, 4, 0xffff_ffff, 0).write, PciWrite::Pass);
         assert_eq!(p.write(0x0e, 4, 0, 0).write, PciWrite::Drop);
+    }
+
+    /// Byte and word reads return the bytes at their offset (the guest's view of the command
+    /// register included).
+    #[test]
+    fn sub_dword_reads_return_the_bytes_at_their_offset() {
+        let p = PciState::new(PciLayout::default());
+        let real = 0x0290_0007; // status 0x0290, command 0x0007
+        assert_eq!(p.read(0x04, 1, real), 0x07);
+        assert_eq!(p.read(0x05, 1, real), 0x00);
+        assert_eq!(p.read(0x06, 1, real), 0x90);
+        assert_eq!(p.read(0x07, 1, real), 0x02);
+        assert_eq!(p.read(0x06, 2, real), 0x0290);
+        assert_eq!(p.read(0x04, 4, real), real);
+        assert_eq!(p.read(0x3d, 1, 0x0000_010b), 0x01);
+        assert_eq!(p.read(0x3e, 2, 0x1234_010b), 0x1234);
+    }
+
+    /// The status register's bits are write-one-to-clear: a write passes those the guest wrote
+    /// (dword, status word or status byte), never the ones it left alone; the command keeps
+    /// MEM and BUS_MASTER and the guest's other command bits.
+    #[test]
+    fn status_bits_pass_only_when_the_guest_writes_them() {
+        let mut p = PciState::new(PciLayout::default());
+        let real = 0x8290_0007;
+        let replaced = |out: PciOutcome| match out.write {
+            PciWrite::Replace(v) => v,
+            w => panic!("{w:?}"),
+        };
+        assert_eq!(replaced(p.write(0x06, 2, 0x8000, real)), 0x8000_0007);
+        assert_eq!(replaced(p.write(0x07, 1, 0x80, real)), 0x8000_0007);
+        assert_eq!(replaced(p.write(0x06, 1, 0x10, real)), 0x0010_0007);
+        assert_eq!(replaced(p.write(0x04, 1, 0x03, real)), 0x0000_0007);
+        assert!(
+            !p.guest_bus_master(),
+            "the guest's BUS_MASTER is kept in its view"
+        );
+        assert_eq!(replaced(p.write(0x05, 1, 0x04, real)), 0x0000_0407);
+        assert_eq!(p.denied, 0);
+    }
+
+    /// Writes that are not a byte, word or dword inside one dword are discarded and counted.
+    #[test]
+    fn malformed_writes_are_dropped_and_counted() {
+        let mut p = PciState::new(PciLayout::default());
+        assert_eq!(p.write(0x0e, 4, 0, 0).write, PciWrite::Drop);
+        assert_eq!(p.write(0x10, 3, 0, 0).write, PciWrite::Drop);
+        assert_eq!(p.write(0x07, 2, 0, 0).write, PciWrite::Drop);
+        assert_eq!(p.write(0x11, 4, 0, 0).write, PciWrite::Drop);
+        assert_eq!(p.denied, 4);
+        assert_eq!(p.write(0x3c, 1, 0x0b, 0).write, PciWrite::Pass);
+        assert_eq!(p.denied, 4);
+    }
+
+    /// A BAR declared smaller than the hardware minimum (16 bytes memory, 4 bytes I/O) is sized
+    /// as the minimum.
+    #[test]
+    fn bars_are_sized_at_least_at_the_hardware_minimum() {
+        let mut p = PciState::new(PciLayout {
+            mmio_size: 8,
+            io_size: 2,
+            ..Default::default()
+        });
+        assert_eq!(
+            p.write(0x10, 4, 0xffff_ffff, 0xfebc_0008).write,
+            PciWrite::Drop
+        );
+        assert_eq!(p.read(0x10, 4, 0xfebc_0008), 0xffff_fff8);
+        assert_eq!(p.write(0x14, 4, 0xffff_ffff, 0xc001).write, PciWrite::Drop);
+        assert_eq!(p.read(0x14, 4, 0xc001), 0xffff_fffd);
+        // Moved (when followed), the base keeps the 16-byte alignment and the BAR its flags.
+        let mut p = PciState::new(PciLayout {
+            mmio_size: 8,
+            bar_move: BarMovePolicy::Follow,
+            ..Default::default()
+        });
+        let out = p.write(0x10, 4, 0xe000_0013, 0xfebc_0008);
+        assert_eq!(out.write, PciWrite::Replace(0xe000_0018));
+        assert_eq!(
+            out.moved,
+            Some(BarMove {
+                bar: 0,
+                base: 0xe000_0010
+            })
+        );
     }
 
     #[test]
@@ -280,6 +370,25 @@ mod tests {
             Some(BarMove {
                 bar: 0,
                 base: 0xe000_0000
+            })
+        );
+        // Writing the current base back (flag bits aside) is no move.
+        let out = p.write(0x10, 4, 0xfebc_0000, 0xfebc_0008);
+        assert_eq!(
+            out,
+            PciOutcome {
+                write: PciWrite::Drop,
+                moved: None
+            }
+        );
+        // A byte write moves it too: the top byte of BAR0.
+        let out = p.write(0x13, 1, 0xe0, 0xfebc_0000);
+        assert_eq!(out.write, PciWrite::Replace(0xe0bc_0000));
+        assert_eq!(
+            out.moved,
+            Some(BarMove {
+                bar: 0,
+                base: 0xe0bc_0000
             })
         );
     }

@@ -132,6 +132,8 @@ pub struct SimState {
     pub irqs: u32,
     /// The clock the engine's interrupt throttling reads (ns); `None`: no clock.
     pub clock: Option<u64>,
+    /// Error bits reported in the write-back of every frame received (0: none).
+    pub rx_errors: u8,
 }
 
 /// The simulated NIC; clones share state, so a test keeps one while the engine owns another.
@@ -154,6 +156,7 @@ impl SimNic {
             rx_oversize: 0,
             irqs: 0,
             clock: None,
+            rx_errors: 0,
         };
         s.power_on();
         SimNic(Rc::new(RefCell::new(s)))
@@ -375,7 +378,7 @@ impl SimState {
                     len: c.len() as u16,
                     csum: 0,
                     status,
-                    errors: 0,
+                    errors: self.rx_errors,
                     special,
                 };
                 self.write_dma(da + 8, &wb.to_u64().to_le_bytes(), "rx writeback");

@@ -498,6 +498,30 @@ fn tx_wraps_around_the_guest_ring() {
 }
 
 #[test]
+fn tx_one_tail_write_sends_every_packet_even_past_one_that_wraps() {
+    let mut r = Rig::new(16, 16);
+    r.up(8, 8, Rctl::SECRC.bits());
+    // Move the guest's ring to descriptor 6.
+    for k in 0..6u8 {
+        r.send_frame(&eth(0x0800, &pattern(60, k)));
+    }
+    r.nic.take_sent();
+    // A packet in descriptors 6, 7 and 0, then one in descriptor 1: one TDT write.
+    let f = eth(0x0800, &pattern(90, 7));
+    let (a, b, c) = (r.buf(&f[..30]), r.buf(&f[30..60]), r.buf(&f[60..]));
+    let g = eth(0x0800, &pattern(70, 8));
+    let d = r.buf(&g);
+    r.send(&[
+        legacy(a, 30, cmd::IFCS),
+        legacy(b, 30, cmd::IFCS),
+        legacy(c, (f.len() - 60) as u16, cmd::EOP | cmd::IFCS | cmd::RS),
+        legacy(d, g.len() as u16, cmd::EOP | cmd::IFCS | cmd::RS),
+    ]);
+    assert_eq!(r.r(regs::TDH), 2);
+    assert_eq!(r.nic.take_sent(), vec![f, g]);
+}
+
+#[test]
 fn tx_multi_descriptor_frame_and_partial_packet() {
     let mut r = Rig::new(32, 32);
     r.up(16, 8, Rctl::SECRC.bits());
@@ -628,6 +652,84 @@ fn tx_real_ring_full_stalls_then_resumes_without_loss() {
 }
 
 #[test]
+fn tx_frames_longer_than_one_real_buffer_wait_for_room_without_loss() {
+    let mut r = Rig::new(8, 8);
+    r.up(32, 8, Rctl::SECRC.bits());
+    r.nic.0.borrow_mut().auto_tx = false;
+    // 2,050 bytes: two of Shoji's 2 KiB buffers each, so 3 frames fill its 7 usable descriptors.
+    let frames: Vec<Vec<u8>> = (0..10).map(|i| eth(0x0800, &pattern(2036, i))).collect();
+    let mut ds = Vec::new();
+    for f in &frames {
+        let a = r.buf(f);
+        ds.push(legacy(a, f.len() as u16, cmd::EOP | cmd::IFCS | cmd::RS));
+    }
+    r.send(&ds);
+    assert_eq!(r.r(regs::TDH), 3);
+    let mut sent = Vec::new();
+    for _ in 0..10 {
+        r.nic.run_tx();
+        sent.extend(r.nic.take_sent());
+        r.poll();
+    }
+    r.nic.run_tx();
+    sent.extend(r.nic.take_sent());
+    assert_eq!(sent, frames);
+    assert_eq!(r.e.counters().tx.dropped_total(), 0);
+    r.no_violations();
+}
+
+#[test]
+fn tx_a_max_frame_goes_out_one_byte_more_is_oversize() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, Rctl::SECRC.bits());
+    let largest = eth(0x0800, &pattern(crate::engine::MAX_FRAME - 14, 1));
+    r.send_frame(&largest);
+    assert_eq!(r.nic.take_sent(), vec![largest]);
+    r.send_frame(&eth(0x0800, &pattern(crate::engine::MAX_FRAME - 13, 2)));
+    assert!(r.nic.take_sent().is_empty());
+    assert_eq!(r.e.counters().tx.dropped(DropReason::Oversize), 1);
+}
+
+#[test]
+fn tx_queue_empty_is_signalled_with_the_completion_that_empties_the_ring() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, Rctl::SECRC.bits());
+    r.r(regs::ICR);
+    // A packet whose end is not posted yet: its context completes, the ring is not empty.
+    let f = eth(0x0800, &pattern(100, 1));
+    let a = r.buf(&f);
+    let ctx = context(14, 24, 33, 34, 50, 0, tucmd::TCP | tucmd::IP, 0, 0);
+    r.send(&[ctx, data(a, 40, cmd::IFCS, 0)]);
+    let icr = r.r(regs::ICR);
+    assert_ne!(icr & Int::TXDW.bits(), 0);
+    assert_eq!(icr & Int::TXQE.bits(), 0, "a descriptor is still pending");
+    let b = r.buf(&f[40..]);
+    r.send(&[data(
+        b,
+        (f.len() - 40) as u32,
+        cmd::EOP | cmd::IFCS | cmd::RS,
+        0,
+    )]);
+    assert_eq!(r.nic.take_sent(), vec![f]);
+    let icr = r.r(regs::ICR);
+    assert_ne!(icr & (Int::TXDW | Int::TXQE).bits(), 0);
+    assert_eq!(icr & Int::TXQE.bits(), Int::TXQE.bits());
+}
+
+#[test]
+fn tx_completion_sets_dd_whatever_the_status_byte_held() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, Rctl::SECRC.bits());
+    let f = eth(0x0800, &pattern(100, 1));
+    let a = r.buf(&f);
+    let mut d = legacy(a, f.len() as u16, cmd::EOP | cmd::IFCS | cmd::RS);
+    d[12] = 0x01; // DD left over from the descriptor's previous use
+    r.send(&[d]);
+    assert_eq!(r.nic.take_sent(), vec![f]);
+    assert_eq!(r.tx_status(0) & 1, 1);
+}
+
+#[test]
 fn tx_checksum_offload_with_context() {
     let mut r = Rig::new(32, 32);
     r.up(16, 8, Rctl::SECRC.bits());
@@ -696,6 +798,151 @@ fn tx_checksum_offload_with_context() {
 }
 
 #[test]
+fn tx_offloads_do_only_what_the_first_data_descriptor_asks() {
+    let mut r = Rig::new(32, 32);
+    r.up(16, 8, Rctl::SECRC.bits());
+    let f = ipv4_tcp(&pattern(100, 4), 0x18, true);
+    let ctx = context(14, 24, 33, 34, 34 + 16, 0, tucmd::TCP | tucmd::IP, 0, 0);
+    let a = r.buf(&f);
+    let eop = cmd::EOP | cmd::IFCS | cmd::RS;
+    // TXSM only: the TCP checksum is inserted, the IP header checksum stays 0.
+    r.send(&[ctx, data(a, f.len() as u32, eop, popts::TXSM)]);
+    let sent = r.nic.take_sent();
+    assert_eq!(&sent[0][24..26], &[0, 0], "IP checksum not inserted");
+    let ipp = Ipv4Packet::new_checked(&sent[0][14..]).unwrap();
+    let t = TcpPacket::new_checked(ipp.payload()).unwrap();
+    assert!(t.verify_checksum(
+        &IpAddress::Ipv4(ipp.src_addr()),
+        &IpAddress::Ipv4(ipp.dst_addr())
+    ));
+    // IXSM only: the IP checksum is inserted, the TCP checksum field keeps the guest's value.
+    r.send(&[ctx, data(a, f.len() as u32, eop, popts::IXSM)]);
+    let sent = r.nic.take_sent();
+    assert!(Ipv4Packet::new_checked(&sent[0][14..])
+        .unwrap()
+        .verify_checksum());
+    assert_eq!(&sent[0][50..52], &f[50..52], "TCP checksum not inserted");
+    r.no_violations();
+}
+
+#[test]
+fn tx_the_vlan_tag_comes_from_the_end_of_packet_descriptor() {
+    let mut r = Rig::new(32, 32);
+    r.up(16, 8, Rctl::SECRC.bits());
+    let ctrl = r.r(regs::CTRL);
+    r.w(regs::CTRL, ctrl | Ctrl::VME.bits());
+    let f = eth(0x0800, &pattern(80, 2));
+    let a = r.buf(&f[..40]);
+    let b = r.buf(&f[40..]);
+    // Legacy: VLE and a tag on the first descriptor only.
+    r.send(&[
+        legacy_vlan(a, 40, cmd::IFCS, 0x0123),
+        legacy(b, (f.len() - 40) as u16, cmd::EOP | cmd::IFCS | cmd::RS),
+    ]);
+    assert_eq!(r.nic.take_sent(), vec![f.clone()], "legacy: untagged");
+    // Data descriptors: the same.
+    let mut first = data(a, 40, cmd::IFCS | cmd::VLE, 0);
+    first[14..16].copy_from_slice(&0x0123u16.to_le_bytes());
+    let mut last = data(b, (f.len() - 40) as u32, cmd::EOP | cmd::IFCS | cmd::RS, 0);
+    last[14..16].copy_from_slice(&0x0456u16.to_le_bytes()); // a tag, but no VLE
+    r.send(&[first, last]);
+    assert_eq!(r.nic.take_sent(), vec![f.clone()], "data: untagged");
+    // VLE on the end-of-packet data descriptor: tagged.
+    last[11] |= cmd::VLE;
+    r.send(&[data(a, 40, cmd::IFCS, 0), last]);
+    let mut tagged = f[..12].to_vec();
+    tagged.extend_from_slice(&[0x81, 0x00, 0x04, 0x56]);
+    tagged.extend_from_slice(&f[12..]);
+    assert_eq!(r.nic.take_sent(), vec![tagged]);
+    r.no_violations();
+}
+
+#[test]
+fn tx_a_context_or_reserved_descriptor_with_rs_reports_its_completion() {
+    let mut r = Rig::new(32, 32);
+    r.up(16, 8, Rctl::SECRC.bits());
+    r.r(regs::ICR);
+    // Context with RS, then a data descriptor without RS.
+    let f = eth(0x0800, &pattern(80, 3));
+    let a = r.buf(&f);
+    let ctx = context(14, 24, 33, 34, 50, 0, tucmd::TCP | tucmd::IP, 0, 0);
+    r.send(&[ctx, data(a, f.len() as u32, cmd::EOP | cmd::IFCS, 0)]);
+    assert_eq!(r.nic.take_sent().len(), 1);
+    assert_ne!(r.r(regs::ICR) & Int::TXDW.bits(), 0, "context");
+    assert_eq!(r.tx_status(1) & 1, 0, "no RS, no DD");
+    // A reserved descriptor type with RS: refused, but completed and reported.
+    let mut reserved = [0u8; 16];
+    reserved[8..12]
+        .copy_from_slice(&((7u32 << 20) | (u32::from(cmd::DEXT | cmd::RS) << 24)).to_le_bytes());
+    r.send(&[reserved]);
+    assert_ne!(r.r(regs::ICR) & Int::TXDW.bits(), 0, "reserved");
+    assert_eq!(r.tx_status(2) & 1, 1);
+}
+
+#[test]
+fn tx_tso_packets_wait_until_shojis_ring_has_room_for_every_segment() {
+    let mut r = Rig::new(8, 8);
+    r.up(32, 8, Rctl::SECRC.bits());
+    r.nic.0.borrow_mut().auto_tx = false;
+    // Six segments, then eight: Shoji's ring holds 7 frames.
+    let first = tso_v4(&mut r, &pattern(3000, 1), 500, 0x18, &[3000]);
+    assert!(first.is_empty());
+    let second = tso_v4(&mut r, &pattern(1600, 2), 200, 0x18, &[1600]);
+    assert!(second.is_empty());
+    let mut sent = Vec::new();
+    for _ in 0..6 {
+        r.nic.run_tx();
+        sent.extend(r.nic.take_sent());
+        r.poll();
+    }
+    assert_eq!(sent.len(), 6 + 8);
+    assert_eq!(r.e.counters().tso_segments, 14);
+    assert_eq!(r.e.counters().tx.dropped_total(), 0);
+    r.no_violations();
+}
+
+#[test]
+fn tx_a_packet_is_taken_as_soon_as_shojis_ring_has_room_for_all_it_becomes() {
+    let mut r = Rig::new(8, 8);
+    r.up(32, 8, Rctl::SECRC.bits());
+    r.nic.0.borrow_mut().auto_tx = false;
+    // One small frame waits in Shoji's ring (7 usable descriptors): 6 left.
+    r.send_frame(&eth(0x0800, &pattern(60, 1)));
+    assert_eq!(r.r(regs::TDH), 1);
+    // Six 1,514-byte segments need exactly the 6 left: taken at once.
+    tso_v4(&mut r, &pattern(6 * 1460, 2), 1460, 0x18, &[6 * 1460]);
+    assert_eq!(
+        r.r(regs::TDH),
+        1 + 3,
+        "context, header and payload descriptors consumed"
+    );
+    // Two jumbo segments (2 buffers each) do not fit in the 0 left: the packet waits.
+    tso_v4(&mut r, &pattern(2 * 3000, 3), 3000, 0x18, &[2 * 3000]);
+    assert_eq!(r.r(regs::TDH), 5, "only its context descriptor is consumed");
+    let mut sent = Vec::new();
+    for _ in 0..4 {
+        r.nic.run_tx();
+        sent.extend(r.nic.take_sent());
+        r.poll();
+    }
+    assert_eq!(sent.len(), 1 + 6 + 2);
+    assert_eq!(r.e.counters().tx.dropped_total(), 0);
+    // Three jumbo segments need 6 descriptors; with two small frames waiting only 5 are free.
+    let mut r = Rig::new(8, 8);
+    r.up(32, 8, Rctl::SECRC.bits());
+    r.nic.0.borrow_mut().auto_tx = false;
+    r.send_frame(&eth(0x0800, &pattern(60, 6)));
+    r.send_frame(&eth(0x0800, &pattern(60, 7)));
+    tso_v4(&mut r, &pattern(3 * 3000, 8), 3000, 0x18, &[3 * 3000]);
+    assert_eq!(r.r(regs::TDH), 3, "only its context descriptor is consumed");
+    r.nic.run_tx();
+    r.poll();
+    r.nic.run_tx();
+    assert_eq!(r.nic.take_sent().len(), 2 + 3);
+    r.no_violations();
+}
+
+#[test]
 fn tx_legacy_insert_checksum() {
     let mut r = Rig::new(32, 32);
     r.up(8, 8, Rctl::SECRC.bits());
@@ -751,6 +998,24 @@ fn tso_v4(r: &mut Rig, payload: &[u8], mss: u16, flags: u8, split: &[usize]) -> 
     assert_eq!(off, f.len());
     r.send(&ds);
     r.nic.take_sent()
+}
+
+#[test]
+fn tx_the_largest_packet_is_gathered_whole_one_byte_more_is_oversize() {
+    let mut r = Rig::new(64, 32);
+    r.up(32, 8, Rctl::SECRC.bits());
+    let cap = crate::engine::GATHER_CAP;
+    // A TSO packet of exactly GATHER_CAP bytes (54 of headers): 46 segments of MSS 1,460.
+    let payload = pattern(cap - 54, 9);
+    let segs = tso_v4(&mut r, &payload, 1460, 0x10, &[cap - 54]);
+    assert_eq!(segs.len(), (cap - 54).div_ceil(1460));
+    let joined: Vec<u8> = segs.iter().flat_map(|s| s[54..].to_vec()).collect();
+    assert_eq!(joined, payload);
+    // One byte more is refused as oversize, nothing of it sent.
+    let segs = tso_v4(&mut r, &pattern(cap - 53, 10), 1460, 0x10, &[cap - 53]);
+    assert!(segs.is_empty());
+    assert_eq!(r.e.counters().tx.dropped(DropReason::Oversize), 1);
+    r.no_violations();
 }
 
 #[test]
@@ -1067,6 +1332,8 @@ fn tx_disabled_or_no_bus_master_holds_frames() {
     r.w(regs::TCTL, 0);
     r.send_frame(&eth(0x0800, &pattern(60, 1)));
     assert!(r.nic.take_sent().is_empty());
+    assert_eq!(r.r(regs::TDH), 0, "the descriptor is not consumed");
+    assert_eq!(r.tx_status(0) & 1, 0);
     r.w(regs::TCTL, Tctl::EN.bits());
     assert_eq!(r.nic.take_sent().len(), 1);
     let out = r.e.pci_config_write(0x04, 2, 0x0003, 0x0000_0007);
@@ -1364,6 +1631,243 @@ fn rx_disabled_drops_and_filter_drops_are_counted() {
         1,
         "a filtered frame still completes its descriptor"
     );
+}
+
+#[test]
+fn rx_frames_the_nic_reports_broken_are_dropped_checksum_errors_are_not() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, Rctl::SECRC.bits());
+    // CE, SE, SEQ, CXE, RXE: the frame itself is bad.
+    for (k, bit) in [0x01u8, 0x02, 0x04, 0x10, 0x80].into_iter().enumerate() {
+        r.nic.0.borrow_mut().rx_errors = bit;
+        r.nic.inject(&eth(0x0800, &pattern(100, k as u8)));
+        r.poll();
+        assert!(r.rx().is_empty(), "error bit {bit:#x}");
+        assert_eq!(
+            r.e.counters().rx.dropped(DropReason::Malformed),
+            k as u64 + 1
+        );
+    }
+    // TCPE, IPE: only a checksum the NIC checked is wrong; the guest checks it again.
+    for bit in [0x20u8, 0x40] {
+        r.nic.0.borrow_mut().rx_errors = bit;
+        let f = eth(0x0800, &pattern(100, bit));
+        r.nic.inject(&f);
+        r.poll();
+        assert_eq!(r.rx()[0].0, f, "error bit {bit:#x}");
+    }
+    assert_eq!(r.e.counters().rx.dropped(DropReason::Malformed), 5);
+    r.no_violations();
+}
+
+#[test]
+fn rx_nothing_reaches_a_guest_with_receive_or_bus_mastering_off() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, Rctl::SECRC.bits());
+    // Receive disabled (RCTL.EN clear), bus mastering on: a frame relayed into the guest (the
+    // real NIC receives nothing meanwhile) is not written into its ring.
+    r.w(regs::RCTL, Rctl::SECRC.bits());
+    r.f.mode = Mode::Hairpin;
+    r.send_frame(&eth(0x0800, &pattern(100, 1)));
+    assert_eq!(r.nic.take_sent().len(), 1);
+    r.poll();
+    assert!(r.rx().is_empty());
+    assert_eq!(r.e.counters().rx.dropped(DropReason::NoDestination), 1);
+    r.f.mode = Mode::Pass;
+    // Receive enabled, bus mastering off.
+    r.w(regs::RCTL, Rctl::SECRC.bits() | Rctl::EN.bits());
+    r.e.pci_config_write(0x04, 2, 0x0003, 0x0000_0007);
+    r.nic.inject(&eth(0x0800, &pattern(100, 2)));
+    r.poll();
+    assert!(r.rx().is_empty());
+    assert_eq!(r.e.counters().rx.dropped(DropReason::NoDestination), 2);
+    // Both on: frames flow again.
+    r.e.pci_config_write(0x04, 2, 0x0007, 0x0000_0007);
+    let f = eth(0x0800, &pattern(100, 3));
+    r.nic.inject(&f);
+    r.poll();
+    assert_eq!(r.rx()[0].0, f);
+    r.no_violations();
+}
+
+#[test]
+fn rx_a_standard_guest_takes_1518_byte_frames_not_one_byte_more() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, Rctl::SECRC.bits());
+    let largest = eth(0x0800, &pattern(1518 - 14, 1));
+    r.nic.inject(&largest);
+    r.poll();
+    assert_eq!(r.rx()[0].0, largest);
+    r.nic.inject(&eth(0x0800, &pattern(1519 - 14, 2)));
+    r.poll();
+    assert!(r.rx().is_empty());
+    assert_eq!(r.e.counters().rx.dropped(DropReason::Oversize), 1);
+    r.no_violations();
+}
+
+#[test]
+fn rx_the_largest_frame_reaches_a_jumbo_guest_one_byte_more_is_oversize() {
+    let mut r = Rig::new(32, 32);
+    let jumbo = Rctl::SECRC.bits() | Rctl::LPE.bits() | Rctl::BSEX.bits() | (1 << 16);
+    r.up(8, 8, jumbo); // 16 KiB buffers
+    let largest = eth(0x0800, &pattern(crate::engine::MAX_WIRE_FRAME - 14, 1));
+    r.nic.inject(&largest);
+    r.poll();
+    let got = r.rx();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, largest);
+    let over = eth(0x0800, &pattern(crate::engine::MAX_WIRE_FRAME - 13, 2));
+    r.nic.inject(&over);
+    r.poll();
+    assert!(r.rx().is_empty());
+    assert_eq!(r.e.counters().rx.dropped(DropReason::Oversize), 1);
+    r.no_violations();
+}
+
+#[test]
+fn rx_delivered_frames_and_bytes_are_counted_on_the_cause_that_moved_them() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, Rctl::SECRC.bits());
+    r.nic.inject(&eth(0x0800, &pattern(100, 1)));
+    r.nic.inject(&eth(0x0806, &[1, 2, 3])); // padded to 60 bytes
+    r.poll();
+    assert_eq!(r.rx().len(), 2);
+    let c = r.e.counters();
+    assert_eq!((c.rx.frames, c.rx.bytes), (2, 114 + 60));
+    assert_eq!(c.cost[crate::ExitCause::Poll as usize].frames, 2);
+    // Frames the filter drops were moved too.
+    r.f.mode = Mode::DropAll;
+    r.nic.inject(&eth(0x0800, &pattern(100, 2)));
+    r.poll();
+    assert_eq!(
+        r.e.counters().cost[crate::ExitCause::Poll as usize].frames,
+        3
+    );
+}
+
+#[test]
+fn rx_descriptor_minimum_threshold_is_signalled_when_half_the_ring_is_used() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, Rctl::SECRC.bits()); // RDMTS 1/2: 4 of 8 descriptors
+    assert_eq!(r.r(regs::ICR), 0);
+    r.nic.inject(&eth(0x0800, &pattern(100, 1)));
+    r.poll();
+    let icr = r.r(regs::ICR);
+    assert_ne!(icr & Int::RXT0.bits(), 0);
+    assert_eq!(icr & Int::RXDMT0.bits(), 0, "6 of 8 descriptors still free");
+    r.nic.inject(&eth(0x0800, &pattern(100, 2)));
+    r.poll();
+    assert_eq!(r.r(regs::ICR) & Int::RXDMT0.bits(), 0, "5 free");
+    r.nic.inject(&eth(0x0800, &pattern(100, 3)));
+    r.poll();
+    assert_ne!(
+        r.r(regs::ICR) & Int::RXDMT0.bits(),
+        0,
+        "4 free: the threshold"
+    );
+    assert_eq!(r.rx().len(), 3);
+}
+
+#[test]
+fn rx_a_descriptor_whose_status_the_guest_may_not_address_is_hostile() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, Rctl::SECRC.bits());
+    // Descriptor 0's buffer address is readable, its write-back half is not.
+    let hv = r.ram.hv;
+    r.ram.hv = (RX_RING + 8, RX_RING + 16);
+    r.nic.inject(&eth(0x0800, &pattern(100, 1)));
+    r.poll();
+    r.ram.hv = hv;
+    assert_eq!(r.e.counters().rx_hostile_descs, 1);
+    assert_eq!(r.e.counters().rx.dropped(DropReason::HostileDescriptor), 1);
+    assert_eq!(r.e.counters().rx.frames, 0);
+}
+
+#[test]
+fn rx_frames_wait_in_the_real_ring_until_the_guest_has_room_for_them_and_their_fcs() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, 3 << 16); // 256-byte buffers, the guest keeps the FCS
+    r.w(regs::RDT, 4); // 4 descriptors free
+                       // 1,022 bytes + FCS need 5 descriptors: none may leave the real ring yet.
+    let frames: Vec<Vec<u8>> = (0..6).map(|i| eth(0x0800, &pattern(1008, i))).collect();
+    for f in &frames {
+        r.nic.inject(f);
+    }
+    r.poll();
+    assert!(r.e.counters().rx_stalls > 0);
+    assert_eq!(r.e.counters().rx.frames, 0);
+    r.w(regs::RDT, 7);
+    let mut got = Vec::new();
+    for _ in 0..12 {
+        r.poll();
+        got.extend(r.rx().into_iter().map(|x| x.0[..x.0.len() - 4].to_vec()));
+    }
+    assert_eq!(got, frames);
+    assert_eq!(r.e.counters().rx.dropped_total(), 0);
+    r.no_violations();
+}
+
+#[test]
+fn rx_a_frame_that_needs_exactly_the_free_descriptors_is_delivered() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, 3 << 16); // 256-byte buffers, the guest keeps the FCS
+    r.w(regs::RDT, 5); // 5 descriptors free
+                       // 1,018 bytes: room kept for a tag and the FCS, 1,034 bytes, exactly 5 buffers.
+    let f = eth(0x0800, &pattern(1004, 1));
+    r.nic.inject(&f);
+    r.poll();
+    let got = r.rx();
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].0[..f.len()], &f[..]);
+}
+
+#[test]
+fn rx_the_real_tail_trails_the_next_descriptor_to_harvest() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, Rctl::SECRC.bits());
+    for k in 0..3u32 {
+        r.nic.inject(&eth(0x0800, &pattern(100, k as u8)));
+        r.poll();
+        r.rx();
+        assert_eq!(r.nic.reg(regs::RDT), k, "after {} frames", k + 1);
+    }
+}
+
+#[test]
+fn rx_every_real_descriptor_is_given_back_empty_so_no_frame_is_received_twice() {
+    let mut r = Rig::new(32, 16);
+    r.up(8, 8, Rctl::SECRC.bits());
+    // One frame at a time, round Shoji's 16-entry real ring three times.
+    for k in 0..48u8 {
+        let f = eth(0x0800, &pattern(100, k));
+        r.nic.inject(&f);
+        r.poll();
+        let got: Vec<Vec<u8>> = r.rx().into_iter().map(|x| x.0).collect();
+        assert_eq!(got, vec![f], "frame {k}");
+    }
+    r.no_violations();
+}
+
+#[test]
+fn rx_frames_queued_for_a_full_guest_ring_count_a_stall_per_attempt() {
+    let mut r = Rig::new(32, 32);
+    r.up(8, 8, Rctl::SECRC.bits());
+    r.w(regs::RDT, 0); // no descriptor free
+    r.f.mode = Mode::Hairpin;
+    let f = eth(0x0800, &pattern(90, 1));
+    r.send_frame(&f);
+    let stalls = r.e.counters().rx_stalls;
+    r.poll();
+    r.poll();
+    assert_eq!(
+        r.e.counters().rx_stalls,
+        stalls + 2,
+        "one per poll that found it waiting"
+    );
+    r.w(regs::RDT, 7);
+    r.poll();
+    assert_eq!(r.rx()[0].0, f);
+    assert_eq!(r.e.counters().rx.dropped_total(), 0);
 }
 
 #[test]
@@ -1680,6 +2184,15 @@ fn counters_and_cost_hooks() {
     assert!(c.exits[crate::ExitCause::MmioWrite as usize] > 0);
     assert_eq!(c.reg_writes[regs::RegId::Tdt as usize], 5);
     assert!(c.cost_per_frame(crate::ExitCause::IoBar).is_none());
+    // A frame the filter drops was moved too: it counts for its cause.
+    let before = c.cost[crate::ExitCause::MmioWrite as usize].frames;
+    r.f.mode = Mode::DropAll;
+    r.send_frame(&eth(0x0800, &pattern(60, 9)));
+    let c = r.e.counters_mut();
+    assert_eq!(
+        c.cost[crate::ExitCause::MmioWrite as usize].frames,
+        before + 1
+    );
     r.e.note_refused_instruction();
     assert_eq!(r.e.counters().insn_refused, 1);
 }

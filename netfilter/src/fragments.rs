@@ -273,6 +273,121 @@ mod tests {
         assert!(!t.first_fragment(key(2), 8, 2, 100));
     }
 
+    /// Datagrams that differ in one key field only (source, destination, identification or
+    /// protocol) are spread over the table: sixteen of them are all tracked at once, where a
+    /// single set holds four.
+    #[test]
+    fn datagrams_differing_in_one_key_field_are_tracked_side_by_side() {
+        let by_field: [fn(u8) -> DatagramKey; 4] = [
+            |i| DatagramKey {
+                src: Ipv4Addr::new(10, 0, 1, i),
+                ..key(7)
+            },
+            |i| DatagramKey {
+                dst: Ipv4Addr::new(10, 0, 2, i),
+                ..key(7)
+            },
+            |i| key(u16::from(i)),
+            |i| DatagramKey {
+                protocol: 100 + i,
+                ..key(7)
+            },
+        ];
+        for (field, make) in by_field.iter().enumerate() {
+            let mut t = FragmentTable::new();
+            for i in 0..16 {
+                assert!(t.first_fragment(make(i), 8, 0, 100));
+            }
+            for i in 0..16 {
+                assert_ne!(
+                    t.later_fragment(&make(i), 8, 8, 1, 100),
+                    LaterFragment::Orphan,
+                    "field {field}, datagram {i}"
+                );
+            }
+        }
+    }
+
+    /// The table is set-associative: a datagram's set is one of the aligned, disjoint groups
+    /// of `WAYS` entries, and the sets of different datagrams use the whole table.
+    #[test]
+    fn a_datagrams_set_is_an_aligned_group_of_ways() {
+        let t = FragmentTable::new();
+        let mut starts = [false; FRAGMENT_DATAGRAMS / WAYS];
+        for ident in 0..1000u16 {
+            let set = t.set(&key(ident));
+            assert_eq!(set.start % WAYS, 0, "ident {ident}");
+            assert_eq!(set.len(), WAYS);
+            assert!(set.end <= FRAGMENT_DATAGRAMS);
+            starts[set.start / WAYS] = true;
+        }
+        assert!(starts.iter().all(|s| *s), "every set is used");
+    }
+
+    /// Fragments that touch without overlapping (one ends where the next begins) are accepted,
+    /// whichever arrives first.
+    #[test]
+    fn adjacent_fragments_do_not_overlap() {
+        let mut t = FragmentTable::new();
+        assert!(t.first_fragment(key(3), 8, 0, 100));
+        t.decide(&key(3), DatagramDecision::Pass, 0, 100);
+        let pass = LaterFragment::Known(DatagramDecision::Pass);
+        assert_eq!(t.later_fragment(&key(3), 16, 8, 1, 100), pass);
+        assert_eq!(
+            t.later_fragment(&key(3), 8, 8, 2, 100),
+            pass,
+            "fills the gap exactly"
+        );
+        assert_eq!(
+            t.later_fragment(&key(3), 23, 2, 3, 100),
+            LaterFragment::Overlap
+        );
+    }
+
+    /// Six datagrams that share one set.
+    fn same_set() -> [DatagramKey; 6] {
+        let t = FragmentTable::new();
+        let set = t.set(&key(0));
+        let mut keys = [key(0); 6];
+        let mut n = 1;
+        for ident in 1.. {
+            if n == keys.len() {
+                break;
+            }
+            if t.set(&key(ident)) == set {
+                keys[n] = key(ident);
+                n += 1;
+            }
+        }
+        keys
+    }
+
+    /// A full set gives way to a new datagram by forgetting its oldest one; a set with room
+    /// forgets nothing.
+    #[test]
+    fn a_full_set_evicts_its_oldest_datagram() {
+        let k = same_set();
+        let long = 1_000_000;
+        let mut t = FragmentTable::new();
+        for (i, key) in k[..4].iter().enumerate() {
+            assert!(t.first_fragment(*key, 8, 1 + i as u64, long));
+        }
+        for key in &k[..4] {
+            assert_ne!(t.later_fragment(key, 8, 8, 5, long), LaterFragment::Orphan);
+        }
+        // The fifth replaces k0 (created at 1), the sixth k1 (created at 2): the oldest each time.
+        assert!(t.first_fragment(k[4], 8, 5, long));
+        assert!(t.first_fragment(k[5], 8, 6, long));
+        let orphan = |t: &mut FragmentTable, key: &DatagramKey| {
+            t.later_fragment(key, 100, 8, 7, long) == LaterFragment::Orphan
+        };
+        assert!(orphan(&mut t, &k[0]));
+        assert!(orphan(&mut t, &k[1]));
+        for key in &k[2..] {
+            assert!(!orphan(&mut t, key), "{key:?}");
+        }
+    }
+
     #[test]
     fn eviction_keeps_table_bounded() {
         let mut t = FragmentTable::new();

@@ -854,6 +854,15 @@ mod tests {
     }
 
     #[test]
+    fn a_rule_set_is_empty_only_without_rules() {
+        assert!(RuleSet::new().is_empty());
+        assert!(RuleSet::compile(&[]).unwrap().is_empty());
+        let one = RuleSet::compile(&[Rule::any(Action::Deny, DirectionMatch::Both)]).unwrap();
+        assert!(!one.is_empty());
+        assert_eq!(one.len(), 1);
+    }
+
+    #[test]
     fn rules_pack_into_16_bytes() {
         assert_eq!(core::mem::size_of::<PackedRule>(), 16);
     }

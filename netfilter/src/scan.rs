@@ -394,3 +394,212 @@ impl Default for InboundScans {
         InboundScans::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A window used on its own (thresholds above what it holds) keeps at most
+    /// `PROBE_SET_CAPACITY` distinct ports and hosts; more probes neither panic nor count.
+    #[test]
+    fn a_window_saturates_at_its_capacity() {
+        let config = ScanConfig {
+            port_threshold: u16::MAX,
+            host_threshold: u16::MAX,
+            ..ScanConfig::default()
+        };
+        let mut w = ProbeWindow::EMPTY;
+        let mut last = None;
+        for i in 0..100u32 {
+            let probe = Probe {
+                host: Ipv4Addr::from(0x0a00_0000 + i),
+                port: Some(1000 + i as u16),
+            };
+            last = Some(w.record(0, &config, probe));
+            let expected = (i + 1).min(PROBE_SET_CAPACITY as u32) as u16;
+            assert_eq!(last.unwrap().ports, expected);
+            assert_eq!(last.unwrap().hosts, expected);
+        }
+        // The clamped threshold (64) is reached.
+        assert!(last.unwrap().is_scan);
+    }
+
+    fn scan_from(scans: &mut InboundScans, config: &ScanConfig, now: u64, source: u32) {
+        for port in 0..config.port_threshold {
+            let probe = Probe {
+                host: Ipv4Addr::new(10, 0, 0, 1),
+                port: Some(port),
+            };
+            scans.record(now, config, Ipv4Addr::from(source), probe);
+        }
+    }
+
+    /// Blocked sources are counted until their block ends (a lookup drops expired ones) or the
+    /// operator lifts it.
+    #[test]
+    fn blocked_sources_are_counted_until_expiry_or_unblock() {
+        let config = ScanConfig {
+            port_threshold: 2,
+            inbound_block_for: 1_000,
+            ..ScanConfig::default()
+        };
+        let mut scans = InboundScans::new();
+        assert_eq!(scans.blocked_count(), 0);
+        scan_from(&mut scans, &config, 0, 0xc000_0201);
+        scan_from(&mut scans, &config, 500, 0xc000_0202);
+        assert_eq!(scans.blocked_count(), 2);
+        assert!(scans.is_blocked(999, Ipv4Addr::from(0xc000_0201)));
+        // At 1,000 the first block has ended: the lookup drops it, the second stays.
+        assert!(!scans.is_blocked(1_000, Ipv4Addr::from(0xc000_0201)));
+        assert_eq!(scans.blocked_count(), 1);
+        assert!(scans.is_blocked(1_000, Ipv4Addr::from(0xc000_0202)));
+        assert!(scans.unblock(Ipv4Addr::from(0xc000_0202)));
+        assert!(!scans.unblock(Ipv4Addr::from(0xc000_0202)));
+        assert_eq!(scans.blocked_count(), 0);
+    }
+
+    /// With the blocked list full, a new block replaces the one that ends soonest.
+    #[test]
+    fn a_full_blocked_list_replaces_the_block_that_ends_soonest() {
+        let config = ScanConfig {
+            port_threshold: 2,
+            inbound_block_for: 1_000_000,
+            ..ScanConfig::default()
+        };
+        let mut scans = InboundScans::new();
+        // Source t's block ends at 1_000_100 + t: source 0's ends soonest, and it is not the
+        // first in the list (the list is filled from t = 10 on).
+        let order: [u32; BLOCKED_SOURCES] =
+            core::array::from_fn(|i| ((i + 10) % BLOCKED_SOURCES) as u32);
+        for t in order {
+            scan_from(&mut scans, &config, 100 + u64::from(t), 0x0b00_0000 + t);
+        }
+        assert_eq!(scans.blocked_count(), BLOCKED_SOURCES);
+        scan_from(&mut scans, &config, 200, 0x0c00_0000);
+        assert_eq!(scans.blocked_count(), BLOCKED_SOURCES);
+        assert!(scans.is_blocked(300, Ipv4Addr::from(0x0c00_0000)));
+        assert!(
+            !scans.is_blocked(300, Ipv4Addr::from(0x0b00_0000)),
+            "soonest end replaced"
+        );
+        for t in 1..BLOCKED_SOURCES as u32 {
+            assert!(
+                scans.is_blocked(300, Ipv4Addr::from(0x0b00_0000 + t)),
+                "source {t}"
+            );
+        }
+        // Blocking an already blocked source again only extends its block.
+        scan_from(&mut scans, &config, 250, 0x0b00_0005);
+        assert_eq!(scans.blocked_count(), BLOCKED_SOURCES);
+        assert!(scans.is_blocked(1_000_200, Ipv4Addr::from(0x0b00_0005)));
+    }
+
+    /// Sources whose probes are tracked in the same set of `WAYS` entries as `first`'s.
+    fn same_set(first: u32, n: usize) -> std::vec::Vec<Ipv4Addr> {
+        let set = |ip: u32| (ip.hash32() as usize) & (INBOUND_SOURCES - 1) & !(WAYS - 1);
+        (first..)
+            .filter(|ip| set(*ip) == set(first))
+            .take(n)
+            .map(Ipv4Addr::from)
+            .collect()
+    }
+
+    fn probe_port(
+        scans: &mut InboundScans,
+        config: &ScanConfig,
+        now: u64,
+        source: Ipv4Addr,
+        port: u16,
+    ) -> bool {
+        let probe = Probe {
+            host: Ipv4Addr::new(10, 0, 0, 1),
+            port: Some(port),
+        };
+        matches!(
+            scans.record(now, config, source, probe),
+            InboundVerdict::Scan { .. }
+        )
+    }
+
+    /// Sources tracked in the same set keep their own windows: interleaved probes from two of
+    /// them are never added up, and each is a scanner only by its own probes.
+    #[test]
+    fn sources_sharing_a_set_keep_their_own_windows() {
+        let config = ScanConfig {
+            port_threshold: 3,
+            window: 1_000,
+            ..ScanConfig::default()
+        };
+        let [a, b] = same_set(0xc000_0200, 2)[..] else {
+            panic!()
+        };
+        let mut scans = InboundScans::new();
+        for k in 0..2 {
+            assert!(!probe_port(&mut scans, &config, 10, a, 100 + k));
+            assert!(!probe_port(&mut scans, &config, 10, b, 200 + k));
+        }
+        assert!(
+            probe_port(&mut scans, &config, 10, a, 102),
+            "a's third port"
+        );
+        assert!(
+            probe_port(&mut scans, &config, 10, b, 202),
+            "b's third port"
+        );
+    }
+
+    /// A full set (every window still open) gives way to a new source by dropping the window
+    /// that started first; the newcomer starts from nothing.
+    #[test]
+    fn a_full_set_drops_the_oldest_window_for_a_new_source() {
+        let config = ScanConfig {
+            port_threshold: 3,
+            window: 1_000,
+            ..ScanConfig::default()
+        };
+        let s = same_set(0xc000_0300, WAYS + 1);
+        let mut scans = InboundScans::new();
+        // Windows open at 11, 10, 12 and 13 (the second source's is the oldest), two ports each.
+        let starts = [11, 10, 12, 13];
+        for (source, start) in s[..WAYS].iter().zip(starts) {
+            assert!(!probe_port(&mut scans, &config, start, *source, 1));
+            assert!(!probe_port(&mut scans, &config, start, *source, 2));
+        }
+        // The newcomer takes the second source's entry, with a window of its own.
+        assert!(!probe_port(&mut scans, &config, 20, s[WAYS], 7));
+        assert!(!probe_port(&mut scans, &config, 20, s[WAYS], 8));
+        for (i, source) in s[..WAYS].iter().enumerate() {
+            let scan = probe_port(&mut scans, &config, 30, *source, 3);
+            assert_eq!(scan, i != 1, "source {i}");
+        }
+    }
+
+    /// `open_window` names the probe window while it is open, and only then.
+    #[test]
+    fn open_window_is_named_only_while_it_is_open() {
+        let config = ScanConfig {
+            window: 1_000,
+            ..ScanConfig::default()
+        };
+        let probe = Probe {
+            host: Ipv4Addr::new(192, 0, 2, 1),
+            port: Some(80),
+        };
+        let mut s = OutboundScan::NEW;
+        assert_eq!(s.open_window(0, &config), None, "no probe yet");
+        assert_eq!(s.record(100, &config, probe), ScanVerdict::Clear);
+        let open = s.open_window(100, &config);
+        assert!(open.is_some());
+        assert_eq!(s.open_window(1_099, &config), open);
+        assert_eq!(s.open_window(1_100, &config), None, "window elapsed");
+        let off = ScanConfig {
+            enabled: false,
+            ..config.clone()
+        };
+        assert_eq!(s.open_window(100, &off), None, "detection off");
+        // The next window has another number.
+        s.record(1_100, &config, probe);
+        let next = s.open_window(1_100, &config);
+        assert!(next.is_some() && next != open);
+    }
+}

@@ -56,6 +56,23 @@ fn tx_from_container_is_stripped_to_the_wire() {
 }
 
 #[test]
+fn untagged_frames_reach_the_wire_whole_and_tagged_ones_joined_around_the_tag() {
+    let mut s = slots(8);
+    let mut e = engine_ab(&mut s);
+    let mut out = Sink::default();
+    // The host's frame has no tag: the sink gets it as it is, in one piece.
+    let host = udp_frame(None, MAC_HOST, MAC_GW, IP_HOST, IP_REMOTE, 5000, 53);
+    assert_eq!(e.filter(&tx(), &host, &mut out), Verdict::Pass);
+    assert_eq!((out.wire.len(), out.joined), (1, 0));
+    assert_eq!(out.wire[0], host);
+    // A container's frame: the pieces before and after its tag, joined by the sink.
+    let tagged = udp_frame(Some(VLAN_A), MAC_A, MAC_GW, IP_A, IP_REMOTE, 5000, 53);
+    assert_eq!(e.filter(&tx(), &tagged, &mut out), Verdict::Pass);
+    assert_eq!((out.wire.len(), out.joined), (2, 1));
+    assert_eq!(out.wire[1], untag(&tagged).1);
+}
+
+#[test]
 fn descriptor_vlan_names_the_container_and_frame_stays_untagged() {
     let mut s = slots(8);
     let mut e = engine_ab(&mut s);
@@ -470,6 +487,57 @@ fn spoofed_source_mac_and_ip_are_dropped() {
 }
 
 #[test]
+fn a_spoofed_mac_event_names_the_frames_address_and_who_owns_it() {
+    let mut s = slots(8);
+    let mut e = engine_ab(&mut s);
+    let mut out = Sink::default();
+    let spoof = |reason, claimed, ipv4| EventKind::Spoof {
+        reason,
+        direction: Direction::Tx,
+        sender: Some(ContainerId(1)),
+        claimed,
+        mac: MAC_EVIL,
+        ipv4,
+    };
+    // A foreign MAC with A's own address: nobody else is claimed.
+    let f = tcp_frame(Some(VLAN_A), MAC_EVIL, MAC_GW, IP_A, IP_REMOTE, 1, 80, SYN);
+    assert_eq!(e.filter(&tx(), &f, &mut out), drop(DropReason::SpoofedMac));
+    // A foreign MAC with B's address: B is claimed.
+    let f = tcp_frame(Some(VLAN_A), MAC_EVIL, MAC_GW, IP_B, IP_REMOTE, 1, 80, SYN);
+    assert_eq!(e.filter(&tx(), &f, &mut out), drop(DropReason::SpoofedMac));
+    // ARP from a foreign MAC: its sender address is the one recorded.
+    let f = eth(
+        BCAST,
+        MAC_EVIL,
+        Some(VLAN_A),
+        0x0806,
+        &arp(1, MAC_EVIL, IP_A, [0; 6], IP_GW),
+    );
+    assert_eq!(e.filter(&tx(), &f, &mut out), drop(DropReason::SpoofedMac));
+    // A's own MAC with an address nobody owns: a spoofed IP, and nobody is claimed (A is the
+    // sender, not a victim).
+    let stray = std::net::Ipv4Addr::new(10, 9, 9, 9);
+    let f = tcp_frame(Some(VLAN_A), MAC_A, MAC_GW, stray, IP_REMOTE, 1, 80, SYN);
+    assert_eq!(e.filter(&tx(), &f, &mut out), drop(DropReason::SpoofedIp));
+    assert_eq!(
+        spoof_events(&e),
+        vec![
+            spoof(DropReason::SpoofedMac, None, Some(IP_A)),
+            spoof(DropReason::SpoofedMac, Some(ContainerId(2)), Some(IP_B)),
+            spoof(DropReason::SpoofedMac, None, Some(IP_A)),
+            EventKind::Spoof {
+                reason: DropReason::SpoofedIp,
+                direction: Direction::Tx,
+                sender: Some(ContainerId(1)),
+                claimed: None,
+                mac: MAC_A,
+                ipv4: Some(stray),
+            },
+        ]
+    );
+}
+
+#[test]
 fn full_impersonation_is_caught_by_the_port() {
     let mut s = slots(8);
     let mut e = engine_ab(&mut s);
@@ -615,6 +683,15 @@ fn host_frames_may_not_claim_container_addresses() {
         &arp(2, MAC_HOST, IP_B, BCAST, IP_B),
     );
     assert_eq!(e.filter(&tx(), &f, &mut out), drop(DropReason::SpoofedArp));
+    // The host's own address, but B's MAC as the ARP sender hardware address.
+    let f = eth(
+        BCAST,
+        MAC_HOST,
+        None,
+        0x0806,
+        &arp(2, MAC_B, IP_HOST, BCAST, IP_HOST),
+    );
+    assert_eq!(e.filter(&tx(), &f, &mut out), drop(DropReason::SpoofedArp));
 }
 
 #[test]
@@ -652,6 +729,15 @@ fn rx_arp_claiming_a_container_address_from_a_foreign_mac_is_dropped() {
             );
         }
         _ => unreachable!(),
+    }
+    // Both MACs must be A's: the ARP sender's and the frame's source.
+    for (src, sha) in [(MAC_A, MAC_EVIL), (MAC_EVIL, MAC_A)] {
+        let f = eth(BCAST, src, None, 0x0806, &arp(2, sha, IP_A, BCAST, IP_GW));
+        assert_eq!(
+            e.filter(&rx(), &f, &mut out),
+            drop(DropReason::SpoofedArp),
+            "frame from {src:?}, ARP sender {sha:?}"
+        );
     }
     // Ordinary ARP from the gateway passes.
     let ok = eth(
@@ -766,6 +852,34 @@ fn source_routed_datagrams_are_denied_by_default() {
         &ip.build(&udp(1, 2, b"")),
     );
     assert_eq!(e.filter(&tx(), &f, &mut out), Verdict::Pass);
+    // From the wire too: a source-routed datagram for A is denied, unless configured.
+    let mut inbound = Ip4::new(IP_REMOTE, IP_A, 17);
+    inbound.options = vec![131, 7, 4, 10, 0, 0, 9, 1];
+    let f = eth(MAC_A, MAC_GW, None, 0x0800, &inbound.build(&udp(1, 2, b"")));
+    assert_eq!(
+        e.filter(&rx(), &f, &mut out),
+        drop(DropReason::PolicyDenied)
+    );
+    assert!(out.guest.is_empty());
+    e.set_config(EngineConfig {
+        allow_source_route: true,
+        ..EngineConfig::default()
+    });
+    assert_eq!(e.filter(&rx(), &f, &mut out), Verdict::Pass);
+    assert_eq!(out.guest.len(), 1);
+}
+
+#[test]
+fn a_container_frame_for_its_own_mac_goes_nowhere() {
+    let mut s = slots(8);
+    let mut e = engine_ab(&mut s);
+    let mut out = Sink::default();
+    let f = udp_frame(Some(VLAN_A), MAC_A, MAC_A, IP_A, IP_B, 5000, 53);
+    assert_eq!(
+        e.filter(&tx(), &f, &mut out),
+        drop(DropReason::NoDestination)
+    );
+    assert!(out.wire.is_empty() && out.guest.is_empty());
 }
 
 fn frag(
@@ -985,6 +1099,26 @@ fn rx_fragments_are_tracked_too() {
 }
 
 // ---------------------------------------------------------------- malformed input
+
+#[test]
+fn a_frame_of_exactly_max_frame_bytes_is_decided_one_byte_more_is_oversize() {
+    let mut s = slots(8);
+    let mut e = engine_ab(&mut s);
+    let mut out = Sink::default();
+    // 14 + 4 (tag) + 20 + 8 + data = MAX_FRAME.
+    let data = vec![0x5a; shoji_netfilter::MAX_FRAME - 46];
+    let ip = Ip4::new(IP_A, IP_REMOTE, 17).build(&udp(5000, 53, &data));
+    let f = eth(MAC_GW, MAC_A, Some(VLAN_A), 0x0800, &ip);
+    assert_eq!(f.len(), shoji_netfilter::MAX_FRAME);
+    assert_eq!(e.filter(&tx(), &f, &mut out), Verdict::Pass);
+    assert_eq!(out.wire.len(), 1);
+    let mut longer = f.clone();
+    longer.push(0);
+    assert_eq!(
+        e.filter(&tx(), &longer, &mut out),
+        drop(DropReason::Oversize)
+    );
+}
 
 #[test]
 fn malformed_frames_of_every_layer_have_their_own_reasons() {
@@ -1292,6 +1426,28 @@ fn malformed_frames_of_every_layer_have_their_own_reasons() {
         drop(DropReason::Truncated)
     );
     assert_eq!(e.counters().unattributed.dropped(DropReason::Truncated), 1);
+}
+
+#[test]
+fn an_unparseable_tagged_frame_is_counted_on_the_container_its_tag_names() {
+    let mut s = slots(8);
+    let mut e = engine_ab(&mut s);
+    let mut out = Sink::default();
+    // Priority bits set in the tag; the VLAN id is A's. The IPv4 header is cut short.
+    let f = eth(MAC_GW, MAC_A, Some(0xa000 | VLAN_A), 0x0800, &[0x45, 0]);
+    assert_eq!(e.filter(&tx(), &f, &mut out), drop(DropReason::Truncated));
+    let a = e.container_counters(ContainerId(1)).unwrap();
+    assert_eq!(a.dropped(DropReason::Truncated), 1);
+    // The same from an untagged frame whose descriptor carries the tag.
+    let meta = FrameMeta {
+        descriptor_vlan: Some(0xa000 | VLAN_A),
+        ..tx()
+    };
+    let f = eth(MAC_GW, MAC_A, None, 0x0800, &[0x45, 0]);
+    assert_eq!(e.filter(&meta, &f, &mut out), drop(DropReason::Truncated));
+    let a = e.container_counters(ContainerId(1)).unwrap();
+    assert_eq!(a.dropped(DropReason::Truncated), 2);
+    assert_eq!(e.counters().unattributed.dropped(DropReason::Truncated), 0);
 }
 
 // ---------------------------------------------------------------- counters and events

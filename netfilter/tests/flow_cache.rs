@@ -289,6 +289,65 @@ fn flood_hits_and_policy_change_takes_effect_at_once() {
     assert_eq!(e.container_counters(ContainerId(1)).unwrap().tx_passed, 100);
 }
 
+/// Only a frame that passed unicast to the wire alone is cached: broadcasts (even those that
+/// reach the wire only), relays to another container and drops are decided afresh every time.
+#[test]
+fn only_unicast_frames_passed_to_the_wire_are_cached() {
+    let mut s = slots(4);
+    let mut e = engine_ab(&mut s);
+    let mut out = Sink::default();
+    let broadcast = udp_frame(
+        Some(VLAN_A),
+        MAC_A,
+        BCAST,
+        IP_A,
+        Ipv4Addr::new(10, 0, 0, 255),
+        68,
+        67,
+    );
+    let relay = udp_frame(Some(VLAN_A), MAC_A, MAC_B, IP_A, IP_B, 40000, 9);
+    let spoofed = udp_frame(Some(VLAN_A), MAC_A, MAC_GW, IP_B, IP_REMOTE, 40000, 9);
+    for _ in 0..3 {
+        let d = e.decide(&tx(), &broadcast, &mut out);
+        assert_eq!(d.verdict, Verdict::Pass);
+        assert!(d.to_wire && d.to_guest == 0);
+        let d = e.decide(&tx(), &relay, &mut out);
+        assert!(d.verdict == Verdict::Pass && !d.to_wire && d.to_guest == 1);
+        assert_ne!(e.decide(&tx(), &spoofed, &mut out).verdict, Verdict::Pass);
+    }
+    let st = e.flow_cache_stats();
+    assert_eq!((st.hits, st.misses, st.inserts), (0, 9, 0));
+}
+
+/// The cache answers TX frames only: the same bytes arriving from the wire (a reflection) are
+/// decided as received frames, never replayed to the wire as the sender's.
+#[test]
+fn a_received_frame_is_never_answered_from_the_tx_cache() {
+    let mut s = slots(4);
+    let mut e = engine_ab(&mut s);
+    let mut out = Sink::default();
+    let f = udp_frame(None, MAC_HOST, MAC_GW, IP_HOST, IP_REMOTE, 40000, 9);
+    for _ in 0..2 {
+        assert!(e.decide(&tx(), &f, &mut out).to_wire);
+    }
+    assert_eq!(e.flow_cache_stats().hits, 1);
+    let d = e.decide(&rx(), &f, &mut out);
+    assert_eq!(d.verdict, Verdict::Pass);
+    assert!(!d.to_wire && d.to_guest == 1, "{d:?}");
+    assert_eq!(e.flow_cache_stats().hits, 1);
+    assert_eq!(out.wire.len(), 2);
+    // A TX frame whose tag is in its descriptor is not answered from the cache either.
+    let meta = FrameMeta {
+        descriptor_vlan: Some(VLAN_A),
+        ..tx()
+    };
+    let a = udp_frame(None, MAC_A, MAC_GW, IP_A, IP_REMOTE, 40000, 9);
+    for _ in 0..2 {
+        assert_eq!(e.decide(&meta, &a, &mut out).verdict, Verdict::Pass);
+    }
+    assert_eq!(e.flow_cache_stats().hits, 1);
+}
+
 /// A flow cached before its sender was blocked as a scanner is dropped like any other frame of
 /// it; a probe cached in an earlier scan window is recorded again in the next one.
 #[test]

@@ -308,6 +308,26 @@ fn invalid_rules_are_refused_with_their_index() {
             RuleError::PortsWithoutTcpOrUdp,
         ),
         (
+            // A range open at one end is a restriction too (not "any port").
+            Rule {
+                protocol: ProtocolMatch::Icmp,
+                src_ports: PortRange { first: 0, last: 80 },
+                ..Rule::any(Action::Deny, DirectionMatch::Both)
+            },
+            RuleError::PortsWithoutTcpOrUdp,
+        ),
+        (
+            Rule {
+                protocol: ProtocolMatch::Arp,
+                dst_ports: PortRange {
+                    first: 1024,
+                    last: u16::MAX,
+                },
+                ..Rule::any(Action::Deny, DirectionMatch::Both)
+            },
+            RuleError::PortsWithoutTcpOrUdp,
+        ),
+        (
             Rule {
                 protocol: ProtocolMatch::Udp,
                 flags: RuleFlags::TCP_NEW_ONLY,
@@ -333,6 +353,48 @@ fn invalid_rules_are_refused_with_their_index() {
             Err(RegistryError::InvalidRule { index: 1, error })
         );
         assert!(!error.describe().is_empty());
+    }
+}
+
+#[test]
+fn every_rule_error_has_its_own_description() {
+    let errors = [
+        RuleError::BadCidr,
+        RuleError::BadPortRange,
+        RuleError::PortsWithoutTcpOrUdp,
+        RuleError::TcpFlagWithoutTcp,
+        RuleError::ProtocolNumberHasName,
+        RuleError::TooMany,
+    ];
+    let texts: Vec<&str> = errors.iter().map(|e| e.describe()).collect();
+    for (i, t) in texts.iter().enumerate() {
+        assert!(!t.is_empty());
+        assert!(!texts[..i].contains(t), "{t:?} describes two errors");
+    }
+    assert!(RuleError::BadCidr.describe().contains("CIDR"));
+    assert!(RuleError::TooMany.describe().contains("too many"));
+}
+
+/// A later fragment carries no transport header, but its flow still has its datagram's
+/// protocol class (from the IP protocol number).
+#[test]
+fn a_later_fragments_flow_has_the_class_of_its_protocol() {
+    use shoji_netfilter::parse::parse_frame;
+    use shoji_netfilter::rules::{Flow, ProtocolClass, Side};
+    for (proto, class) in [
+        (1, ProtocolClass::Icmp),
+        (6, ProtocolClass::Tcp),
+        (17, ProtocolClass::Udp),
+        (47, ProtocolClass::OtherIp),
+    ] {
+        let mut ip = Ip4::new(IP_A, IP_REMOTE, proto);
+        ip.frag_offset = 64;
+        let f = eth(MAC_GW, MAC_A, None, 0x0800, &ip.build(&[0u8; 16]));
+        let parsed = parse_frame(&f).unwrap();
+        let flow = Flow::of(&parsed, Side::Egress);
+        assert_eq!(flow.class, class, "protocol {proto}");
+        assert_eq!((flow.ip_protocol, flow.remote), (proto, Some(IP_REMOTE)));
+        assert_eq!((flow.src_port, flow.dst_port, flow.tcp_new), (0, 0, false));
     }
 }
 
@@ -465,6 +527,18 @@ fn inbound_scans_block_the_source_but_never_an_allow_listed_one() {
     assert_eq!(verdicts[9], Verdict::Drop(DropReason::ScanSourceBlocked));
     assert_eq!(verdicts[11], Verdict::Drop(DropReason::ScanSourceBlocked));
     assert!(e.is_source_blocked(IP_REMOTE));
+    // Its ARP is refused too (the ARP sender address is its source).
+    let arp_from = eth(
+        BCAST,
+        MAC_GW,
+        None,
+        0x0806,
+        &arp(1, MAC_GW, IP_REMOTE, [0; 6], IP_A),
+    );
+    assert_eq!(
+        e.filter(&rx(), &arp_from, &mut out),
+        Verdict::Drop(DropReason::ScanSourceBlocked)
+    );
     // Gateway scans too (or someone spoofs it): recorded, never blocked.
     for p in 1..=30 {
         assert_eq!(e.filter(&rx(), &from(IP_GW, p), &mut out), Verdict::Pass);
@@ -481,6 +555,19 @@ fn inbound_scans_block_the_source_but_never_an_allow_listed_one() {
         Verdict::Pass
     );
     assert!(!e.unblock_source(IP_REMOTE));
+    // A new scan blocks it again; the operator's unblock reports that it lifted a block.
+    e.set_now(7_000);
+    assert_eq!(e.now(), 7_000);
+    for p in 1..=10 {
+        e.filter(&rx(), &from(IP_REMOTE, p), &mut out);
+    }
+    assert!(e.is_source_blocked(IP_REMOTE));
+    assert!(e.unblock_source(IP_REMOTE));
+    assert!(!e.is_source_blocked(IP_REMOTE));
+    assert_eq!(
+        e.filter(&rx(), &from(IP_REMOTE, 11), &mut out),
+        Verdict::Pass
+    );
 }
 
 #[test]
@@ -728,6 +815,15 @@ fn decoder_refuses_every_kind_of_bad_input() {
     assert_eq!(with(28, 2), Err(DecodeError::BadDefaultAction(2)));
     assert_eq!(with(30, 1), Err(DecodeError::NonZeroReserved(30)));
     assert_eq!(
+        with(31, 1),
+        Err(DecodeError::NonZeroReserved(31)),
+        "the offset of the first non-zero reserved byte, not of its field"
+    );
+    // A whole header is read for itself: exactly 32 bytes with a bad magic is a bad magic.
+    let mut header = good[..32].to_vec();
+    header[0] = b'X';
+    assert_eq!(encoding::decode(&header), Err(DecodeError::BadMagic));
+    assert_eq!(
         with(10, 0),
         Err(DecodeError::Invalid(RegistryError::InvalidVlan(0)))
     );
@@ -782,6 +878,12 @@ fn decoder_refuses_every_kind_of_bad_input() {
     );
     assert_eq!(with(r0 + 11, 1), Err(DecodeError::NonZeroReserved(r0 + 11)));
     assert_eq!(with(r0 + 20, 1), Err(DecodeError::NonZeroReserved(r0 + 20)));
+    // The unused tail of a subject value: rule 1 a uid, rule 2 a process (4 bytes used), rule 3
+    // an executable (8 bytes used); the error names the byte.
+    let (r1, r2, r3) = (r0 + 36, r0 + 72, r0 + 108);
+    assert_eq!(with(r1 + 25, 1), Err(DecodeError::NonZeroReserved(r1 + 25)));
+    assert_eq!(with(r2 + 24, 1), Err(DecodeError::NonZeroReserved(r2 + 24)));
+    assert_eq!(with(r3 + 30, 1), Err(DecodeError::NonZeroReserved(r3 + 30)));
     assert_eq!(
         with(r0 + 12, 0xff),
         Err(DecodeError::Invalid(RegistryError::InvalidRule {
@@ -798,6 +900,80 @@ fn decoder_refuses_every_kind_of_bad_input() {
     for e in [DecodeError::Truncated, DecodeError::BadCount] {
         assert!(!e.describe().is_empty());
     }
+}
+
+#[test]
+fn the_largest_registration_fills_max_encoded_len_exactly() {
+    use shoji_netfilter::registry::{MAX_IPV4, MAX_MACS};
+    use shoji_netfilter::rules::MAX_RULES;
+    let mut s = spec_a();
+    while s.macs.len() < MAX_MACS {
+        s.macs.push([2, 0, 0, 0, 1, s.macs.len() as u8]).unwrap();
+    }
+    while s.ipv4.len() < MAX_IPV4 {
+        s.ipv4
+            .push(Ipv4Addr::new(10, 1, 0, s.ipv4.len() as u8 + 1))
+            .unwrap();
+    }
+    let rules = vec![Rule::any(Action::Allow, DirectionMatch::Both); MAX_RULES];
+    let spec = with_rules(s, &rules);
+    let mut buf = vec![0u8; encoding::MAX_ENCODED_LEN];
+    let n = encoding::encode(&spec, &mut buf).unwrap();
+    assert_eq!(
+        n,
+        encoding::MAX_ENCODED_LEN,
+        "the longest encoding fills the buffer"
+    );
+    assert_eq!(n, 32 + 2 * 6 + 4 * 4 + 64 * 36);
+    assert_eq!(encoding::decode(&buf).unwrap(), spec);
+}
+
+/// Every decode error (payloads zeroed, as a detail code carries none).
+fn every_decode_error() -> [DecodeError; 9] {
+    [
+        DecodeError::Truncated,
+        DecodeError::TrailingBytes,
+        DecodeError::BadMagic,
+        DecodeError::UnsupportedVersion(0),
+        DecodeError::UnknownFlags(0),
+        DecodeError::NonZeroReserved(0),
+        DecodeError::BadCount,
+        DecodeError::BadDefaultAction(0),
+        DecodeError::BadRuleField {
+            rule: 0,
+            field: "?",
+        },
+    ]
+}
+
+#[test]
+fn decode_error_detail_codes_are_1000_plus_index_and_read_back() {
+    for (i, e) in every_decode_error().into_iter().enumerate() {
+        assert_eq!(e.code(), 1000 + i as u64, "{e:?}");
+        assert_eq!(DecodeError::from_code(e.code()), Some(e), "{e:?}");
+    }
+    // Codes outside 1000..=1008 are not decode errors; a registry refusal keeps its own code.
+    assert_eq!(DecodeError::from_code(999), None);
+    assert_eq!(DecodeError::from_code(1009), None);
+    assert_eq!(DecodeError::from_code(2000), None);
+    let invalid = DecodeError::Invalid(RegistryError::InvalidVlan(0));
+    assert_eq!(invalid.code(), RegistryError::InvalidVlan(0).code());
+    assert!(invalid.code() >= 2000);
+}
+
+#[test]
+fn every_decode_error_has_its_own_description() {
+    let errors = every_decode_error();
+    let texts: Vec<&str> = errors.iter().map(|e| e.describe()).collect();
+    for (i, t) in texts.iter().enumerate() {
+        assert!(!t.is_empty());
+        assert!(!texts[..i].contains(t), "{t:?} describes two errors");
+    }
+    assert!(DecodeError::Truncated.describe().contains("shorter"));
+    assert!(DecodeError::BadMagic.describe().contains("magic"));
+    // A registry inconsistency is described by the registry error itself.
+    let e = RegistryError::InvalidVlan(0);
+    assert_eq!(DecodeError::Invalid(e).describe(), e.describe());
 }
 
 // ---------------------------------------------------------------- properties

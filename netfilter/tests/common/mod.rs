@@ -31,6 +31,8 @@ pub const NETNS_B: u32 = 2002;
 pub struct Sink {
     pub wire: Vec<Vec<u8>>,
     pub guest: Vec<Vec<u8>>,
+    /// How many of the wire frames came as two joined pieces (`to_wire_joined`).
+    pub joined: usize,
 }
 
 impl FrameSink for Sink {
@@ -38,6 +40,7 @@ impl FrameSink for Sink {
         self.wire.push(frame.to_vec());
     }
     fn to_wire_joined(&mut self, head: &[u8], tail: &[u8]) {
+        self.joined += 1;
         self.wire.push([head, tail].concat());
     }
     fn to_guest(&mut self, frame: &[u8]) {
