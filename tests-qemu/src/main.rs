@@ -235,7 +235,7 @@ fn run(cli: Cli) -> Result<bool> {
         Cmd::List => {
             for s in scenarios::KNOWN_FAILING {
                 println!(
-                    "{:<16} [{}] KNOWN TO FAIL, not in `test` (README: Known limits): {}",
+                    "{:<16} [{}] BY NAME ONLY, not in `test` (README: Known limits): {}",
                     s.name,
                     s.backend().name(),
                     s.about
