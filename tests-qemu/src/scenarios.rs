@@ -95,6 +95,8 @@ pub mod markers {
     pub const HV_NIC_TOTALS: &str = "shoji-hv: e1000 totals: seen=";
     /// COM2, after LogCounters: exits and cost per frame.
     pub const HV_NIC_PER_FRAME: &str = "shoji-hv: e1000 per frame: ";
+    /// The last of the NIC's lines in one LogCounters output.
+    pub const HV_NIC_PHASE: &str = "shoji-hv: e1000 phase: ";
     /// COM1, `probe tcp-send: sent=N seconds=S kbit_per_s=R peer=received N`.
     pub const PROBE_TCP_SEND: &str = "probe tcp-send: ";
     /// COM1, the driver was unloaded and loaded again during traffic.
@@ -1322,12 +1324,13 @@ fn nic_checks(
 ) {
     // Every LogCounters call the guest saw succeed writes the NIC's lines to Shoji's log; on the
     // nested bed they reach the harness seconds after the guest has moved on. Wait for all of
-    // them, so that the checks below read the counters of the last call, not an earlier one.
+    // them (up to the last NIC line of each), so that the checks below read the counters of the
+    // last call, not an earlier one.
     let calls = console
         .lines()
         .filter(|l| l.contains(markers::LOG_COUNTERS) && l.contains("status=0"))
         .count();
-    m.wait_for_lines(Stream::ShojiLog, markers::HV_NIC_TOTALS, calls, t(120));
+    m.wait_for_lines(Stream::ShojiLog, markers::HV_NIC_PHASE, calls, t(120));
     let mediated = m
         .find_line(Stream::ShojiLog, markers::HV_NIC_MEDIATED)
         .unwrap_or_else(|| "no 'mediated: rings shadowed' line in shoji.log".into());
