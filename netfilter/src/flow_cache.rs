@@ -279,7 +279,8 @@ pub struct FlowCache {
     payloads: [Payload; FLOW_CACHE_ENTRIES],
     /// Per set, the way used most recently.
     recent: [u8; FLOW_CACHE_SETS],
-    tasks: [TaskIdentity; FLOW_CACHE_TASKS],
+    /// The identity each place holds, if any.
+    tasks: [Option<TaskIdentity>; FLOW_CACHE_TASKS],
     /// Per task place, its version: bumped whenever another identity is written there.
     task_versions: [u64; FLOW_CACHE_TASKS],
     stats: FlowCacheStats,
@@ -301,26 +302,6 @@ const NO_PASS: Payload = Payload {
     task: None,
 };
 
-const NO_TASK: TaskIdentity = TaskIdentity {
-    task: 0,
-    context: shoji_shared::ExecContext::Task,
-    pid: None,
-    tgid: None,
-    pid_local: None,
-    tgid_local: None,
-    pgid: None,
-    uid: None,
-    euid: None,
-    uid_local: None,
-    userns_id: None,
-    netns_id: None,
-    pidns_id: None,
-    cgroup_id: None,
-    start_time: None,
-    exe_inode: None,
-    comm: None,
-};
-
 /// The task table place of `task`: a hash of its `task_struct` address.
 #[inline]
 fn task_index(task: &TaskIdentity) -> usize {
@@ -338,7 +319,7 @@ impl FlowCache {
             }; FLOW_CACHE_ENTRIES],
             payloads: [NO_PASS; FLOW_CACHE_ENTRIES],
             recent: [0; FLOW_CACHE_SETS],
-            tasks: [NO_TASK; FLOW_CACHE_TASKS],
+            tasks: [None; FLOW_CACHE_TASKS],
             task_versions: [0; FLOW_CACHE_TASKS],
             stats: FlowCacheStats {
                 hits: 0,
@@ -355,7 +336,7 @@ impl FlowCache {
             (None, None) => true,
             (Some(r), Some(t)) => {
                 let i = usize::from(r.index);
-                self.task_versions[i] == r.version && self.tasks[i] == *t
+                self.task_versions[i] == r.version && self.tasks[i].as_ref() == Some(t)
             }
             _ => false,
         }
@@ -365,8 +346,8 @@ impl FlowCache {
     /// place) unless the place already holds exactly it.
     fn task_ref(&mut self, task: &TaskIdentity) -> TaskRef {
         let i = task_index(task);
-        if self.tasks[i] != *task {
-            self.tasks[i] = *task;
+        if self.tasks[i].as_ref() != Some(task) {
+            self.tasks[i] = Some(*task);
             self.task_versions[i] += 1;
         }
         TaskRef {
@@ -606,14 +587,14 @@ mod tests {
             task: 0xffff_8880_0100_0000,
             pid: Some(7),
             uid: Some(1000),
-            ..NO_TASK
+            ..TaskIdentity::default()
         };
         let b = (1..1_000_000u64)
             .map(|k| TaskIdentity {
                 task: a.task + k * 0x40,
                 pid: Some(8),
                 uid: Some(0),
-                ..NO_TASK
+                ..TaskIdentity::default()
             })
             .find(|b| task_index(b) == task_index(&a))
             .unwrap();
@@ -768,7 +749,7 @@ mod tests {
             let t = TaskIdentity {
                 task: 0xffff_8880_0200_0000 + k * 0x2c40,
                 pid: Some(100 + k as u32),
-                ..NO_TASK
+                ..TaskIdentity::default()
             };
             tasks.entry(task_index(&t)).or_insert(t);
             if tasks.len() == 16 {
