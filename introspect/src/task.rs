@@ -1,8 +1,8 @@
 //! Which guest task is running at a VM exit, in which context, and who it is.
 
 use shoji_shared::profile::{
-    preempt, CurrentTask, FieldId, KernelProfile, Op, ProfileError, Program, Sha256, KEY_COUNT,
-    MAX_OFFSET, NS_INUM_MIN, PF_KTHREAD, PID_MAX_LIMIT,
+    preempt, CurrentTask, Digest, FieldId, FingerprintHasher, KernelProfile, Op, ProfileError,
+    Program, KEY_COUNT, MAX_OFFSET, NS_INUM_MIN, PF_KTHREAD, PID_MAX_LIMIT,
 };
 use shoji_shared::{ExecContext, GuestMemory, TaskIdentity};
 
@@ -738,7 +738,7 @@ impl Introspector {
             pt: *pt,
             dmap: self.dmap,
         };
-        let mut h = Sha256::new();
+        let mut h = FingerprintHasher::new();
         let mut buf = [0u8; 4096];
         let mut done = 0u64;
         let total = p.btf_len as u64;
@@ -749,7 +749,7 @@ impl Introspector {
             h.update(chunk);
             done += n as u64;
         }
-        Ok(h.finish() == p.fingerprint)
+        Ok(<[u8; 32]>::from(h.finalize()) == p.fingerprint)
     }
 
     fn view<'m, M: GuestMemory + ?Sized>(&self, mem: &'m M, cpu: &CpuState) -> KernelView<'m, M> {

@@ -662,7 +662,7 @@ fn fingerprint_matches_the_btf_it_was_taken_from() {
     }
     let btf: Vec<u8> = (0..p.btf_len).map(|i| (i % 241) as u8).collect();
     g.mem.write(pa + (p.btf_va & 0xfff), &btf).unwrap();
-    p.fingerprint = shoji_shared::profile::sha256(&btf);
+    p.fingerprint = shoji_shared::profile::fingerprint(&btf);
     let intro = Introspector::new(p).unwrap();
     assert_eq!(intro.verify_fingerprint(&g.mem, &g.pt()), Ok(true));
     // Without an address or a length there is nothing to check: false, nothing read.

@@ -3,13 +3,12 @@
 mod common;
 
 use common::*;
-use shoji_introspect::vmcall::ct_eq;
 use shoji_introspect::{
     check_agent, copy_from_guest, copy_to_guest, translate, Caller, PageSize, PagingMode, WalkError,
 };
 use shoji_shared::profile::CurrentTask;
 use shoji_shared::profile::KernelProfile;
-use shoji_shared::vmcall::{Status, MAX_BUFFER_LEN};
+use shoji_shared::vmcall::{Status, AGENT_KEY_LEN, MAX_BUFFER_LEN};
 use shoji_shared::{ExecContext, GuestMemory, MemError, TaskIdentity};
 
 fn guest(mode: PagingMode) -> Guest {
@@ -296,5 +295,14 @@ fn agent_check() {
         check_agent(&irq, init, &key, &key),
         Err(Status::NotAuthorized)
     );
-    assert!(ct_eq(b"abc", b"abc") && !ct_eq(b"abc", b"abd") && !ct_eq(b"ab", b"abc"));
+    // A key that differs in any one byte, first or last, is refused for the right caller.
+    for at in [0, AGENT_KEY_LEN / 2, AGENT_KEY_LEN - 1] {
+        let mut wrong = key;
+        wrong[at] ^= 1;
+        assert_eq!(
+            check_agent(&root, init, &wrong, &key),
+            Err(Status::NotAuthorized),
+            "key differing at byte {at}"
+        );
+    }
 }

@@ -809,131 +809,17 @@ impl KernelProfile {
     }
 }
 
-/// SHA-256 (FIPS 180-4), streaming; used for the kernel fingerprint.
-#[derive(Clone)]
-pub struct Sha256 {
-    h: [u32; 8],
-    block: [u8; 64],
-    fill: usize,
-    len: u64,
-}
+/// The hasher that names a kernel: SHA-256 (the `sha2` crate, portable code only: see the
+/// workspace manifest) over the kernel's BTF. Feed it with [`Digest::update`], end with
+/// [`Digest::finalize`].
+pub type FingerprintHasher = sha2::Sha256;
 
-const K256: [u32; 64] = [
-    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
-    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
-    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
-    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
-    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
-];
+pub use sha2::Digest;
 
-/// FIPS 180-4 `Ch`: each bit of `e` chooses the bit of `f` (1) or of `g` (0).
-fn ch(e: u32, f: u32, g: u32) -> u32 {
-    (e & f) ^ (!e & g)
-}
-
-/// FIPS 180-4 `Maj`: the majority of each bit of `a`, `b`, `c`.
-fn maj(a: u32, b: u32, c: u32) -> u32 {
-    (a & b) ^ (a & c) ^ (b & c)
-}
-
-impl Default for Sha256 {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Sha256 {
-    /// A fresh hasher.
-    pub fn new() -> Self {
-        Sha256 {
-            h: [
-                0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
-                0x5be0cd19,
-            ],
-            block: [0; 64],
-            fill: 0,
-            len: 0,
-        }
-    }
-
-    fn compress(&mut self) {
-        let mut w = [0u32; 64];
-        for (i, c) in self.block.chunks_exact(4).enumerate() {
-            w[i] = u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
-        }
-        for i in 16..64 {
-            let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
-            let s1 = w[i - 2].rotate_right(17) ^ w[i - 2].rotate_right(19) ^ (w[i - 2] >> 10);
-            w[i] = w[i - 16]
-                .wrapping_add(s0)
-                .wrapping_add(w[i - 7])
-                .wrapping_add(s1);
-        }
-        let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = self.h;
-        for i in 0..64 {
-            let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
-            let ch = ch(e, f, g);
-            let t1 = h
-                .wrapping_add(s1)
-                .wrapping_add(ch)
-                .wrapping_add(K256[i])
-                .wrapping_add(w[i]);
-            let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
-            let maj = maj(a, b, c);
-            let t2 = s0.wrapping_add(maj);
-            h = g;
-            g = f;
-            f = e;
-            e = d.wrapping_add(t1);
-            d = c;
-            c = b;
-            b = a;
-            a = t1.wrapping_add(t2);
-        }
-        for (x, y) in self.h.iter_mut().zip([a, b, c, d, e, f, g, h]) {
-            *x = x.wrapping_add(y);
-        }
-    }
-
-    /// Feed bytes.
-    pub fn update(&mut self, mut data: &[u8]) {
-        self.len = self.len.wrapping_add(data.len() as u64);
-        while !data.is_empty() {
-            let n = (64 - self.fill).min(data.len());
-            self.block[self.fill..self.fill + n].copy_from_slice(&data[..n]);
-            self.fill += n;
-            data = &data[n..];
-            if self.fill == 64 {
-                self.compress();
-                self.fill = 0;
-            }
-        }
-    }
-
-    /// Finish and return the digest.
-    pub fn finish(mut self) -> [u8; 32] {
-        let bits = self.len.wrapping_mul(8);
-        self.update(&[0x80]);
-        while self.fill != 56 {
-            self.update(&[0]);
-        }
-        self.update(&bits.to_be_bytes());
-        let mut out = [0u8; 32];
-        for (o, h) in out.chunks_exact_mut(4).zip(self.h) {
-            o.copy_from_slice(&h.to_be_bytes());
-        }
-        out
-    }
-}
-
-/// SHA-256 of one buffer.
-pub fn sha256(data: &[u8]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(data);
-    h.finish()
+/// The fingerprint of a kernel: SHA-256 of its BTF (`/sys/kernel/btf/vmlinux`), as the profile's
+/// `fingerprint` field carries it.
+pub fn fingerprint(btf: &[u8]) -> [u8; 32] {
+    FingerprintHasher::digest(btf).into()
 }
 
 #[cfg(test)]
@@ -957,16 +843,6 @@ mod tests {
         p.fields[FieldId::UserNsPtr as usize] =
             Program::from_steps(&[Step::ptr(0x700), Step::ptr(0x88)]).unwrap();
         p
-    }
-
-    #[test]
-    fn sha256_vectors() {
-        let h = sha256(b"abc");
-        assert_eq!(h[..4], [0xba, 0x78, 0x16, 0xbf]);
-        assert_eq!(h[28..], [0xf2, 0x00, 0x15, 0xad]);
-        let h = sha256(&[b'a'; 1000]);
-        // echo -n (1000 × 'a') | sha256sum = 41edece4...
-        assert_eq!(h[..4], [0x41, 0xed, 0xec, 0xe4]);
     }
 
     #[test]

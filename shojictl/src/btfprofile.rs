@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 
 use btf_rs::{Btf, BtfType, Type};
 use shoji_shared::profile::{
-    sha256, CurrentTask, FieldId, KernelProfile, Program, Step, UidMapLayout, KEY_COUNT,
+    fingerprint, CurrentTask, FieldId, KernelProfile, Program, Step, UidMapLayout, KEY_COUNT,
 };
 
 /// Kernel symbols: name → address.
@@ -315,7 +315,7 @@ pub fn build(btf_bytes: &[u8], symbols: &Symbols, opts: &BuildOptions) -> Result
 
     let mut p = KernelProfile::empty(current);
     p.preempt_offset = preempt;
-    p.fingerprint = sha256(btf_bytes);
+    p.fingerprint = fingerprint(btf_bytes);
     let rel = opts.release.as_bytes();
     let n = rel.len().min(63);
     p.release[..n].copy_from_slice(&rel[..n]);

@@ -7,7 +7,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::kernel::Kernel;
-use crate::util::{build_dir, cargo, cmd, run_ok, run_visible, target_dir, workspace_root};
+use crate::util::{
+    build_dir, cargo, cmd, run_capture, run_ok, run_visible, target_dir, workspace_root,
+};
 
 /// Time limit for one cargo build.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(1800);
@@ -91,6 +93,71 @@ pub fn build_shoji() -> Result<PathBuf> {
         bail!("{} was not produced", p.display());
     }
     Ok(p)
+}
+
+/// The instructions of `efi` that touch the FPU, MMX, SSE or AVX register state, from
+/// `objdump -d` (binutils, independent of the compiler that built it).
+///
+/// Shoji saves none of the guest's x87/vector state on a VM exit, so any such instruction in
+/// shoji.efi silently corrupts the guest's registers. The UEFI target has no SSE, but a crate can
+/// still select vector code at run time (sha2 does, unless `force-soft`).
+pub fn vector_state_instructions(efi: &Path) -> Result<Vec<String>> {
+    let out = run_capture(
+        cmd("objdump", ["-d", "--no-show-raw-insn"]).arg(efi),
+        TOOL_TIMEOUT,
+    )
+    .context("running objdump (binutils)")?;
+    if !out.status.success() {
+        bail!("objdump -d {} failed ({})", efi.display(), out.status);
+    }
+    if !out.text.contains("<.text>:") && !out.text.contains("Disassembly of section .text") {
+        bail!("objdump printed no .text disassembly for {}", efi.display());
+    }
+    Ok(out
+        .text
+        .lines()
+        .filter(|l| touches_vector_state(l))
+        .map(|l| l.trim().to_owned())
+        .collect())
+}
+
+/// Whether one line of `objdump -d` (AT&T syntax) is an instruction that names an x87, MMX,
+/// XMM, YMM or ZMM register, or loads or resets that state.
+fn touches_vector_state(line: &str) -> bool {
+    // "  4011a0:\tmovdqa %xmm0,(%rsp)": the instruction follows the address's tab.
+    let Some((_, insn)) = line.split_once(":\t") else {
+        return false;
+    };
+    let mnemonic = insn.split_whitespace().next().unwrap_or("");
+    const STATE_OPS: [&str; 12] = [
+        "emms",
+        "femms",
+        "fninit",
+        "finit",
+        "fldcw",
+        "frstor",
+        "fxrstor",
+        "fxrstor64",
+        "xrstor",
+        "xrstor64",
+        "xrstors",
+        "ldmxcsr",
+    ];
+    if STATE_OPS.contains(&mnemonic) || mnemonic.starts_with("vldmxcsr") {
+        return true;
+    }
+    insn.match_indices('%').any(|(i, _)| {
+        let reg = &insn[i + 1..];
+        let digit_after = |p: &str| {
+            reg.strip_prefix(p)
+                .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+        };
+        digit_after("mm")
+            || digit_after("xmm")
+            || digit_after("ymm")
+            || digit_after("zmm")
+            || reg.starts_with("st")
+    })
 }
 
 /// A minimal writer of the `newc` cpio format (what the kernel unpacks as initramfs).
@@ -616,6 +683,44 @@ pub fn build_guest_images(flavour: crate::kernel::Flavour) -> Result<GuestImages
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_scan_finds_sse_in_an_x86_64_linux_binary() {
+        // This test binary is x86-64 Linux code (SSE2 baseline): the scan must see vector code.
+        let exe = std::env::current_exe().unwrap();
+        let found = vector_state_instructions(&exe).unwrap();
+        assert!(found.len() > 10, "{} found", found.len());
+    }
+
+    #[test]
+    fn vector_state_lines_are_recognised() {
+        // Lines as `objdump -d --no-show-raw-insn` prints them (binutils 2.40).
+        for hit in [
+            "  4011a0:\tsha256rnds2 %xmm0,%xmm1,%xmm2",
+            "  4011a0:\tmovdqu (%rsi),%xmm3",
+            "  4011a0:\tvpaddd %ymm1,%ymm2,%ymm3",
+            "  4011a0:\tvmovdqu64 %zmm0,(%rdi)",
+            "  4011a0:\tmovq   %mm0,%rax",
+            "  4011a0:\tfstp   %st(1)",
+            "  4011a0:\tfxrstor (%rax)",
+            "  4011a0:\tldmxcsr 0x8(%rsp)",
+            "  4011a0:\tfninit",
+        ] {
+            assert!(touches_vector_state(hit), "{hit}");
+        }
+        for miss in [
+            "  4011a0:\tmov    %rsp,%rbp",
+            "  4011a0:\tmov    %ss,%ax",
+            "  4011a0:\tpush   %rsi",
+            "  4011a0:\tfxsave (%rax)",
+            "  4011a0:\tvmlaunch",
+            "0000000000401000 <.text>:",
+            "Disassembly of section .text:",
+            "  4011a0:\tcall   4011f0 <memmove_xmm_like>",
+        ] {
+            assert!(!touches_vector_state(miss), "{miss}");
+        }
+    }
 
     #[test]
     fn cpio_is_newc_and_aligned() {

@@ -625,6 +625,57 @@ fn step(name: &str, c: &mut std::process::Command, timeout: Duration) -> Row {
     }
 }
 
+/// The check that shoji.efi leaves the guest's x87 and vector registers alone (Shoji does not
+/// save them on a VM exit): no instruction in it names one. Its control: the same scan finds
+/// such instructions in this harness's own (x86-64 Linux, SSE2) binary.
+fn vector_state_row(shoji: &Result<PathBuf, String>) -> Row {
+    let name = "shoji.efi touches no x87/MMX/SSE/AVX register (objdump)";
+    eprintln!("==== {name}");
+    let control = std::env::current_exe()
+        .map_err(anyhow::Error::from)
+        .and_then(|exe| images::vector_state_instructions(&exe));
+    match &control {
+        Ok(found) if !found.is_empty() => {
+            eprintln!(
+                "xtask: control: {} in the harness's own binary",
+                found.len()
+            )
+        }
+        Ok(_) => {
+            eprintln!("xtask: control failed: the scan found nothing in the harness's own binary");
+            return Row::step(name, false);
+        }
+        Err(e) => {
+            eprintln!("xtask: control failed: {e:#}");
+            return Row::step(name, false);
+        }
+    }
+    let ok = match shoji {
+        Err(_) => {
+            eprintln!("xtask: shoji.efi did not build");
+            false
+        }
+        Ok(efi) => match images::vector_state_instructions(efi) {
+            Ok(found) if found.is_empty() => true,
+            Ok(found) => {
+                eprintln!(
+                    "xtask: {} such instructions in shoji.efi, first:",
+                    found.len()
+                );
+                for l in found.iter().take(10) {
+                    eprintln!("  {l}");
+                }
+                false
+            }
+            Err(e) => {
+                eprintln!("xtask: {e:#}");
+                false
+            }
+        },
+    };
+    Row::step(name, ok)
+}
+
 /// `cargo xtask test`.
 fn test_all(flavour: Flavour, opts: &E2eOpts) -> Result<bool> {
     let cargo = cargo();
@@ -669,6 +720,13 @@ fn test_all(flavour: Flavour, opts: &E2eOpts) -> Result<bool> {
             ),
             min(30),
         ),
+        // Licences (permissive only), bans (wildcards; duplicate versions reported) and sources
+        // (crates.io only), by deny.toml. `.ci/run` installs cargo-deny; without it this fails.
+        step(
+            "cargo deny check licenses bans sources",
+            &mut cmd(&cargo, ["deny", "check", "licenses", "bans", "sources"]),
+            min(10),
+        ),
         step(
             "cargo test --workspace",
             &mut cmd(&cargo, ["test", "--workspace"]),
@@ -696,6 +754,7 @@ fn test_all(flavour: Flavour, opts: &E2eOpts) -> Result<bool> {
         eprintln!("xtask: {e}");
     }
     rows.push(Row::step("build shoji.efi", shoji.is_ok()));
+    rows.push(vector_state_row(&shoji));
     let (list, skipped) = select(&[], opts)?;
     let imgs = images::build_guest_images(flavour);
     if let Err(e) = &imgs {
