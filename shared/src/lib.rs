@@ -6,6 +6,7 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
+pub mod btf;
 pub mod frame;
 pub mod identity;
 pub mod memory;

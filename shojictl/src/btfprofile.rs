@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use btf_rs::{Btf, BtfType, Type};
+use shoji_shared::btf::{Btf, Kind, Type};
 use shoji_shared::profile::{
     fingerprint, CurrentTask, FieldId, KernelProfile, Program, Step, UidMapLayout, KEY_COUNT,
 };
@@ -66,8 +66,13 @@ pub struct Built {
     pub notes: Vec<String>,
 }
 
+/// The guest kernel's BTF with the two indexes the builder needs: types by id and ids by name.
 struct Ctx<'a> {
-    btf: &'a Btf,
+    btf: Btf<'a>,
+    /// `types[id - 1]` is type `id`.
+    types: Vec<Type<'a>>,
+    /// Named types' ids, in id order.
+    by_name: HashMap<&'a str, Vec<u32>>,
 }
 
 /// A structure member: byte offset and type id.
@@ -77,63 +82,83 @@ struct Mem {
     ty: u32,
 }
 
-impl Ctx<'_> {
-    fn strip(&self, mut id: u32) -> Result<Type, String> {
-        for _ in 0..32 {
-            let t = self
-                .btf
-                .resolve_type_by_id(id)
-                .map_err(|e| format!("BTF type {id}: {e}"))?;
-            match &t {
-                Type::Typedef(x) | Type::TypeTag(x) => id = x.get_type_id().map_err(s)?,
-                Type::Const(x) | Type::Volatile(x) | Type::Restrict(x) => {
-                    id = x.get_type_id().map_err(s)?
-                }
-                _ => return Ok(t),
+/// How error messages name a kind.
+fn kind_name(k: Kind) -> String {
+    format!("{k:?}").to_lowercase()
+}
+
+impl<'a> Ctx<'a> {
+    fn new(btf: Btf<'a>) -> Result<Ctx<'a>, String> {
+        let mut types = Vec::with_capacity(btf.count() as usize);
+        let mut by_name: HashMap<&'a str, Vec<u32>> = HashMap::new();
+        for (id, t) in btf.types() {
+            let name = btf.name(t.name_off).map_err(s)?;
+            if !name.is_empty() {
+                by_name.entry(name).or_default().push(id);
             }
+            types.push(t);
+        }
+        Ok(Ctx {
+            btf,
+            types,
+            by_name,
+        })
+    }
+
+    fn ty(&self, id: u32) -> Result<Type<'a>, String> {
+        let i = (id as usize).wrapping_sub(1);
+        self.types
+            .get(i)
+            .copied()
+            .ok_or_else(|| format!("BTF type {id}: no such type"))
+    }
+
+    fn named(&self, name: &str) -> impl Iterator<Item = (u32, Type<'a>)> + '_ {
+        self.by_name
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter_map(|&id| Some((id, self.ty(id).ok()?)))
+    }
+
+    fn name(&self, off: u32) -> &'a str {
+        self.btf.name(off).unwrap_or_default()
+    }
+
+    /// The id past typedefs, qualifiers and type tags.
+    fn strip_id(&self, mut id: u32) -> Result<u32, String> {
+        for _ in 0..32 {
+            let t = self.ty(id)?;
+            if !t.kind.is_modifier() {
+                return Ok(id);
+            }
+            id = t.size_or_type;
         }
         Err("BTF type chain too long".into())
     }
 
-    fn strip_id(&self, mut id: u32) -> Result<u32, String> {
-        for _ in 0..32 {
-            let t = self.btf.resolve_type_by_id(id).map_err(s)?;
-            match &t {
-                Type::Typedef(x) | Type::TypeTag(x) => id = x.get_type_id().map_err(s)?,
-                Type::Const(x) | Type::Volatile(x) | Type::Restrict(x) => {
-                    id = x.get_type_id().map_err(s)?
-                }
-                _ => return Ok(id),
-            }
-        }
-        Err("BTF type chain too long".into())
+    /// The type past typedefs, qualifiers and type tags.
+    fn strip(&self, id: u32) -> Result<Type<'a>, String> {
+        self.ty(self.strip_id(id)?)
     }
 
     fn struct_id(&self, name: &str) -> Result<u32, String> {
-        let ids = self
-            .btf
-            .resolve_ids_by_name(name)
-            .map_err(|_| format!("struct {name} not in BTF"))?;
-        for id in ids {
-            if let Ok(Type::Struct(st)) = self.btf.resolve_type_by_id(id) {
-                if !st.members.is_empty() {
-                    return Ok(id);
-                }
-            }
-        }
-        Err(format!("struct {name} not in BTF"))
+        self.named(name)
+            .find(|(_, t)| t.kind == Kind::Struct && t.vlen > 0)
+            .map(|(id, _)| id)
+            .ok_or_else(|| format!("struct {name} not in BTF"))
     }
 
     fn size_of(&self, id: u32) -> Result<u32, String> {
-        Ok(match self.strip(id)? {
-            Type::Struct(st) | Type::Union(st) => st.size() as u32,
-            Type::Int(i) => i.size() as u32,
-            Type::Ptr(_) => 8,
-            Type::Enum(e) => e.size() as u32,
-            Type::Array(a) => {
-                (a.len() as u32).saturating_mul(self.size_of(a.get_type_id().map_err(s)?)?)
+        let t = self.strip(id)?;
+        Ok(match t.kind {
+            Kind::Struct | Kind::Union | Kind::Int | Kind::Enum => t.size_or_type,
+            Kind::Ptr => 8,
+            Kind::Array => {
+                let a = t.array().ok_or("BTF array without its record")?;
+                a.len.saturating_mul(self.size_of(a.elem)?)
             }
-            t => return Err(format!("no size for BTF {}", t.name())),
+            k => return Err(format!("no size for BTF {}", kind_name(k))),
         })
     }
 
@@ -142,24 +167,24 @@ impl Ctx<'_> {
         if depth > 8 {
             return Ok(None);
         }
-        let st = match self.strip(id)? {
-            Type::Struct(st) | Type::Union(st) => st,
-            _ => return Ok(None),
-        };
-        for m in &st.members {
-            let mname = self.btf.resolve_name(m).unwrap_or_default();
-            let off = m.bit_offset();
+        let st = self.strip(id)?;
+        if !matches!(st.kind, Kind::Struct | Kind::Union) {
+            return Ok(None);
+        }
+        for m in st.members() {
+            let mname = self.name(m.name_off);
+            let off = m.bit_offset;
             if mname == name {
                 if off % 8 != 0 {
                     return Err(format!("member {name} is a bitfield"));
                 }
                 return Ok(Some(Mem {
                     off: off / 8,
-                    ty: m.get_type_id().map_err(s)?,
+                    ty: m.ty,
                 }));
             }
             if mname.is_empty() {
-                if let Some(inner) = self.member_in(m.get_type_id().map_err(s)?, name, depth + 1)? {
+                if let Some(inner) = self.member_in(m.ty, name, depth + 1)? {
                     return Ok(Some(Mem {
                         off: off / 8 + inner.off,
                         ty: inner.ty,
@@ -189,9 +214,12 @@ impl Ctx<'_> {
     /// Offset of a pointer member, checking that it is a pointer.
     fn ptr(&self, sname: &str, path: &str) -> Result<u32, String> {
         let m = self.path(sname, path)?;
-        match self.strip(m.ty)? {
-            Type::Ptr(_) => Ok(m.off),
-            t => Err(format!("{sname}.{path} is a {}, not a pointer", t.name())),
+        match self.strip(m.ty)?.kind {
+            Kind::Ptr => Ok(m.off),
+            k => Err(format!(
+                "{sname}.{path} is a {}, not a pointer",
+                kind_name(k)
+            )),
         }
     }
 
@@ -205,43 +233,52 @@ impl Ctx<'_> {
         Ok(m.off)
     }
 
-    fn enum_value(&self, ename: &str, member: &str) -> Result<u32, String> {
-        for t in self
-            .btf
-            .resolve_types_by_name(ename)
-            .map_err(|_| format!("enum {ename} not in BTF"))?
-        {
-            if let Type::Enum(e) = t {
-                for m in &e.members {
-                    if self.btf.resolve_name(m).ok().as_deref() == Some(member) {
-                        return Ok(m.val());
-                    }
-                }
-            }
+    /// The value of enumerator `member` of a 32-bit enum: of the enum named `ename`, or of the
+    /// first enum (in id order) that has it when `ename` is `None` (for anonymous enums).
+    fn enumerator(&self, ename: Option<&str>, member: &str) -> Option<u32> {
+        let value_in = |t: &Type<'a>| {
+            t.enumerators()
+                .find(|e| self.name(e.name_off) == member)
+                .map(|e| e.value as u32)
+        };
+        match ename {
+            Some(n) => self
+                .named(n)
+                .filter(|(_, t)| t.kind == Kind::Enum)
+                .find_map(|(_, t)| value_in(&t)),
+            None => self
+                .types
+                .iter()
+                .filter(|t| t.kind == Kind::Enum)
+                .find_map(value_in),
         }
-        Err(format!("enum {ename} has no {member}"))
+    }
+
+    fn enum_value(&self, ename: &str, member: &str) -> Result<u32, String> {
+        if !self.by_name.contains_key(ename) {
+            return Err(format!("enum {ename} not in BTF"));
+        }
+        self.enumerator(Some(ename), member)
+            .ok_or_else(|| format!("enum {ename} has no {member}"))
     }
 
     /// Array length of a member.
     fn array_len(&self, ty: u32) -> Result<(u32, u32), String> {
-        match self.strip(ty)? {
-            Type::Array(a) => Ok((a.len() as u32, a.get_type_id().map_err(s)?)),
-            t => Err(format!("expected an array, found {}", t.name())),
+        let t = self.strip(ty)?;
+        match t.array() {
+            Some(a) => Ok((a.len, a.elem)),
+            None => Err(format!("expected an array, found {}", kind_name(t.kind))),
         }
     }
 
     /// Per-CPU variable offsets from the BTF `.data..percpu` DATASEC.
     fn percpu_vars(&self) -> HashMap<String, u32> {
         let mut out = HashMap::new();
-        if let Ok(types) = self.btf.resolve_types_by_name(".data..percpu") {
-            for t in types {
-                if let Type::Datasec(ds) = t {
-                    for v in &ds.variables {
-                        if let Ok(Type::Var(var)) = self.btf.resolve_chained_type(v) {
-                            if let Ok(n) = self.btf.resolve_name(&var) {
-                                out.insert(n, v.offset());
-                            }
-                        }
+        for (_, ds) in self.named(".data..percpu") {
+            for v in ds.section_vars() {
+                if let Ok(var) = self.ty(v.ty) {
+                    if var.kind == Kind::Var {
+                        out.insert(self.name(var.name_off).to_owned(), v.offset);
                     }
                 }
             }
@@ -260,8 +297,8 @@ fn prog(steps: &[Step]) -> Result<Program, String> {
 
 /// Build a profile from BTF bytes and symbol text.
 pub fn build(btf_bytes: &[u8], symbols: &Symbols, opts: &BuildOptions) -> Result<Built, String> {
-    let btf = Btf::from_bytes(btf_bytes).map_err(|e| format!("cannot parse BTF: {e}"))?;
-    let c = Ctx { btf: &btf };
+    let btf = Btf::parse(btf_bytes).map_err(|e| format!("cannot parse BTF: {e}"))?;
+    let c = Ctx::new(btf)?;
     let mut notes = Vec::new();
     let percpu = c.percpu_vars();
     let sym_pc = |name: &str| -> Option<u32> {
@@ -335,7 +372,9 @@ pub fn build(btf_bytes: &[u8], symbols: &Symbols, opts: &BuildOptions) -> Result
         notes.push("page_offset_base unknown: direct map base must be learned otherwise".into());
     }
     // PROC_USER_INIT_INO from the kernel's anonymous proc enum, if we can find it.
-    p.init_userns_inum = find_anon_enum(&c, "PROC_USER_INIT_INO").unwrap_or(0xEFFF_FFFD);
+    p.init_userns_inum = c
+        .enumerator(None, "PROC_USER_INIT_INO")
+        .unwrap_or(0xEFFF_FFFD);
 
     // task_struct members.
     let t = "task_struct";
@@ -538,24 +577,6 @@ pub fn build(btf_bytes: &[u8], symbols: &Symbols, opts: &BuildOptions) -> Result
     p.validate()
         .map_err(|e| format!("built profile does not validate: {e:?}"))?;
     Ok(Built { profile: p, notes })
-}
-
-fn find_anon_enum(c: &Ctx, member: &str) -> Option<u32> {
-    // Anonymous enums are not indexed by name: scan type ids (bounded).
-    for id in 1..2_000_000u32 {
-        match c.btf.resolve_type_by_id(id) {
-            Ok(Type::Enum(e)) => {
-                for m in &e.members {
-                    if c.btf.resolve_name(m).ok().as_deref() == Some(member) {
-                        return Some(m.val());
-                    }
-                }
-            }
-            Ok(_) => {}
-            Err(_) => return None,
-        }
-    }
-    None
 }
 
 fn fmt_steps(p: &Program) -> String {

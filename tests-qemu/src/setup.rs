@@ -40,6 +40,10 @@ pub const PACKAGES: &[&str] = &[
     "iputils-ping",
     "iputils-arping",
     "tcpdump",
+    // Checks: bpftool is the independent BTF reader the host tests compare Shoji's with;
+    // objdump disassembles shoji.efi for the vector-register check.
+    "bpftool",
+    "binutils",
     // Build (the musl target links with cc).
     "build-essential",
     "pkg-config",
@@ -80,6 +84,8 @@ const WITNESSES: &[(&str, &str)] = &[
     ("iputils-ping", "/bin/ping"),
     ("iputils-arping", "/usr/bin/arping"),
     ("tcpdump", "/usr/bin/tcpdump"),
+    ("bpftool", "/usr/sbin/bpftool"),
+    ("binutils", "/usr/bin/objdump"),
     ("build-essential", "/usr/bin/cc"),
 ];
 
