@@ -152,24 +152,43 @@ pub fn check_host_tx(registry: &Registry<'_>, frame: &ParsedFrame) -> Result<(),
     Ok(())
 }
 
-/// Check an RX frame: ARP claiming a container's address from a MAC that is not the container's.
+/// Check an RX frame (from the wire). A container lives inside the guest, so no frame from the
+/// wire may claim to come from one: a source MAC or IPv4 source that is a registered container's
+/// is a spoof (a sender on the LAN that would otherwise satisfy rules written for that
+/// container), and so is ARP whose sender fields name a container's address or MAC.
 pub fn check_rx(registry: &Registry<'_>, frame: &ParsedFrame) -> Result<(), SpoofFinding> {
-    let Network::Arp(arp) = frame.network else {
-        return Ok(());
-    };
-    let Some(owner) = registry.by_ipv4(arp.sender_ip) else {
-        return Ok(());
-    };
-    let Some(container) = registry.get(owner) else {
-        return Ok(());
-    };
-    if !container.owns_mac(&arp.sender_mac) || !container.owns_mac(&frame.src_mac) {
+    if let Some(owner) = registry.by_mac(&frame.src_mac) {
         return Err(SpoofFinding {
-            reason: DropReason::SpoofedArp,
+            reason: DropReason::SpoofedMac,
             claimed: Some(owner),
-            mac: arp.sender_mac,
-            ipv4: Some(arp.sender_ip),
+            mac: frame.src_mac,
+            ipv4: source_ipv4(frame),
         });
     }
-    Ok(())
+    let (reason, owner, mac, ipv4) = match frame.network {
+        Network::Ipv4(ip) => (
+            DropReason::SpoofedIp,
+            registry.by_ipv4(ip.src),
+            frame.src_mac,
+            ip.src,
+        ),
+        Network::Arp(arp) => (
+            DropReason::SpoofedArp,
+            registry
+                .by_ipv4(arp.sender_ip)
+                .or_else(|| registry.by_mac(&arp.sender_mac)),
+            arp.sender_mac,
+            arp.sender_ip,
+        ),
+        _ => return Ok(()),
+    };
+    match owner {
+        Some(owner) => Err(SpoofFinding {
+            reason,
+            claimed: Some(owner),
+            mac,
+            ipv4: Some(ipv4),
+        }),
+        None => Ok(()),
+    }
 }

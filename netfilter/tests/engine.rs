@@ -730,13 +730,19 @@ fn rx_arp_claiming_a_container_address_from_a_foreign_mac_is_dropped() {
         }
         _ => unreachable!(),
     }
-    // Both MACs must be A's: the ARP sender's and the frame's source.
-    for (src, sha) in [(MAC_A, MAC_EVIL), (MAC_EVIL, MAC_A)] {
-        let f = eth(BCAST, src, None, 0x0806, &arp(2, sha, IP_A, BCAST, IP_GW));
+    // Nothing from the wire may name A: not its MAC as the frame's source (a spoofed MAC), not
+    // its MAC or address in the ARP sender fields.
+    for (src, sha, spa, reason) in [
+        (MAC_A, MAC_EVIL, IP_A, DropReason::SpoofedMac),
+        (MAC_A, MAC_A, IP_A, DropReason::SpoofedMac),
+        (MAC_EVIL, MAC_A, IP_A, DropReason::SpoofedArp),
+        (MAC_EVIL, MAC_A, IP_REMOTE, DropReason::SpoofedArp),
+    ] {
+        let f = eth(BCAST, src, None, 0x0806, &arp(2, sha, spa, BCAST, IP_GW));
         assert_eq!(
             e.filter(&rx(), &f, &mut out),
-            drop(DropReason::SpoofedArp),
-            "frame from {src:?}, ARP sender {sha:?}"
+            drop(reason),
+            "frame from {src:?}, ARP sender {sha:?} {spa}"
         );
     }
     // Ordinary ARP from the gateway passes.
@@ -748,6 +754,53 @@ fn rx_arp_claiming_a_container_address_from_a_foreign_mac_is_dropped() {
         &arp(2, MAC_GW, IP_GW, MAC_A, IP_A),
     );
     assert_eq!(e.filter(&rx(), &ok, &mut out), Verdict::Pass);
+}
+
+#[test]
+fn rx_ipv4_claiming_a_container_source_is_refused_and_counted() {
+    // A sender on the LAN forges container A's address to reach B, whose rules admit A only.
+    let allow_a = Rule {
+        remote: Ipv4Cidr::host(IP_A),
+        ..Rule::any(Action::Allow, DirectionMatch::Ingress)
+    };
+    let mut s = slots(8);
+    let mut e = engine_ab(&mut s);
+    e.update(defaults(
+        with_rules(spec_b(), &[allow_a]),
+        Action::Allow,
+        Action::Deny,
+    ))
+    .unwrap();
+    let mut out = Sink::default();
+    let forged = udp_frame(None, MAC_EVIL, MAC_B, IP_A, IP_B, 5000, 53);
+    assert_eq!(
+        e.filter(&rx(), &forged, &mut out),
+        drop(DropReason::SpoofedIp)
+    );
+    assert!(out.guest.is_empty());
+    // Counted on the container whose address was claimed, with an event naming it.
+    let a = e.container_counters(ContainerId(1)).unwrap();
+    assert_eq!(a.dropped(DropReason::SpoofedIp), 1);
+    match spoof_events(&e).last() {
+        Some(EventKind::Spoof {
+            direction,
+            claimed,
+            ipv4,
+            ..
+        }) => assert_eq!(
+            (*direction, *claimed, *ipv4),
+            (Direction::Rx, Some(ContainerId(1)), Some(IP_A))
+        ),
+        other => panic!("no spoof event: {other:?}"),
+    }
+    // The same datagram from an address nobody registered is B's rules' business: denied by
+    // policy, not as a spoof; and from the gateway's own address it is not admitted either.
+    let other = udp_frame(None, MAC_GW, MAC_B, IP_REMOTE, IP_B, 5000, 53);
+    assert_eq!(
+        e.filter(&rx(), &other, &mut out),
+        drop(DropReason::PolicyDenied)
+    );
+    assert_eq!(spoof_events(&e).len(), 1);
 }
 
 // ---------------------------------------------------------------- IPv6
