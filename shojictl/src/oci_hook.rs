@@ -478,7 +478,9 @@ pub fn netns_ifaces(pid: u32) -> Result<Vec<ContainerIface>, String> {
 /// tagged on `uplink`. Both must be ports of `bridge`.
 #[cfg(target_os = "linux")]
 pub fn set_bridge_vlan(port: u32, vlan: u16, bridge: &str, uplink: &str) -> Result<(), String> {
-    use crate::netlink::{errno_text, BRIDGE_VLAN_INFO_PVID, BRIDGE_VLAN_INFO_UNTAGGED};
+    use crate::netlink::{
+        errno_text, BridgeVlanInfoFlags, BRIDGE_VLAN_INFO_PVID, BRIDGE_VLAN_INFO_UNTAGGED,
+    };
     let mut sock = crate::netlink::Socket::open()?;
     let links = sock.links()?;
     let by_name = |n: &str| links.iter().find(|l| l.name == n);
@@ -500,7 +502,7 @@ pub fn set_bridge_vlan(port: u32, vlan: u16, bridge: &str, uplink: &str) -> Resu
     )
     .map_err(|e| format!("cannot set VLAN {vlan} on {}: {}", veth.name, errno_text(e)))?;
     if vlan != 1 {
-        match sock.bridge_vlan(false, port, 1, 0) {
+        match sock.bridge_vlan(false, port, 1, BridgeVlanInfoFlags::empty()) {
             Ok(()) | Err(libc::ENOENT) => {}
             Err(e) => {
                 return Err(format!(
@@ -511,7 +513,7 @@ pub fn set_bridge_vlan(port: u32, vlan: u16, bridge: &str, uplink: &str) -> Resu
             }
         }
     }
-    sock.bridge_vlan(true, up.index, vlan, 0)
+    sock.bridge_vlan(true, up.index, vlan, BridgeVlanInfoFlags::empty())
         .map_err(|e| format!("cannot add VLAN {vlan} to {uplink}: {}", errno_text(e)))
 }
 
@@ -519,14 +521,14 @@ pub fn set_bridge_vlan(port: u32, vlan: u16, bridge: &str, uplink: &str) -> Resu
 /// container that is gone).
 #[cfg(target_os = "linux")]
 pub fn release_uplink_vlan(vlan: u16, uplink: &str) -> Result<VlanRelease, String> {
-    use crate::netlink::errno_text;
+    use crate::netlink::{errno_text, BridgeVlanInfoFlags};
     let mut sock = crate::netlink::Socket::open()?;
     let links = sock.links()?;
     let up = links
         .iter()
         .find(|l| l.name == uplink)
         .ok_or_else(|| format!("no interface {uplink} (the uplink)"))?;
-    match sock.bridge_vlan(false, up.index, vlan, 0) {
+    match sock.bridge_vlan(false, up.index, vlan, BridgeVlanInfoFlags::empty()) {
         Ok(()) => Ok(VlanRelease::Removed),
         Err(libc::ENOENT) => Ok(VlanRelease::Absent),
         Err(e) => Err(format!(
