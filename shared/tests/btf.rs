@@ -136,8 +136,9 @@ fn every_kind_reads_back() {
     assert_eq!(btf.name(m[1].name_off).unwrap(), "y");
     assert_eq!((m[1].bit_offset, m[1].bitfield_size), (35, 3));
     // Without the kind flag the offset word is all offset.
+    assert!(!t[4].1.kind_flag);
     let u: Vec<_> = t[4].1.members().collect();
-    assert_eq!((u.len(), u[0].bit_offset), (1, 0));
+    assert_eq!((u.len(), u[0].bit_offset, u[0].bitfield_size), (1, 0, 0));
     // Members of something that has none.
     assert_eq!(t[0].1.members().count(), 0);
     assert_eq!(t[5].1.members().count(), 0);
@@ -174,6 +175,19 @@ fn every_kind_reads_back() {
 }
 
 #[test]
+fn a_struct_without_the_kind_flag_keeps_all_32_offset_bits() {
+    let mut b = Blob::new();
+    let m = b.s("far");
+    b.ty("big", 4, 1, false, 1 << 22).w(m).w(0).w(0x0300_0010);
+    let bytes = b.bytes();
+    let btf = Btf::parse(&bytes).unwrap();
+    let (_, t) = btf.types().next().unwrap();
+    assert!(!t.kind_flag);
+    let far = t.members().next().unwrap();
+    assert_eq!((far.bit_offset, far.bitfield_size), (0x0300_0010, 0));
+}
+
+#[test]
 fn headers_and_sections_are_checked() {
     let good = every_kind();
     assert_eq!(Btf::parse(&good[..23]).unwrap_err(), BtfError::Truncated);
@@ -198,6 +212,11 @@ fn headers_and_sections_are_checked() {
     longer.extend_from_slice(&[0; 8]);
     longer.extend_from_slice(&good[24..]);
     assert_eq!(Btf::parse(&longer).unwrap().count(), 19);
+    // The header alone, both sections empty: a valid, empty BTF.
+    let mut bare = good[..24].to_vec();
+    bare[8..24].copy_from_slice(&[0; 16]);
+    let btf = Btf::parse(&bare).unwrap();
+    assert_eq!((btf.count(), btf.types().count()), (0, 0));
     // An empty type section is a valid, empty BTF.
     let empty = Blob::new().bytes();
     let btf = Btf::parse(&empty).unwrap();
