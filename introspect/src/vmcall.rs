@@ -4,7 +4,7 @@
 //! Pure functions over [`GuestMemory`]: the hypervisor only wires registers to them.
 
 use shoji_shared::vmcall::{Status, AGENT_KEY_LEN, MAX_BUFFER_LEN};
-use shoji_shared::{GuestMemory, TaskIdentity};
+use shoji_shared::{ContainerMembership, GuestMemory, TaskIdentity};
 use subtle::ConstantTimeEq;
 
 use crate::paging::{translate, Access, PageTables, Translation};
@@ -106,19 +106,25 @@ pub fn copy_to_guest<M: GuestMemory + ?Sized>(
 }
 
 /// The agent check: the key matches the provisioned one (constant time) and the caller is uid 0
-/// in the initial user namespace, acting in its own context. Unknown identity fields fail.
+/// in the initial user namespace, acting in its own context, and in no registered container
+/// (`containers`: by cgroup or network namespace), whatever its uid: root in a rootful container
+/// (no user namespace) that can read the key file is still not the agent. Unknown identity
+/// fields fail, the network namespace included (without it membership cannot be told).
 pub fn check_agent(
     caller: &TaskIdentity,
     init_userns_inum: u32,
     key: &[u8; AGENT_KEY_LEN],
     provisioned: &[u8; AGENT_KEY_LEN],
+    containers: &dyn ContainerMembership,
 ) -> Result<(), Status> {
     // `subtle`: the comparison takes the same time wherever the keys differ.
     let key_ok = bool::from(key.ct_eq(provisioned));
     let who_ok = caller.is_actor()
         && caller.uid == Some(0)
         && caller.euid.is_none_or(|e| e == 0)
-        && caller.userns_id == Some(init_userns_inum);
+        && caller.userns_id == Some(init_userns_inum)
+        && caller.netns_id.is_some()
+        && containers.container_of(caller).is_none();
     if key_ok && who_ok {
         Ok(())
     } else {

@@ -13,7 +13,10 @@ use shoji_introspect::{
 };
 use shoji_shared::profile::{CurrentTask, KernelProfile, KERNEL_HALF_4, KERNEL_HALF_5};
 use shoji_shared::vmcall::{Status, MAX_BUFFER_LEN};
-use shoji_shared::{ExecContext, GuestMemory, MemError, TaskIdentity};
+use shoji_shared::{
+    ContainerId, ContainerMembership, ExecContext, GuestMemory, MemError, NoContainers,
+    TaskIdentity,
+};
 
 fn guest(mode: PagingMode) -> Guest {
     Guest::new(
@@ -476,15 +479,16 @@ fn agent_needs_root_effective_uid_too() {
         uid: Some(0),
         euid: Some(0),
         userns_id: Some(init),
+        netns_id: Some(0xF000_0000),
         ..Default::default()
     };
-    assert_eq!(check_agent(&root, init, &key, &key), Ok(()));
+    assert_eq!(check_agent(&root, init, &key, &key, &NoContainers), Ok(()));
     let setuid_dropped = TaskIdentity {
         euid: Some(1000),
         ..root
     };
     assert_eq!(
-        check_agent(&setuid_dropped, init, &key, &key),
+        check_agent(&setuid_dropped, init, &key, &key, &NoContainers),
         Err(Status::NotAuthorized)
     );
     let no_userns = TaskIdentity {
@@ -492,7 +496,7 @@ fn agent_needs_root_effective_uid_too() {
         ..root
     };
     assert_eq!(
-        check_agent(&no_userns, init, &key, &key),
+        check_agent(&no_userns, init, &key, &key, &NoContainers),
         Err(Status::NotAuthorized)
     );
     let kthread = TaskIdentity {
@@ -500,7 +504,41 @@ fn agent_needs_root_effective_uid_too() {
         ..root
     };
     assert_eq!(
-        check_agent(&kthread, init, &key, &key),
+        check_agent(&kthread, init, &key, &key, &NoContainers),
+        Err(Status::NotAuthorized)
+    );
+    // Root in the initial user namespace, but in a registered container's network namespace or
+    // cgroup (a rootful container that can read the key file): not the agent.
+    struct Registered;
+    impl ContainerMembership for Registered {
+        fn container_of(&self, t: &TaskIdentity) -> Option<ContainerId> {
+            (t.netns_id == Some(0xF000_0101) || t.cgroup_id == Some(4242)).then_some(ContainerId(7))
+        }
+    }
+    assert_eq!(check_agent(&root, init, &key, &key, &Registered), Ok(()));
+    for in_container in [
+        TaskIdentity {
+            netns_id: Some(0xF000_0101),
+            ..root
+        },
+        TaskIdentity {
+            cgroup_id: Some(4242),
+            ..root
+        },
+    ] {
+        assert_eq!(
+            check_agent(&in_container, init, &key, &key, &Registered),
+            Err(Status::NotAuthorized),
+            "{in_container:?}"
+        );
+    }
+    // Without its network namespace, membership cannot be told: refused.
+    let no_netns = TaskIdentity {
+        netns_id: None,
+        ..root
+    };
+    assert_eq!(
+        check_agent(&no_netns, init, &key, &key, &NoContainers),
         Err(Status::NotAuthorized)
     );
     // Every byte of the key counts.
@@ -508,7 +546,7 @@ fn agent_needs_root_effective_uid_too() {
         let mut k = key;
         k[i] = 0;
         assert_eq!(
-            check_agent(&root, init, &k, &key),
+            check_agent(&root, init, &k, &key, &NoContainers),
             Err(Status::NotAuthorized),
             "byte {i}"
         );

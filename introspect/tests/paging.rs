@@ -9,7 +9,7 @@ use shoji_introspect::{
 use shoji_shared::profile::CurrentTask;
 use shoji_shared::profile::KernelProfile;
 use shoji_shared::vmcall::{Status, AGENT_KEY_LEN, MAX_BUFFER_LEN};
-use shoji_shared::{ExecContext, GuestMemory, MemError, TaskIdentity};
+use shoji_shared::{ExecContext, GuestMemory, MemError, NoContainers, TaskIdentity};
 
 fn guest(mode: PagingMode) -> Guest {
     Guest::new(
@@ -256,13 +256,14 @@ fn agent_check() {
         uid: Some(0),
         euid: Some(0),
         userns_id: Some(init),
+        netns_id: Some(0xF000_0000),
         ..Default::default()
     };
-    assert_eq!(check_agent(&root, init, &key, &key), Ok(()));
+    assert_eq!(check_agent(&root, init, &key, &key, &NoContainers), Ok(()));
     let mut wrong = key;
     wrong[31] ^= 1;
     assert_eq!(
-        check_agent(&root, init, &wrong, &key),
+        check_agent(&root, init, &wrong, &key, &NoContainers),
         Err(Status::NotAuthorized)
     );
     // Root in a container's user namespace.
@@ -271,7 +272,7 @@ fn agent_check() {
         ..root
     };
     assert_eq!(
-        check_agent(&ns_root, init, &key, &key),
+        check_agent(&ns_root, init, &key, &key, &NoContainers),
         Err(Status::NotAuthorized)
     );
     let user = TaskIdentity {
@@ -279,12 +280,12 @@ fn agent_check() {
         ..root
     };
     assert_eq!(
-        check_agent(&user, init, &key, &key),
+        check_agent(&user, init, &key, &key, &NoContainers),
         Err(Status::NotAuthorized)
     );
     let unknown = TaskIdentity { uid: None, ..root };
     assert_eq!(
-        check_agent(&unknown, init, &key, &key),
+        check_agent(&unknown, init, &key, &key, &NoContainers),
         Err(Status::NotAuthorized)
     );
     let irq = TaskIdentity {
@@ -292,7 +293,7 @@ fn agent_check() {
         ..root
     };
     assert_eq!(
-        check_agent(&irq, init, &key, &key),
+        check_agent(&irq, init, &key, &key, &NoContainers),
         Err(Status::NotAuthorized)
     );
     // A key that differs in any one byte, first or last, is refused for the right caller.
@@ -300,7 +301,7 @@ fn agent_check() {
         let mut wrong = key;
         wrong[at] ^= 1;
         assert_eq!(
-            check_agent(&root, init, &wrong, &key),
+            check_agent(&root, init, &wrong, &key, &NoContainers),
             Err(Status::NotAuthorized),
             "key differing at byte {at}"
         );

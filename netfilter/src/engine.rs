@@ -8,7 +8,8 @@
 use core::net::Ipv4Addr;
 
 use shoji_shared::{
-    ContainerId, Direction, DropReason, FrameFilter, FrameMeta, FrameSink, TaskIdentity, Verdict,
+    ContainerId, ContainerMembership, Direction, DropReason, FrameFilter, FrameMeta, FrameSink,
+    TaskIdentity, Verdict,
 };
 
 use crate::config::{BroadcastScope, EngineConfig, HostPolicy};
@@ -1028,6 +1029,18 @@ enum FragmentStage {
     First(DatagramKey),
     FollowPass,
     Drop(DropReason),
+}
+
+/// Membership by the registry: a task whose cgroup or network namespace is a registered
+/// container's belongs to it, in whatever context it runs.
+impl ContainerMembership for Engine<'_> {
+    fn container_of(&self, task: &TaskIdentity) -> Option<ContainerId> {
+        let slot = task
+            .cgroup_id
+            .and_then(|cg| self.registry.by_cgroup(cg))
+            .or_else(|| task.netns_id.and_then(|ns| self.registry.by_netns(ns)))?;
+        self.registry.get(slot).map(|c| c.id())
+    }
 }
 
 impl FrameFilter for Engine<'_> {

@@ -1614,3 +1614,32 @@ fn registration_replaces_rules_at_run_time() {
     let _ = ContainerSpec::new(9, 9, MAC_EVIL, IP_GW);
     let _ = Subject::Anyone;
 }
+
+#[test]
+fn container_membership_is_by_cgroup_or_network_namespace() {
+    use shoji_shared::ContainerMembership;
+    let mut s = slots(8);
+    let mut e = engine_ab(&mut s);
+    let t = |cgroup, netns| task(cgroup, netns, ExecContext::Task);
+    assert_eq!(
+        e.container_of(&t(Some(CGROUP_A), None)),
+        Some(ContainerId(1))
+    );
+    assert_eq!(
+        e.container_of(&t(None, Some(NETNS_B))),
+        Some(ContainerId(2))
+    );
+    // Either one is enough, in any context (the agent check asks about any caller).
+    assert_eq!(
+        e.container_of(&t(Some(999), Some(NETNS_A))),
+        Some(ContainerId(1))
+    );
+    let irq = task(Some(CGROUP_B), None, ExecContext::SoftIrq);
+    assert_eq!(e.container_of(&irq), Some(ContainerId(2)));
+    // The host's own task, and one with nothing known: no container.
+    assert_eq!(e.container_of(&t(Some(999), Some(0xF000_0999))), None);
+    assert_eq!(e.container_of(&t(None, None)), None);
+    // Gone once unregistered.
+    e.unregister(ContainerId(1)).unwrap();
+    assert_eq!(e.container_of(&t(Some(CGROUP_A), Some(NETNS_A))), None);
+}

@@ -4,6 +4,24 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ContainerId(pub u32);
 
+/// Which registered container, if any, a guest task belongs to (by its cgroup, else its network
+/// namespace). The agent check asks it: no task inside a registered container is the agent,
+/// whatever its uid.
+pub trait ContainerMembership {
+    /// The container `task` belongs to, if it belongs to a registered one.
+    fn container_of(&self, task: &TaskIdentity) -> Option<ContainerId>;
+}
+
+/// No container is registered (the policy engine does not exist yet).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoContainers;
+
+impl ContainerMembership for NoContainers {
+    fn container_of(&self, _task: &TaskIdentity) -> Option<ContainerId> {
+        None
+    }
+}
+
 /// The context the guest CPU was in at the VM exit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ExecContext {

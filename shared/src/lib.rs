@@ -14,5 +14,5 @@ pub mod profile;
 pub mod vmcall;
 
 pub use frame::{Direction, DropReason, FrameFilter, FrameMeta, FrameSink, PassAll, Verdict};
-pub use identity::{ContainerId, ExecContext, TaskIdentity};
+pub use identity::{ContainerId, ContainerMembership, ExecContext, NoContainers, TaskIdentity};
 pub use memory::{GuestMemory, MemError};

@@ -306,6 +306,9 @@ phase_protected() {
     ctr refuse-update $CRUN exec B shojictl update /tmp/wide.toml --key-file /tmp/agent.key
     ctr refuse-unregister $CRUN exec B shojictl unregister 101 --key-file /tmp/agent.key
     ctr refuse-events $CRUN exec B shojictl events --key-file /tmp/agent.key
+    # Root in the initial user namespace with the real key file, but in A's network namespace
+    # (what root in a rootful container is): not the agent.
+    ctr refuse-netns-root nsenter -t "$(ctr_pid A)" -n shojictl unregister 101
     ctr after-refusals-stats shojictl stats
     ctr after-refusals-b-ping $CRUN exec B ping -c 2 -W 3 "$PEER"
     flood_a protected

@@ -486,6 +486,10 @@ fn guest_checks(rep: &mut Report, c: &str, with_shoji: bool) {
         ),
         ("refuse-unregister", "inside B: unregister A refused"),
         ("refuse-events", "inside B: reading events refused"),
+        (
+            "refuse-netns-root",
+            "uid 0 in the initial user namespace, in A's network namespace: unregister A refused",
+        ),
     ] {
         let s = step(c, name);
         rep.check(what, refused(&s), s.line);

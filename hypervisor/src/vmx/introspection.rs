@@ -198,16 +198,19 @@ pub fn push_profile(setup: &Setup, va: u64, len: u64) -> Result<ProfileState, St
     let top = ram_top(setup);
     // The caller as the new profile reads it...
     let id = attribute(&mut intro, &mem, &cpu, top);
-    check_agent(&id, profile.init_userns_inum, &key, &setup.agent_key)?;
+    super::policy::with_containers(|c| {
+        check_agent(&id, profile.init_userns_inum, &key, &setup.agent_key, c)
+    })?;
     // ...and as the active one does, so a key holder outside the agent's identity cannot replace
     // a working profile with one that misreads it.
-    {
-        let mut active = ACTIVE.lock();
-        if let Some(a) = active.as_mut() {
-            let init = a.intro.profile().init_userns_inum;
-            let id = attribute(&mut a.intro, &mem, &cpu, top);
-            check_agent(&id, init, &key, &setup.agent_key)?;
-        }
+    // (The identity is read under the profile's lock, checked after it is released: the engine's
+    // lock is never taken inside this one.)
+    let by_active = ACTIVE.lock().as_mut().map(|a| {
+        let init = a.intro.profile().init_userns_inum;
+        (init, attribute(&mut a.intro, &mem, &cpu, top))
+    });
+    if let Some((init, id)) = by_active {
+        super::policy::with_containers(|c| check_agent(&id, init, &key, &setup.agent_key, c))?;
     }
     // The fingerprint: the BTF the profile was built from must be the one in guest memory.
     let verified = if profile.btf_va != 0 {
@@ -231,7 +234,8 @@ pub fn push_profile(setup: &Setup, va: u64, len: u64) -> Result<ProfileState, St
 }
 
 /// The agent check for the policy calls: the key, and the caller (attributed through the active
-/// profile) is uid 0 in the initial user namespace acting in its own context. `NoProfile` when
+/// profile) is uid 0 in the initial user namespace acting in its own context, in no registered
+/// container. `NoProfile` when
 /// no profile is active (the agent pushes one first).
 pub fn authenticate_agent(
     setup: &Setup,
@@ -243,7 +247,15 @@ pub fn authenticate_agent(
         return Err(Status::NotAuthorized);
     }
     let caller = attribute_active(setup, mem, &st.cpu)?;
-    check_agent(&caller.id, caller.init_userns_inum, key, &setup.agent_key)
+    super::policy::with_containers(|c| {
+        check_agent(
+            &caller.id,
+            caller.init_userns_inum,
+            key,
+            &setup.agent_key,
+            c,
+        )
+    })
 }
 
 /// The kernel's per-CPU base at this exit, for the quick look at the preempt count: GS base at

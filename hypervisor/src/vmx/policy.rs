@@ -22,7 +22,10 @@ use shoji_netfilter::report;
 use shoji_shared::vmcall::{
     Status, AGENT_KEY_LEN, MAX_BUFFER_LEN, READ_COUNTERS_LEN, READ_EVENTS_LEN, UNREGISTER_LEN,
 };
-use shoji_shared::{ContainerId, FrameFilter, FrameMeta, FrameSink, PassAll, Verdict};
+use shoji_shared::{
+    ContainerId, ContainerMembership, FrameFilter, FrameMeta, FrameSink, NoContainers, PassAll,
+    Verdict,
+};
 use spin::Mutex;
 
 /// How many containers Shoji can hold (each slot is about 5 KiB of Shoji's memory).
@@ -177,6 +180,17 @@ pub fn log_stats() {
             st.misses,
             st.inserts
         );
+    }
+}
+
+/// Run `f` with the registry's view of container membership (for the agent check): the
+/// engine's, or none before the first registration built it. Takes the engine's lock: callers
+/// hold no NIC lock (the VMCALL paths).
+pub fn with_containers<T>(f: impl FnOnce(&dyn ContainerMembership) -> T) -> T {
+    let guard = ENGINE.lock();
+    match guard.as_deref() {
+        Some(engine) => f(engine),
+        None => f(&NoContainers),
     }
 }
 
