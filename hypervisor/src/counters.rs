@@ -128,9 +128,78 @@ impl RateLimiter {
     }
 }
 
+/// A token bucket on a nanosecond clock: up to `burst` events at once, then one per `every_ns`.
+/// Unlike [`RateLimiter`] it refills with time, so a caller that was limited is served again
+/// once it slows down; each class of caller gets a bucket of its own, so one class cannot spend
+/// another's budget.
+pub struct TokenBucket {
+    /// (tokens, time of the last refill).
+    state: spin::Mutex<(u64, u64)>,
+    burst: u64,
+    every_ns: u64,
+}
+
+impl TokenBucket {
+    /// A full bucket of `burst` tokens, one more every `every_ns` nanoseconds.
+    pub const fn new(burst: u64, every_ns: u64) -> Self {
+        TokenBucket {
+            state: spin::Mutex::new((burst, 0)),
+            burst,
+            every_ns,
+        }
+    }
+
+    /// Take a token at time `now_ns`; false when the bucket is empty.
+    pub fn take(&self, now_ns: u64) -> bool {
+        let mut st = self.state.lock();
+        let (tokens, last) = *st;
+        let elapsed = now_ns.saturating_sub(last);
+        let earned = elapsed / self.every_ns.max(1);
+        let (tokens, last) = if earned > 0 {
+            // Keep the remainder: the next token comes `every_ns` after the last one earned.
+            let last = last.saturating_add(earned.saturating_mul(self.every_ns.max(1)));
+            (tokens.saturating_add(earned).min(self.burst), last)
+        } else {
+            (tokens, last)
+        };
+        if tokens == 0 {
+            *st = (0, last);
+            return false;
+        }
+        *st = (tokens - 1, last);
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_bucket_bursts_then_refills_with_time() {
+        const MS: u64 = 1_000_000;
+        let b = TokenBucket::new(3, 100 * MS);
+        let t0 = 5_000 * MS;
+        // The first burst, then refused.
+        assert_eq!((0..10).filter(|_| b.take(t0)).count(), 3);
+        assert!(!b.take(t0 + 99 * MS));
+        // One token per 100 ms.
+        assert!(b.take(t0 + 100 * MS));
+        assert!(!b.take(t0 + 150 * MS));
+        assert!(b.take(t0 + 200 * MS));
+        // A long pause refills to the burst, no more.
+        assert_eq!((0..10).filter(|_| b.take(t0 + 60_000 * MS)).count(), 3);
+        // A clock that goes backwards earns nothing and panics nowhere.
+        assert!(!b.take(t0));
+    }
+
+    #[test]
+    fn token_buckets_are_independent() {
+        let host = TokenBucket::new(2, 1_000);
+        let container = TokenBucket::new(2, 1_000);
+        assert_eq!((0..100).filter(|_| container.take(10)).count(), 2);
+        assert!(host.take(10) && host.take(10));
+    }
 
     #[test]
     fn counters_count_and_clamp() {

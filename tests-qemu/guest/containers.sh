@@ -312,6 +312,13 @@ phase_protected() {
     ctr after-refusals-stats shojictl stats
     ctr after-refusals-b-ping $CRUN exec B ping -c 2 -W 3 "$PEER"
     flood_a protected
+    # Rate limits per caller class (after the counter snapshots the harness reads): B loops on
+    # LogCounters and runs out of its class's budget; the host's budget is untouched; B's refills
+    # with time (one call per 5 s).
+    ctr ratelimit-b-loop $CRUN exec B sh -c 'i=0; while [ $i -lt 80 ]; do probe log-counters; i=$((i + 1)); done | sort | uniq -c | tr -s " \n" " "; echo'
+    ctr ratelimit-host probe log-counters
+    sleep 6
+    ctr ratelimit-b-refilled $CRUN exec B probe log-counters
     # Container stop: the poststop hook unregisters B; the default (no policy) is back.
     stop_ctr B stop-B-protected
     ctr after-stop-stats shojictl stats

@@ -152,6 +152,18 @@ fn num(line: &str, key: &str) -> Option<u64> {
         .find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
 }
 
+/// How many calls answered `status` in a `uniq -c` summary of `probe log-counters` lines
+/// joined on one line ("72 probe log-counters: status=10 (rate limited) 8 probe ...").
+fn status_count(line: &str, status: u64) -> u64 {
+    let want = format!("status={status}");
+    let words: Vec<&str> = line.split_whitespace().collect();
+    words
+        .windows(4)
+        .filter(|w| w[1] == "probe" && w[2] == "log-counters:" && w[3] == want)
+        .filter_map(|w| w[0].parse::<u64>().ok())
+        .sum()
+}
+
 /// Was the refusal a refusal for who the caller is (not some other failure)?
 fn refused(s: &Step<'_>) -> bool {
     let text = s.output.join(" ").to_ascii_lowercase().replace(' ', "");
@@ -510,6 +522,26 @@ fn guest_checks(rep: &mut Report, c: &str, with_shoji: bool) {
         s.failed(),
         s.line,
     );
+    // Rate limits per caller class: "N probe log-counters: status=S (...)" per status seen.
+    let s = step(c, "ratelimit-b-loop");
+    let (ok, limited) = (status_count(s.line, 0), status_count(s.line, 10));
+    rep.check(
+        "B looping on LogCounters: its class's budget runs out (8 at once, one per 5 s)",
+        s.ok() && (1..=24).contains(&ok) && limited >= 56 && ok + limited == 80,
+        format!("ok={ok} rate-limited={limited}: {}", s.line),
+    );
+    let s = step(c, "ratelimit-host");
+    rep.check(
+        "after B's loop, the host's LogCounters is still served (a budget of its own)",
+        s.line.contains(markers::LOG_COUNTERS_OK),
+        s.line,
+    );
+    let s = step(c, "ratelimit-b-refilled");
+    rep.check(
+        "6 s later, B is served again (the budget refills with time)",
+        s.line.contains(markers::LOG_COUNTERS_OK),
+        s.line,
+    );
     let s = step(c, "flood-protected");
     rep.check("A's UDP flood runs under policy", s.ok(), s.line);
     let s = step(c, "stop-B-protected");
@@ -768,6 +800,15 @@ fn per_frame(rep: &mut Report, hv: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_counters_status_summary_counts() {
+        let l = "SHOJI-TEST: ctr ratelimit-b-loop rc=0 ::  72 probe log-counters: status=10 \
+                 (rate limited) 8 probe log-counters: status=0 (ok) ";
+        assert_eq!((status_count(l, 0), status_count(l, 10)), (8, 72));
+        assert_eq!(status_count(l, 3), 0);
+        assert_eq!(status_count("no line", 0), 0);
+    }
 
     #[test]
     fn sink_summary_counts() {

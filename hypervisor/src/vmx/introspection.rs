@@ -258,6 +258,21 @@ pub fn authenticate_agent(
     })
 }
 
+/// Whether the caller at this exit is in a registered container (by its cgroup or network
+/// namespace, read through the active profile). `None` when Shoji cannot tell: no profile, the
+/// guest not in IA-32e paging, not a task in its own context, or its network namespace unknown.
+pub fn caller_in_container(setup: &Setup) -> Option<bool> {
+    let st = caller_state()?;
+    let mem = GuestRam::from_setup(setup);
+    let caller = attribute_active(setup, &mem, &st.cpu).ok()?;
+    if !caller.id.is_actor() || caller.id.netns_id.is_none() {
+        return None;
+    }
+    Some(super::policy::with_containers(|c| {
+        c.container_of(&caller.id).is_some()
+    }))
+}
+
 /// The kernel's per-CPU base at this exit, for the quick look at the preempt count: GS base at
 /// CPL 0, IA32_KERNEL_GS_BASE at CPL 3; `None` outside IA-32e mode. Unchecked beyond that: the
 /// reader accepts it only inside the learnt direct map ([`Introspector::interrupt_context`]).

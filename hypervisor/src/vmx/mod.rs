@@ -154,6 +154,12 @@ pub fn tsc_hz_source() -> Option<(u64, TscSource)> {
     }
 }
 
+/// Shoji's clock for rate limits and the policy engine: nanoseconds of TSC time
+/// ([`tsc_ns`]); raw TSC ticks when the frequency is unknown (then only approximate).
+pub fn clock_ns() -> u64 {
+    tsc_ns().unwrap_or_else(rdtsc)
+}
+
 /// Read the time-stamp counter.
 pub fn rdtsc() -> u64 {
     // SAFETY: RDTSC has no side effects.

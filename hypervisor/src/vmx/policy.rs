@@ -62,10 +62,9 @@ pub fn policy_on() -> bool {
     POLICY_ON.load(Ordering::Acquire)
 }
 
-/// The engine's clock: nanoseconds of TSC time ([`super::tsc_ns`]); raw TSC ticks when the
-/// frequency is unknown (then only approximate).
+/// The engine's clock ([`super::clock_ns`]).
 fn now_ns() -> u64 {
-    super::tsc_ns().unwrap_or_else(super::rdtsc)
+    super::clock_ns()
 }
 
 /// Bytes of the slots, rounded up so the engine after them is aligned.

@@ -5,13 +5,98 @@ use super::exit::{advance_rip, inject, log_counters, GuestRegs};
 use super::introspection;
 use super::launch::{Vcpu, VCPUS};
 use super::policy;
-use crate::counters::RateLimiter;
+use crate::counters::TokenBucket;
 use crate::setup::Setup;
+use core::sync::atomic::{AtomicU64, Ordering};
 use shoji_shared::vmcall::{Function, Status, ABI_VERSION};
 
-static LOG_COUNTERS_LIMIT: RateLimiter = RateLimiter::new(64);
-static PROFILE_LOG: RateLimiter = RateLimiter::new(32);
-static POLICY_LOG: RateLimiter = RateLimiter::new(256);
+const SECOND: u64 = 1_000_000_000;
+
+/// LogCounters per caller class: the host's callers, callers in a registered container, and
+/// callers Shoji cannot place (no kernel profile yet, or their network namespace unreadable).
+/// A container that loops on LogCounters spends its own class's budget only.
+static LOG_COUNTERS_HOST: TokenBucket = TokenBucket::new(64, SECOND);
+static LOG_COUNTERS_CONTAINER: TokenBucket = TokenBucket::new(8, 5 * SECOND);
+static LOG_COUNTERS_UNKNOWN: TokenBucket = TokenBucket::new(64, SECOND);
+
+/// Log lines of accepted profile pushes and policy changes (the audit trail): a budget of their
+/// own, which no refused call spends.
+static AUDIT_LOG: TokenBucket = TokenBucket::new(256, SECOND / 10);
+/// Log lines of refused profile and policy calls, per caller class, and how many were left out.
+static REFUSED_LOG_HOST: RefusedLog = RefusedLog::new(32, SECOND);
+static REFUSED_LOG_CONTAINER: RefusedLog = RefusedLog::new(16, 5 * SECOND);
+static REFUSED_LOG_UNKNOWN: RefusedLog = RefusedLog::new(32, SECOND);
+
+/// Who is calling, for the rate limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallerClass {
+    Host,
+    Container,
+    Unknown,
+}
+
+impl CallerClass {
+    fn of(setup: Option<&Setup>) -> CallerClass {
+        match setup.and_then(introspection::caller_in_container) {
+            Some(false) => CallerClass::Host,
+            Some(true) => CallerClass::Container,
+            None => CallerClass::Unknown,
+        }
+    }
+
+    fn log_counters(self) -> &'static TokenBucket {
+        match self {
+            CallerClass::Host => &LOG_COUNTERS_HOST,
+            CallerClass::Container => &LOG_COUNTERS_CONTAINER,
+            CallerClass::Unknown => &LOG_COUNTERS_UNKNOWN,
+        }
+    }
+
+    fn refused_log(self) -> &'static RefusedLog {
+        match self {
+            CallerClass::Host => &REFUSED_LOG_HOST,
+            CallerClass::Container => &REFUSED_LOG_CONTAINER,
+            CallerClass::Unknown => &REFUSED_LOG_UNKNOWN,
+        }
+    }
+}
+
+/// A budget for refusal lines that counts the lines it left out.
+struct RefusedLog {
+    bucket: TokenBucket,
+    left_out: AtomicU64,
+}
+
+impl RefusedLog {
+    const fn new(burst: u64, every_ns: u64) -> RefusedLog {
+        RefusedLog {
+            bucket: TokenBucket::new(burst, every_ns),
+            left_out: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines left out before this one)` when this refusal may be logged.
+    fn allow(&self) -> Option<u64> {
+        if self.bucket.take(super::clock_ns()) {
+            Some(self.left_out.swap(0, Ordering::Relaxed))
+        } else {
+            self.left_out.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+/// Log the outcome of a profile or policy call: accepted ones on the audit budget, refused ones
+/// on the caller class's budget.
+fn log_outcome(setup: &Setup, accepted: bool, line: impl FnOnce(u64)) {
+    if accepted {
+        if AUDIT_LOG.take(super::clock_ns()) {
+            line(0);
+        }
+    } else if let Some(left_out) = CallerClass::of(Some(setup)).refused_log().allow() {
+        line(left_out);
+    }
+}
 
 /// Handle a VMCALL exit.
 pub fn handle(vcpu: &mut Vcpu, regs: &mut GuestRegs) {
@@ -26,7 +111,8 @@ pub fn handle(vcpu: &mut Vcpu, regs: &mut GuestRegs) {
             Status::Ok
         }
         Ok(Function::LogCounters) => {
-            if LOG_COUNTERS_LIMIT.allow().is_some() {
+            let class = CallerClass::of(super::launch::setup());
+            if class.log_counters().take(super::clock_ns()) {
                 log_all_counters(vcpu);
                 Status::Ok
             } else {
@@ -56,12 +142,14 @@ fn memory_call(setup: &Setup, f: Function, regs: &mut GuestRegs) -> Status {
         },
         Function::PushProfile => {
             let r = introspection::push_profile(setup, regs.rbx, regs.rcx);
-            if PROFILE_LOG.allow().is_some() {
-                match r {
-                    Ok(state) => crate::hv_line!("kernel profile accepted ({state:?})"),
-                    Err(s) => crate::hv_line!("kernel profile push refused: {}", s.describe()),
-                }
-            }
+            log_outcome(setup, r.is_ok(), |left_out| match r {
+                Ok(state) => crate::hv_line!("kernel profile accepted ({state:?})"),
+                Err(s) => crate::hv_line!(
+                    "kernel profile push refused: {}{}",
+                    s.describe(),
+                    LeftOut(left_out)
+                ),
+            });
             match r {
                 Ok(state) => {
                     regs.rcx = state as u64;
@@ -73,28 +161,32 @@ fn memory_call(setup: &Setup, f: Function, regs: &mut GuestRegs) -> Status {
         Function::RegisterContainer | Function::UpdateContainer => {
             let update = f == Function::UpdateContainer;
             let r = policy::register(setup, regs.rbx, regs.rcx, update);
-            if POLICY_LOG.allow().is_some() {
-                match r {
-                    Ok(id) => crate::hv_line!(
-                        "policy: container {} {}",
-                        id.0,
-                        if update { "updated" } else { "registered" }
-                    ),
-                    Err((s, d)) => {
-                        crate::hv_line!("policy: {:?} refused: {} (detail {})", f, s.describe(), d)
-                    }
-                }
-            }
+            log_outcome(setup, r.is_ok(), |left_out| match r {
+                Ok(id) => crate::hv_line!(
+                    "policy: container {} {}",
+                    id.0,
+                    if update { "updated" } else { "registered" }
+                ),
+                Err((s, d)) => crate::hv_line!(
+                    "policy: {:?} refused: {} (detail {}){}",
+                    f,
+                    s.describe(),
+                    d,
+                    LeftOut(left_out)
+                ),
+            });
             policy_status(r.map(|_| ()), regs)
         }
         Function::UnregisterContainer => {
             let r = policy::unregister(setup, regs.rbx, regs.rcx);
-            if POLICY_LOG.allow().is_some() {
-                match r {
-                    Ok(id) => crate::hv_line!("policy: container {} unregistered", id.0),
-                    Err((s, _)) => crate::hv_line!("policy: unregister refused: {}", s.describe()),
-                }
-            }
+            log_outcome(setup, r.is_ok(), |left_out| match r {
+                Ok(id) => crate::hv_line!("policy: container {} unregistered", id.0),
+                Err((s, _)) => crate::hv_line!(
+                    "policy: unregister refused: {}{}",
+                    s.describe(),
+                    LeftOut(left_out)
+                ),
+            });
             policy_status(r.map(|_| ()), regs)
         }
         Function::ReadCounters => {
@@ -146,4 +238,16 @@ fn log_all_counters(current: &Vcpu) {
     }
     super::nic::log_counters();
     super::policy::log_stats();
+}
+
+/// " (N earlier refusals not logged)" when N > 0.
+struct LeftOut(u64);
+
+impl core::fmt::Display for LeftOut {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0 {
+            0 => Ok(()),
+            n => write!(f, " ({n} earlier refusals not logged)"),
+        }
+    }
 }
