@@ -16,7 +16,9 @@ use crate::config::{BroadcastScope, EngineConfig, HostPolicy};
 use crate::counters::{Counters, EngineCounters};
 use crate::events::{Event, EventKind, EventRead, EventRing, PolicyChange};
 use crate::flow_cache::{self, CachedPass, FlowCache, FlowCacheStats, FlowKey};
-use crate::fragments::{DatagramDecision, DatagramKey, FragmentTable, LaterFragment};
+use crate::fragments::{
+    DatagramDecision, DatagramKey, FragmentTable, Known, LaterFragment, Owner, Receivers,
+};
 use crate::parse::{
     is_group_mac, parse_frame, Network, ParsedFrame, Transport, ETHERTYPE_VLAN, ETH_HEADER_LEN,
     MAX_FRAME, VLAN_TAG_LEN,
@@ -96,6 +98,17 @@ enum Target {
     Wire,
     Host,
     Container(u16),
+}
+
+impl Target {
+    /// Record this target among a first fragment's receivers.
+    fn add_to(self, r: &mut Receivers) {
+        match self {
+            Target::Wire => r.add_wire(),
+            Target::Host => r.add_host(),
+            Target::Container(slot) => r.add_container(slot),
+        }
+    }
 }
 
 /// Send `frame` into the guest with `tag` as its only 802.1Q tag (or untagged when `tag` is
@@ -610,16 +623,20 @@ impl<'s> Engine<'s> {
         }
 
         // IPv4 options and fragments.
-        let mut policy_settled = false;
+        let mut settled = None;
         let mut first_fragment_key = None;
         if let Network::Ipv4(ip) = parsed.network {
             if ip.source_routed && !self.config.allow_source_route {
                 return self.drop_frame(Some(sender), DIR, DropReason::PolicyDenied);
             }
-            match self.fragment_stage(DIR, parsed) {
+            let owner = match sender {
+                Party::Host => Owner::Host,
+                Party::Container(slot) => Owner::Container(slot),
+            };
+            match self.fragment_stage(DIR, parsed, owner) {
                 FragmentStage::Unfragmented => {}
                 FragmentStage::First(key) => first_fragment_key = Some(key),
-                FragmentStage::FollowPass => policy_settled = true,
+                FragmentStage::Follow(s) => settled = Some(s),
                 FragmentStage::Drop(reason) => {
                     return self.drop_frame(Some(sender), DIR, reason);
                 }
@@ -629,7 +646,7 @@ impl<'s> Engine<'s> {
         // The sender's egress policy.
         let flow = Flow::of(parsed, Side::Egress);
         let mut rule = None;
-        if !policy_settled {
+        if settled.is_none() {
             let outcome = self.evaluate(sender, &flow, task);
             rule = outcome.rule;
             if let Err(reason) = Self::verdict_of(sender, &flow, outcome) {
@@ -649,11 +666,13 @@ impl<'s> Engine<'s> {
             to_guest: 0,
         };
         let mut first_denial = None;
+        let mut delivered = Receivers::NONE;
         let len = frame.len();
         let mut deliver = |engine: &mut Self, target: Target, decision: &mut Decision| match engine
-            .deliver(target, frame, parsed, policy_settled, out)
+            .deliver(target, frame, parsed, settled.as_ref(), out)
         {
             Ok(()) => {
+                target.add_to(&mut delivered);
                 if target == Target::Wire {
                     decision.to_wire = true;
                 } else {
@@ -717,7 +736,7 @@ impl<'s> Engine<'s> {
         if decision.to_wire || decision.to_guest > 0 {
             self.party_counters(Some(sender)).count_tx(len);
             self.counters.total.count_tx(len);
-            self.record_first_fragment(first_fragment_key, DatagramDecision::Pass);
+            self.record_first_fragment(first_fragment_key, DatagramDecision::Pass(delivered));
             decision
         } else {
             let reason = first_denial.unwrap_or(DropReason::NoDestination);
@@ -759,7 +778,7 @@ impl<'s> Engine<'s> {
             return self.drop_frame(victim, DIR, finding.reason);
         }
 
-        let mut policy_settled = false;
+        let mut settled = None;
         let mut first_fragment_key = None;
         if let Network::Ipv4(ip) = parsed.network {
             if ip.source_routed && !self.config.allow_source_route {
@@ -770,10 +789,19 @@ impl<'s> Engine<'s> {
                     return self.drop_frame(None, DIR, DropReason::ScanSourceBlocked);
                 }
             }
-            match self.fragment_stage(DIR, parsed) {
+            // Whose quota: the party the destination MAC names.
+            let owner = if is_group_mac(&parsed.dst_mac) {
+                Owner::Wire
+            } else {
+                match self.registry.by_mac(&parsed.dst_mac) {
+                    Some(slot) => Owner::Container(slot),
+                    None => Owner::Host,
+                }
+            };
+            match self.fragment_stage(DIR, parsed, owner) {
                 FragmentStage::Unfragmented => {}
                 FragmentStage::First(key) => first_fragment_key = Some(key),
-                FragmentStage::FollowPass => policy_settled = true,
+                FragmentStage::Follow(s) => settled = Some(s),
                 FragmentStage::Drop(reason) => return self.drop_frame(None, DIR, reason),
             }
         }
@@ -786,10 +814,14 @@ impl<'s> Engine<'s> {
             to_guest: 0,
         };
         let mut first_denial = None;
+        let mut delivered = Receivers::NONE;
         let mut deliver = |engine: &mut Self, target: Target, decision: &mut Decision| match engine
-            .deliver(target, frame, parsed, policy_settled, out)
+            .deliver(target, frame, parsed, settled.as_ref(), out)
         {
-            Ok(()) => decision.to_guest += 1,
+            Ok(()) => {
+                target.add_to(&mut delivered);
+                decision.to_guest += 1
+            }
             Err(reason) => {
                 first_denial.get_or_insert(reason);
             }
@@ -828,7 +860,7 @@ impl<'s> Engine<'s> {
 
         if decision.to_guest > 0 {
             self.counters.total.count_rx(frame.len());
-            self.record_first_fragment(first_fragment_key, DatagramDecision::Pass);
+            self.record_first_fragment(first_fragment_key, DatagramDecision::Pass(delivered));
             decision
         } else {
             let reason = first_denial.unwrap_or(DropReason::NoDestination);
@@ -842,16 +874,22 @@ impl<'s> Engine<'s> {
         }
     }
 
-    /// Apply `target`'s ingress policy (unless settled by a first fragment) and emit the copy.
-    /// Drops are counted on the receiving party.
+    /// Apply `target`'s ingress policy and emit the copy; for a later fragment (`settled`), no
+    /// policy, but only to a party its first fragment reached. Policy drops are counted on the
+    /// receiving party.
     fn deliver(
         &mut self,
         target: Target,
         frame: &[u8],
         parsed: &ParsedFrame,
-        policy_settled: bool,
+        settled: Option<&Settled>,
         out: &mut dyn FrameSink,
     ) -> Result<(), DropReason> {
+        if let Some(Settled::Only(known)) = settled {
+            if !self.first_fragment_reached(known, target) {
+                return Err(DropReason::BadFragment);
+            }
+        }
         let (party, tag) = match target {
             Target::Wire => {
                 to_wire_untagged(out, frame, parsed.ethertype_offset);
@@ -863,7 +901,7 @@ impl<'s> Engine<'s> {
                 None => return Err(DropReason::NoDestination),
             },
         };
-        if !policy_settled {
+        if settled.is_none() {
             let flow = Flow::of(parsed, Side::Ingress);
             let outcome = self.evaluate(party, &flow, None);
             if let Err(reason) = Self::verdict_of(party, &flow, outcome) {
@@ -977,7 +1015,31 @@ impl<'s> Engine<'s> {
         }
     }
 
-    fn fragment_stage(&mut self, direction: Direction, parsed: &ParsedFrame) -> FragmentStage {
+    /// Whether `target` is a party the first fragment of `known`'s datagram was delivered to
+    /// (a container registered since then is not, even in the same slot).
+    fn first_fragment_reached(&self, known: &Known, target: Target) -> bool {
+        let DatagramDecision::Pass(receivers) = known.decision else {
+            return false;
+        };
+        match target {
+            Target::Wire => receivers.wire(),
+            Target::Host => receivers.host(),
+            Target::Container(slot) => {
+                receivers.container(slot)
+                    && self
+                        .registry
+                        .get(slot)
+                        .is_some_and(|c| c.registered() < known.sequence)
+            }
+        }
+    }
+
+    fn fragment_stage(
+        &mut self,
+        direction: Direction,
+        parsed: &ParsedFrame,
+        owner: Owner,
+    ) -> FragmentStage {
         let Network::Ipv4(ip) = parsed.network else {
             return FragmentStage::Unfragmented;
         };
@@ -993,10 +1055,15 @@ impl<'s> Engine<'s> {
         };
         let (now, timeout) = (self.now, self.config.fragment_timeout);
         if !ip.fragment.is_later() {
-            return if self
-                .fragments
-                .first_fragment(key, ip.fragment.len, now, timeout)
-            {
+            let sequence = self.registry.sequence();
+            return if self.fragments.first_fragment(
+                key,
+                owner,
+                ip.fragment.len,
+                sequence,
+                now,
+                timeout,
+            ) {
                 FragmentStage::First(key)
             } else {
                 FragmentStage::Drop(DropReason::BadFragment)
@@ -1006,11 +1073,14 @@ impl<'s> Engine<'s> {
             .fragments
             .later_fragment(&key, ip.fragment.offset, ip.fragment.len, now, timeout)
         {
-            LaterFragment::Known(DatagramDecision::Pass) => FragmentStage::FollowPass,
-            LaterFragment::Known(DatagramDecision::Drop(reason)) => FragmentStage::Drop(reason),
+            LaterFragment::Known(Known {
+                decision: DatagramDecision::Drop(reason),
+                ..
+            }) => FragmentStage::Drop(reason),
+            LaterFragment::Known(known) => FragmentStage::Follow(Settled::Only(known)),
             LaterFragment::Overlap => FragmentStage::Drop(DropReason::BadFragment),
             LaterFragment::Orphan => match self.config.orphan_fragments {
-                Action::Allow => FragmentStage::FollowPass,
+                Action::Allow => FragmentStage::Follow(Settled::Any),
                 Action::Deny => FragmentStage::Drop(DropReason::BadFragment),
             },
         }
@@ -1027,8 +1097,17 @@ impl<'s> Engine<'s> {
 enum FragmentStage {
     Unfragmented,
     First(DatagramKey),
-    FollowPass,
+    /// A later fragment: no policy of its own; it goes where `Settled` admits.
+    Follow(Settled),
     Drop(DropReason),
+}
+
+/// Where a later fragment may go.
+enum Settled {
+    /// Anywhere its headers name (an orphan, with `orphan_fragments = allow`).
+    Any,
+    /// Only to parties its datagram's first fragment reached.
+    Only(Known),
 }
 
 /// Membership by the registry: a task whose cgroup or network namespace is a registered

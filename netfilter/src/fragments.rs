@@ -1,22 +1,34 @@
 //! IPv4 fragment tracking: later fragments follow the decision taken on their datagram's first
-//! fragment; overlapping fragments are refused.
+//! fragment, and reach only the parties the first fragment reached; overlapping fragments are
+//! refused.
 //!
-//! The table is fixed-size and set-associative. A datagram's entry is created by its first
-//! fragment (offset 0) and expires after a configured time. A later fragment whose datagram has
-//! no entry (its first fragment never came, came too long ago, or was evicted) gets the stated
-//! default (`EngineConfig::orphan_fragments`, deny by default).
+//! A datagram's entry is created by its first fragment (offset 0) and expires after a configured
+//! time. It records who the first fragment was delivered to ([`Receivers`]: the wire, the host,
+//! which containers), so a later fragment whose own headers name someone else (another
+//! container's MAC) goes nowhere that the first fragment's policy did not admit. It also records
+//! the registry's sequence number at that time, so a container registered later into a slot the
+//! first fragment reached is not taken for the receiver it replaced.
+//!
+//! The table is fixed-size and shared, but no party can take more than [`FRAGMENT_QUOTA`] of its
+//! entries: a party at its quota replaces its own oldest datagram; a full table gives way by
+//! forgetting the oldest datagram of the party that holds the most. One container flooding
+//! first fragments therefore evicts only its own. A later fragment whose datagram has no entry
+//! (its first fragment never came, came too long ago, or was evicted) gets the stated default
+//! (`EngineConfig::orphan_fragments`, deny by default).
 
 use core::net::Ipv4Addr;
 
 use shoji_shared::{Direction, DropReason};
 
-use crate::index::IndexKey;
+use crate::registry::MAX_CONTAINERS;
 
 /// Number of datagrams tracked at once.
 pub const FRAGMENT_DATAGRAMS: usize = 64;
+/// Most datagrams one party (the sending container or host, or on RX the receiving one) may have
+/// tracked at once.
+pub const FRAGMENT_QUOTA: usize = 8;
 /// Most fragments tracked per datagram; more is refused as a bad fragment.
 pub const FRAGMENTS_PER_DATAGRAM: usize = 16;
-const WAYS: usize = 4;
 
 /// Identifies a datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,30 +45,95 @@ pub struct DatagramKey {
     pub direction: Direction,
 }
 
-impl DatagramKey {
-    fn hash(&self) -> u32 {
-        let a = u64::from(u32::from(self.src)) << 32 | u64::from(u32::from(self.dst));
-        let b = u64::from(self.ident) << 16
-            | u64::from(self.protocol) << 8
-            | u64::from(self.direction == Direction::Tx);
-        (a ^ b.rotate_left(29)).hash32()
+/// Whose quota a datagram counts against: on TX its sender, on RX the party its destination MAC
+/// names (the wire's group for group-addressed frames).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// The host (untagged frames, or frames to the host's MAC).
+    Host,
+    /// The container in this registry slot.
+    Container(u16),
+    /// Group-addressed frames from the wire.
+    Wire,
+}
+
+/// The parties a first fragment was delivered to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receivers {
+    wire: bool,
+    host: bool,
+    containers: [u64; MAX_CONTAINERS / 64],
+}
+
+impl Receivers {
+    /// Nobody.
+    pub const NONE: Receivers = Receivers {
+        wire: false,
+        host: false,
+        containers: [0; MAX_CONTAINERS / 64],
+    };
+
+    /// Add the wire.
+    pub fn add_wire(&mut self) {
+        self.wire = true;
+    }
+
+    /// Add the host.
+    pub fn add_host(&mut self) {
+        self.host = true;
+    }
+
+    /// Add the container in `slot`.
+    pub fn add_container(&mut self, slot: u16) {
+        if let Some(w) = self.containers.get_mut(usize::from(slot) / 64) {
+            *w |= 1 << (slot % 64);
+        }
+    }
+
+    /// Whether the wire is one.
+    pub fn wire(&self) -> bool {
+        self.wire
+    }
+
+    /// Whether the host is one.
+    pub fn host(&self) -> bool {
+        self.host
+    }
+
+    /// Whether the container in `slot` is one.
+    pub fn container(&self, slot: u16) -> bool {
+        self.containers
+            .get(usize::from(slot) / 64)
+            .is_some_and(|w| w & (1 << (slot % 64)) != 0)
     }
 }
 
 /// What was decided for a datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DatagramDecision {
-    /// Later fragments pass (subject to the same delivery).
-    Pass,
+    /// Later fragments pass, to these receivers only.
+    Pass(Receivers),
     /// Later fragments are dropped for this reason.
     Drop(DropReason),
+}
+
+/// The decision a later fragment follows, with the registry's sequence number at the time of its
+/// first fragment (a container whose registration is that recent or newer did not receive it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Known {
+    /// The decision.
+    pub decision: DatagramDecision,
+    /// [`crate::registry::Registry::sequence`] when the first fragment came.
+    pub sequence: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     key: DatagramKey,
+    owner: Owner,
     used: bool,
     created: u64,
+    sequence: u64,
     decision: DatagramDecision,
     pieces: [(u32, u32); FRAGMENTS_PER_DATAGRAM],
     piece_count: u8,
@@ -70,9 +147,12 @@ const EMPTY_ENTRY: Entry = Entry {
         protocol: 0,
         direction: Direction::Tx,
     },
+    owner: Owner::Wire,
     used: false,
     created: 0,
-    decision: DatagramDecision::Pass,
+    sequence: 0,
+    // Until the first fragment's decision is recorded, later fragments reach nobody.
+    decision: DatagramDecision::Pass(Receivers::NONE),
     pieces: [(0, 0); FRAGMENTS_PER_DATAGRAM],
     piece_count: 0,
 };
@@ -97,7 +177,7 @@ impl Entry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LaterFragment {
     /// The datagram's first fragment was seen: follow its decision.
-    Known(DatagramDecision),
+    Known(Known),
     /// The fragment overlaps one already seen (or the datagram has too many fragments).
     Overlap,
     /// No first fragment is known for this datagram.
@@ -118,27 +198,71 @@ impl FragmentTable {
         }
     }
 
-    fn set(&self, key: &DatagramKey) -> core::ops::Range<usize> {
-        let base = (key.hash() as usize) & (FRAGMENT_DATAGRAMS - 1) & !(WAYS - 1);
-        base..base + WAYS
-    }
-
-    fn find(&mut self, key: &DatagramKey, now: u64, timeout: u64) -> Option<usize> {
-        for i in self.set(key) {
-            let e = &mut self.entries[i];
+    /// Forget datagrams older than `timeout`.
+    fn expire(&mut self, now: u64, timeout: u64) {
+        for e in self.entries.iter_mut() {
             if e.used && now.saturating_sub(e.created) >= timeout {
                 e.used = false;
             }
-            if e.used && e.key == *key {
-                return Some(i);
-            }
         }
-        None
     }
 
-    /// A first fragment `[0, len)` arrived. Returns false when it overlaps a known first
-    /// fragment (a duplicate first fragment is refused: it could carry a different header).
-    pub fn first_fragment(&mut self, key: DatagramKey, len: u32, now: u64, timeout: u64) -> bool {
+    fn find(&mut self, key: &DatagramKey, now: u64, timeout: u64) -> Option<usize> {
+        self.expire(now, timeout);
+        self.entries.iter().position(|e| e.used && e.key == *key)
+    }
+
+    /// Entries `owner` holds.
+    fn held_by(&self, owner: Owner) -> usize {
+        self.entries
+            .iter()
+            .filter(|e| e.used && e.owner == owner)
+            .count()
+    }
+
+    /// The oldest entry of `owner`.
+    fn oldest_of(&self, owner: Owner) -> Option<usize> {
+        (0..FRAGMENT_DATAGRAMS)
+            .filter(|&i| self.entries[i].used && self.entries[i].owner == owner)
+            .min_by_key(|&i| self.entries[i].created)
+    }
+
+    /// Where a new datagram of `owner` goes: its own oldest at its quota, else a free entry,
+    /// else the oldest datagram of the parties holding the most.
+    fn place_for(&self, owner: Owner) -> usize {
+        if self.held_by(owner) >= FRAGMENT_QUOTA {
+            if let Some(i) = self.oldest_of(owner) {
+                return i;
+            }
+        }
+        if let Some(i) = self.entries.iter().position(|e| !e.used) {
+            return i;
+        }
+        // Full: the oldest datagram among those of the parties holding the most.
+        let most = self
+            .entries
+            .iter()
+            .map(|e| self.held_by(e.owner))
+            .max()
+            .unwrap_or(0);
+        (0..FRAGMENT_DATAGRAMS)
+            .filter(|&i| self.held_by(self.entries[i].owner) == most)
+            .min_by_key(|&i| self.entries[i].created)
+            .unwrap_or(0)
+    }
+
+    /// A first fragment `[0, len)` of `owner`'s datagram arrived, with the registry at
+    /// `sequence`. Returns false when it overlaps a known first fragment (a duplicate first
+    /// fragment is refused: it could carry a different header).
+    pub fn first_fragment(
+        &mut self,
+        key: DatagramKey,
+        owner: Owner,
+        len: u32,
+        sequence: u64,
+        now: u64,
+        timeout: u64,
+    ) -> bool {
         if let Some(i) = self.find(&key, now, timeout) {
             let e = &mut self.entries[i];
             if !e.add_piece(0, len) {
@@ -147,22 +271,14 @@ impl FragmentTable {
             }
             return true;
         }
-        let range = self.set(&key);
-        let mut victim = range.start;
-        for i in range {
-            if !self.entries[i].used {
-                victim = i;
-                break;
-            }
-            if self.entries[i].created < self.entries[victim].created {
-                victim = i;
-            }
-        }
-        let e = &mut self.entries[victim];
+        let i = self.place_for(owner);
+        let e = &mut self.entries[i];
         *e = EMPTY_ENTRY;
         e.key = key;
+        e.owner = owner;
         e.used = true;
         e.created = now;
+        e.sequence = sequence;
         e.pieces[0] = (0, len);
         e.piece_count = 1;
         true
@@ -179,7 +295,7 @@ impl FragmentTable {
         if let Some(i) = self.find(key, now, timeout) {
             let e = &mut self.entries[i];
             // A datagram already condemned (overlap) stays condemned.
-            if e.decision == DatagramDecision::Pass {
+            if let DatagramDecision::Pass(_) = e.decision {
                 e.decision = decision;
             }
         }
@@ -203,7 +319,10 @@ impl FragmentTable {
             e.decision = DatagramDecision::Drop(DropReason::BadFragment);
             return LaterFragment::Overlap;
         }
-        LaterFragment::Known(e.decision)
+        LaterFragment::Known(Known {
+            decision: e.decision,
+            sequence: e.sequence,
+        })
     }
 }
 
@@ -217,6 +336,10 @@ impl Default for FragmentTable {
 mod tests {
     use super::*;
 
+    const T: u64 = 1_000_000;
+    const A: Owner = Owner::Container(0);
+    const B: Owner = Owner::Container(1);
+
     fn key(ident: u16) -> DatagramKey {
         DatagramKey {
             src: Ipv4Addr::new(10, 0, 0, 1),
@@ -227,6 +350,42 @@ mod tests {
         }
     }
 
+    fn to_wire() -> DatagramDecision {
+        let mut r = Receivers::NONE;
+        r.add_wire();
+        DatagramDecision::Pass(r)
+    }
+
+    fn known(d: DatagramDecision, sequence: u64) -> LaterFragment {
+        LaterFragment::Known(Known {
+            decision: d,
+            sequence,
+        })
+    }
+
+    #[test]
+    fn receivers_hold_exactly_what_was_added() {
+        let mut r = Receivers::NONE;
+        assert!(!r.wire() && !r.host() && !r.container(0));
+        r.add_container(0);
+        r.add_container(63);
+        r.add_container(64);
+        r.add_container(1023);
+        r.add_container(5000); // outside the registry: ignored
+        for slot in 0..1024u16 {
+            assert_eq!(
+                r.container(slot),
+                [0, 63, 64, 1023].contains(&slot),
+                "slot {slot}"
+            );
+        }
+        assert!(!r.container(5000) && !r.wire() && !r.host());
+        r.add_host();
+        assert!(r.host() && !r.wire());
+        r.add_wire();
+        assert!(r.wire());
+    }
+
     #[test]
     fn later_fragments_follow_first_and_overlap_poisons() {
         let mut t = FragmentTable::new();
@@ -234,11 +393,16 @@ mod tests {
             t.later_fragment(&key(1), 64, 64, 0, 100),
             LaterFragment::Orphan
         );
-        assert!(t.first_fragment(key(1), 64, 0, 100));
-        t.decide(&key(1), DatagramDecision::Pass, 0, 100);
+        assert!(t.first_fragment(key(1), A, 64, 5, 0, 100));
+        // Before the decision is recorded, later fragments reach nobody.
+        assert_eq!(
+            t.later_fragment(&key(1), 512, 8, 0, 100),
+            known(DatagramDecision::Pass(Receivers::NONE), 5)
+        );
+        t.decide(&key(1), to_wire(), 0, 100);
         assert_eq!(
             t.later_fragment(&key(1), 64, 64, 1, 100),
-            LaterFragment::Known(DatagramDecision::Pass)
+            known(to_wire(), 5)
         );
         assert_eq!(
             t.later_fragment(&key(1), 96, 64, 2, 100),
@@ -246,7 +410,7 @@ mod tests {
         );
         assert_eq!(
             t.later_fragment(&key(1), 128, 64, 3, 100),
-            LaterFragment::Known(DatagramDecision::Drop(DropReason::BadFragment))
+            known(DatagramDecision::Drop(DropReason::BadFragment), 5)
         );
         // Expiry forgets the datagram.
         assert_eq!(
@@ -258,70 +422,18 @@ mod tests {
     #[test]
     fn denied_first_fragment_drops_later_ones() {
         let mut t = FragmentTable::new();
-        assert!(t.first_fragment(key(2), 8, 0, 100));
-        t.decide(
-            &key(2),
-            DatagramDecision::Drop(DropReason::PolicyDenied),
-            0,
-            100,
-        );
-        assert_eq!(
-            t.later_fragment(&key(2), 8, 8, 1, 100),
-            LaterFragment::Known(DatagramDecision::Drop(DropReason::PolicyDenied))
-        );
+        assert!(t.first_fragment(key(2), A, 8, 0, 0, 100));
+        let deny = DatagramDecision::Drop(DropReason::PolicyDenied);
+        t.decide(&key(2), deny, 0, 100);
+        assert_eq!(t.later_fragment(&key(2), 8, 8, 1, 100), known(deny, 0));
         // A second first fragment overlaps the first.
-        assert!(!t.first_fragment(key(2), 8, 2, 100));
-    }
-
-    /// Datagrams that differ in one key field only (source, destination, identification or
-    /// protocol) are spread over the table: sixteen of them are all tracked at once, where a
-    /// single set holds four.
-    #[test]
-    fn datagrams_differing_in_one_key_field_are_tracked_side_by_side() {
-        let by_field: [fn(u8) -> DatagramKey; 4] = [
-            |i| DatagramKey {
-                src: Ipv4Addr::new(10, 0, 1, i),
-                ..key(7)
-            },
-            |i| DatagramKey {
-                dst: Ipv4Addr::new(10, 0, 2, i),
-                ..key(7)
-            },
-            |i| key(u16::from(i)),
-            |i| DatagramKey {
-                protocol: 100 + i,
-                ..key(7)
-            },
-        ];
-        for (field, make) in by_field.iter().enumerate() {
-            let mut t = FragmentTable::new();
-            for i in 0..16 {
-                assert!(t.first_fragment(make(i), 8, 0, 100));
-            }
-            for i in 0..16 {
-                assert_ne!(
-                    t.later_fragment(&make(i), 8, 8, 1, 100),
-                    LaterFragment::Orphan,
-                    "field {field}, datagram {i}"
-                );
-            }
-        }
-    }
-
-    /// The table is set-associative: a datagram's set is one of the aligned, disjoint groups
-    /// of `WAYS` entries, and the sets of different datagrams use the whole table.
-    #[test]
-    fn a_datagrams_set_is_an_aligned_group_of_ways() {
-        let t = FragmentTable::new();
-        let mut starts = [false; FRAGMENT_DATAGRAMS / WAYS];
-        for ident in 0..1000u16 {
-            let set = t.set(&key(ident));
-            assert_eq!(set.start % WAYS, 0, "ident {ident}");
-            assert_eq!(set.len(), WAYS);
-            assert!(set.end <= FRAGMENT_DATAGRAMS);
-            starts[set.start / WAYS] = true;
-        }
-        assert!(starts.iter().all(|s| *s), "every set is used");
+        assert!(!t.first_fragment(key(2), A, 8, 0, 2, 100));
+        // A condemned datagram stays condemned.
+        t.decide(&key(2), to_wire(), 3, 100);
+        assert_eq!(
+            t.later_fragment(&key(2), 64, 8, 4, 100),
+            known(DatagramDecision::Drop(DropReason::BadFragment), 0)
+        );
     }
 
     /// Fragments that touch without overlapping (one ends where the next begins) are accepted,
@@ -329,9 +441,9 @@ mod tests {
     #[test]
     fn adjacent_fragments_do_not_overlap() {
         let mut t = FragmentTable::new();
-        assert!(t.first_fragment(key(3), 8, 0, 100));
-        t.decide(&key(3), DatagramDecision::Pass, 0, 100);
-        let pass = LaterFragment::Known(DatagramDecision::Pass);
+        assert!(t.first_fragment(key(3), A, 8, 0, 0, 100));
+        t.decide(&key(3), to_wire(), 0, 100);
+        let pass = known(to_wire(), 0);
         assert_eq!(t.later_fragment(&key(3), 16, 8, 1, 100), pass);
         assert_eq!(
             t.later_fragment(&key(3), 8, 8, 2, 100),
@@ -344,60 +456,82 @@ mod tests {
         );
     }
 
-    /// Six datagrams that share one set.
-    fn same_set() -> [DatagramKey; 6] {
-        let t = FragmentTable::new();
-        let set = t.set(&key(0));
-        let mut keys = [key(0); 6];
-        let mut n = 1;
-        for ident in 1.. {
-            if n == keys.len() {
-                break;
-            }
-            if t.set(&key(ident)) == set {
-                keys[n] = key(ident);
-                n += 1;
-            }
+    #[test]
+    fn a_datagram_has_at_most_sixteen_fragments() {
+        let mut t = FragmentTable::new();
+        assert!(t.first_fragment(key(4), A, 8, 0, 0, 100));
+        t.decide(&key(4), to_wire(), 0, 100);
+        for n in 1..FRAGMENTS_PER_DATAGRAM as u32 {
+            assert_eq!(
+                t.later_fragment(&key(4), 8 * n, 8, 1, 100),
+                known(to_wire(), 0)
+            );
         }
-        keys
+        assert_eq!(
+            t.later_fragment(&key(4), 8 * 16, 8, 1, 100),
+            LaterFragment::Overlap
+        );
     }
 
-    /// A full set gives way to a new datagram by forgetting its oldest one; a set with room
-    /// forgets nothing.
+    /// A party at its quota replaces its own oldest datagram, never another party's.
     #[test]
-    fn a_full_set_evicts_its_oldest_datagram() {
-        let k = same_set();
-        let long = 1_000_000;
+    fn a_party_at_its_quota_evicts_only_its_own() {
         let mut t = FragmentTable::new();
-        for (i, key) in k[..4].iter().enumerate() {
-            assert!(t.first_fragment(*key, 8, 1 + i as u64, long));
+        // B has one datagram, then A floods first fragments.
+        assert!(t.first_fragment(key(1000), B, 8, 0, 0, T));
+        for ident in 0..500u16 {
+            assert!(t.first_fragment(key(ident), A, 8, 0, 1 + u64::from(ident), T));
         }
-        for key in &k[..4] {
-            assert_ne!(t.later_fragment(key, 8, 8, 5, long), LaterFragment::Orphan);
-        }
-        // The fifth replaces k0 (created at 1), the sixth k1 (created at 2): the oldest each time.
-        assert!(t.first_fragment(k[4], 8, 5, long));
-        assert!(t.first_fragment(k[5], 8, 6, long));
-        let orphan = |t: &mut FragmentTable, key: &DatagramKey| {
-            t.later_fragment(key, 100, 8, 7, long) == LaterFragment::Orphan
-        };
-        assert!(orphan(&mut t, &k[0]));
-        assert!(orphan(&mut t, &k[1]));
-        for key in &k[2..] {
-            assert!(!orphan(&mut t, key), "{key:?}");
-        }
-    }
-
-    #[test]
-    fn eviction_keeps_table_bounded() {
-        let mut t = FragmentTable::new();
-        for ident in 0..1000u16 {
-            assert!(t.first_fragment(key(ident), 8, u64::from(ident), 1_000_000));
-        }
-        // Recent datagrams are still known.
         assert_ne!(
-            t.later_fragment(&key(999), 8, 8, 1000, 1_000_000),
+            t.later_fragment(&key(1000), 8, 8, 600, T),
             LaterFragment::Orphan
         );
+        assert_eq!(t.held_by(A), FRAGMENT_QUOTA);
+        // A's most recent ones are kept, its older ones forgotten.
+        assert_ne!(
+            t.later_fragment(&key(499), 8, 8, 600, T),
+            LaterFragment::Orphan
+        );
+        assert_eq!(
+            t.later_fragment(&key(0), 8, 8, 600, T),
+            LaterFragment::Orphan
+        );
+    }
+
+    /// Sixty-four parties each below the quota fill the table; the next datagram takes the
+    /// oldest of the party holding the most, and every party keeps at least one.
+    #[test]
+    fn a_full_table_gives_way_at_the_greediest_party() {
+        let mut t = FragmentTable::new();
+        let mut now = 1;
+        // Eight parties with eight datagrams each: full.
+        for p in 0..8u16 {
+            for i in 0..8u16 {
+                assert!(t.first_fragment(key(p * 100 + i), Owner::Container(p), 8, 0, now, T));
+                now += 1;
+            }
+        }
+        assert!(t.entries.iter().all(|e| e.used));
+        // The host's first datagram: party 0 holds 8 (as many as anyone), its oldest goes.
+        assert!(t.first_fragment(key(9999), Owner::Host, 8, 0, now, T));
+        assert_eq!(
+            t.later_fragment(&key(0), 8, 8, now, T),
+            LaterFragment::Orphan
+        );
+        assert_eq!(t.held_by(Owner::Host), 1);
+        for p in 0..8u16 {
+            assert!(t.held_by(Owner::Container(p)) >= 7, "party {p}");
+        }
+    }
+
+    #[test]
+    fn expired_entries_make_room() {
+        let mut t = FragmentTable::new();
+        for ident in 0..FRAGMENT_QUOTA as u16 {
+            assert!(t.first_fragment(key(ident), A, 8, 0, 0, 100));
+        }
+        // Long after, A's new datagram takes an expired place, and the old ones are gone.
+        assert!(t.first_fragment(key(50), A, 8, 0, 1000, 100));
+        assert_eq!(t.held_by(A), 1);
     }
 }

@@ -281,6 +281,8 @@ pub struct Container {
     pub counters: Counters,
     /// Its outbound scan state.
     pub scan: OutboundScan,
+    /// The registry's [`Registry::sequence`] when it was registered (kept across updates).
+    registered: u64,
     spec: ContainerSpec,
     pad: [[u8; CACHE_LINE]; PAD_LINES],
 }
@@ -290,21 +292,35 @@ const CACHE_LINE: usize = 64;
 /// [`Container`] without its padding (same fields, same layout).
 #[allow(dead_code)]
 #[repr(C, align(64))]
-struct Unpadded(Identity, RuleSet, Counters, OutboundScan, ContainerSpec);
+struct Unpadded(
+    Identity,
+    RuleSet,
+    Counters,
+    OutboundScan,
+    u64,
+    ContainerSpec,
+);
 
 /// One more line when the unpadded container spans an even number of lines.
 const PAD_LINES: usize = (core::mem::size_of::<Unpadded>() / CACHE_LINE + 1) % 2;
 
 impl Container {
-    fn new(spec: ContainerSpec, rules: RuleSet) -> Container {
+    fn new(spec: ContainerSpec, rules: RuleSet, registered: u64) -> Container {
         Container {
             identity: Identity::of(&spec),
             rules,
             counters: Counters::ZERO,
             scan: OutboundScan::NEW,
+            registered,
             spec,
             pad: [[0; CACHE_LINE]; PAD_LINES],
         }
+    }
+
+    /// The registry's [`Registry::sequence`] at its registration: a container registered at or
+    /// after a moment `m` has `registered() >= m`.
+    pub fn registered(&self) -> u64 {
+        self.registered
     }
 
     /// The registration.
@@ -378,6 +394,8 @@ const NO_SLOT: u16 = u16::MAX;
 pub struct Registry<'s> {
     slots: &'s mut [ContainerSlot],
     len: usize,
+    /// Registrations so far (the next one's sequence number).
+    sequence: u64,
     by_vlan: [u16; 4096],
     by_id: FixedIndex<u32, { 2 * MAX_CONTAINERS }>,
     by_mac: FixedIndex<MacAddr, { 2 * MAX_CONTAINERS * MAX_MACS }>,
@@ -395,6 +413,7 @@ impl<'s> Registry<'s> {
         Registry {
             slots,
             len: 0,
+            sequence: 0,
             by_vlan: [NO_SLOT; 4096],
             by_id: FixedIndex::new(0),
             by_mac: FixedIndex::new([0; 6]),
@@ -402,6 +421,12 @@ impl<'s> Registry<'s> {
             by_cgroup: FixedIndex::new(0),
             by_netns: FixedIndex::new(0),
         }
+    }
+
+    /// How many registrations there have been: a mark in time that every later registration
+    /// is at or after (see [`Container::registered`]).
+    pub fn sequence(&self) -> u64 {
+        self.sequence
     }
 
     /// How many containers it can hold.
@@ -596,7 +621,8 @@ impl<'s> Registry<'s> {
             self.unindex(&spec);
             return Err(RegistryError::Full);
         }
-        self.slots[slot as usize].container = Some(Container::new(spec, rules));
+        self.slots[slot as usize].container = Some(Container::new(spec, rules, self.sequence));
+        self.sequence += 1;
         self.len += 1;
         Ok(slot)
     }

@@ -1643,3 +1643,114 @@ fn container_membership_is_by_cgroup_or_network_namespace() {
     e.unregister(ContainerId(1)).unwrap();
     assert_eq!(e.container_of(&t(Some(CGROUP_A), Some(NETNS_A))), None);
 }
+
+/// A first fragment decided for the wire, then later fragments addressed to another container's
+/// MAC: they must not reach that container, whose ingress policy never saw the datagram.
+#[test]
+fn later_fragments_reach_only_the_first_fragments_receivers() {
+    let mut s = slots(8);
+    let mut e = engine_ab(&mut s);
+    // A admits nothing from B.
+    let deny_b = Rule {
+        remote: Ipv4Cidr::host(IP_B),
+        ..Rule::any(Action::Deny, DirectionMatch::Ingress)
+    };
+    e.update(with_rules(spec_a(), &[deny_b])).unwrap();
+    let mut out = Sink::default();
+    let from_b = |dst_mac, ip: Vec<u8>| eth(dst_mac, MAC_B, Some(VLAN_B), 0x0800, &ip);
+    let mut first = udp(1000, 80, &[0u8; 8]);
+    first.truncate(16);
+    // To the wire (the gateway's MAC): B's egress allows it.
+    let f = from_b(MAC_GW, frag(IP_B, IP_A, 7, 0, true, &first));
+    assert_eq!(e.filter(&tx(), &f, &mut out), Verdict::Pass);
+    assert_eq!((out.wire.len(), out.guest.len()), (1, 0));
+    // The rest, addressed to A's MAC: dropped, A gets nothing.
+    let later = from_b(MAC_A, frag(IP_B, IP_A, 7, 16, false, &[1u8; 8]));
+    assert_eq!(
+        e.filter(&tx(), &later, &mut out),
+        drop(DropReason::BadFragment)
+    );
+    assert!(out.guest.is_empty(), "a later fragment reached A");
+    // The same later fragment to the gateway, as its first fragment went, passes.
+    let later = from_b(MAC_GW, frag(IP_B, IP_A, 7, 24, false, &[2u8; 8]));
+    assert_eq!(e.filter(&tx(), &later, &mut out), Verdict::Pass);
+    assert_eq!((out.wire.len(), out.guest.len()), (2, 0));
+    assert_eq!(e.container_counters(ContainerId(1)).unwrap().rx_passed, 0);
+}
+
+/// From the wire: a first fragment admitted to A, later fragments redirected to B's MAC.
+#[test]
+fn inbound_later_fragments_do_not_change_receiver() {
+    let mut s = slots(8);
+    let mut e = engine_ab(&mut s);
+    e.update(defaults(spec_b(), Action::Allow, Action::Deny))
+        .unwrap();
+    let mut out = Sink::default();
+    let mut first = udp(1000, 80, &[0u8; 8]);
+    first.truncate(16);
+    let to = |mac, ip: Vec<u8>| eth(mac, MAC_GW, None, 0x0800, &ip);
+    let f = to(MAC_A, frag(IP_REMOTE, IP_A, 9, 0, true, &first));
+    assert_eq!(e.filter(&rx(), &f, &mut out), Verdict::Pass);
+    assert_eq!(untag(&out.guest[0]).0, Some(VLAN_A));
+    let later = to(MAC_B, frag(IP_REMOTE, IP_A, 9, 16, false, &[1u8; 8]));
+    assert_eq!(
+        e.filter(&rx(), &later, &mut out),
+        drop(DropReason::BadFragment)
+    );
+    assert_eq!(out.guest.len(), 1, "B got a fragment its policy denies");
+    let later = to(MAC_A, frag(IP_REMOTE, IP_A, 9, 24, false, &[1u8; 8]));
+    assert_eq!(e.filter(&rx(), &later, &mut out), Verdict::Pass);
+    assert_eq!(untag(&out.guest[1]).0, Some(VLAN_A));
+}
+
+/// A container registered after the first fragment, into the slot of the one that received it,
+/// does not receive the later fragments.
+#[test]
+fn a_container_registered_since_the_first_fragment_is_not_its_receiver() {
+    let mut s = slots(8);
+    let mut e = engine_ab(&mut s);
+    let mut out = Sink::default();
+    let mut first = udp(1000, 80, &[0u8; 8]);
+    first.truncate(16);
+    let to_a = |ip: Vec<u8>| eth(MAC_A, MAC_GW, None, 0x0800, &ip);
+    let f = to_a(frag(IP_REMOTE, IP_A, 11, 0, true, &first));
+    assert_eq!(e.filter(&rx(), &f, &mut out), Verdict::Pass);
+    // A leaves; a new container with A's addresses takes its place (and slot).
+    e.unregister(ContainerId(1)).unwrap();
+    let mut newcomer = spec_a();
+    newcomer.id = ContainerId(9);
+    e.register(newcomer).unwrap();
+    let later = to_a(frag(IP_REMOTE, IP_A, 11, 16, false, &[1u8; 8]));
+    assert_eq!(
+        e.filter(&rx(), &later, &mut out),
+        drop(DropReason::BadFragment)
+    );
+    assert_eq!(out.guest.len(), 1);
+}
+
+/// One container flooding first fragments cannot make another's datagram an orphan.
+#[test]
+fn a_container_cannot_evict_anothers_fragmented_datagram() {
+    let mut s = slots(8);
+    let mut e = engine_ab(&mut s);
+    let mut out = Sink::default();
+    let mut first = udp(1000, 80, &[0u8; 8]);
+    first.truncate(16);
+    let from = |mac, vlan, src, ident, off, more, p: &[u8]| {
+        eth(
+            MAC_GW,
+            mac,
+            Some(vlan),
+            0x0800,
+            &frag(src, IP_REMOTE, ident, off, more, p),
+        )
+    };
+    let f = from(MAC_A, VLAN_A, IP_A, 1, 0, true, &first);
+    assert_eq!(e.filter(&tx(), &f, &mut out), Verdict::Pass);
+    for ident in 0..500u16 {
+        let f = from(MAC_B, VLAN_B, IP_B, ident, 0, true, &first);
+        assert_eq!(e.filter(&tx(), &f, &mut out), Verdict::Pass);
+    }
+    let later = from(MAC_A, VLAN_A, IP_A, 1, 16, false, &[1u8; 8]);
+    assert_eq!(e.filter(&tx(), &later, &mut out), Verdict::Pass);
+}
