@@ -206,6 +206,9 @@ phase_control() {
     ctr control-b-impersonate $CRUN exec B probe raw-udp eth0 "$A_MAC" "$A_IP" "$PEER_MAC" "$PEER" "$SINK_PORT" 5 --payload imp-control
     ctr control-b-own-udp $CRUN exec B probe raw-udp eth0 "$B_MAC" "$B_IP" "$PEER_MAC" "$PEER" "$SINK_PORT" 3 --payload b-control
     ctr control-b-ping $CRUN exec B ping -c 2 -W 5 "$PEER"
+    # Fragments: the first to A (UDP to A's port), the later one to the peer's MAC. Without
+    # Shoji's policy the later fragments reach the peer (its capture counts ids 0xc000..).
+    ctr control-b-frag $CRUN exec B probe raw-frag eth0 "$B_MAC" "$B_IP" "$A_MAC" "$PEER_MAC" "$A_IP" "$A_PORT" 5 --first-id 49152
     sync_peer control-attacks
     flood_a control
     stop_ctr A stop-A-control
@@ -297,6 +300,11 @@ phase_protected() {
     policy_b_file > /tmp/policy-b2.toml
     ctr prot-update shojictl update /tmp/policy-b2.toml
     b_to_a_udp prot-b-to-a-after
+    # Fragments: B may send UDP to A's port, so the first fragments are relayed to A; the later
+    # ones, addressed to the peer's MAC (B may send nothing to the peer), must go nowhere
+    # (ids 0xd000..). Fragmented pings between A and B still work both ways.
+    ctr prot-b-frag $CRUN exec B probe raw-frag eth0 "$B_MAC" "$B_IP" "$A_MAC" "$PEER_MAC" "$A_IP" "$A_PORT" 5 --first-id 53248
+    ctr prot-a-ping-b-fragmented $CRUN exec A ping -c 2 -s 2000 -W 5 "$B_IP"
     ctr stats-relay shojictl stats
     # Refusals: inside B, with a copy of the agent key.
     put_in B /tmp/agent.key < /etc/shoji/agent.key

@@ -22,6 +22,76 @@ const B_IP: &str = "10.0.2.22";
 /// The peer's UDP sink port (only A may reach it).
 pub const SINK_PORT: u16 = 9999;
 
+/// IPv4 identifications of B's fragmented datagrams (`probe raw-frag --first-id`): control and
+/// protected phase, 5 each.
+const FRAG_IDS_CONTROL: std::ops::Range<u16> = 0xc000..0xc005;
+const FRAG_IDS_PROTECTED: std::ops::Range<u16> = 0xd000..0xd005;
+
+/// The witness for the fragment attacks: tcpdump on the peer's tap, capturing the later IPv4
+/// fragments (offset > 0) that come from B, independent of Shoji's counters.
+pub struct FragCapture {
+    child: GroupChild,
+    text: std::path::PathBuf,
+}
+
+impl FragCapture {
+    /// Start the capture in `ns`, writing what it sees to `DIR/frag-capture.txt`.
+    pub fn start(ns: &Netns, dir: &Path) -> Result<FragCapture> {
+        let text = dir.join("frag-capture.txt");
+        let out = std::fs::File::create(&text)?;
+        let filter = format!("ip and src host {B_IP} and (ip[6:2] & 0x1fff) != 0");
+        let mut c = ns.command(
+            "tcpdump",
+            ["-i", crate::netns::TAP, "-n", "-l", "-U", "-v", &filter],
+        );
+        c.stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(std::fs::File::create(dir.join("frag-capture.log"))?);
+        Ok(FragCapture {
+            child: GroupChild::spawn(&mut c)?,
+            text,
+        })
+    }
+
+    /// Later fragments seen whose identification is in `ids`.
+    fn later_fragments(&self, ids: std::ops::Range<u16>) -> usize {
+        let text = std::fs::read_to_string(&self.text).unwrap_or_default();
+        later_fragment_ids(&text)
+            .filter(|id| ids.contains(id))
+            .count()
+    }
+}
+
+impl Drop for FragCapture {
+    fn drop(&mut self) {
+        self.child.kill();
+    }
+}
+
+/// The identification of each later fragment in `tcpdump -v` output ("IP (tos 0x0, ttl 64, id
+/// 53248, offset 16, flags [none], ...").
+fn later_fragment_ids(text: &str) -> impl Iterator<Item = u16> + '_ {
+    text.lines().filter_map(|l| {
+        let id = l
+            .split_once(" id ")?
+            .1
+            .split(',')
+            .next()?
+            .trim()
+            .parse()
+            .ok()?;
+        let offset: u32 = l
+            .split_once(" offset ")?
+            .1
+            .split(',')
+            .next()?
+            .trim()
+            .parse()
+            .ok()?;
+        (offset > 0).then_some(id)
+    })
+}
+
 /// The peer's UDP sink, running in the namespace until dropped.
 pub struct UdpSink {
     child: GroupChild,
@@ -295,6 +365,7 @@ pub fn run(
     with_shoji: bool,
 ) -> Result<()> {
     let sink = UdpSink::start(ns, dir, SINK_PORT, "udp-sink")?;
+    let frags = FragCapture::start(ns, dir)?;
     let mut peer_log = String::new();
     let (ready, at) = m.wait_for(Stream::Console, markers::CONTAINERS_READY_HOST, t(600), &[])?;
     rep.times.push(("containers host ready".into(), at));
@@ -333,6 +404,24 @@ pub fn run(
     rep.times.push(("guest done".into(), at));
     let _ = std::fs::write(dir.join("peer.log"), &peer_log);
     let console = m.text(Stream::Console);
+    // Let the capture write out what it saw last.
+    std::thread::sleep(Duration::from_millis(1500));
+    let n = frags.later_fragments(FRAG_IDS_CONTROL);
+    rep.check(
+        "control: B's later fragments reach the peer (their first fragments went to A)",
+        n >= 1,
+        format!("the peer's capture saw {n} of 5"),
+    );
+    if with_shoji {
+        let n = frags.later_fragments(FRAG_IDS_PROTECTED);
+        rep.check(
+            "fragments: B's later fragments to the peer go nowhere (their first fragments, \
+             to A, were all that B's policy allowed)",
+            n == 0,
+            format!("the peer's capture saw {n} of 5"),
+        );
+    }
+    drop(frags);
     guest_checks(rep, &console, with_shoji);
     start_times(rep, &console, with_shoji);
     if with_shoji {
@@ -366,6 +455,12 @@ fn guest_checks(rep: &mut Report, c: &str, with_shoji: bool) {
         let s = step(c, name);
         rep.check(what, s.ok() && s.line.contains("errors=0"), s.line);
     }
+    let s = step(c, "control-b-frag");
+    rep.check(
+        "control: B sends 5 datagrams in two fragments (first to A, later to the peer)",
+        s.ok() && s.line.contains("pairs=5"),
+        s.line,
+    );
     if !with_shoji {
         let skipped = c.contains(markers::CONTAINERS_NO_SHOJI);
         rep.check(
@@ -520,6 +615,18 @@ fn guest_checks(rep: &mut Report, c: &str, with_shoji: bool) {
     rep.check(
         "after the refusals: B's policy unchanged (peer unreachable)",
         s.failed(),
+        s.line,
+    );
+    let s = step(c, "prot-b-frag");
+    rep.check(
+        "B sends 5 datagrams in two fragments (first to A, later to the peer)",
+        s.ok() && s.line.contains("pairs=5"),
+        s.line,
+    );
+    let s = step(c, "prot-a-ping-b-fragmented");
+    rep.check(
+        "fragmented pings between A and B (2,000 bytes) pass both ways through Shoji",
+        s.ok(),
         s.line,
     );
     // Rate limits per caller class: "N probe log-counters: status=S (...)" per status seen.
@@ -800,6 +907,17 @@ fn per_frame(rep: &mut Report, hv: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn later_fragment_ids_from_tcpdump_v() {
+        let t = "12:00:01.000000 IP (tos 0x0, ttl 64, id 53248, offset 16, flags [none], \
+                 proto UDP (17), length 28)\n    10.0.2.22 > 10.0.2.21: ip-proto-17\n\
+                 12:00:02.000000 IP (tos 0x0, ttl 64, id 49153, offset 16, flags [none], \
+                 proto UDP (17), length 28)\n\
+                 12:00:03.000000 IP (tos 0x0, ttl 64, id 7, offset 0, flags [+], proto UDP \
+                 (17), length 36)\n";
+        assert_eq!(later_fragment_ids(t).collect::<Vec<_>>(), [53248, 49153]);
+    }
 
     #[test]
     fn log_counters_status_summary_counts() {

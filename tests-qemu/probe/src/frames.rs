@@ -151,9 +151,81 @@ pub fn udp_frame(a: &UdpAddrs, ip_id: u16, payload: &[u8]) -> Vec<u8> {
     pad(f)
 }
 
+/// One IPv4 fragment of a UDP datagram, framed: `ip_payload` are the datagram's bytes from
+/// `offset` (a multiple of 8), `more` the more-fragments flag. The IPv4 header checksum is
+/// valid; a first fragment's UDP header is the caller's (in `ip_payload`).
+pub fn ipv4_fragment(
+    a: &UdpAddrs,
+    ip_id: u16,
+    offset: u16,
+    more: bool,
+    ip_payload: &[u8],
+) -> Vec<u8> {
+    let total = 20 + ip_payload.len();
+    let mut f = Vec::with_capacity(14 + total);
+    ethernet(&a.dst_mac, &a.src_mac, ETHERTYPE_IPV4, &mut f);
+    let ip_start = f.len();
+    f.push(0x45);
+    f.push(0);
+    f.extend_from_slice(&(total as u16).to_be_bytes());
+    f.extend_from_slice(&ip_id.to_be_bytes());
+    let flags = if more { 0x2000 } else { 0 } | (offset / 8);
+    f.extend_from_slice(&flags.to_be_bytes());
+    f.push(64);
+    f.push(17);
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(&a.src_ip.octets());
+    f.extend_from_slice(&a.dst_ip.octets());
+    let ip_sum = checksum(0, &f[ip_start..ip_start + 20]);
+    f[ip_start + 10..ip_start + 12].copy_from_slice(&ip_sum.to_be_bytes());
+    f.extend_from_slice(ip_payload);
+    pad(f)
+}
+
+/// A UDP datagram of 8 header and 16 payload bytes in two fragments: the first (UDP header and
+/// 8 bytes, more-fragments set) and the last (8 bytes at offset 16). The UDP checksum is 0
+/// (none), so the fragments need no pseudo-header sum across them.
+pub fn udp_in_two_fragments(a: &UdpAddrs, ip_id: u16, payload: &[u8; 16]) -> (Vec<u8>, Vec<u8>) {
+    let mut first = Vec::with_capacity(16);
+    first.extend_from_slice(&a.src_port.to_be_bytes());
+    first.extend_from_slice(&a.dst_port.to_be_bytes());
+    first.extend_from_slice(&24u16.to_be_bytes());
+    first.extend_from_slice(&[0, 0]);
+    first.extend_from_slice(&payload[..8]);
+    (
+        ipv4_fragment(a, ip_id, 0, true, &first),
+        ipv4_fragment(a, ip_id, 16, false, &payload[8..]),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_fragments_of_one_datagram() {
+        let a = UdpAddrs {
+            src_mac: B,
+            src_ip: Ipv4Addr::new(10, 0, 2, 22),
+            dst_mac: A,
+            dst_ip: Ipv4Addr::new(10, 0, 2, 21),
+            src_port: 40000,
+            dst_port: 7000,
+        };
+        let (first, last) = udp_in_two_fragments(&a, 0xd001, b"0123456789abcdef");
+        for f in [&first, &last] {
+            assert_eq!(checksum(0, &f[14..34]), 0, "IPv4 header checksum");
+            assert_eq!(&f[18..20], &[0xd0, 0x01], "same identification");
+            assert_eq!(f[23], 17);
+        }
+        // First: MF, offset 0, total 20 + 16; last: no MF, offset 16 bytes = 2 units.
+        assert_eq!(&first[20..22], &[0x20, 0x00]);
+        assert_eq!(&first[16..18], &36u16.to_be_bytes());
+        assert_eq!(&first[34..38], &[0x9c, 0x40, 0x1b, 0x58]);
+        assert_eq!(&last[20..22], &[0x00, 0x02]);
+        assert_eq!(&last[16..18], &28u16.to_be_bytes());
+        assert_eq!(&last[34..42], b"89abcdef");
+    }
 
     const A: Mac = [0x02, 0, 0, 0, 0, 0x0a];
     const B: Mac = [0x02, 0, 0, 0, 0, 0x0b];

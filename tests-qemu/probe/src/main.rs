@@ -124,6 +124,33 @@ enum Cmd {
         #[arg(long, default_value_t = 40000)]
         src_port: u16,
     },
+    /// Send COUNT UDP datagrams in two IPv4 fragments each (AF_PACKET), the first fragment to
+    /// FIRST_MAC and the last to LATER_MAC, identifications from --first-id: a later fragment
+    /// sent where its first fragment did not go.
+    RawFrag {
+        /// Interface to send on.
+        iface: String,
+        /// Source MAC address.
+        src_mac: String,
+        /// Source IPv4 address.
+        src_ip: std::net::Ipv4Addr,
+        /// Destination MAC of the first fragments.
+        first_mac: String,
+        /// Destination MAC of the later fragments.
+        later_mac: String,
+        /// Destination IPv4 address (of the datagrams).
+        dst_ip: std::net::Ipv4Addr,
+        /// Destination UDP port.
+        port: u16,
+        /// Number of datagrams.
+        count: u64,
+        /// IPv4 identification of the first datagram.
+        #[arg(long, default_value_t = 0xd000)]
+        first_id: u16,
+        /// UDP source port.
+        #[arg(long, default_value_t = 40000)]
+        src_port: u16,
+    },
     /// Send COUNT UDP datagrams "TEXT seq=N" to ADDR:PORT through an ordinary socket, 100 ms apart.
     UdpSend {
         /// Destination address.
@@ -244,6 +271,33 @@ fn main() -> ExitCode {
                 seconds,
                 payload: &payload,
             },
+        ),
+        Cmd::RawFrag {
+            iface,
+            src_mac,
+            src_ip,
+            first_mac,
+            later_mac,
+            dst_ip,
+            port,
+            count,
+            first_id,
+            src_port,
+        } => raw::raw_frag(
+            &iface,
+            raw::RawUdpArgs {
+                src_mac: &src_mac,
+                src_ip,
+                dst_mac: &first_mac,
+                dst_ip,
+                src_port,
+                port,
+                count,
+                seconds: None,
+                payload: "",
+            },
+            &later_mac,
+            first_id,
         ),
         Cmd::UdpSend {
             addr,

@@ -6,7 +6,10 @@ use std::net::{Ipv4Addr, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use crate::frames::{arp_reply as build_arp_reply, parse_mac, show_mac, udp_frame, Mac, UdpAddrs};
+use crate::frames::{
+    arp_reply as build_arp_reply, parse_mac, show_mac, udp_frame, udp_in_two_fragments, Mac,
+    UdpAddrs,
+};
 
 /// An `AF_PACKET` socket bound for sending on one interface.
 struct RawSocket {
@@ -249,6 +252,46 @@ pub fn udp_listen(port: u16, seconds: u64) -> io::Result<()> {
         } else {
             sources.join(",")
         }
+    );
+    Ok(())
+}
+
+/// `probe raw-frag`: COUNT UDP datagrams (identifications FIRST_ID, FIRST_ID+1, ...) in two
+/// fragments each, the first to FIRST_MAC and the last to LATER_MAC: a later fragment sent
+/// somewhere its first fragment did not go.
+pub fn raw_frag(iface: &str, a: RawUdpArgs<'_>, later_mac: &str, first_id: u16) -> io::Result<()> {
+    let addrs = UdpAddrs {
+        src_mac: mac(a.src_mac)?,
+        src_ip: a.src_ip,
+        dst_mac: mac(a.dst_mac)?,
+        dst_ip: a.dst_ip,
+        src_port: a.src_port,
+        dst_port: a.port,
+    };
+    let later = UdpAddrs {
+        dst_mac: mac(later_mac)?,
+        ..addrs
+    };
+    let sock = RawSocket::open(iface)?;
+    let mut sent = 0u64;
+    for i in 0..a.count {
+        let id = first_id.wrapping_add(i as u16);
+        let (first, _) = udp_in_two_fragments(&addrs, id, b"first-fragment..");
+        let (_, last) = udp_in_two_fragments(&later, id, b"first-fragment..");
+        sock.send(&first)?;
+        std::thread::sleep(Duration::from_millis(20));
+        sock.send(&last)?;
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!(
+        "probe raw-frag: iface={iface} from {}/{} first to {} later to {} dst {}:{} ids {first_id:#x}.. pairs={sent}",
+        show_mac(&addrs.src_mac),
+        a.src_ip,
+        show_mac(&addrs.dst_mac),
+        show_mac(&later.dst_mac),
+        a.dst_ip,
+        a.port
     );
     Ok(())
 }
