@@ -17,6 +17,7 @@ pub use netlink_packet_route::link::BridgeVlanInfoFlags;
 use netlink_packet_route::link::{
     AfSpecBridge, BridgeVlanInfo, LinkAttribute, LinkFlags, LinkMessage,
 };
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 /// `BRIDGE_VLAN_INFO_PVID`: the VLAN is the port's PVID (untagged ingress).
@@ -127,6 +128,17 @@ pub fn bridge_vlan(
     request(payload, NLM_F_REQUEST | NLM_F_ACK, seq)
 }
 
+/// `RTM_GETROUTE` dump request for IPv4 routes (every table).
+pub fn getroute_dump(seq: u32) -> Vec<u8> {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = AddressFamily::Inet;
+    request(
+        RouteNetlinkMessage::GetRoute(msg),
+        NLM_F_REQUEST | NLM_F_DUMP,
+        seq,
+    )
+}
+
 /// Parse a received buffer: one or more netlink messages back to back, each starting at the
 /// previous one's length rounded up to 4 bytes (`NLMSG_ALIGN`). Any malformed message, or
 /// bytes left over that are not a message, make the whole buffer an error.
@@ -216,6 +228,25 @@ fn addr_of(msg: RouteNetlinkMessage) -> Option<Addr> {
         prefix: msg.header.prefix_len,
         address: local.or(address)?,
     })
+}
+
+fn gateway_of(msg: RouteNetlinkMessage) -> Option<Ipv4Addr> {
+    let RouteNetlinkMessage::NewRoute(msg) = msg else {
+        return None;
+    };
+    if msg.header.address_family != AddressFamily::Inet {
+        return None;
+    }
+    msg.attributes.into_iter().find_map(|a| match a {
+        RouteAttribute::Gateway(RouteAddress::Inet(ip)) => Some(ip),
+        _ => None,
+    })
+}
+
+/// Add the IPv4 gateways (next hops) of one received part of a `RTM_GETROUTE` dump to `out`;
+/// `Ok(true)` once the dump is done.
+pub fn collect_gateways(buf: &[u8], out: &mut Vec<Ipv4Addr>) -> Result<bool, String> {
+    collect(buf, out, gateway_of)
 }
 
 /// Add the links of one received part of a `RTM_GETLINK` dump to `out`; `Ok(true)` once the
@@ -311,6 +342,15 @@ impl Socket {
                 return Ok(out);
             }
         }
+    }
+
+    /// The IPv4 gateways of every route (each once).
+    pub fn ipv4_gateways(&mut self) -> Result<Vec<Ipv4Addr>, String> {
+        let seq = self.next_seq();
+        let mut gws = self.dump(getroute_dump(seq), collect_gateways)?;
+        gws.sort();
+        gws.dedup();
+        Ok(gws)
     }
 
     /// Every link.

@@ -200,6 +200,49 @@ pub fn build_spec(a: &HookAnnotations, facts: &ContainerFacts) -> Result<Contain
     Ok(spec)
 }
 
+/// Addresses no container may register: the host's own (the MACs and IPv4 addresses of the
+/// namespace the hook runs in) and the gateways (next hops of the host's routes and of the
+/// container's). A sibling sharing the container's network namespace could plant one of them
+/// there before the hook looks; registering it would make Shoji treat the container as the
+/// host or the gateway.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reserved {
+    /// The host's MACs.
+    pub macs: Vec<MacAddr>,
+    /// The host's IPv4 addresses.
+    pub ipv4: Vec<Ipv4Addr>,
+    /// Gateways: of the host's routes, then of the container's.
+    pub gateways: Vec<Ipv4Addr>,
+}
+
+/// Refuse a registration that claims a reserved address, naming it. (Another container's
+/// addresses are refused by Shoji itself: the registry answers which container holds them.)
+pub fn check_reserved(spec: &ContainerSpec, r: &Reserved) -> Result<(), String> {
+    let refuse = |what: String| {
+        Err(format!(
+            "refusing to register container {}: {what}; a container must not claim it \
+             (was it planted in the container's network namespace?)",
+            spec.id.0
+        ))
+    };
+    for ip in &spec.ipv4 {
+        if r.gateways.contains(ip) {
+            return refuse(format!(
+                "{ip} is a gateway's address (a next hop of a route)"
+            ));
+        }
+        if r.ipv4.contains(ip) {
+            return refuse(format!("{ip} is one of the host's own addresses"));
+        }
+    }
+    for mac in &spec.macs {
+        if r.macs.contains(mac) {
+            return refuse(format!("MAC {} is one of the host's", format_mac(mac)));
+        }
+    }
+    Ok(())
+}
+
 /// The interfaces of a network namespace from its links and addresses.
 pub fn container_ifaces(
     links: &[crate::netlink::Link],
@@ -448,30 +491,45 @@ pub fn proc_cgroup_id(pid: u32) -> Result<Option<u64>, String> {
     }
 }
 
-/// List the links and IPv4 addresses of `pid`'s network namespace, from a helper thread that
-/// enters it (`setns` acts on the calling thread only, so this process stays where it is).
+/// List the links, IPv4 addresses and route gateways of `pid`'s network namespace, from a
+/// helper thread that enters it (`setns` acts on the calling thread only, so this process stays
+/// where it is).
 #[cfg(target_os = "linux")]
-pub fn netns_ifaces(pid: u32) -> Result<Vec<ContainerIface>, String> {
+pub fn netns_ifaces(pid: u32) -> Result<(Vec<ContainerIface>, Vec<Ipv4Addr>), String> {
     let path = format!("/proc/{pid}/ns/net");
     let file = std::fs::File::open(&path).map_err(|e| format!("cannot open {path}: {e}"))?;
-    let handle = std::thread::spawn(move || -> Result<Vec<ContainerIface>, String> {
-        use std::os::fd::AsRawFd;
-        // SAFETY: `file` is an open namespace file; setns changes only this thread's network
-        // namespace, and the thread ends right after.
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(format!(
-                "cannot enter the network namespace {path}: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        let mut sock = crate::netlink::Socket::open()?;
-        let links = sock.links()?;
-        let addrs = sock.ipv4_addrs()?;
-        Ok(container_ifaces(&links, &addrs))
-    });
+    let handle = std::thread::spawn(
+        move || -> Result<(Vec<ContainerIface>, Vec<Ipv4Addr>), String> {
+            use std::os::fd::AsRawFd;
+            // SAFETY: `file` is an open namespace file; setns changes only this thread's network
+            // namespace, and the thread ends right after.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(format!(
+                    "cannot enter the network namespace {path}: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            let mut sock = crate::netlink::Socket::open()?;
+            let links = sock.links()?;
+            let addrs = sock.ipv4_addrs()?;
+            let gateways = sock.ipv4_gateways()?;
+            Ok((container_ifaces(&links, &addrs), gateways))
+        },
+    );
     handle
         .join()
         .map_err(|_| "the network-namespace helper thread panicked".to_string())?
+}
+
+/// The host's own addresses and its routes' gateways (the namespace this process runs in).
+#[cfg(target_os = "linux")]
+pub fn host_reserved() -> Result<Reserved, String> {
+    let mut sock = crate::netlink::Socket::open()?;
+    Ok(Reserved {
+        macs: sock.links()?.iter().filter_map(|l| l.mac()).collect(),
+        ipv4: sock.ipv4_addrs()?.iter().map(|a| a.address).collect(),
+        gateways: sock.ipv4_gateways()?,
+    })
 }
 
 /// Put the host-side veth `port` on `vlan` (PVID, untagged; VLAN 1 removed) and add `vlan`
@@ -639,12 +697,16 @@ pub fn run<T: crate::agent::Transport>(
                 .ok_or_else(|| format!("the OCI state of {} names no pid", state.id))?;
             let start = proc_start_time(pid)
                 .ok_or_else(|| format!("process {pid} of container {} is gone", state.id))?;
+            let (ifaces, container_gateways) = netns_ifaces(pid)?;
             let facts = ContainerFacts {
-                ifaces: netns_ifaces(pid)?,
+                ifaces,
                 netns_id: Some(proc_netns(pid)?),
                 cgroup_id: proc_cgroup_id(pid)?,
             };
             let spec = build_spec(&a, &facts)?;
+            let mut reserved = host_reserved()?;
+            reserved.gateways.extend(container_gateways);
+            check_reserved(&spec, &reserved)?;
             let peers: Vec<u32> = facts.ifaces.iter().filter_map(|i| i.peer).collect();
             if peers.is_empty() {
                 return Err(format!(
@@ -981,5 +1043,65 @@ mod tests {
         );
         assert!(d.is_empty() && e.is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod reserved_tests {
+    use super::*;
+
+    fn spec(mac: MacAddr, ip: Ipv4Addr) -> ContainerSpec {
+        let mut s = ContainerSpec::new(7, 101, mac, ip);
+        s.default_egress = shoji_netfilter::rules::Action::Allow;
+        s
+    }
+
+    #[test]
+    fn host_and_gateway_addresses_are_refused_by_name() {
+        let r = Reserved {
+            macs: vec![[2, 0, 0, 0, 0, 0x15]],
+            ipv4: vec![Ipv4Addr::new(10, 0, 2, 15)],
+            gateways: vec![Ipv4Addr::new(10, 0, 2, 2)],
+        };
+        let own = [2, 0, 0, 0, 1, 0x0a];
+        assert_eq!(
+            check_reserved(&spec(own, Ipv4Addr::new(10, 0, 2, 21)), &r),
+            Ok(())
+        );
+        let e = check_reserved(&spec(own, Ipv4Addr::new(10, 0, 2, 2)), &r).unwrap_err();
+        assert!(
+            e.starts_with("refusing to register container 7: 10.0.2.2 is a gateway's address"),
+            "{e}"
+        );
+        let e = check_reserved(&spec(own, Ipv4Addr::new(10, 0, 2, 15)), &r).unwrap_err();
+        assert!(
+            e.contains("10.0.2.15 is one of the host's own addresses"),
+            "{e}"
+        );
+        let e = check_reserved(
+            &spec([2, 0, 0, 0, 0, 0x15], Ipv4Addr::new(10, 0, 2, 21)),
+            &r,
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("MAC 02:00:00:00:00:15 is one of the host's"),
+            "{e}"
+        );
+        // A second address of the container is checked too.
+        let mut two = spec(own, Ipv4Addr::new(10, 0, 2, 21));
+        two.ipv4.push(Ipv4Addr::new(10, 0, 2, 15)).unwrap();
+        assert!(check_reserved(&two, &r).is_err());
+    }
+
+    /// The host's own namespace, read for real: its addresses are reserved, so a container
+    /// claiming one is refused.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_hosts_own_addresses_are_reserved() {
+        let r = host_reserved().unwrap();
+        assert!(r.ipv4.contains(&Ipv4Addr::LOCALHOST) || r.ipv4.is_empty());
+        if let Some(ip) = r.ipv4.iter().find(|ip| !ip.is_loopback()) {
+            assert!(check_reserved(&spec([2, 0, 0, 0, 1, 0x0a], *ip), &r).is_err());
+        }
     }
 }

@@ -47,6 +47,9 @@ write_bundle() {
     hooks=$2
     if [ "$name" = A ]; then
         mac=$A_MAC ip=$A_IP vlan=101 policy=$POLICY_A
+    elif [ "$name" = C ]; then
+        # C: a container whose address was planted ($C_IP), which the hook must refuse.
+        mac=02:00:00:00:00:0c ip=$C_IP vlan=103 policy=$POLICY_B
     else
         mac=$B_MAC ip=$B_IP vlan=102 policy=$POLICY_B
     fi
@@ -317,6 +320,14 @@ phase_protected() {
     # Root in the initial user namespace with the real key file, but in A's network namespace
     # (what root in a rootful container is): not the agent.
     ctr refuse-netns-root nsenter -t "$(ctr_pid A)" -n shojictl unregister 101
+    # Planted addresses: C's namespace holds the host's own address, then the gateway's (the
+    # next hop of a host route); the hook refuses both and C does not start.
+    ip route add 192.0.2.0/24 via "$PEER" dev br0
+    C_IP=10.0.2.15 start_ctr C 1 refuse-planted-host
+    $CRUN delete -f C >/dev/null 2>&1
+    C_IP=$PEER start_ctr C 1 refuse-planted-gateway
+    $CRUN delete -f C >/dev/null 2>&1
+    ip route del 192.0.2.0/24 via "$PEER" dev br0
     ctr after-refusals-stats shojictl stats
     ctr after-refusals-b-ping $CRUN exec B ping -c 2 -W 3 "$PEER"
     flood_a protected

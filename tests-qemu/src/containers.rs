@@ -601,6 +601,22 @@ fn guest_checks(rep: &mut Report, c: &str, with_shoji: bool) {
         let s = step(c, name);
         rep.check(what, refused(&s), s.line);
     }
+    for (name, what, why) in [
+        (
+            "refuse-planted-host",
+            "OCI hook: a container holding the host's own address is refused",
+            "10.0.2.15 is one of the host's own addresses",
+        ),
+        (
+            "refuse-planted-gateway",
+            "OCI hook: a container holding the gateway's address is refused",
+            "10.0.2.2 is a gateway's address",
+        ),
+    ] {
+        let s = step(c, name);
+        let said = s.output.iter().find(|l| l.contains(why)).copied();
+        rep.check(what, s.failed() && said.is_some(), said.unwrap_or(s.line));
+    }
     let s = step(c, "after-refusals-stats");
     let b = stats_line(&s, 102);
     rep.check(
@@ -608,6 +624,7 @@ fn guest_checks(rep: &mut Report, c: &str, with_shoji: bool) {
         stats_line(&s, 101).is_some()
             && b.is_some()
             && stats_line(&s, 7).is_none()
+            && stats_line(&s, 103).is_none()
             && b.and_then(|l| num(l, "dropped")).unwrap_or(0) > 0,
         b.unwrap_or(s.line),
     );
