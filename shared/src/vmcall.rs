@@ -179,7 +179,7 @@ impl Status {
             Status::BadBuffer => "buffer not accessible to the caller",
             Status::InvalidArgument => "invalid argument",
             Status::NotAuthorized => {
-                "not authorized (agent key and uid 0 in the initial user namespace required)"
+                "not authorized (agent key, uid 0 in the initial user namespace and no registered container required)"
             }
             Status::NoProfile => "no kernel profile is active",
             Status::BadVersion => "unsupported request version",
