@@ -109,7 +109,8 @@ pub fn copy_to_guest<M: GuestMemory + ?Sized>(
 /// in the initial user namespace, acting in its own context, and in no registered container
 /// (`containers`: by cgroup or network namespace), whatever its uid: root in a rootful container
 /// (no user namespace) that can read the key file is still not the agent. Unknown identity
-/// fields fail, the network namespace included (without it membership cannot be told).
+/// fields fail; so does a caller whose cgroup and network namespace are both unknown while
+/// containers are registered (its membership cannot be told).
 pub fn check_agent(
     caller: &TaskIdentity,
     init_userns_inum: u32,
@@ -123,8 +124,10 @@ pub fn check_agent(
         && caller.uid == Some(0)
         && caller.euid.is_none_or(|e| e == 0)
         && caller.userns_id == Some(init_userns_inum)
-        && caller.netns_id.is_some()
-        && containers.container_of(caller).is_none();
+        && containers.container_of(caller).is_none()
+        && (containers.none_registered()
+            || caller.netns_id.is_some()
+            || caller.cgroup_id.is_some());
     if key_ok && who_ok {
         Ok(())
     } else {

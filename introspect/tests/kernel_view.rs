@@ -514,6 +514,9 @@ fn agent_needs_root_effective_uid_too() {
         fn container_of(&self, t: &TaskIdentity) -> Option<ContainerId> {
             (t.netns_id == Some(0xF000_0101) || t.cgroup_id == Some(4242)).then_some(ContainerId(7))
         }
+        fn none_registered(&self) -> bool {
+            false
+        }
     }
     assert_eq!(check_agent(&root, init, &key, &key, &Registered), Ok(()));
     for in_container in [
@@ -532,14 +535,30 @@ fn agent_needs_root_effective_uid_too() {
             "{in_container:?}"
         );
     }
-    // Without its network namespace, membership cannot be told: refused.
-    let no_netns = TaskIdentity {
+    // With neither its network namespace nor its cgroup known, membership cannot be told:
+    // refused while containers are registered, accepted while none is.
+    let unplaced = TaskIdentity {
         netns_id: None,
+        cgroup_id: None,
         ..root
     };
     assert_eq!(
-        check_agent(&no_netns, init, &key, &key, &NoContainers),
+        check_agent(&unplaced, init, &key, &key, &Registered),
         Err(Status::NotAuthorized)
+    );
+    assert_eq!(
+        check_agent(&unplaced, init, &key, &key, &NoContainers),
+        Ok(())
+    );
+    // One of the two is enough to tell.
+    let cgroup_only = TaskIdentity {
+        netns_id: None,
+        cgroup_id: Some(99),
+        ..root
+    };
+    assert_eq!(
+        check_agent(&cgroup_only, init, &key, &key, &Registered),
+        Ok(())
     );
     // Every byte of the key counts.
     for i in 0..32 {

@@ -1120,6 +1120,10 @@ impl ContainerMembership for Engine<'_> {
             .or_else(|| task.netns_id.and_then(|ns| self.registry.by_netns(ns)))?;
         self.registry.get(slot).map(|c| c.id())
     }
+
+    fn none_registered(&self) -> bool {
+        self.registry.is_empty()
+    }
 }
 
 impl FrameFilter for Engine<'_> {

@@ -1640,8 +1640,11 @@ fn container_membership_is_by_cgroup_or_network_namespace() {
     assert_eq!(e.container_of(&t(Some(999), Some(0xF000_0999))), None);
     assert_eq!(e.container_of(&t(None, None)), None);
     // Gone once unregistered.
+    assert!(!e.none_registered());
     e.unregister(ContainerId(1)).unwrap();
     assert_eq!(e.container_of(&t(Some(CGROUP_A), Some(NETNS_A))), None);
+    e.unregister(ContainerId(2)).unwrap();
+    assert!(e.none_registered());
 }
 
 /// A first fragment decided for the wire, then later fragments addressed to another container's

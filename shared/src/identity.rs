@@ -10,6 +10,9 @@ pub struct ContainerId(pub u32);
 pub trait ContainerMembership {
     /// The container `task` belongs to, if it belongs to a registered one.
     fn container_of(&self, task: &TaskIdentity) -> Option<ContainerId>;
+
+    /// Whether no container is registered (then no task can be in one).
+    fn none_registered(&self) -> bool;
 }
 
 /// No container is registered (the policy engine does not exist yet).
@@ -19,6 +22,10 @@ pub struct NoContainers;
 impl ContainerMembership for NoContainers {
     fn container_of(&self, _task: &TaskIdentity) -> Option<ContainerId> {
         None
+    }
+
+    fn none_registered(&self) -> bool {
+        true
     }
 }
 
