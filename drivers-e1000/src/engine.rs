@@ -127,6 +127,10 @@ pub(crate) struct Guest {
     pub ioaddr: u32,
     pub bus_master: bool,
     pub ctx: TxContext,
+    /// FCAL, FCAH and FCT as the guest wrote them; the device keeps the 802.3x values.
+    pub fcal: u32,
+    pub fcah: u32,
+    pub fct: u32,
 }
 
 impl Guest {
@@ -164,6 +168,9 @@ impl Guest {
                 hdrlen: 0,
                 mss: 0,
             },
+            fcal: 0,
+            fcah: 0,
+            fct: 0,
         }
     }
 
@@ -402,6 +409,17 @@ impl<N: NicRegisters, D: DmaRegion> Core<N, D> {
         self.write_real_rctl();
         self.nic.write32(regs::TCTL, self.g.tctl);
         self.write_real_ims();
+        self.write_real_flow_control();
+    }
+
+    /// The frames the NIC makes itself (802.3x PAUSE, from TCTL.SWXOFF or a full receive FIFO)
+    /// pass no policy, so their destination and type stay the standard's whatever the guest
+    /// writes: a link-local MAC-control frame that no bridge forwards, never a frame with a
+    /// guest-chosen address or Ether type.
+    fn write_real_flow_control(&mut self) {
+        self.nic.write32(regs::FCAL, regs::FCAL_8023X);
+        self.nic.write32(regs::FCAH, regs::FCAH_8023X);
+        self.nic.write32(regs::FCT, regs::FCT_8023X);
     }
 
     /// Program the real rings once the device has left reset. Returns whether they are ready.
@@ -759,6 +777,9 @@ impl<'b, N: NicRegisters, D: DmaRegion> E1000<'b, N, D> {
         g.tdlen = nic.read32(regs::TDLEN);
         g.tdh = nic.read32(regs::TDH) & 0xffff;
         g.tdt = nic.read32(regs::TDT) & 0xffff;
+        g.fcal = nic.read32(regs::FCAL);
+        g.fcah = nic.read32(regs::FCAH) & 0xffff;
+        g.fct = nic.read32(regs::FCT) & 0xffff;
         nic.write32(regs::RCTL, g.rctl & !Rctl::EN.bits());
         nic.write32(regs::TCTL, g.tctl & !regs::Tctl::EN.bits());
         let mut core = Core {
@@ -1019,6 +1040,9 @@ impl<'b, N: NicRegisters, D: DmaRegion> E1000<'b, N, D> {
             regs::TDLEN => g.tdlen,
             regs::TDH => g.tdh,
             regs::TDT => g.tdt,
+            regs::FCAL => g.fcal,
+            regs::FCAH => g.fcah,
+            regs::FCT => g.fct,
             o if regs::is_raw_fifo(o) || o >= regs::BAR_SIZE => 0,
             o => self.core.nic.read32(o),
         }
@@ -1142,6 +1166,10 @@ impl<'b, N: NicRegisters, D: DmaRegion> E1000<'b, N, D> {
             regs::TDBAH => c.g.tdbah = v,
             regs::TDLEN => c.g.tdlen = v & 0x000f_ff80,
             regs::TDH => c.g.tdh = v & 0xffff,
+            // Kept for the guest to read back; the device keeps 802.3x's values.
+            regs::FCAL => c.g.fcal = v,
+            regs::FCAH => c.g.fcah = v & 0xffff,
+            regs::FCT => c.g.fct = v & 0xffff,
             regs::TDT => {
                 c.g.tdt = v & 0xffff;
                 if ready {

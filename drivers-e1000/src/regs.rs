@@ -20,6 +20,19 @@ pub const EERD: u32 = 0x0014;
 pub const CTRL_EXT: u32 = 0x0018;
 /// MDI control.
 pub const MDIC: u32 = 0x0020;
+/// Flow control address low: the destination of the PAUSE frames the NIC sends by itself
+/// (TCTL.SWXOFF, or when its receive FIFO fills with CTRL.TFCE set).
+pub const FCAL: u32 = 0x0028;
+/// Flow control address high.
+pub const FCAH: u32 = 0x002C;
+/// Flow control type: the PAUSE frames' Ether type.
+pub const FCT: u32 = 0x0030;
+/// FCAL as IEEE 802.3x fixes it: 01:80:C2:00:00:01, a link-local group no bridge forwards.
+pub const FCAL_8023X: u32 = 0x00C2_8001;
+/// FCAH as IEEE 802.3x fixes it.
+pub const FCAH_8023X: u32 = 0x0000_0100;
+/// FCT as IEEE 802.3x fixes it (MAC control).
+pub const FCT_8023X: u32 = 0x8808;
 /// VLAN Ether type.
 pub const VET: u32 = 0x0038;
 /// Interrupt cause read (clear on read).

@@ -2558,3 +2558,40 @@ mod itr_props {
         }
     }
 }
+
+/// The PAUSE frames the NIC sends by itself pass no policy: whatever the guest writes to FCAL,
+/// FCAH and FCT, the device keeps 802.3x's destination and type (also after a device reset);
+/// the guest reads back what it wrote.
+#[test]
+fn flow_control_address_and_type_stay_8023x_on_the_device() {
+    let mut r = Rig::new(64, 64);
+    let standard = |r: &Rig| {
+        (
+            r.nic.reg(regs::FCAL),
+            r.nic.reg(regs::FCAH),
+            r.nic.reg(regs::FCT),
+        ) == (regs::FCAL_8023X, regs::FCAH_8023X, regs::FCT_8023X)
+    };
+    assert!(standard(&r), "after attach");
+    // A container's MAC 02:00:00:00:00:0a as the destination, IPv4 as the type.
+    r.w(regs::FCAL, 0x0000_0002);
+    r.w(regs::FCAH, 0x0000_0a00);
+    r.w(regs::FCT, 0x0800);
+    assert!(standard(&r), "after the guest's writes");
+    assert_eq!(
+        (r.r(regs::FCAL), r.r(regs::FCAH), r.r(regs::FCT)),
+        (0x0000_0002, 0x0a00, 0x0800)
+    );
+    // The upper halves of FCAH and FCT are reserved: they read back as zero.
+    r.w(regs::FCT, 0xffff_8808);
+    assert_eq!(r.r(regs::FCT), 0x8808);
+    // A device reset (which clears them on the device) and the guest's re-programming.
+    r.nic.0.borrow_mut().reset_delay = 1;
+    let ctrl = r.r(regs::CTRL);
+    r.w(regs::CTRL, ctrl | Ctrl::RST.bits());
+    r.poll();
+    r.poll();
+    r.w(regs::FCAL, 0xdead_beef);
+    assert!(standard(&r), "after a reset");
+    assert_eq!(r.r(regs::FCAL), 0xdead_beef);
+}
