@@ -1,7 +1,10 @@
 //! Which MSRs the guest may not touch directly, and what it sees when it tries: the VMX
-//! capability MSRs do not exist on a CPU without VMX, and IA32_FEATURE_CONTROL reads as locked
-//! with VMX off. Every other MSR goes straight to the hardware (the bitmap lets it through), so
-//! unknown MSRs fault in the guest exactly as they would on bare metal.
+//! capability MSRs do not exist on a CPU without VMX, IA32_FEATURE_CONTROL reads as locked
+//! with VMX off, and IA32_APIC_BASE may not move the local APIC (a relocated xAPIC page would
+//! escape Shoji's INIT/SIPI mediation and could be placed over Shoji's own memory): a write that
+//! keeps the base is performed, one that moves it gets #GP. Every other MSR goes straight to the
+//! hardware (the bitmap lets it through), so unknown MSRs fault in the guest exactly as they
+//! would on bare metal.
 
 /// IA32_FEATURE_CONTROL.
 pub const IA32_FEATURE_CONTROL: u32 = 0x3a;
@@ -11,6 +14,10 @@ pub const FEATURE_CONTROL_LOCK: u64 = 1 << 0;
 pub const FEATURE_CONTROL_VMX_IN_SMX: u64 = 1 << 1;
 /// VMXON allowed outside SMX.
 pub const FEATURE_CONTROL_VMX_OUTSIDE_SMX: u64 = 1 << 2;
+/// IA32_APIC_BASE.
+pub const IA32_APIC_BASE: u32 = 0x1b;
+/// The base-address field of IA32_APIC_BASE (bits 12..51).
+pub const APIC_BASE_ADDRESS: u64 = 0x000f_ffff_ffff_f000;
 /// First VMX capability MSR (IA32_VMX_BASIC).
 pub const IA32_VMX_FIRST: u32 = 0x480;
 /// Last VMX capability MSR (IA32_VMX_VMFUNC).
@@ -23,6 +30,8 @@ pub enum MsrAnswer {
     Value(u64),
     /// Complete a write (it is ignored or applied by the caller).
     Done,
+    /// Perform the write on the hardware, as the guest asked; #GP if the hardware refuses it.
+    WriteThrough,
     /// Inject #GP(0), as a CPU without the MSR would.
     GeneralProtection,
 }
@@ -34,7 +43,7 @@ pub fn intercept_read(msr: u32) -> bool {
 
 /// Whether writes to `msr` exit to Shoji.
 pub fn intercept_write(msr: u32) -> bool {
-    intercept_read(msr)
+    intercept_read(msr) || msr == IA32_APIC_BASE
 }
 
 /// Answer an intercepted RDMSR; `native` is the hardware value (read by the caller only when
@@ -49,11 +58,15 @@ pub fn read(msr: u32, native: impl FnOnce(u32) -> u64) -> MsrAnswer {
     }
 }
 
-/// Answer an intercepted WRMSR.
-pub fn write(msr: u32, _value: u64) -> MsrAnswer {
-    // IA32_FEATURE_CONTROL is locked (writes #GP on hardware); VMX MSRs are read-only or absent.
-    let _ = msr;
-    MsrAnswer::GeneralProtection
+/// Answer an intercepted WRMSR; `native` reads the hardware value (only when needed).
+pub fn write(msr: u32, value: u64, native: impl FnOnce(u32) -> u64) -> MsrAnswer {
+    match msr {
+        // Mode changes (enable, x2APIC) keep the base: the hardware judges them.
+        IA32_APIC_BASE if (value ^ native(msr)) & APIC_BASE_ADDRESS == 0 => MsrAnswer::WriteThrough,
+        // A relocation, refused; IA32_FEATURE_CONTROL is locked (writes #GP on hardware); VMX
+        // MSRs are read-only or absent.
+        _ => MsrAnswer::GeneralProtection,
+    }
 }
 
 /// Fill a 4 KiB VMX MSR bitmap: bit set = access exits.
@@ -78,7 +91,10 @@ mod tests {
     fn feature_control_reads_locked_without_vmx() {
         assert_eq!(read(IA32_FEATURE_CONTROL, |_| 0x5), MsrAnswer::Value(1));
         assert_eq!(read(IA32_FEATURE_CONTROL, |_| 0x0), MsrAnswer::Value(1));
-        assert_eq!(write(IA32_FEATURE_CONTROL, 5), MsrAnswer::GeneralProtection);
+        assert_eq!(
+            write(IA32_FEATURE_CONTROL, 5, |_| 0),
+            MsrAnswer::GeneralProtection
+        );
     }
 
     #[test]
@@ -88,8 +104,42 @@ mod tests {
                 read(msr, |_| panic!("must not read")),
                 MsrAnswer::GeneralProtection
             );
-            assert_eq!(write(msr, 0), MsrAnswer::GeneralProtection);
+            assert_eq!(
+                write(msr, 0, |_| panic!("must not read")),
+                MsrAnswer::GeneralProtection
+            );
         }
+    }
+
+    #[test]
+    fn the_local_apic_may_change_mode_but_not_move() {
+        let xapic = 0xfee0_0000 | 1 << 11 | 1 << 8;
+        // Enabling x2APIC, disabling: the hardware's to judge.
+        for v in [xapic | 1 << 10, xapic & !(1 << 11), xapic] {
+            assert_eq!(
+                write(IA32_APIC_BASE, v, |_| xapic),
+                MsrAnswer::WriteThrough,
+                "{v:#x}"
+            );
+        }
+        // Any move of the base: #GP, whatever else the value says.
+        for base in [
+            0xfed0_0000u64,
+            0xfee0_1000,
+            0x1_0000_0000,
+            0x000f_ffff_ffff_f000,
+        ] {
+            assert_eq!(
+                write(IA32_APIC_BASE, base | 1 << 11, |_| xapic),
+                MsrAnswer::GeneralProtection,
+                "{base:#x}"
+            );
+        }
+        // Bits outside the address field do not count as a move.
+        assert_eq!(
+            write(IA32_APIC_BASE, xapic | 0xfff0_0000_0000_0000, |_| xapic),
+            MsrAnswer::WriteThrough
+        );
     }
 
     #[test]
@@ -100,6 +150,8 @@ mod tests {
         assert!(bit(0, 0x3a) && bit(0x800, 0x3a));
         assert!(bit(0, 0x480) && bit(0, 0x491) && !bit(0, 0x492));
         assert!(!bit(0, 0x10) && !bit(0, 0x1b) && !bit(0x800, 0x277));
+        // IA32_APIC_BASE: reads pass, writes exit.
+        assert!(bit(0x800, 0x1b) && !bit(0x800, 0x1a) && !bit(0x800, 0x1c));
         assert!(
             b[0x400..0x800].iter().all(|x| *x == 0),
             "high MSRs pass through"

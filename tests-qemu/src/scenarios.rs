@@ -378,6 +378,12 @@ impl Scenario {
         matches!(self.kind, Kind::Shoji | Kind::Unmediated) && !self.nested.is_some_and(|m| m.q35)
     }
 
+    /// Whether the guest runs the MSR checks: under Bochs (whose CPU model moves the APIC in the
+    /// control run), with and without Shoji.
+    pub fn msr_checks(&self) -> bool {
+        matches!(self.kind, Kind::Shoji | Kind::NoShoji) && self.backend() == Backend::Bochs
+    }
+
     /// Whether the guest runs the containers test (crun from the data disk).
     pub fn containers(&self) -> bool {
         matches!(self.kind, Kind::Containers | Kind::TcgContainers)
@@ -560,6 +566,9 @@ fn run_inner(sc: &Scenario, inputs: &Inputs<'_>, rep: &mut Report) -> Result<()>
         cmdline = cmdline.replace("shojitest=full", "shojitest=containers");
         // Guest seconds are long under Bochs: a short flood is enough for per-frame figures.
         cmdline.push_str(" shojiflood=3 shojipeer=600");
+    }
+    if sc.msr_checks() {
+        cmdline.push_str(" shojimsr=1");
     }
     if sc.net_load() {
         cmdline.push_str(" shojinet=full");
@@ -859,6 +868,9 @@ fn linux(
         Kind::NoShoji | Kind::TcgNoShoji => introspection_checks(rep, &console, false),
         _ => {}
     }
+    if sc.msr_checks() {
+        msr_checks(rep, &console, sc.kind == Kind::Shoji);
+    }
     if sc.kind == Kind::TcgNoShoji {
         let line = console
             .lines()
@@ -1155,6 +1167,59 @@ fn intro_line<'a>(console: &'a str, name: &str) -> Option<&'a str> {
         .lines()
         .map(str::trim)
         .find(|l| l.starts_with(&prefix))
+}
+
+/// The MSR checks (Bochs, with and without Shoji): moving the local APIC is refused with #GP
+/// under Shoji and works without it (the control); an x2APIC ICR value the hardware refuses is
+/// #GP either way; the guest keeps running.
+fn msr_checks(rep: &mut Report, console: &str, with_shoji: bool) {
+    if with_shoji {
+        expect_step(
+            rep,
+            console,
+            "msr-apic-base-move",
+            true,
+            "write=refused(EIO) after=",
+            "moving the local APIC (IA32_APIC_BASE) is refused with #GP; it stays where it was",
+        );
+        let line = intro_line(console, "msr-apic-base-move").unwrap_or("");
+        rep.check(
+            "the local APIC did not move",
+            line.contains("moved=no"),
+            line,
+        );
+    } else {
+        expect_step(
+            rep,
+            console,
+            "msr-apic-base-move",
+            true,
+            "write=accepted",
+            "control: without Shoji the local APIC moves (and is put back)",
+        );
+        let line = intro_line(console, "msr-apic-base-move").unwrap_or("");
+        rep.check(
+            "control: it moved, and was put back",
+            line.contains("moved=yes") && line.contains("restore=accepted"),
+            line,
+        );
+    }
+    expect_step(
+        rep,
+        console,
+        "msr-x2apic-icr-bad",
+        true,
+        "write=refused(EIO)",
+        "an x2APIC ICR value the hardware refuses is #GP for the guest (not a halt of Shoji)",
+    );
+    expect_step(
+        rep,
+        console,
+        "msr-alive",
+        true,
+        "",
+        "the guest runs on after the refused MSR writes",
+    );
 }
 
 /// Introspection checks from the guest script's lines: with Shoji, every step as expected;

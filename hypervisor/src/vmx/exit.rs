@@ -263,16 +263,29 @@ fn handle_exit(frame: &mut ExitFrame, raw_reason: u32) {
             let m = regs.rcx as u32;
             let v = (regs.rdx << 32) | (regs.rax & 0xffff_ffff);
             if m == super::apic::X2APIC_ICR {
-                if !super::apic::x2apic_icr_write(vcpu, v) {
-                    // SAFETY: the guest's own ICR write, performed unchanged.
-                    unsafe { wrmsr(m, v) };
+                // The guest's own ICR write, performed unchanged unless Shoji consumed it; a
+                // value the hardware refuses is the guest's #GP, not Shoji's halt.
+                if super::apic::x2apic_icr_write(vcpu, v) || super::wrmsr_for_guest(m, v) {
+                    advance_rip();
+                } else {
+                    guest_fault(vcpu, regs, reason, VECTOR_GP, Some(0));
                 }
-                advance_rip();
                 return finish_exit(vcpu);
             }
-            match msr::write(m, v) {
+            match msr::write(m, v, rdmsr) {
                 MsrAnswer::Done => advance_rip(),
-                _ => guest_fault(vcpu, regs, reason, VECTOR_GP, Some(0)),
+                MsrAnswer::WriteThrough if super::wrmsr_for_guest(m, v) => advance_rip(),
+                _ => {
+                    if m == msr::IA32_APIC_BASE && APIC_BASE_LOG.allow().is_some() {
+                        crate::hv_line!(
+                            "cpu {}: guest IA32_APIC_BASE write {:#x} refused with #GP (the local APIC may not move; it stays {:#x})",
+                            vcpu.index,
+                            v,
+                            rdmsr(m)
+                        );
+                    }
+                    guest_fault(vcpu, regs, reason, VECTOR_GP, Some(0))
+                }
             }
         }
         reason::XSETBV => xsetbv(vcpu, regs),
@@ -555,6 +568,7 @@ fn idle_uart_read(offset: u16) -> u64 {
 }
 
 static EPT_LOG: RateLimiter = RateLimiter::new(16);
+static APIC_BASE_LOG: RateLimiter = RateLimiter::new(16);
 
 fn ept_violation(vcpu: &mut Vcpu, regs: &mut GuestRegs) {
     let gpa = vmread(ro::GUEST_PHYSICAL_ADDR_FULL);

@@ -126,6 +126,12 @@ extern "sysv64" fn shoji_host_exception(frame: &mut ExceptionFrame) {
         frame.rflags &= !(1 << 9);
         return;
     }
+    if vector == 13 && frame.rip == shoji_wrmsr_safe_insn as *const () as u64 {
+        // A guest value the hardware refused in `wrmsr_for_guest`: resume at its fix-up, which
+        // reports the failure (the caller injects #GP into the guest).
+        frame.rip = shoji_wrmsr_safe_fixup as *const () as u64;
+        return;
+    }
     let cr2: u64;
     // SAFETY: reading CR2 has no side effects.
     unsafe { core::arch::asm!("mov {}, cr2", out(reg) cr2, options(nomem, nostack)) };
@@ -142,6 +148,30 @@ extern "sysv64" fn shoji_host_exception(frame: &mut ExceptionFrame) {
     crate::log::write_line_forced(format_args!("FATAL: host registers {:x?}", frame.gprs));
     super::exit::halt_forever();
 }
+
+extern "C" {
+    fn shoji_wrmsr_safe_insn();
+    fn shoji_wrmsr_safe_fixup();
+}
+
+// WRMSR_SAFE: `shoji_wrmsr_safe` writes MSR ECX with the value in RAX (all 64 bits) and returns
+// RAX = 0; if the WRMSR raises #GP, the exception handler resumes at the fix-up, which returns
+// RAX = 1. Clobbers RDX.
+global_asm!(
+    ".global shoji_wrmsr_safe",
+    ".global shoji_wrmsr_safe_insn",
+    ".global shoji_wrmsr_safe_fixup",
+    "shoji_wrmsr_safe:",
+    "mov rdx, rax",
+    "shr rdx, 32",
+    "shoji_wrmsr_safe_insn:",
+    "wrmsr",
+    "xor eax, eax",
+    "ret",
+    "shoji_wrmsr_safe_fixup:",
+    "mov eax, 1",
+    "ret",
+);
 
 // Vector stubs: 16 bytes each. Vectors without a CPU-pushed error code push a zero so every frame
 // has the same layout.

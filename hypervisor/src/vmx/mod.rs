@@ -98,6 +98,26 @@ pub unsafe fn wrmsr(msr: u32, value: u64) {
     };
 }
 
+/// Write an MSR for the guest, as the guest asked: `false` (and nothing written) when the
+/// hardware refuses the value with #GP, which the host exception handler turns into a return
+/// here instead of a halt (see `host::WRMSR_SAFE`).
+pub fn wrmsr_for_guest(msr: u32, value: u64) -> bool {
+    let failed: u64;
+    // SAFETY: `shoji_wrmsr_safe` executes one WRMSR of the guest's own value (the guest could
+    // have written it itself but for the intercept) and returns 1 in RAX if it faulted; it
+    // clobbers RCX and RDX and touches no memory.
+    unsafe {
+        asm!(
+            "call shoji_wrmsr_safe",
+            in("ecx") msr,
+            inout("rax") value => failed,
+            out("rdx") _,
+            options(nostack),
+        )
+    };
+    failed == 0
+}
+
 /// Execute CPUID.
 pub fn cpuid(leaf: u32, subleaf: u32) -> crate::cpuid::CpuidRegs {
     let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);

@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use shoji_shared::vmcall::{Function, Status, CPUID_LEAF_SIGNATURE, SIGNATURE};
 
 mod frames;
+mod msr;
 mod raw;
 
 /// The ASCII prefix of the canary that Shoji keeps in its reserved memory.
@@ -44,6 +45,18 @@ enum Cmd {
     Vmx,
     /// Scan the Reserved ranges of /proc/iomem through /dev/mem for Shoji's canary.
     Canary,
+    /// Try to move CPU 0's local APIC to NEW_BASE through the msr driver (/dev/cpu/0/msr):
+    /// report whether the write was accepted and where the base is after it; a base that moved
+    /// is put back at once.
+    ApicBaseMove {
+        /// The new base (a 4 KiB-aligned physical address), e.g. 0xfed00000.
+        #[arg(value_parser = parse_u64)]
+        new_base: u64,
+    },
+    /// Write a value the hardware refuses to CPU 0's x2APIC ICR (MSR 0x830) through the msr
+    /// driver: in xAPIC mode any write (the MSR is not accessible), in x2APIC mode one with
+    /// reserved bits set. The answer must be #GP (EIO), as on bare metal.
+    X2apicIcrBad,
     /// Ask Shoji to log its exit counters (VMCALL LogCounters).
     LogCounters,
     /// Send BYTES over TCP to ADDR:PORT, close the sending side and print the peer's answer.
@@ -217,6 +230,8 @@ fn main() -> ExitCode {
         }
         Cmd::Vmx => vmx(),
         Cmd::Canary => canary(),
+        Cmd::ApicBaseMove { new_base } => msr::apic_base_move(new_base),
+        Cmd::X2apicIcrBad => msr::x2apic_icr_bad(),
         Cmd::LogCounters => log_counters(),
         Cmd::TcpSend { addr, port, bytes } => tcp_send(&addr, port, bytes),
         Cmd::Flood {
@@ -797,6 +812,15 @@ fn canary() -> io::Result<()> {
         "probe canary: not found (scanned {scanned_ranges} ranges, {scanned_bytes} bytes, {errors} unreadable chunks)"
     );
     Ok(())
+}
+
+/// A number in decimal or with a 0x prefix.
+fn parse_u64(s: &str) -> Result<u64, String> {
+    match s.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => s.parse(),
+    }
+    .map_err(|e| format!("{s:?}: {e}"))
 }
 
 #[cfg(test)]
