@@ -8,6 +8,7 @@
 pub mod arena;
 pub mod counters;
 pub mod cpuid;
+pub mod cr;
 pub mod ept;
 pub mod guest;
 pub mod heap;

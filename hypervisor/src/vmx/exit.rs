@@ -141,6 +141,7 @@ mod reason {
     pub const TRIPLE_FAULT: u32 = 2;
     pub const INIT: u32 = 3;
     pub const SIPI: u32 = 4;
+    pub const TASK_SWITCH: u32 = 9;
     pub const CPUID: u32 = 10;
     pub const GETSEC: u32 = 11;
     pub const INVD: u32 = 13;
@@ -314,6 +315,13 @@ fn handle_exit(frame: &mut ExitFrame, raw_reason: u32) {
                 inject(2, 2, None);
             }
         }
+        reason::TASK_SWITCH => {
+            // Hardware task switches (32-bit code only: a far CALL/JMP to a TSS, IRET with NT,
+            // a task gate) always exit. Shoji does not emulate them: the guest gets #GP with the
+            // new TSS's selector as the error code, as for a TSS it may not use.
+            let selector = vmread(ro::EXIT_QUALIFICATION) as u32 & 0xfffc;
+            guest_fault(vcpu, regs, reason, VECTOR_GP, Some(selector));
+        }
         _ => fatal(vcpu, regs, "unexpected VM exit"),
     }
     // Shoji's INIT kick may have arrived as an NMI while this CPU was in host mode.
@@ -456,27 +464,27 @@ fn cr_access(vcpu: &mut Vcpu, regs: &mut GuestRegs) {
 }
 
 fn write_cr0(vcpu: &mut Vcpu, regs: &GuestRegs, value: u64) {
-    const PE: u64 = 1;
-    const NW: u64 = 1 << 29;
-    const CD: u64 = 1 << 30;
-    const PG: u64 = 1 << 31;
-    if value >> 32 != 0
-        || (value & PG != 0 && value & PE == 0)
-        || (value & NW != 0 && value & CD == 0)
-    {
+    // Judged as the processor would (`crate::cr`): a write it refuses is the guest's #GP, never
+    // a VM entry that fails.
+    const CS_L: u64 = 1 << 13;
+    let ctx = crate::cr::Cr0Context {
+        old: vmread(control::CR0_READ_SHADOW),
+        cr4: vmread(control::CR4_READ_SHADOW),
+        efer: vmread(guest::IA32_EFER_FULL),
+        cs_long: vmread(guest::CS_ACCESS_RIGHTS) & CS_L != 0,
+    };
+    let crate::cr::Cr0Write::Apply { ia32e } = crate::cr::write_cr0(value, &ctx) else {
         return guest_fault(vcpu, regs, reason::CR_ACCESS, VECTOR_GP, Some(0));
-    }
-    let old = vmread(guest::CR0);
-    let efer = vmread(guest::IA32_EFER_FULL);
-    if (old ^ value) & PG != 0 && efer & EFER_LME != 0 {
+    };
+    if let Some(on) = ia32e {
         let entry = vmread(control::VMENTRY_CONTROLS);
-        let ia32e = control::EntryControls::IA32E_MODE_GUEST.bits() as u64;
-        if value & PG != 0 {
-            vmwrite(guest::IA32_EFER_FULL, efer | EFER_LMA);
-            vmwrite(control::VMENTRY_CONTROLS, entry | ia32e);
+        let mode = control::EntryControls::IA32E_MODE_GUEST.bits() as u64;
+        if on {
+            vmwrite(guest::IA32_EFER_FULL, ctx.efer | EFER_LMA);
+            vmwrite(control::VMENTRY_CONTROLS, entry | mode);
         } else {
-            vmwrite(guest::IA32_EFER_FULL, efer & !EFER_LMA);
-            vmwrite(control::VMENTRY_CONTROLS, entry & !ia32e);
+            vmwrite(guest::IA32_EFER_FULL, ctx.efer & !EFER_LMA);
+            vmwrite(control::VMENTRY_CONTROLS, entry & !mode);
         }
     }
     vmwrite(guest::CR0, value | vcpu.cr0_fixed1_required);
