@@ -153,15 +153,11 @@ impl TokenBucket {
     pub fn take(&self, now_ns: u64) -> bool {
         let mut st = self.state.lock();
         let (tokens, last) = *st;
-        let elapsed = now_ns.saturating_sub(last);
-        let earned = elapsed / self.every_ns.max(1);
-        let (tokens, last) = if earned > 0 {
-            // Keep the remainder: the next token comes `every_ns` after the last one earned.
-            let last = last.saturating_add(earned.saturating_mul(self.every_ns.max(1)));
-            (tokens.saturating_add(earned).min(self.burst), last)
-        } else {
-            (tokens, last)
-        };
+        let every = self.every_ns.max(1);
+        let earned = now_ns.saturating_sub(last) / every;
+        // Keep the remainder: the next token comes `every_ns` after the last one earned.
+        let last = last.saturating_add(earned.saturating_mul(every));
+        let tokens = tokens.saturating_add(earned).min(self.burst);
         if tokens == 0 {
             *st = (0, last);
             return false;
