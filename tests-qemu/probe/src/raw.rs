@@ -133,16 +133,23 @@ pub struct RawUdpArgs<'a> {
     pub payload: &'a str,
 }
 
+impl RawUdpArgs<'_> {
+    /// The frame's addresses, the MACs parsed.
+    fn addrs(&self) -> io::Result<UdpAddrs> {
+        Ok(UdpAddrs {
+            src_mac: mac(self.src_mac)?,
+            src_ip: self.src_ip,
+            dst_mac: mac(self.dst_mac)?,
+            dst_ip: self.dst_ip,
+            src_port: self.src_port,
+            dst_port: self.port,
+        })
+    }
+}
+
 /// `probe raw-udp`.
 pub fn raw_udp(iface: &str, a: RawUdpArgs<'_>) -> io::Result<()> {
-    let addrs = UdpAddrs {
-        src_mac: mac(a.src_mac)?,
-        src_ip: a.src_ip,
-        dst_mac: mac(a.dst_mac)?,
-        dst_ip: a.dst_ip,
-        src_port: a.src_port,
-        dst_port: a.port,
-    };
+    let addrs = a.addrs()?;
     if a.count == 0 && a.seconds.is_none() {
         return Err(bad_input("COUNT 0 needs SECONDS".into()));
     }
@@ -260,14 +267,7 @@ pub fn udp_listen(port: u16, seconds: u64) -> io::Result<()> {
 /// fragments each, the first to FIRST_MAC and the last to LATER_MAC: a later fragment sent
 /// somewhere its first fragment did not go.
 pub fn raw_frag(iface: &str, a: RawUdpArgs<'_>, later_mac: &str, first_id: u16) -> io::Result<()> {
-    let addrs = UdpAddrs {
-        src_mac: mac(a.src_mac)?,
-        src_ip: a.src_ip,
-        dst_mac: mac(a.dst_mac)?,
-        dst_ip: a.dst_ip,
-        src_port: a.src_port,
-        dst_port: a.port,
-    };
+    let addrs = a.addrs()?;
     let later = UdpAddrs {
         dst_mac: mac(later_mac)?,
         ..addrs
