@@ -487,15 +487,43 @@ mod tests {
             LaterFragment::Orphan
         );
         assert_eq!(t.held_by(A), FRAGMENT_QUOTA);
-        // A's most recent ones are kept, its older ones forgotten.
-        assert_ne!(
-            t.later_fragment(&key(499), 8, 8, 600, T),
-            LaterFragment::Orphan
-        );
+        // A's eight most recent ones are kept, every older one forgotten.
+        for ident in 0..500u16 {
+            let kept = t.later_fragment(&key(ident), 8, 8, 600, T) != LaterFragment::Orphan;
+            assert_eq!(kept, ident >= 492, "datagram {ident}");
+        }
+    }
+
+    /// A full table forgets a datagram of the party holding the most, even when another
+    /// party's datagrams are older.
+    #[test]
+    fn a_full_table_forgets_the_greediest_partys_oldest_not_the_oldest_overall() {
+        let mut t = FragmentTable::new();
+        let mut now = 1;
+        // Fourteen parties with four old datagrams each, then one party with eight new ones.
+        for p in 0..14u16 {
+            for i in 0..4u16 {
+                assert!(t.first_fragment(key(p * 10 + i), Owner::Container(p), 8, 0, now, T));
+                now += 1;
+            }
+        }
+        let greedy = Owner::Container(20);
+        for i in 0..8u16 {
+            assert!(t.first_fragment(key(1000 + i), greedy, 8, 0, now, T));
+            now += 1;
+        }
+        assert!(t.entries.iter().all(|e| e.used));
+        assert!(t.first_fragment(key(9999), Owner::Host, 8, 0, now, T));
+        // The greedy party's oldest went; the oldest datagram of all (party 0's) stayed.
         assert_eq!(
-            t.later_fragment(&key(0), 8, 8, 600, T),
+            t.later_fragment(&key(1000), 8, 8, now, T),
             LaterFragment::Orphan
         );
+        assert_ne!(
+            t.later_fragment(&key(0), 8, 8, now, T),
+            LaterFragment::Orphan
+        );
+        assert_eq!(t.held_by(greedy), 7);
     }
 
     /// Sixty-four parties each below the quota fill the table; the next datagram takes the
