@@ -742,7 +742,10 @@ impl<'s> Engine<'s> {
             let reason = first_denial.unwrap_or(DropReason::NoDestination);
             self.record_first_fragment(first_fragment_key, DatagramDecision::Drop(reason));
             self.counters.total.count_drop(reason);
-            if first_denial.is_none() {
+            // A receiver's policy denial is counted on the receiver; anything else (nobody to
+            // deliver to, a later fragment sent where its first fragment did not go) on the
+            // frame's sender.
+            if first_denial.is_none_or(|r| r == DropReason::BadFragment) {
                 self.count_drop(Some(sender), DIR, reason);
             }
             decision.verdict = Verdict::Drop(reason);
@@ -866,7 +869,10 @@ impl<'s> Engine<'s> {
             let reason = first_denial.unwrap_or(DropReason::NoDestination);
             self.record_first_fragment(first_fragment_key, DatagramDecision::Drop(reason));
             self.counters.total.count_drop(reason);
-            if first_denial.is_none() {
+            // A receiver's policy denial is counted on the receiver; anything else (nobody to
+            // deliver to, a later fragment sent where its first fragment did not go) on the
+            // frame's sender.
+            if first_denial.is_none_or(|r| r == DropReason::BadFragment) {
                 self.count_drop(None, DIR, reason);
             }
             decision.verdict = Verdict::Drop(reason);

@@ -407,7 +407,7 @@ pub fn parse_ipv4(payload: &[u8]) -> Result<Ipv4Info, ParseError> {
     let transport = if fragment.is_later() {
         Transport::LaterFragment
     } else {
-        match parse_transport(protocol, body) {
+        match parse_transport(protocol, body, fragment.more) {
             Ok(t) => t,
             // A first fragment too small to hold the transport header is a tiny fragment.
             Err(ParseError::Truncated) if fragment.more => return Err(ParseError::BadFragment),
@@ -434,7 +434,13 @@ fn min_transport_header(protocol: u8) -> usize {
     }
 }
 
-fn parse_transport(protocol: u8, body: &[u8]) -> Result<Transport, ParseError> {
+/// The transport header of `body`; `first_fragment`: the body is the first fragment of a larger
+/// datagram, whose length fields count bytes in the later fragments too.
+fn parse_transport(
+    protocol: u8,
+    body: &[u8],
+    first_fragment: bool,
+) -> Result<Transport, ParseError> {
     match protocol {
         IPPROTO_TCP => {
             if body.len() < TCP_MIN_HEADER {
@@ -467,7 +473,9 @@ fn parse_transport(protocol: u8, body: &[u8]) -> Result<Transport, ParseError> {
             if udp_len < UDP_HEADER {
                 return Err(ParseError::Malformed);
             }
-            if udp_len > body.len() {
+            // The UDP length covers the whole datagram: in a first fragment it reaches into the
+            // later ones.
+            if udp_len > body.len() && !first_fragment {
                 return Err(ParseError::Truncated);
             }
             Ok(Transport::Udp {

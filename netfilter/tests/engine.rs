@@ -1674,6 +1674,13 @@ fn later_fragments_reach_only_the_first_fragments_receivers() {
         drop(DropReason::BadFragment)
     );
     assert!(out.guest.is_empty(), "a later fragment reached A");
+    assert_eq!(
+        e.container_counters(ContainerId(2))
+            .unwrap()
+            .dropped(DropReason::BadFragment),
+        1,
+        "counted on the sender"
+    );
     // The same later fragment to the gateway, as its first fragment went, passes.
     let later = from_b(MAC_GW, frag(IP_B, IP_A, 7, 24, false, &[2u8; 8]));
     assert_eq!(e.filter(&tx(), &later, &mut out), Verdict::Pass);
@@ -1756,4 +1763,44 @@ fn a_container_cannot_evict_anothers_fragmented_datagram() {
     }
     let later = from(MAC_A, VLAN_A, IP_A, 1, 16, false, &[1u8; 8]);
     assert_eq!(e.filter(&tx(), &later, &mut out), Verdict::Pass);
+}
+
+/// The first fragment of a UDP datagram larger than one fragment: its UDP length counts the
+/// bytes of the later fragments too. It is a valid first fragment, not a tiny or bad one, and
+/// its datagram's later fragments follow it.
+#[test]
+fn a_first_fragment_whose_udp_length_spans_the_datagram_passes() {
+    let mut s = slots(8);
+    let mut e = engine_ab(&mut s);
+    let mut out = Sink::default();
+    // UDP header (length 24: 8 + 16 data bytes) and the first 8 data bytes; 8 more follow.
+    let mut first = udp(40000, 7000, &[0u8; 16]);
+    first.truncate(16);
+    assert_eq!(u16::from_be_bytes([first[4], first[5]]), 24);
+    let f = eth(
+        MAC_A,
+        MAC_B,
+        Some(VLAN_B),
+        0x0800,
+        &frag(IP_B, IP_A, 0xd000, 0, true, &first),
+    );
+    assert_eq!(e.filter(&tx(), &f, &mut out), Verdict::Pass);
+    let later = eth(
+        MAC_A,
+        MAC_B,
+        Some(VLAN_B),
+        0x0800,
+        &frag(IP_B, IP_A, 0xd000, 16, false, &[7u8; 8]),
+    );
+    assert_eq!(e.filter(&tx(), &later, &mut out), Verdict::Pass);
+    assert_eq!(out.guest.len(), 2);
+    // Unfragmented, the same UDP length over 8 data bytes is a truncated datagram.
+    let lying = eth(
+        MAC_A,
+        MAC_B,
+        Some(VLAN_B),
+        0x0800,
+        &Ip4::new(IP_B, IP_A, 17).build(&first),
+    );
+    assert_ne!(e.filter(&tx(), &lying, &mut out), Verdict::Pass);
 }
