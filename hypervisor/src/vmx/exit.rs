@@ -455,7 +455,7 @@ fn cr_access(vcpu: &mut Vcpu, regs: &mut GuestRegs) {
         (0, 3) => {
             // LMSW: loads CR0[3:0] but cannot clear PE.
             let data = (q >> 16) & 0xf;
-            let shadow = vmread(control::CR0_READ_SHADOW);
+            let shadow = guest_cr0_view(vcpu);
             let new = (shadow & !0xe) | data | (shadow & 1);
             write_cr0(vcpu, regs, new);
         }
@@ -463,13 +463,25 @@ fn cr_access(vcpu: &mut Vcpu, regs: &mut GuestRegs) {
     }
 }
 
+/// CR0 as the guest sees it: the read shadow for the bits Shoji owns (the guest/host mask), the
+/// real register for the rest. The shadow alone is stale in the bits the guest changes without
+/// an exit (after a SIPI, an AP's trampoline turns on PE and PG that way).
+fn guest_cr0_view(vcpu: &Vcpu) -> u64 {
+    (vmread(guest::CR0) & !vcpu.cr0_mask) | (vmread(control::CR0_READ_SHADOW) & vcpu.cr0_mask)
+}
+
+/// CR4 as the guest sees it (as [`guest_cr0_view`]).
+fn guest_cr4_view(vcpu: &Vcpu) -> u64 {
+    (vmread(guest::CR4) & !vcpu.cr4_mask) | (vmread(control::CR4_READ_SHADOW) & vcpu.cr4_mask)
+}
+
 fn write_cr0(vcpu: &mut Vcpu, regs: &GuestRegs, value: u64) {
     // Judged as the processor would (`crate::cr`): a write it refuses is the guest's #GP, never
     // a VM entry that fails.
     const CS_L: u64 = 1 << 13;
     let ctx = crate::cr::Cr0Context {
-        old: vmread(control::CR0_READ_SHADOW),
-        cr4: vmread(control::CR4_READ_SHADOW),
+        old: guest_cr0_view(vcpu),
+        cr4: guest_cr4_view(vcpu),
         efer: vmread(guest::IA32_EFER_FULL),
         cs_long: vmread(guest::CS_ACCESS_RIGHTS) & CS_L != 0,
     };
