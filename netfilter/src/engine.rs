@@ -629,11 +629,7 @@ impl<'s> Engine<'s> {
             if ip.source_routed && !self.config.allow_source_route {
                 return self.drop_frame(Some(sender), DIR, DropReason::PolicyDenied);
             }
-            let owner = match sender {
-                Party::Host => Owner::Host,
-                Party::Container(slot) => Owner::Container(slot),
-            };
-            match self.fragment_stage(DIR, parsed, owner) {
+            match self.fragment_stage(DIR, parsed, Some(sender)) {
                 FragmentStage::Unfragmented => {}
                 FragmentStage::First(key) => first_fragment_key = Some(key),
                 FragmentStage::Follow(s) => settled = Some(s),
@@ -792,16 +788,7 @@ impl<'s> Engine<'s> {
                     return self.drop_frame(None, DIR, DropReason::ScanSourceBlocked);
                 }
             }
-            // Whose quota: the party the destination MAC names.
-            let owner = if is_group_mac(&parsed.dst_mac) {
-                Owner::Wire
-            } else {
-                match self.registry.by_mac(&parsed.dst_mac) {
-                    Some(slot) => Owner::Container(slot),
-                    None => Owner::Host,
-                }
-            };
-            match self.fragment_stage(DIR, parsed, owner) {
+            match self.fragment_stage(DIR, parsed, None) {
                 FragmentStage::Unfragmented => {}
                 FragmentStage::First(key) => first_fragment_key = Some(key),
                 FragmentStage::Follow(s) => settled = Some(s),
@@ -1040,11 +1027,12 @@ impl<'s> Engine<'s> {
         }
     }
 
+    /// The fragment stage of a frame; `sender` is the TX frame's sender (`None` on RX).
     fn fragment_stage(
         &mut self,
         direction: Direction,
         parsed: &ParsedFrame,
-        owner: Owner,
+        sender: Option<Party>,
     ) -> FragmentStage {
         let Network::Ipv4(ip) = parsed.network else {
             return FragmentStage::Unfragmented;
@@ -1061,6 +1049,16 @@ impl<'s> Engine<'s> {
         };
         let (now, timeout) = (self.now, self.config.fragment_timeout);
         if !ip.fragment.is_later() {
+            // Whose quota: on TX the sender, on RX the party the destination MAC names.
+            let owner = match sender {
+                Some(Party::Container(slot)) => Owner::Container(slot),
+                Some(Party::Host) => Owner::Host,
+                None if is_group_mac(&parsed.dst_mac) => Owner::Wire,
+                None => match self.registry.by_mac(&parsed.dst_mac) {
+                    Some(slot) => Owner::Container(slot),
+                    None => Owner::Host,
+                },
+            };
             let sequence = self.registry.sequence();
             return if self.fragments.first_fragment(
                 key,
