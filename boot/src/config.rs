@@ -13,9 +13,18 @@
 //! | `agent_key` | 64 hex digits: the key the guest agent proves for privileged calls | none (privileged calls refused) |
 //! | `expose_hypervisor_memory` | `true` leaves Shoji's memory visible to the guest: TEST ONLY | `false` |
 //! | `mediate_nic` | `false` leaves the e1000 to the guest unmediated (comparison measurements only: no shadow rings, no policy) | `true` |
+//! | `mgmt_ip` | Shoji's own IPv4 address on the mediated NIC, `a.b.c.d/len`: turns the management endpoint on | none (no endpoint) |
+//! | `mgmt_gateway` | the router for answers to administrators outside `mgmt_ip`'s network | none |
+//! | `mgmt_mac` | Shoji's MAC (unicast, `xx:xx:xx:xx:xx:xx`) | the NIC's with the locally administered bit set and the last byte's top bit flipped |
+//! | `mgmt_port` | the HTTP port | `9180` |
+//! | `mgmt_allow` | comma-separated networks (`a.b.c.d/len`) allowed to connect, at most 8 | any |
+//! | `mgmt_key` | 64 hex digits: the administrator's key for signed requests; must differ from `agent_key` | none (signed requests refused) |
+//! | `mgmt_metrics_auth` | `true`: `/metrics` must be signed too | `false` |
 
 use alloc::string::{String, ToString};
 use core::fmt;
+use shoji_mgmt::settings::{parse_ipv4, Cidr, MAX_ALLOW};
+use shoji_mgmt::Settings;
 
 /// What to do when Shoji cannot protect the machine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +63,19 @@ pub struct Config {
     pub expose_hypervisor_memory: bool,
     /// Mediate the e1000 with shadow rings (`false` only for comparison measurements).
     pub mediate_nic: bool,
+    /// The management endpoint (`mgmt_*`; `enabled` 0 when `mgmt_ip` is not set). The boot
+    /// id is filled in when Shoji starts.
+    pub mgmt: Settings,
+}
+
+impl Config {
+    /// The management settings with this boot's id.
+    pub fn mgmt_settings(&self, boot_id: [u8; 16]) -> Settings {
+        Settings {
+            boot_id,
+            ..self.mgmt
+        }
+    }
 }
 
 /// A configuration error: the line (1-based, 0 = whole file) and what is wrong.
@@ -82,7 +104,7 @@ fn err(line: usize, message: impl ToString) -> ConfigError {
     }
 }
 
-const KEYS: [&str; 8] = [
+const KEYS: [&str; 15] = [
     "image",
     "cmdline",
     "fail_mode",
@@ -91,7 +113,17 @@ const KEYS: [&str; 8] = [
     "agent_key",
     "expose_hypervisor_memory",
     "mediate_nic",
+    "mgmt_ip",
+    "mgmt_gateway",
+    "mgmt_mac",
+    "mgmt_port",
+    "mgmt_allow",
+    "mgmt_key",
+    "mgmt_metrics_auth",
 ];
+
+/// The default port of the management endpoint.
+pub const MGMT_PORT: u16 = 9180;
 
 /// Parse the configuration text.
 pub fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -106,7 +138,13 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
         agent_key: None,
         expose_hypervisor_memory: false,
         mediate_nic: true,
+        mgmt: Settings {
+            port: MGMT_PORT,
+            ..Settings::default()
+        },
     };
+    // The first line of each `mgmt_*` key, for errors that need `mgmt_ip`.
+    let mut mgmt_line = 0;
     for (n, raw) in text.lines().enumerate() {
         let line = n + 1;
         let content = raw.trim_start_matches('\u{feff}').trim();
@@ -181,12 +219,93 @@ pub fn parse(text: &str) -> Result<Config, ConfigError> {
                     _ => return Err(err(line, "`mediate_nic` must be true or false")),
                 }
             }
+            "mgmt_ip" => {
+                let c = Cidr::parse(value)
+                    .filter(|c| value.contains('/') && c.prefix >= 1 && c.addr != [0; 4])
+                    .ok_or_else(|| err(line, "`mgmt_ip` must be an IPv4 address with its prefix length, `a.b.c.d/len`"))?;
+                cfg.mgmt.ip = c;
+                cfg.mgmt.enabled = 1;
+            }
+            "mgmt_gateway" => {
+                cfg.mgmt.gateway = parse_ipv4(value)
+                    .ok_or_else(|| err(line, "`mgmt_gateway` must be an IPv4 address"))?;
+                cfg.mgmt.gateway_set = 1;
+                mgmt_line = mgmt_line.max(line);
+            }
+            "mgmt_mac" => {
+                let mac = parse_mac(value).ok_or_else(|| {
+                    err(line, "`mgmt_mac` must be a unicast MAC address, `xx:xx:xx:xx:xx:xx`, not all zeros")
+                })?;
+                cfg.mgmt.mac = mac;
+                mgmt_line = mgmt_line.max(line);
+            }
+            "mgmt_port" => {
+                cfg.mgmt.port = value
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| err(line, "`mgmt_port` must be a TCP port (1-65535)"))?;
+                mgmt_line = mgmt_line.max(line);
+            }
+            "mgmt_allow" => {
+                let mut n = 0;
+                for part in value.split(',') {
+                    let c = Cidr::parse(part.trim()).ok_or_else(|| {
+                        err(
+                            line,
+                            alloc::format!(
+                                "`mgmt_allow`: `{}` is not a network `a.b.c.d/len`",
+                                part.trim()
+                            ),
+                        )
+                    })?;
+                    if n == MAX_ALLOW {
+                        return Err(err(
+                            line,
+                            alloc::format!("`mgmt_allow` takes at most {MAX_ALLOW} networks"),
+                        ));
+                    }
+                    cfg.mgmt.allow[n] = c;
+                    n += 1;
+                }
+                cfg.mgmt.allow_count = n as u8;
+                mgmt_line = mgmt_line.max(line);
+            }
+            "mgmt_key" => {
+                cfg.mgmt.key =
+                    parse_key(value).map_err(|m| err(line, m.replace("agent_key", "mgmt_key")))?;
+                cfg.mgmt.key_set = 1;
+                mgmt_line = mgmt_line.max(line);
+            }
+            "mgmt_metrics_auth" => {
+                cfg.mgmt.metrics_auth = match value {
+                    "true" => 1,
+                    "false" => 0,
+                    _ => return Err(err(line, "`mgmt_metrics_auth` must be true or false")),
+                };
+                mgmt_line = mgmt_line.max(line);
+            }
             // Every name in KEYS is handled above.
             _ => {}
         }
     }
     cfg.image =
         image.ok_or_else(|| err(0, "`image` is missing (name the next EFI image, or `none`)"))?;
+    if cfg.mgmt.enabled == 0 && mgmt_line != 0 {
+        return Err(err(
+            mgmt_line,
+            "`mgmt_*` settings need `mgmt_ip` (Shoji's address)",
+        ));
+    }
+    if cfg.mgmt.gateway_set != 0 && !cfg.mgmt.ip.contains(cfg.mgmt.gateway) {
+        return Err(err(0, "`mgmt_gateway` must lie in `mgmt_ip`'s network"));
+    }
+    if cfg.mgmt.key_set != 0 && cfg.agent_key == Some(cfg.mgmt.key) {
+        return Err(err(
+            0,
+            "`mgmt_key` must differ from `agent_key` (root in the guest can read the agent key)",
+        ));
+    }
     Ok(cfg)
 }
 
@@ -228,6 +347,20 @@ fn parse_key(v: &str) -> Result<[u8; 32], &'static str> {
         return Err("`agent_key` must not be all zeros");
     }
     Ok(key)
+}
+
+/// `xx:xx:xx:xx:xx:xx` (or with `-`), unicast and not all zeros.
+fn parse_mac(v: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = v.split([':', '-']);
+    for b in mac.iter_mut() {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    (parts.next().is_none() && mac[0] & 1 == 0 && mac != [0; 6]).then_some(mac)
 }
 
 /// Use UEFI's backslashes and make the path absolute.
@@ -330,5 +463,82 @@ mod tests {
         assert_eq!(directory_of("\\EFI\\BOOT\\BOOTX64.EFI"), "\\EFI\\BOOT");
         assert_eq!(directory_of("\\shoji.efi"), "");
         assert_eq!(directory_of("shoji.efi"), "");
+    }
+}
+
+#[cfg(test)]
+mod mgmt_tests {
+    use super::*;
+
+    const KEY_A: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    const KEY_B: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
+
+    #[test]
+    fn the_endpoint_is_off_unless_mgmt_ip_is_set() {
+        let c = parse("image = none").unwrap();
+        assert_eq!(c.mgmt.enabled, 0);
+        assert_eq!(c.mgmt.port, MGMT_PORT);
+    }
+
+    #[test]
+    fn every_mgmt_key_parses() {
+        let text = alloc::format!(
+            "image = none\nagent_key = {KEY_A}\nmgmt_ip = 10.0.2.9/24\nmgmt_gateway = 10.0.2.1\n\
+             mgmt_mac = 02:54:00:12:34:d6\nmgmt_port = 8080\nmgmt_allow = 10.0.2.2/32, 192.168.0.0/16\n\
+             mgmt_key = {KEY_B}\nmgmt_metrics_auth = true\n"
+        );
+        let c = parse(&text).unwrap();
+        let m = c.mgmt_settings([9; 16]);
+        assert_eq!(m.enabled, 1);
+        assert_eq!(
+            m.ip,
+            Cidr {
+                addr: [10, 0, 2, 9],
+                prefix: 24
+            }
+        );
+        assert_eq!((m.gateway_set, m.gateway), (1, [10, 0, 2, 1]));
+        assert_eq!(m.mac, [0x02, 0x54, 0, 0x12, 0x34, 0xd6]);
+        assert_eq!(m.port, 8080);
+        assert_eq!(m.allow_count, 2);
+        assert!(m.allowed([10, 0, 2, 2]) && m.allowed([192, 168, 7, 7]));
+        assert!(!m.allowed([10, 0, 2, 3]));
+        assert_eq!((m.key_set, m.key[0]), (1, 0xff));
+        assert_eq!(m.metrics_auth, 1);
+        assert_eq!(m.boot_id, [9; 16]);
+    }
+
+    #[test]
+    fn mgmt_errors_name_the_line() {
+        let cases = [
+            ("image = a\nmgmt_ip = 10.0.2.9", 2, "prefix length"),
+            ("image = a\nmgmt_ip = 10.0.2.9/33", 2, "prefix length"),
+            ("image = a\nmgmt_ip = 0.0.0.0/24", 2, "prefix length"),
+            ("image = a\nmgmt_ip = 10.0.2.9/24\nmgmt_gateway = 10.0.2", 3, "IPv4"),
+            ("image = a\nmgmt_ip = 10.0.2.9/24\nmgmt_gateway = 10.0.3.1", 0, "network"),
+            ("image = a\nmgmt_ip = 10.0.2.9/24\nmgmt_mac = 01:00:5e:00:00:01", 3, "unicast"),
+            ("image = a\nmgmt_ip = 10.0.2.9/24\nmgmt_mac = 00:00:00:00:00:00", 3, "unicast"),
+            ("image = a\nmgmt_ip = 10.0.2.9/24\nmgmt_mac = 02:54:00:12:34", 3, "unicast"),
+            ("image = a\nmgmt_ip = 10.0.2.9/24\nmgmt_port = 0", 3, "TCP port"),
+            ("image = a\nmgmt_ip = 10.0.2.9/24\nmgmt_port = 70000", 3, "TCP port"),
+            ("image = a\nmgmt_ip = 10.0.2.9/24\nmgmt_allow = 10.0.2.2/32,,", 3, "not a network"),
+            ("image = a\nmgmt_ip = 10.0.2.9/24\nmgmt_allow = 1.1.1.1,2.2.2.2,3.3.3.3,4.4.4.4,5.5.5.5,6.6.6.6,7.7.7.7,8.8.8.8,9.9.9.9", 3, "at most 8"),
+            ("image = a\nmgmt_ip = 10.0.2.9/24\nmgmt_key = 12", 3, "`mgmt_key` must be 64 hex"),
+            ("image = a\nmgmt_ip = 10.0.2.9/24\nmgmt_metrics_auth = yes", 3, "true or false"),
+            ("image = a\nmgmt_port = 8080", 2, "need `mgmt_ip`"),
+            ("image = a\nmgmt_ip = 10.0.2.9/24\nmgmt_ip = 10.0.2.8/24", 3, "twice"),
+        ];
+        for (text, line, want) in cases {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.line, line, "{text}: {e}");
+            assert!(e.message.contains(want), "{text}: {e}");
+        }
+        let same = alloc::format!(
+            "image = a\nagent_key = {KEY_A}\nmgmt_ip = 10.0.2.9/24\nmgmt_key = {KEY_A}"
+        );
+        assert!(parse(&same)
+            .unwrap_err()
+            .message
+            .contains("differ from `agent_key`"));
     }
 }

@@ -319,6 +319,7 @@ fn start_hypervisor(cfg: &Config, p: &Placement) -> Result<usize, HvError> {
         ram: [[0; 2]; shoji_hypervisor::setup::MAX_RAM_RANGES],
         mediate_nic: cfg.mediate_nic as u8,
         tsc_hz: calibrate_tsc(),
+        mgmt: cfg.mgmt_settings(boot_id()),
     };
     record_guest_ram(setup).map_err(HvError::NotStarted)?;
     write_canary(region);
@@ -451,6 +452,65 @@ fn record_guest_ram(setup: &mut Setup) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// This boot's id for the management endpoint's signatures: 16 bytes of SHA-256 over what
+/// differs between boots: RDRAND output (when the CPU has it), the firmware's RNG protocol (when
+/// it has one), the firmware's wall-clock time and TSC readings around both. A signed request
+/// names the boot it was made for, so it cannot be replayed after a restart.
+fn boot_id() -> [u8; 16] {
+    use core::arch::x86_64::{__cpuid, _rdtsc};
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    // SAFETY: RDTSC has no side effects.
+    h.update(unsafe { _rdtsc() }.to_le_bytes());
+    if __cpuid(1).ecx & (1 << 30) != 0 {
+        for _ in 0..4 {
+            h.update(rdrand().to_le_bytes());
+        }
+    }
+    if let Ok(handle) = boot::get_handle_for_protocol::<uefi::proto::rng::Rng>() {
+        if let Ok(mut rng) = boot::open_protocol_exclusive::<uefi::proto::rng::Rng>(handle) {
+            let mut buf = [0u8; 32];
+            if rng.get_rng(None, &mut buf).is_ok() {
+                h.update(buf);
+            }
+        }
+    }
+    if let Ok(t) = uefi::runtime::get_time() {
+        h.update([
+            t.year() as u8,
+            (t.year() >> 8) as u8,
+            t.month(),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+        ]);
+        h.update(t.nanosecond().to_le_bytes());
+    }
+    // SAFETY: as above.
+    h.update(unsafe { _rdtsc() }.to_le_bytes());
+    let d = h.finalize();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&d[..16]);
+    id
+}
+
+/// One RDRAND value (0 when the CPU has none to give after a few tries).
+fn rdrand() -> u64 {
+    #[target_feature(enable = "rdrand")]
+    fn step(out: &mut u64) -> i32 {
+        core::arch::x86_64::_rdrand64_step(out)
+    }
+    let mut v = 0u64;
+    for _ in 0..10 {
+        // SAFETY: only called after CPUID said RDRAND exists.
+        if unsafe { step(&mut v) } == 1 {
+            return v;
+        }
+    }
+    0
 }
 
 /// Stall used to measure the TSC frequency: 20 ms of the firmware's timer.

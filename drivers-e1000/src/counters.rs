@@ -108,6 +108,10 @@ pub struct Counters {
     pub virq_deferred: u64,
     /// Interrupts asserted by the device itself for received frames (real RXT0/RXO).
     pub real_rx_irqs: u64,
+    /// Frames of Shoji's own (the management endpoint) sent on the wire.
+    pub own_tx_frames: u64,
+    /// Frames of Shoji's own the device could not take (not ready, transmit off, ring full).
+    pub own_tx_refused: u64,
     /// Guest resets (CTRL.RST).
     pub guest_resets: u64,
     /// Guest accesses refused (FIFO/packet buffer, unaligned or out-of-range).
@@ -184,6 +188,8 @@ impl Counters {
             virq_raised: d(self.virq_raised, earlier.virq_raised),
             virq_deferred: d(self.virq_deferred, earlier.virq_deferred),
             real_rx_irqs: d(self.real_rx_irqs, earlier.real_rx_irqs),
+            own_tx_frames: d(self.own_tx_frames, earlier.own_tx_frames),
+            own_tx_refused: d(self.own_tx_refused, earlier.own_tx_refused),
             guest_resets: d(self.guest_resets, earlier.guest_resets),
             refused_accesses: d(self.refused_accesses, earlier.refused_accesses),
             insn_refused: d(self.insn_refused, earlier.insn_refused),

@@ -33,6 +33,9 @@ pub struct Config {
     pub rx_descs: u16,
     /// Where the device's BARs are and what to do when the guest moves one.
     pub pci: PciLayout,
+    /// Shoji's own MAC (the management endpoint): the device receives it through receive
+    /// address 15, which the guest then sees as a register of its own that receives nothing.
+    pub own_mac: Option<[u8; 6]>,
 }
 
 impl Default for Config {
@@ -41,6 +44,7 @@ impl Default for Config {
             tx_descs: 256,
             rx_descs: 256,
             pci: PciLayout::default(),
+            own_mac: None,
         }
     }
 }
@@ -131,6 +135,9 @@ pub(crate) struct Guest {
     pub fcal: u32,
     pub fcah: u32,
     pub fct: u32,
+    /// RAL15/RAH15 as the guest wrote them, when Shoji holds entry 15.
+    pub ral15: u32,
+    pub rah15: u32,
 }
 
 impl Guest {
@@ -171,6 +178,8 @@ impl Guest {
             fcal: 0,
             fcah: 0,
             fct: 0,
+            ral15: 0,
+            rah15: 0,
         }
     }
 
@@ -249,6 +258,8 @@ pub(crate) struct Core<N, D> {
     /// Interrupt throttling state.
     pub modr: Moderation,
     pub logs: Logs,
+    /// Shoji's own MAC, held in the device's receive address 15.
+    pub own_mac: Option<[u8; 6]>,
 }
 
 /// The engine's large buffers, kept apart so they can live in a zero-initialised static
@@ -410,6 +421,17 @@ impl<N: NicRegisters, D: DmaRegion> Core<N, D> {
         self.nic.write32(regs::TCTL, self.g.tctl);
         self.write_real_ims();
         self.write_real_flow_control();
+        self.write_real_own_address();
+    }
+
+    /// Receive address 15 = Shoji's own MAC (when it has one).
+    fn write_real_own_address(&mut self) {
+        if let Some(m) = self.own_mac {
+            let low = u32::from_le_bytes([m[0], m[1], m[2], m[3]]);
+            let high = u32::from(u16::from_le_bytes([m[4], m[5]])) | regs::RAH_AV;
+            self.nic.write32(regs::RAL15, low);
+            self.nic.write32(regs::RAH15, high);
+        }
     }
 
     /// The frames the NIC makes itself (802.3x PAUSE, from TCTL.SWXOFF or a full receive FIFO)
@@ -450,7 +472,12 @@ impl<N: NicRegisters, D: DmaRegion> Core<N, D> {
     pub(crate) fn write_real_rctl(&mut self) {
         let g = self.g.rctl();
         let clear = Rctl::BSIZE | Rctl::BSEX | Rctl::VFE | Rctl::CFIEN | Rctl::CFI;
-        let v = (g - clear) | Rctl::SECRC | Rctl::LPE;
+        let mut v = (g - clear) | Rctl::SECRC | Rctl::LPE;
+        // The guest asked for an address in entry 15, which holds Shoji's: receive every
+        // unicast frame instead, so that the guest's address is received as it expects.
+        if self.own_mac.is_some() && self.g.rah15 & regs::RAH_AV != 0 {
+            v |= Rctl::UPE;
+        }
         self.nic.write32(regs::RCTL, v.bits());
     }
 
@@ -505,6 +532,17 @@ impl<N: NicRegisters, D: DmaRegion> Core<N, D> {
     /// Put one frame on the real TX ring, joining its pieces in Shoji's buffers; false when
     /// there is no room.
     pub(crate) fn post_real(&mut self, frame: Joined<'_>) -> bool {
+        if !self.post_uncounted(frame) {
+            return false;
+        }
+        self.ctr.tx.frames += 1;
+        self.ctr.tx.bytes += frame.len() as u64;
+        self.ctr.cost[self.cause as usize].frames += 1;
+        true
+    }
+
+    /// [`Self::post_real`] without counting the frame as the guest's.
+    fn post_uncounted(&mut self, frame: Joined<'_>) -> bool {
         let len = frame.len();
         let need = len.div_ceil(REAL_BUF);
         if need > self.real_tx_free() {
@@ -541,9 +579,6 @@ impl<N: NicRegisters, D: DmaRegion> Core<N, D> {
             start = end;
         }
         self.hw.tdt_dirty = true;
-        self.ctr.tx.frames += 1;
-        self.ctr.tx.bytes += len as u64;
-        self.ctr.cost[self.cause as usize].frames += 1;
         true
     }
 
@@ -780,6 +815,10 @@ impl<'b, N: NicRegisters, D: DmaRegion> E1000<'b, N, D> {
         g.fcal = nic.read32(regs::FCAL);
         g.fcah = nic.read32(regs::FCAH) & 0xffff;
         g.fct = nic.read32(regs::FCT) & 0xffff;
+        if cfg.own_mac.is_some() {
+            g.ral15 = nic.read32(regs::RAL15);
+            g.rah15 = nic.read32(regs::RAH15);
+        }
         nic.write32(regs::RCTL, g.rctl & !Rctl::EN.bits());
         nic.write32(regs::TCTL, g.tctl & !regs::Tctl::EN.bits());
         let mut core = Core {
@@ -794,6 +833,7 @@ impl<'b, N: NicRegisters, D: DmaRegion> E1000<'b, N, D> {
             rung: 0,
             modr: Moderation::default(),
             logs: Logs::default(),
+            own_mac: cfg.own_mac,
         };
         core.program_real_rings();
         bufs.wire.clear();
@@ -817,8 +857,8 @@ impl<'b, N: NicRegisters, D: DmaRegion> E1000<'b, N, D> {
     }
 
     /// Whether the 4 KiB page `page_index` of the memory BAR must be trapped.
-    pub fn page_is_trapped(page_index: u32) -> bool {
-        regs::page_is_trapped(page_index)
+    pub fn page_is_trapped(cfg: &Config, page_index: u32) -> bool {
+        regs::page_is_trapped_with(page_index, cfg.own_mac.is_some())
     }
 
     /// Shoji's own ring state, for diagnostics: where the engine stands against the real
@@ -986,6 +1026,25 @@ impl<'b, N: NicRegisters, D: DmaRegion> E1000<'b, N, D> {
         self.core.moderate();
     }
 
+    /// Send a frame of Shoji's own (the management endpoint's) on the wire, through Shoji's
+    /// real TX ring. It passes no guest policy and is not counted as the guest's; false when
+    /// the device cannot take it now (not set up, transmit off, ring full).
+    pub fn send_own(&mut self, frame: &[u8]) -> bool {
+        let c = &mut self.core;
+        let sent = !frame.is_empty()
+            && frame.len() <= MAX_FRAME
+            && c.ensure_ready()
+            && c.g.tctl & regs::Tctl::EN.bits() != 0
+            && c.post_uncounted(Joined::whole(frame));
+        if sent {
+            c.ctr.own_tx_frames += 1;
+            c.kick_tx();
+        } else {
+            c.ctr.own_tx_refused += 1;
+        }
+        sent
+    }
+
     /// Record that the hypervisor refused a trapped instruction it could not emulate.
     pub fn note_refused_instruction(&mut self) {
         self.core.ctr.insn_refused += 1;
@@ -1043,6 +1102,8 @@ impl<'b, N: NicRegisters, D: DmaRegion> E1000<'b, N, D> {
             regs::FCAL => g.fcal,
             regs::FCAH => g.fcah,
             regs::FCT => g.fct,
+            regs::RAL15 if self.core.own_mac.is_some() => g.ral15,
+            regs::RAH15 if self.core.own_mac.is_some() => g.rah15,
             o if regs::is_raw_fifo(o) || o >= regs::BAR_SIZE => 0,
             o => self.core.nic.read32(o),
         }
@@ -1170,6 +1231,12 @@ impl<'b, N: NicRegisters, D: DmaRegion> E1000<'b, N, D> {
             regs::FCAL => c.g.fcal = v,
             regs::FCAH => c.g.fcah = v & 0xffff,
             regs::FCT => c.g.fct = v & 0xffff,
+            // Entry 15 is Shoji's: the guest keeps its own copy.
+            regs::RAL15 if c.own_mac.is_some() => c.g.ral15 = v,
+            regs::RAH15 if c.own_mac.is_some() => {
+                c.g.rah15 = v;
+                c.write_real_rctl();
+            }
             regs::TDT => {
                 c.g.tdt = v & 0xffff;
                 if ready {

@@ -103,7 +103,10 @@ fn cfg(ntx: u16, nrx: u16) -> Config {
 
 impl Rig {
     pub fn new(ntx: u16, nrx: u16) -> Rig {
-        let c = cfg(ntx, nrx);
+        Rig::with_config(cfg(ntx, nrx))
+    }
+
+    pub fn with_config(c: Config) -> Rig {
         let dma = SimDma::new(c.dma_bytes(), DMA_PHYS);
         let nic = SimNic::new(dma.clone());
         let bufs: &'static mut Buffers = Box::leak(Box::new(Buffers::new()));
@@ -2141,8 +2144,17 @@ fn partial_and_wide_accesses() {
 /// trapped for nothing costs an exit per access).
 #[test]
 fn trapped_pages_are_the_pages_the_engine_mediates() {
+    for own_mac in [None, Some(OWN_MAC)] {
+        trapped_pages_are_mediated_pages(Config {
+            own_mac,
+            ..cfg(32, 32)
+        });
+    }
+}
+
+fn trapped_pages_are_mediated_pages(c: Config) {
     use crate::regs::{BAR_SIZE, PAGE_SIZE};
-    let mut r = Rig::new(32, 32);
+    let mut r = Rig::with_config(c);
     let mut mediated = Vec::new();
     for off in (0..BAR_SIZE).step_by(4) {
         let page = off / PAGE_SIZE;
@@ -2160,7 +2172,7 @@ fn trapped_pages_are_the_pages_the_engine_mediates() {
         }
     }
     let trapped: Vec<u32> = (0..BAR_SIZE / PAGE_SIZE)
-        .filter(|p| E1000::<SimNic, SimDma>::page_is_trapped(*p))
+        .filter(|p| E1000::<SimNic, SimDma>::page_is_trapped(&c, *p))
         .collect();
     assert_eq!(trapped, mediated);
     // And the registers the shadow rings rest on are among them.
@@ -2594,4 +2606,97 @@ fn flow_control_address_and_type_stay_8023x_on_the_device() {
     r.w(regs::FCAL, 0xdead_beef);
     assert!(standard(&r), "after a reset");
     assert_eq!(r.r(regs::FCAL), 0xdead_beef);
+}
+
+// ---- Shoji's own address (the management endpoint) ---------------------------------------
+
+const OWN_MAC: [u8; 6] = [0x02, 0x54, 0x00, 0x12, 0x34, 0xd6];
+
+fn own_rig() -> Rig {
+    let mut r = Rig::with_config(Config {
+        own_mac: Some(OWN_MAC),
+        ..cfg(64, 64)
+    });
+    r.up(8, 8, Rctl::SECRC.bits());
+    r
+}
+
+fn real_ra15(r: &Rig) -> (u32, u32) {
+    (r.nic.reg(regs::RAL15), r.nic.reg(regs::RAH15))
+}
+
+#[test]
+fn own_mac_is_received_through_entry_15_which_the_guest_sees_as_its_own() {
+    let mut r = own_rig();
+    let want = (0x1200_5402, 0x8000_d634);
+    assert_eq!(real_ra15(&r), want);
+    assert_eq!(r.r(regs::RAL15), 0, "the guest sees an empty entry");
+    assert_eq!(r.nic.reg(regs::RCTL) & Rctl::UPE.bits(), 0);
+    // The guest programs entry 15: it reads back its value, the device keeps Shoji's, and
+    // the device now receives every unicast frame so the guest's address still arrives.
+    r.w(regs::RAL15, 0x0403_0201);
+    r.w(regs::RAH15, 0x8000_0605);
+    assert_eq!(
+        (r.r(regs::RAL15), r.r(regs::RAH15)),
+        (0x0403_0201, 0x8000_0605)
+    );
+    assert_eq!(real_ra15(&r), want);
+    assert_ne!(r.nic.reg(regs::RCTL) & Rctl::UPE.bits(), 0);
+    assert_eq!(
+        r.r(regs::RCTL) & Rctl::UPE.bits(),
+        0,
+        "the guest's RCTL is its own"
+    );
+    r.w(regs::RAH15, 0x0000_0605);
+    assert_eq!(r.nic.reg(regs::RCTL) & Rctl::UPE.bits(), 0);
+    // Other receive addresses are the guest's, on the device.
+    r.w(regs::RAL0 + 8, 0x0a0b_0c0d);
+    assert_eq!(r.nic.reg(regs::RAL0 + 8), 0x0a0b_0c0d);
+    // After a device reset Shoji's address is back in entry 15.
+    r.nic.0.borrow_mut().reset_delay = 1;
+    r.nic.set_reg(regs::RAL15, 0);
+    r.nic.set_reg(regs::RAH15, 0);
+    let ctrl = r.r(regs::CTRL);
+    r.w(regs::CTRL, ctrl | Ctrl::RST.bits());
+    r.poll();
+    r.poll();
+    assert_eq!(real_ra15(&r), want);
+    assert_eq!(r.r(regs::RAH15), 0);
+}
+
+#[test]
+fn without_an_own_mac_entry_15_is_the_guests() {
+    let mut r = Rig::new(64, 64);
+    r.up(8, 8, Rctl::SECRC.bits());
+    r.w(regs::RAL15, 0x0403_0201);
+    r.w(regs::RAH15, 0x8000_0605);
+    assert_eq!(real_ra15(&r), (0x0403_0201, 0x8000_0605));
+    assert_eq!(r.nic.reg(regs::RCTL) & Rctl::UPE.bits(), 0);
+}
+
+#[test]
+fn own_frames_go_out_uncounted_as_the_guests() {
+    let mut r = own_rig();
+    let f = eth(0x0800, &pattern(80, 3));
+    assert!(r.e.send_own(&f));
+    assert_eq!(r.nic.take_sent(), vec![f.clone()]);
+    assert_eq!(r.e.counters().tx.frames, 0, "not the guest's frame");
+    assert_eq!(r.e.counters().own_tx_frames, 1);
+    assert!(
+        r.f.seen.is_empty(),
+        "Shoji's own frames pass no guest policy"
+    );
+    // The guest's frames still go out and complete normally around it.
+    let g = eth(0x0800, &pattern(90, 4));
+    r.send_frame(&g);
+    assert_eq!(r.nic.take_sent(), vec![g]);
+    assert_eq!(r.e.counters().tx.frames, 1);
+    // Refused: empty, oversize, transmit off.
+    assert!(!r.e.send_own(&[]));
+    assert!(!r.e.send_own(&vec![0u8; crate::engine::MAX_FRAME + 1]));
+    r.w(regs::TCTL, 0);
+    assert!(!r.e.send_own(&f));
+    assert_eq!(r.e.counters().own_tx_refused, 3);
+    assert!(r.nic.take_sent().is_empty());
+    r.no_violations();
 }

@@ -165,6 +165,7 @@ mod tests {
             ram: [[0; 2]; crate::setup::MAX_RAM_RANGES],
             mediate_nic: 0,
             tsc_hz: 0,
+            mgmt: shoji_mgmt::Settings::default(),
         }
     }
 

@@ -63,6 +63,8 @@ pub struct Setup {
     /// The TSC frequency in Hz as the boot application measured it against the firmware's
     /// timer (0 = not measured). Used only when CPUID leaves 0x15/0x16 do not give it.
     pub tsc_hz: u64,
+    /// The management endpoint (`mgmt_*` in `shoji.cfg`; `enabled` 0: none).
+    pub mgmt: shoji_mgmt::Settings,
 }
 
 /// Capacity of the RAM range table.

@@ -140,6 +140,17 @@ pub static GLOBAL: Once<Global> = Once::new();
 pub static VCPUS: [spin::Mutex<Option<u64>>; MAX_CPUS] =
     [const { spin::Mutex::new(None) }; MAX_CPUS];
 
+/// Call `f` with each launched CPU's index and exit counters.
+pub fn for_each_vcpu(mut f: impl FnMut(usize, &ExitCounters)) {
+    for (cpu, slot) in VCPUS.iter().enumerate() {
+        let Some(addr) = *slot.lock() else { continue };
+        // SAFETY: a CPU's `Vcpu` is recorded here just before its launch and lives in Shoji's
+        // reserved memory for the hypervisor's lifetime; only its atomic counters are read.
+        let vcpu = unsafe { &*(addr as *const Vcpu) };
+        f(cpu, &vcpu.counters);
+    }
+}
+
 extern "sysv64" {
     fn shoji_launch_trampoline(entry: u64, args: *mut LaunchArgs, host_cr3: u64) -> u64;
 }
@@ -360,6 +371,7 @@ fn init_global(setup: &mut Setup, setup_phys: u64) -> Result<(), u64> {
     super::set_calibrated_tsc_hz(setup.tsc_hz);
     super::nic::init(
         setup.mediate_nic != 0,
+        &setup.mgmt,
         &mut arena,
         &ept,
         io_bitmap_a,

@@ -6,6 +6,7 @@ pub mod exit;
 pub mod host;
 pub mod introspection;
 pub mod launch;
+pub mod mgmt;
 pub mod mmio;
 pub mod nic;
 pub mod policy;

@@ -257,7 +257,14 @@ fn discover() -> Option<(u32, u16)> {
 
 /// Find and take over the NIC (bootstrap processor, once, from `init_global`). Without a NIC,
 /// or with `mediate_nic = false`, nothing is trapped.
-pub fn init(mediate: bool, arena: &mut Arena<'_>, ept: &Ept, io_bitmap_a: u64, io_bitmap_b: u64) {
+pub fn init(
+    mediate: bool,
+    mgmt: &shoji_mgmt::Settings,
+    arena: &mut Arena<'_>,
+    ept: &Ept,
+    io_bitmap_a: u64,
+    io_bitmap_b: u64,
+) {
     // Host-mode heap (iced-x86 builds its decoder tables on first use), then build those tables
     // now rather than at the first trapped access.
     if !crate::heap::active() {
@@ -309,7 +316,18 @@ pub fn init(mediate: bool, arena: &mut Arena<'_>, ept: &Ept, io_bitmap_a: u64, i
     // Memory space and bus mastering on: Shoji's own rings need both.
     let cmd = cfg_read(bdf, 0x04) & 0xffff;
     cfg_write(bdf, 0x04, 2, cmd | 0x7);
-    let cfg = Config::default();
+    // Shoji's own address (the management endpoint), from the configuration or derived from
+    // the NIC's station address (receive address 0, as the firmware left it).
+    let own_mac = {
+        let mut bar = Bar { base: mmio };
+        let low = bar.read32(regs::RAL0).to_le_bytes();
+        let high = bar.read32(regs::RAH0).to_le_bytes();
+        super::mgmt::own_mac(mgmt, [low[0], low[1], low[2], low[3], high[0], high[1]])
+    };
+    let cfg = Config {
+        own_mac,
+        ..Config::default()
+    };
     let pages = (cfg.dma_bytes() as u64).div_ceil(0x1000);
     let Some(dma_base) = arena.alloc_pages(pages) else {
         crate::hv_line!(
@@ -325,7 +343,7 @@ pub fn init(mediate: bool, arena: &mut Arena<'_>, ept: &Ept, io_bitmap_a: u64, i
     // Trap the register pages the engine shadows before it takes the device over.
     let mut trapped = 0;
     for page in 0..regs::BAR_SIZE / regs::PAGE_SIZE {
-        if E1000::<Bar, Dma>::page_is_trapped(page) {
+        if E1000::<Bar, Dma>::page_is_trapped(&cfg, page) {
             let gpa = mmio + u64::from(page * regs::PAGE_SIZE);
             if ept.map_page(arena, gpa, gpa, 0, crate::mtrr::UC).is_err() {
                 crate::hv_line!("e1000: cannot trap page {:#x}: not mediated", gpa);
@@ -400,6 +418,9 @@ pub fn init(mediate: bool, arena: &mut Arena<'_>, ept: &Ept, io_bitmap_a: u64, i
     NEXT_POLL.store(rdtsc() + period, Ordering::Release);
     *NIC.lock() = Some(nic);
     ACTIVE.store(true, Ordering::Release);
+    if let Some(mac) = own_mac {
+        super::mgmt::init(mgmt, mac);
+    }
     crate::hv_line!(
         "e1000 at {:02x}:{:02x}.{} mediated: rings shadowed (8086:{:04x}, mmio {:#x}, {} pages trapped, io {:#x}, pci config 0xcf8-0xcff trapped)",
         b, d, f, device, mmio, trapped, io
@@ -677,6 +698,7 @@ fn poll_now() {
         task: None,
     };
     nic.engine.poll(&mut env);
+    super::mgmt::poll(&mut nic.engine);
     note_deadline(nic);
     let dt = rdtsc().wrapping_sub(t0);
     nic.engine

@@ -23,8 +23,8 @@ use shoji_shared::vmcall::{
     Status, AGENT_KEY_LEN, MAX_BUFFER_LEN, READ_COUNTERS_LEN, READ_EVENTS_LEN, UNREGISTER_LEN,
 };
 use shoji_shared::{
-    ContainerId, ContainerMembership, FrameFilter, FrameMeta, FrameSink, NoContainers, PassAll,
-    Verdict,
+    ContainerId, ContainerMembership, Direction, DropReason, FrameFilter, FrameMeta, FrameSink,
+    NoContainers, PassAll, Verdict,
 };
 use spin::Mutex;
 
@@ -145,6 +145,17 @@ pub struct PolicyFilter;
 
 impl FrameFilter for PolicyFilter {
     fn filter(&mut self, meta: &FrameMeta<'_>, frame: &[u8], out: &mut dyn FrameSink) -> Verdict {
+        // Shoji's own address comes first, policy or not: its frames are Shoji's, and the guest
+        // may not speak as Shoji.
+        match meta.direction {
+            Direction::Rx if super::mgmt::take_rx(frame) => return Verdict::Pass,
+            Direction::Tx => {
+                if let Some(reason) = super::mgmt::refuse_tx(frame) {
+                    return Verdict::Drop(reason);
+                }
+            }
+            Direction::Rx => {}
+        }
         if !policy_on() {
             return PassAll.filter(meta, frame, out);
         }
@@ -380,4 +391,311 @@ pub fn read_events(
         next_seq: seq,
         missed: missed.unwrap_or(0),
     })
+}
+
+// ---- the management endpoint's views ---------------------------------------------------------
+
+use core::fmt::{self, Write};
+use shoji_mgmt::prom::{Exposition, Kind};
+use shoji_netfilter::counters::Counters as PartyCounters;
+
+/// A container's figure for each direction (tx, rx).
+type PerDirection = fn(&PartyCounters) -> [u64; 2];
+
+/// The policy's metric families: per container, the host and unattributed frames, events.
+/// Called with the NIC locked (lock order: NIC, server, engine).
+pub fn metrics(e: &mut Exposition<'_>) -> fmt::Result {
+    let guard = ENGINE.lock();
+    e.single(
+        "shoji_policy_enabled",
+        Kind::Gauge,
+        "1 once a registration turned the per-container policy on.",
+        u64::from(policy_on()),
+    )?;
+    let Some(engine) = guard.as_deref() else {
+        return e.single("shoji_containers", Kind::Gauge, "Registered containers.", 0);
+    };
+    let reg = engine.registry();
+    e.single(
+        "shoji_containers",
+        Kind::Gauge,
+        "Registered containers.",
+        reg.len() as u64,
+    )?;
+    e.single(
+        "shoji_events_total",
+        Kind::Counter,
+        "Events recorded since start (the next event's sequence number minus one).",
+        engine.events().next_seq().saturating_sub(1),
+    )?;
+    let c = engine.counters();
+    let parties: [(&str, &PartyCounters); 3] = [
+        ("host", &c.host),
+        ("unattributed", &c.unattributed),
+        ("all", &c.total),
+    ];
+    e.family(
+        "shoji_policy_frames_total",
+        Kind::Counter,
+        "Frames the policy passed, by party (host, unattributed, all) and direction.",
+    )?;
+    for (party, pc) in parties {
+        e.sample(
+            "shoji_policy_frames_total",
+            &[("party", &party), ("direction", &"tx")],
+            pc.tx_passed,
+        )?;
+        e.sample(
+            "shoji_policy_frames_total",
+            &[("party", &party), ("direction", &"rx")],
+            pc.rx_passed,
+        )?;
+    }
+    e.family(
+        "shoji_policy_dropped_total",
+        Kind::Counter,
+        "Frames the policy dropped, by party and reason.",
+    )?;
+    for (party, pc) in parties {
+        for r in DropReason::ALL {
+            e.sample(
+                "shoji_policy_dropped_total",
+                &[("party", &party), ("reason", &r.name())],
+                pc.dropped(r),
+            )?;
+        }
+    }
+    // Per container: frames and bytes each way, relays, and the drops that happened.
+    let families: [(&str, &str, PerDirection); 2] = [
+        (
+            "shoji_container_frames_total",
+            "Frames a container sent (tx) and received (rx) that the policy passed.",
+            |c| [c.tx_passed, c.rx_passed],
+        ),
+        (
+            "shoji_container_bytes_total",
+            "Bytes of those frames.",
+            |c| [c.tx_bytes, c.rx_bytes],
+        ),
+    ];
+    for (name, help, get) in families {
+        e.family(name, Kind::Counter, help)?;
+        for (_, ct) in reg.iter() {
+            let id = ct.id().0;
+            let vlan = ct.vlan();
+            let [tx, rx] = get(&ct.counters);
+            e.sample(
+                name,
+                &[("container", &id), ("vlan", &vlan), ("direction", &"tx")],
+                tx,
+            )?;
+            e.sample(
+                name,
+                &[("container", &id), ("vlan", &vlan), ("direction", &"rx")],
+                rx,
+            )?;
+        }
+    }
+    e.family(
+        "shoji_container_relayed_total",
+        Kind::Counter,
+        "Frames Shoji relayed between containers, by sending container.",
+    )?;
+    for (_, ct) in reg.iter() {
+        e.sample(
+            "shoji_container_relayed_total",
+            &[("container", &ct.id().0), ("vlan", &ct.vlan())],
+            ct.counters.relayed,
+        )?;
+    }
+    e.family(
+        "shoji_container_dropped_total",
+        Kind::Counter,
+        "Frames dropped for a container, by reason (reasons that happened only).",
+    )?;
+    for (_, ct) in reg.iter() {
+        for r in DropReason::ALL {
+            let n = ct.counters.dropped(r);
+            if n != 0 {
+                e.sample(
+                    "shoji_container_dropped_total",
+                    &[
+                        ("container", &ct.id().0),
+                        ("vlan", &ct.vlan()),
+                        ("reason", &r.name()),
+                    ],
+                    n,
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `a.b.c.d` or `null`.
+struct JsonIp(Option<core::net::Ipv4Addr>);
+
+impl fmt::Display for JsonIp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(ip) => write!(f, "\"{ip}\""),
+            None => f.write_str("null"),
+        }
+    }
+}
+
+/// A container id or `null`.
+struct JsonId(Option<ContainerId>);
+
+impl fmt::Display for JsonId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(id) => write!(f, "{}", id.0),
+            None => f.write_str("null"),
+        }
+    }
+}
+
+/// A MAC address as a JSON string.
+struct JsonMac([u8; 6]);
+
+impl fmt::Display for JsonMac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "\"{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}\"",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+fn direction_name(d: Direction) -> &'static str {
+    match d {
+        Direction::Tx => "tx",
+        Direction::Rx => "rx",
+    }
+}
+
+/// One event as a JSON object on one line.
+fn event_json(ev: &Event, out: &mut dyn Write) -> fmt::Result {
+    write!(out, "{{\"seq\":{},\"time_ns\":{},", ev.seq, ev.time)?;
+    match ev.kind {
+        EventKind::Spoof { reason, direction, sender, claimed, mac, ipv4 } => write!(
+            out,
+            "\"kind\":\"spoof\",\"reason\":\"{}\",\"direction\":\"{}\",\"sender\":{},\"claimed\":{},\"mac\":{},\"ipv4\":{}",
+            reason.name(), direction_name(direction), JsonId(sender), JsonId(claimed), JsonMac(mac), JsonIp(ipv4)
+        )?,
+        EventKind::OutboundScan { container, distinct_ports, distinct_hosts, blocked_until } => write!(
+            out,
+            "\"kind\":\"outbound_scan\",\"container\":{},\"distinct_ports\":{distinct_ports},\"distinct_hosts\":{distinct_hosts},\"blocked_until_ns\":{blocked_until}",
+            container.0
+        )?,
+        EventKind::InboundScan { source, distinct_ports, distinct_hosts, blocked_until } => {
+            write!(
+                out,
+                "\"kind\":\"inbound_scan\",\"source\":{},\"distinct_ports\":{distinct_ports},\"distinct_hosts\":{distinct_hosts},\"blocked_until_ns\":",
+                JsonIp(Some(source))
+            )?;
+            match blocked_until {
+                Some(t) => write!(out, "{t}")?,
+                None => out.write_str("null")?,
+            }
+        }
+        EventKind::Policy { container, change } => write!(
+            out,
+            "\"kind\":\"policy\",\"container\":{},\"change\":\"{}\"",
+            JsonId(container),
+            match change {
+                PolicyChange::Registered => "registered",
+                PolicyChange::Updated => "updated",
+                PolicyChange::Unregistered => "unregistered",
+                PolicyChange::HostPolicy => "host_policy",
+                PolicyChange::Config => "config",
+            }
+        )?,
+        EventKind::DropSample { container, direction, reason } => write!(
+            out,
+            "\"kind\":\"drop_sample\",\"container\":{},\"direction\":\"{}\",\"reason\":\"{}\"",
+            JsonId(container), direction_name(direction), reason.name()
+        )?,
+    }
+    out.write_str("}\n")
+}
+
+/// Events from `from` on (at most `max`) as JSON lines; returns the sequence number to ask
+/// for next (`from` when there are none yet).
+pub fn events_json(from: u64, max: usize, out: &mut dyn Write) -> Result<u64, fmt::Error> {
+    let guard = ENGINE.lock();
+    let Some(engine) = guard.as_deref() else {
+        return Ok(from.max(1));
+    };
+    let mut seq = from.max(1);
+    let mut left = max;
+    while left > 0 {
+        let mut chunk = [NO_EVENT; EVENT_CHUNK];
+        let want = left.min(EVENT_CHUNK);
+        let r = engine.read_events(seq, &mut chunk[..want]);
+        for ev in &chunk[..r.copied] {
+            event_json(ev, out)?;
+        }
+        seq = r.next_seq;
+        if r.copied < want {
+            break;
+        }
+        left -= r.copied;
+    }
+    Ok(seq)
+}
+
+/// The registry as one JSON document.
+pub fn containers_json(out: &mut dyn Write) -> fmt::Result {
+    let guard = ENGINE.lock();
+    out.write_str("[")?;
+    if let Some(engine) = guard.as_deref() {
+        for (n, (_, ct)) in engine.registry().iter().enumerate() {
+            let spec = ct.spec();
+            if n > 0 {
+                out.write_str(",")?;
+            }
+            write!(
+                out,
+                "\n{{\"id\":{},\"vlan\":{},\"cgroup_id\":",
+                ct.id().0,
+                ct.vlan()
+            )?;
+            match spec.cgroup_id {
+                Some(c) => write!(out, "{c}")?,
+                None => out.write_str("null")?,
+            }
+            out.write_str(",\"netns_id\":")?;
+            match spec.netns_id {
+                Some(c) => write!(out, "{c}")?,
+                None => out.write_str("null")?,
+            }
+            out.write_str(",\"macs\":[")?;
+            for (i, m) in spec.macs.iter().enumerate() {
+                write!(out, "{}{}", if i > 0 { "," } else { "" }, JsonMac(*m))?;
+            }
+            out.write_str("],\"ipv4\":[")?;
+            for (i, ip) in spec.ipv4.iter().enumerate() {
+                write!(out, "{}{}", if i > 0 { "," } else { "" }, JsonIp(Some(*ip)))?;
+            }
+            let c = &ct.counters;
+            write!(
+                out,
+                "],\"rules\":{},\"default_egress\":\"{:?}\",\"default_ingress\":\"{:?}\",\"counters\":{{\"tx_frames\":{},\"tx_bytes\":{},\"rx_frames\":{},\"rx_bytes\":{},\"relayed\":{},\"dropped\":{}}}}}",
+                spec.rules.len(),
+                spec.default_egress,
+                spec.default_ingress,
+                c.tx_passed,
+                c.tx_bytes,
+                c.rx_passed,
+                c.rx_bytes,
+                c.relayed,
+                c.total_drops()
+            )?;
+        }
+    }
+    out.write_str("\n]\n")
 }

@@ -1,0 +1,389 @@
+//! The management server against a real TCP/IP client: a second smoltcp interface on the same
+//! simulated segment, frames carried both ways through the guard's classification, exactly as
+//! the hypervisor carries them. What is checked is the text the client receives.
+
+use shoji_mgmt::auth::{hex, sign};
+use shoji_mgmt::prom::{Exposition, Kind};
+use shoji_mgmt::server::Backend;
+use shoji_mgmt::settings::Cidr;
+use shoji_mgmt::{Guard, RxClass, Server, Settings};
+use smoltcp::iface::{Config, Interface, SocketSet, SocketStorage};
+use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
+use smoltcp::socket::tcp;
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};
+use std::collections::VecDeque;
+use std::fmt::{self, Write};
+
+const KEY: [u8; 32] = [0x42; 32];
+const BOOT: [u8; 16] = [0x5a; 16];
+const SHOJI_IP: [u8; 4] = [10, 0, 2, 9];
+const SHOJI_MAC: [u8; 6] = [0x02, 0x54, 0, 0x12, 0x34, 0xd6];
+
+struct FakeBackend {
+    metric_lines: usize,
+    events: u64,
+}
+
+impl Backend for FakeBackend {
+    fn metrics(&mut self, e: &mut Exposition<'_>) -> fmt::Result {
+        e.family("shoji_test_lines_total", Kind::Counter, "Test lines.")?;
+        for i in 0..self.metric_lines {
+            e.sample("shoji_test_lines_total", &[("line", &i)], i as u64)?;
+        }
+        Ok(())
+    }
+    fn events(&mut self, from: u64, max: usize, out: &mut dyn Write) -> Result<u64, fmt::Error> {
+        let mut seq = from;
+        while seq < self.events && seq < from + max as u64 {
+            writeln!(out, "{{\"seq\":{seq}}}")?;
+            seq += 1;
+        }
+        Ok(seq)
+    }
+    fn containers(&mut self, out: &mut dyn Write) -> fmt::Result {
+        out.write_str("[]")
+    }
+}
+
+fn settings(allow: Option<&str>, metrics_auth: bool) -> Settings {
+    let mut s = Settings {
+        enabled: 1,
+        metrics_auth: metrics_auth as u8,
+        key_set: 1,
+        key: KEY,
+        boot_id: BOOT,
+        ip: Cidr {
+            addr: SHOJI_IP,
+            prefix: 24,
+        },
+        mac: SHOJI_MAC,
+        port: 8080,
+        ..Settings::default()
+    };
+    if let Some(a) = allow {
+        s.allow[0] = Cidr::parse(a).unwrap();
+        s.allow_count = 1;
+    }
+    s
+}
+
+/// The client's side of the segment.
+#[derive(Default)]
+struct Wire {
+    to_client: VecDeque<Vec<u8>>,
+    from_client: VecDeque<Vec<u8>>,
+}
+
+struct Rx(Vec<u8>);
+struct Tx<'a>(&'a mut VecDeque<Vec<u8>>);
+
+impl RxToken for Rx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+impl TxToken for Tx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut v = vec![0; len];
+        let r = f(&mut v);
+        self.0.push_back(v);
+        r
+    }
+}
+impl Device for Wire {
+    type RxToken<'a> = Rx;
+    type TxToken<'a> = Tx<'a>;
+    fn receive(&mut self, _: Instant) -> Option<(Rx, Tx<'_>)> {
+        let f = self.to_client.pop_front()?;
+        Some((Rx(f), Tx(&mut self.from_client)))
+    }
+    fn transmit(&mut self, _: Instant) -> Option<Tx<'_>> {
+        Some(Tx(&mut self.from_client))
+    }
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut c = DeviceCapabilities::default();
+        c.medium = Medium::Ethernet;
+        c.max_transmission_unit = 1514;
+        c
+    }
+}
+
+struct Bed {
+    server: Server,
+    backend: FakeBackend,
+    now: u64,
+    guard: Guard,
+    /// Frames the guard gave to the guest (none of them may be for Shoji).
+    to_guest: usize,
+}
+
+impl Bed {
+    fn new(s: Settings) -> Bed {
+        Bed {
+            guard: Guard {
+                mac: s.mac,
+                ip: s.ip.addr,
+            },
+            server: Server::new(s, 1),
+            backend: FakeBackend {
+                metric_lines: 3,
+                events: 5,
+            },
+            now: 1,
+            to_guest: 0,
+        }
+    }
+
+    /// Send `request` from a client at `client_ip` and return everything it received, or what
+    /// it had when the server closed or the bound ran out.
+    fn exchange(
+        &mut self,
+        client_ip: [u8; 4],
+        request: &[u8],
+        pause_after: Option<(usize, u64)>,
+    ) -> String {
+        let mut wire = Wire::default();
+        let mac = EthernetAddress([0x52, 0x54, 0, 0, 0, client_ip[3]]);
+        let mut iface = Interface::new(
+            Config::new(HardwareAddress::Ethernet(mac)),
+            &mut wire,
+            Instant::from_millis(self.now as i64),
+        );
+        iface.update_ip_addrs(|a| {
+            a.push(IpCidr::new(
+                IpAddress::Ipv4(Ipv4Address::from(client_ip)),
+                24,
+            ))
+            .unwrap();
+        });
+        let mut storage = [SocketStorage::EMPTY];
+        let mut set = SocketSet::new(&mut storage[..]);
+        let sock = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 4096]),
+            tcp::SocketBuffer::new(vec![0; 16384]),
+        );
+        let h = set.add(sock);
+        let port = 40000 + (self.now % 20000) as u16;
+        set.get_mut::<tcp::Socket>(h)
+            .connect(
+                iface.context(),
+                (IpAddress::Ipv4(Ipv4Address::from(SHOJI_IP)), 8080),
+                port,
+            )
+            .unwrap();
+        let mut sent = 0;
+        let mut got = Vec::new();
+        for _ in 0..200_000 {
+            self.now += 1;
+            let t = Instant::from_millis(self.now as i64);
+            iface.poll(t, &mut wire, &mut set);
+            while let Some(f) = wire.from_client.pop_front() {
+                match self.guard.rx(&f) {
+                    RxClass::Shoji => {
+                        self.server.receive(&f);
+                    }
+                    RxClass::Guest => self.to_guest += 1,
+                }
+            }
+            self.server.poll(self.now, &mut self.backend);
+            self.server.pop_tx(&mut |f| {
+                wire.to_client.push_back(f.to_vec());
+                true
+            });
+            let s = set.get_mut::<tcp::Socket>(h);
+            let limit = match pause_after {
+                Some((n, until)) if self.now < until => n,
+                _ => request.len(),
+            };
+            if s.can_send() && sent < limit {
+                sent += s.send_slice(&request[sent..limit]).unwrap();
+            }
+            while s.can_recv() {
+                let mut b = [0u8; 4096];
+                let n = s.recv_slice(&mut b).unwrap();
+                got.extend_from_slice(&b[..n]);
+            }
+            if !s.may_recv()
+                && s.state() != tcp::State::SynSent
+                && s.state() != tcp::State::SynReceived
+            {
+                s.close();
+                // Let the server see our FIN and recycle its socket.
+                for _ in 0..50 {
+                    self.now += 1;
+                    let t = Instant::from_millis(self.now as i64);
+                    iface.poll(t, &mut wire, &mut set);
+                    while let Some(f) = wire.from_client.pop_front() {
+                        if self.guard.rx(&f) == RxClass::Shoji {
+                            self.server.receive(&f);
+                        }
+                    }
+                    self.server.poll(self.now, &mut self.backend);
+                    self.server.pop_tx(&mut |f| {
+                        wire.to_client.push_back(f.to_vec());
+                        true
+                    });
+                }
+                break;
+            }
+        }
+        String::from_utf8(got).expect("the answer is text")
+    }
+
+    fn signed(&mut self, method: &str, path: &str, body: &str, nonce: u64) -> Vec<u8> {
+        let sig = sign(&KEY, method, path, &BOOT, nonce, body.as_bytes());
+        let mut h = [0u8; 64];
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: shoji\r\nAuthorization: Shoji-HMAC-SHA256 nonce={nonce}, signature={}\r\nContent-Length: {}\r\n\r\n{body}",
+            hex(&sig, &mut h),
+            body.len()
+        )
+        .into_bytes()
+    }
+}
+
+const PEER: [u8; 4] = [10, 0, 2, 2];
+
+fn status(answer: &str) -> u16 {
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {answer:?}"))
+}
+
+fn body(answer: &str) -> &str {
+    answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("")
+}
+
+#[test]
+fn nonce_metrics_and_signed_requests() {
+    let mut bed = Bed::new(settings(None, false));
+    let a = bed.exchange(PEER, b"GET /nonce HTTP/1.1\r\nHost: x\r\n\r\n", None);
+    assert_eq!(status(&a), 200, "{a}");
+    assert!(
+        a.contains("X-Shoji-Boot: 5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a\r\n"),
+        "{a}"
+    );
+    assert_eq!(body(&a), "boot=5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a\nnext=1\n");
+
+    let a = bed.exchange(PEER, b"GET /metrics HTTP/1.1\r\n\r\n", None);
+    assert_eq!(status(&a), 200, "{a}");
+    assert!(a.contains("Content-Type: text/plain; version=0.0.4"), "{a}");
+    assert!(
+        body(&a).contains("shoji_test_lines_total{line=\"2\"} 2\n"),
+        "{a}"
+    );
+    assert!(
+        body(&a).contains("shoji_mgmt_answers_total{class=\"2xx\"} 1\n"),
+        "{a}"
+    );
+
+    // Unsigned: refused. Signed: served. The same bytes again: a replay, refused.
+    let a = bed.exchange(PEER, b"GET /containers HTTP/1.1\r\n\r\n", None);
+    assert_eq!(status(&a), 401, "{a}");
+    assert!(body(&a).starts_with("no Authorization header"), "{a}");
+    let req = bed.signed("GET", "/containers", "", 1000);
+    let a = bed.exchange(PEER, &req, None);
+    assert_eq!(status(&a), 200, "{a}");
+    assert_eq!(body(&a), "[]");
+    let a = bed.exchange(PEER, &req, None);
+    assert_eq!(status(&a), 409, "{a}");
+    // A forged signature.
+    let mut forged = bed.signed("GET", "/containers", "", 2000);
+    let at = forged.windows(10).position(|w| w == b"signature=").unwrap() + 10;
+    forged[at] = if forged[at] == b'0' { b'1' } else { b'0' };
+    let a = bed.exchange(PEER, &forged, None);
+    assert_eq!(status(&a), 401, "{a}");
+    // The nonce the forgery carried was not spent: 1001 still works.
+    let req = bed.signed("GET", "/events?from=3", "", 1001);
+    let a = bed.exchange(PEER, &req, None);
+    assert_eq!(status(&a), 200, "{a}");
+    assert!(a.contains("X-Shoji-Next-Event: 5\r\n"), "{a}");
+    assert_eq!(body(&a), "{\"seq\":3}\n{\"seq\":4}\n");
+    let a = bed.exchange(PEER, b"GET /nonce HTTP/1.1\r\n\r\n", None);
+    assert!(body(&a).ends_with("next=1002\n"), "{a}");
+    assert_eq!(
+        bed.to_guest, 0,
+        "every frame to Shoji's address was Shoji's"
+    );
+}
+
+#[test]
+fn refusals_keep_the_server_serving() {
+    let mut bed = Bed::new(settings(Some("10.0.2.2/32"), true));
+    let cases: &[(&[u8], u16)] = &[
+        (b"GET /metrics HTTP/1.1\r\n\r\n", 401),
+        (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n", 400),
+        (b"GET /nothing HTTP/1.1\r\n\r\n", 404),
+        (b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 405),
+        (b"GET /events?from=x HTTP/1.1\r\n\r\n", 400),
+        (
+            b"GET /nonce HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            501,
+        ),
+        (
+            b"POST /nonce HTTP/1.1\r\nContent-Length: 99999\r\n\r\n",
+            413,
+        ),
+    ];
+    for (req, want) in cases {
+        let a = bed.exchange(PEER, req, None);
+        assert!(
+            !a.is_empty(),
+            "no answer to {}",
+            String::from_utf8_lossy(req)
+        );
+        assert_eq!(status(&a), *want, "{a}");
+    }
+    // A source outside mgmt_allow.
+    let a = bed.exchange([10, 0, 2, 3], b"GET /nonce HTTP/1.1\r\n\r\n", None);
+    assert_eq!(status(&a), 403, "{a}");
+    // A request that never completes is cut off.
+    let a = bed.exchange(
+        PEER,
+        b"GET /nonce HTTP/1.1\r\nHost: slow\r\n\r\n",
+        Some((10, u64::MAX)),
+    );
+    assert_eq!(status(&a), 408, "{a}");
+    // Still serving, and the counters saw it all.
+    let req = bed.signed("GET", "/metrics", "", 7);
+    let a = bed.exchange(PEER, &req, None);
+    assert_eq!(status(&a), 200, "{a}");
+    let b = body(&a);
+    assert!(b.contains("shoji_mgmt_not_allowed_total 1\n"), "{b}");
+    assert!(
+        b.contains("shoji_mgmt_auth_refused_total{reason=\"missing\"} 1\n"),
+        "{b}"
+    );
+    assert!(b.contains("shoji_mgmt_request_timeouts_total 1\n"), "{b}");
+    assert!(
+        b.contains("shoji_mgmt_answers_total{class=\"4xx\"} 8\n"),
+        "{b}"
+    );
+}
+
+#[test]
+fn a_large_answer_arrives_whole_and_sockets_recycle() {
+    let mut bed = Bed::new(settings(None, false));
+    bed.backend.metric_lines = 4000;
+    for round in 0..6 {
+        let a = bed.exchange(PEER, b"GET /metrics HTTP/1.1\r\n\r\n", None);
+        assert_eq!(status(&a), 200, "round {round}");
+        let b = body(&a);
+        let len: usize = a
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(b.len(), len);
+        assert!(b.len() > 100_000);
+        assert!(b.contains("shoji_test_lines_total{line=\"3999\"} 3999\n"));
+    }
+    bed.backend.metric_lines = 20_000;
+    let a = bed.exchange(PEER, b"GET /metrics HTTP/1.1\r\n\r\n", None);
+    assert_eq!(status(&a), 500, "too large for the answer buffer: {a}");
+}
