@@ -556,6 +556,8 @@ pub struct ShojiConfig {
     pub expose_hypervisor_memory: bool,
     /// Mediate the e1000 (`false` only for the comparison scenario).
     pub mediate_nic: bool,
+    /// Shoji's management endpoint (`mgmt_*` lines, [`crate::mgmt::config_lines`]).
+    pub mgmt: bool,
 }
 
 impl ShojiConfig {
@@ -570,7 +572,8 @@ impl ShojiConfig {
              log_port = 0x2f8\n\
              agent_key = {TEST_AGENT_KEY}\n\
              expose_hypervisor_memory = {}\n\
-             mediate_nic = {}\n",
+             mediate_nic = {}\n\
+             {}",
             self.image.as_deref().unwrap_or("none"),
             self.cmdline,
             match self.fail_mode {
@@ -580,7 +583,12 @@ impl ShojiConfig {
             // SHOJI_LOG_LEVEL: debug or trace for a run that needs Shoji's exit trace.
             std::env::var("SHOJI_LOG_LEVEL").unwrap_or_else(|_| "info".into()),
             self.expose_hypervisor_memory,
-            self.mediate_nic
+            self.mediate_nic,
+            if self.mgmt {
+                crate::mgmt::config_lines()
+            } else {
+                String::new()
+            }
         )
     }
 }
@@ -759,6 +767,7 @@ mod tests {
             fail_mode: FailMode::Closed,
             expose_hypervisor_memory: true,
             mediate_nic: false,
+            mgmt: false,
         }
         .render();
         for k in [

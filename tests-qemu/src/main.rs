@@ -11,6 +11,7 @@ mod crun;
 mod emulator;
 mod images;
 mod kernel;
+mod mgmt;
 mod nested;
 mod netns;
 mod scenarios;
@@ -124,18 +125,27 @@ enum Cmd {
         /// Datagrams per 10 ms tick.
         #[arg(default_value_t = 40)]
         per_tick: u32,
+        /// Stop after this many datagrams (default: run until killed).
+        total: Option<u64>,
     },
 }
 
-/// `xtask udp-flood ADDR PORT` (the peer side of the guest's `probe udp-sink`): paced UDP
-/// datagrams (64-byte payload, `per_tick` every 10 ms) until killed.
-fn udp_flood(addr: &str, port: u16, per_tick: u32) -> Result<()> {
+/// `xtask udp-flood ADDR PORT PER_TICK [TOTAL]` (the peer side of the guest's `probe
+/// udp-sink`): paced UDP datagrams (64-byte payload, `per_tick` every 10 ms) until killed, or
+/// until `total` have been sent.
+fn udp_flood(addr: &str, port: u16, per_tick: u32, total: Option<u64>) -> Result<()> {
     let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
     let payload = [0x5au8; 64];
+    let mut sent = 0u64;
     loop {
         for _ in 0..per_tick {
+            if total.is_some_and(|t| sent >= t) {
+                println!("udp-flood: {sent} datagrams to {addr}:{port}");
+                return Ok(());
+            }
             // The guest may not answer ARP at once or the tap queue may be full: keep going.
             let _ = sock.send_to(&payload, (addr, port));
+            sent += 1;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
@@ -272,8 +282,9 @@ fn run(cli: Cli) -> Result<bool> {
             addr,
             port,
             per_tick,
+            total,
         } => {
-            udp_flood(&addr, port, per_tick)?;
+            udp_flood(&addr, port, per_tick, total)?;
             Ok(true)
         }
         Cmd::Setup => {
@@ -384,6 +395,15 @@ fn select(names: &[String], opts: &E2eOpts) -> Result<(Vec<&'static Scenario>, V
 }
 
 /// Build shoji.efi when a selected scenario needs it; keep the error text otherwise.
+/// The administrator's tools when a selected scenario talks to Shoji's management endpoint.
+fn admin_if_needed(list: &[&Scenario]) -> Result<mgmt::AdminTools, String> {
+    if list.iter().any(|s| s.mgmt()) {
+        mgmt::tools().map_err(|e| format!("{e:#}"))
+    } else {
+        Err("not needed".into())
+    }
+}
+
 fn shoji_if_needed(list: &[&Scenario]) -> Result<PathBuf, String> {
     if list.iter().any(|s| s.needs_shoji) {
         images::build_shoji().map_err(|e| format!("{e:#}"))
@@ -418,10 +438,12 @@ fn run_scenarios(
     let queue: Mutex<VecDeque<&'static Scenario>> = Mutex::new(list.iter().copied().collect());
     let done: Mutex<Vec<Report>> = Mutex::new(Vec::new());
     let trixie = trixie_if_needed(list, imgs);
+    let admin = admin_if_needed(list);
     let inputs = Inputs {
         images: imgs,
         shoji,
         trixie: &trixie,
+        admin: &admin,
     };
     let started = Instant::now();
     std::thread::scope(|s| {

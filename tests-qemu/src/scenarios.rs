@@ -380,6 +380,11 @@ impl Scenario {
 
     /// Whether the guest runs the MSR checks: under Bochs (whose CPU model moves the APIC in the
     /// control run), with and without Shoji.
+    pub fn mgmt(&self) -> bool {
+        self.kind == Kind::Shoji
+    }
+
+    /// Whether the scenario runs the MSR checks.
     pub fn msr_checks(&self) -> bool {
         matches!(self.kind, Kind::Shoji | Kind::NoShoji) && self.backend() == Backend::Bochs
     }
@@ -510,6 +515,8 @@ pub struct Inputs<'a> {
     pub shoji: &'a Result<PathBuf, String>,
     /// Guest images with Debian 13's kernel (for `bochs-shoji-612`), or why they are missing.
     pub trixie: &'a Result<GuestImages, String>,
+    /// The administrator's tools (for the management checks), or why they are missing.
+    pub admin: &'a Result<crate::mgmt::AdminTools, String>,
 }
 
 /// Run one scenario; never panics, always returns a report. Logs go to `build/e2e/<name>/`.
@@ -570,6 +577,9 @@ fn run_inner(sc: &Scenario, inputs: &Inputs<'_>, rep: &mut Report) -> Result<()>
     if sc.msr_checks() {
         cmdline.push_str(" shojimsr=1");
     }
+    if sc.mgmt() {
+        cmdline.push_str(" shojimgmt=1");
+    }
     if sc.net_load() {
         cmdline.push_str(" shojinet=full");
         // Under Bochs the guest's clock runs far slower than the wall clock once the NIC is
@@ -606,6 +616,7 @@ fn run_inner(sc: &Scenario, inputs: &Inputs<'_>, rep: &mut Report) -> Result<()>
                     },
                     expose_hypervisor_memory: sc.kind == Kind::Exposed,
                     mediate_nic: sc.kind != Kind::Unmediated,
+                    mgmt: sc.mgmt(),
                 },
             }
         }
@@ -653,7 +664,7 @@ fn run_inner(sc: &Scenario, inputs: &Inputs<'_>, rep: &mut Report) -> Result<()>
     let result = match sc.kind {
         Kind::Smp => smp(sc, &mut m, rep, &t),
         Kind::TcgFailClosed => fail_closed(sc, &mut m, rep, &t),
-        _ => linux(sc, &mut m, &ns, rep, &t),
+        _ => linux(sc, &mut m, &ns, rep, &t, inputs.admin),
     };
     m.stop(Duration::from_secs(3));
     panic_scan(sc, &m, rep);
@@ -718,6 +729,7 @@ fn linux(
     ns: &Netns,
     rep: &mut Report,
     t: &dyn Fn(u64) -> Duration,
+    admin: &Result<crate::mgmt::AdminTools, String>,
 ) -> Result<()> {
     let with_shoji = matches!(
         sc.kind,
@@ -844,6 +856,14 @@ fn linux(
     let _ = std::fs::write(sc.dir().join("peer.log"), &peer.log);
     rep.times.push(("peer checks done".into(), m.elapsed()));
     peer_report(sc, rep, &peer);
+    if sc.mgmt() {
+        let tools = admin
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("the administrator's tools are not available: {e}"))?;
+        crate::mgmt::run(m, ns, rep, &sc.dir(), tools, t)?;
+        rep.times
+            .push(("management checks done".into(), m.elapsed()));
+    }
     if sc.net_load() {
         rx_flood(sc, m, rep, ns, t)?;
     }
@@ -1502,7 +1522,7 @@ fn per_frame_sane(line: &str) -> bool {
 const RING_SLACK: u64 = 256;
 
 /// `SHOJI-TEST: eth0 stats LABEL ...`: the guest driver's (tx_packets, rx_packets).
-fn eth0_stats(console: &str, label: &str) -> Option<(u64, u64)> {
+pub fn eth0_stats(console: &str, label: &str) -> Option<(u64, u64)> {
     let pat = format!("{} {label} ", markers::ETH0_STATS);
     let line = console.lines().find(|l| l.contains(&pat))?;
     let n = |k| field(line, k).and_then(|v| v.parse().ok());

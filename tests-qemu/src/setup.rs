@@ -40,6 +40,8 @@ pub const PACKAGES: &[&str] = &[
     "iputils-ping",
     "iputils-arping",
     "tcpdump",
+    // The administrator's plain HTTP client (a source address outside mgmt_allow).
+    "curl",
     // Checks: bpftool is the independent BTF reader the host tests compare Shoji's with;
     // objdump disassembles shoji.efi for the vector-register check.
     "bpftool",
@@ -84,6 +86,7 @@ const WITNESSES: &[(&str, &str)] = &[
     ("iputils-ping", "/bin/ping"),
     ("iputils-arping", "/usr/bin/arping"),
     ("tcpdump", "/usr/bin/tcpdump"),
+    ("curl", "/usr/bin/curl"),
     ("bpftool", "/usr/sbin/bpftool"),
     ("binutils", "/usr/bin/objdump"),
     ("build-essential", "/usr/bin/cc"),

@@ -1,0 +1,525 @@
+//! The management endpoint end to end (`bochs-shoji`, guest option `shojimgmt=1`): the
+//! administrator on the peer's side talks to Shoji's own address with real clients (`shoji-admin`,
+//! curl, bash's `/dev/tcp`) and Prometheus's `promtool` checks the exposition; the guest's own
+//! eth0 counters and tcpdump on the peer's tap are the independent witnesses.
+//!
+//! Phases (the guest script's `MGMT-*` markers):
+//! 1. `MGMT-READY`: requests (nonce, metrics, signed containers and events), refusals (unsigned,
+//!    wrong key, replay, malformed, a source outside `mgmt_allow`), a UDP flood at Shoji's
+//!    address; then `next`. The guest's rx count over this stretch must not grow by the flood.
+//! 2. `MGMT-GUEST-FLOOD-READY`: the control: the same flood at the guest's address, which its rx
+//!    count does see; Shoji's metrics before and after are compared with the guest's counts.
+//! 3. `MGMT-SPOOF-DONE`: the guest sent UDP and ARP replies as Shoji (10.0.2.9) and, as the
+//!    control, as an address nobody holds (10.0.2.77); tcpdump counts what reached the peer.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::emulator::{Machine, Stream};
+use crate::netns::{send_msg, Netns, TAP};
+use crate::scenarios::Report;
+use crate::util::{
+    cache_dir, cargo, cmd, run_capture, run_ok, run_visible, target_dir, workspace_root, GroupChild,
+};
+
+/// Shoji's address in the test (`mgmt_ip`).
+pub const MGMT_IP: &str = "10.0.2.9";
+/// The HTTP port (the default, `mgmt_port` not set).
+pub const MGMT_PORT: u16 = 9180;
+/// The administrator's key in the test.
+pub const TEST_ADMIN_KEY: &str =
+    "a11ce0ffee0ddba11a11ce0ffee0ddba11a11ce0ffee0ddba11a11ce0ffee0dd0";
+/// A second address of the peer, outside `mgmt_allow`.
+pub const OUTSIDER_IP: &str = "10.0.2.3";
+/// Datagrams of each flood (at Shoji's address, then at the guest's).
+pub const FLOOD: u64 = 600;
+
+/// The `mgmt_*` lines of `shoji.cfg`.
+pub fn config_lines() -> String {
+    format!(
+        "mgmt_ip = {MGMT_IP}/24\nmgmt_allow = {}/32\nmgmt_key = {TEST_ADMIN_KEY}\n",
+        crate::netns::PEER_IP
+    )
+}
+
+/// The administrator's tools on the peer's side.
+#[derive(Debug, Clone)]
+pub struct AdminTools {
+    /// `shoji-admin`, built from this workspace.
+    pub shoji_admin: PathBuf,
+    /// Prometheus's `promtool` (Debian's `prometheus` package, unpacked into the cache).
+    pub promtool: PathBuf,
+}
+
+const BUILD_TIMEOUT: Duration = Duration::from_secs(1800);
+const APT_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// Build `shoji-admin` and fetch `promtool`.
+pub fn tools() -> Result<AdminTools> {
+    let st = run_visible(
+        cmd(&cargo(), ["build", "--release", "-q", "-p", "shoji-admin"])
+            .current_dir(workspace_root()),
+        BUILD_TIMEOUT,
+    )?;
+    if !st.success() {
+        bail!("building shoji-admin failed ({st})");
+    }
+    let shoji_admin = target_dir().join("release").join("shoji-admin");
+    Ok(AdminTools {
+        shoji_admin,
+        promtool: promtool()?,
+    })
+}
+
+/// `promtool` from Debian's `prometheus` package: downloaded once with apt and unpacked into the
+/// cache (the package itself is not installed: it would start a server).
+fn promtool() -> Result<PathBuf> {
+    let dir = cache_dir().join("prometheus-bookworm");
+    let root = dir.join("root");
+    let bin = root.join("usr/bin/promtool");
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    eprintln!(
+        "xtask: downloading prometheus (for promtool; once, cached in {})",
+        dir.display()
+    );
+    let debs = dir.join("debs");
+    let _ = std::fs::remove_dir_all(&debs);
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&debs)?;
+    run_ok(
+        cmd("apt-get", ["-q", "download", "prometheus"]).current_dir(&debs),
+        APT_TIMEOUT,
+    )
+    .context("apt-get download prometheus")?;
+    for e in std::fs::read_dir(&debs)? {
+        let deb = e?.path();
+        if deb.extension().is_some_and(|x| x == "deb") {
+            run_ok(
+                &mut cmd("dpkg", ["-x".as_ref(), deb.as_os_str(), root.as_os_str()]),
+                APT_TIMEOUT,
+            )?;
+        }
+    }
+    std::fs::remove_dir_all(&debs)?;
+    if !bin.is_file() {
+        bail!("the prometheus package has no usr/bin/promtool");
+    }
+    Ok(bin)
+}
+
+/// One command's outcome, logged to `mgmt.log`.
+struct Ran {
+    ok: bool,
+    code: Option<i32>,
+    text: String,
+}
+
+struct Phase<'a> {
+    ns: &'a Netns,
+    tools: &'a AdminTools,
+    dir: PathBuf,
+    log: String,
+    limit: Duration,
+}
+
+impl Phase<'_> {
+    fn addr(&self) -> String {
+        format!("{MGMT_IP}:{MGMT_PORT}")
+    }
+
+    fn run(&mut self, what: &str, prog: &str, args: &[&str]) -> Ran {
+        let mut c = self.ns.command(prog, args);
+        let r = match run_capture(&mut c, self.limit) {
+            Ok(o) => Ran {
+                ok: o.status.success(),
+                code: o.status.code(),
+                text: o.text,
+            },
+            Err(e) => Ran {
+                ok: false,
+                code: None,
+                text: format!("{e:#}"),
+            },
+        };
+        self.log.push_str(&format!(
+            "## {what}\n$ {prog} {}\nexit {:?}\n{}\n",
+            args.join(" "),
+            r.code,
+            r.text
+        ));
+        r
+    }
+
+    fn admin(&mut self, what: &str, args: &[&str]) -> Ran {
+        let exe = self.tools.shoji_admin.to_string_lossy().into_owned();
+        let addr = self.addr();
+        let key = self.dir.join("admin.key").to_string_lossy().into_owned();
+        let timeout = (self.limit.as_secs() / 2).max(30).to_string();
+        let mut full = vec!["--addr", &addr, "--key-file", &key, "--timeout", &timeout];
+        full.extend_from_slice(args);
+        self.run(what, &exe, &full)
+    }
+
+    /// Scrape `/metrics` (unsigned: metrics are open in the test), saving it as `NAME.txt`.
+    fn scrape(&mut self, name: &str) -> Option<String> {
+        let r = self.admin(&format!("scrape {name}"), &["--no-key", "metrics"]);
+        let _ = std::fs::write(self.dir.join(format!("{name}.txt")), &r.text);
+        r.ok.then_some(r.text)
+    }
+
+    fn flood(&mut self, what: &str, ip: &str) {
+        let exe = std::env::current_exe().unwrap_or_else(|_| "xtask".into());
+        let exe = exe.to_string_lossy().into_owned();
+        let n = FLOOD.to_string();
+        self.run(what, &exe, &["udp-flood", ip, "9", "20", &n]);
+    }
+}
+
+/// A sample's value in Prometheus text: the first line that starts with `series` (name and
+/// labels exactly as Shoji writes them).
+pub fn sample(text: &str, series: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The HTTP status in a raw answer (`HTTP/1.1 409 Conflict`).
+fn status_of(text: &str) -> Option<u16> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("HTTP/1.1 "))
+        .and_then(|r| r.get(..3))
+        .and_then(|s| s.parse().ok())
+}
+
+/// tcpdump on the peer's tap for the guest's attempts to speak as Shoji (UDP port 9003 and ARP
+/// replies, with MACs), written to `mgmt-capture.txt`.
+struct Capture {
+    child: GroupChild,
+    text: PathBuf,
+}
+
+impl Capture {
+    fn start(ns: &Netns, dir: &Path) -> Result<Capture> {
+        let text = dir.join("mgmt-capture.txt");
+        let mut c = ns.command(
+            "tcpdump",
+            [
+                "-i",
+                TAP,
+                "-n",
+                "-e",
+                "-l",
+                "-U",
+                "udp dst port 9003 or (arp and arp[6:2] = 2)",
+            ],
+        );
+        c.stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&text)?)
+            .stderr(std::fs::File::create(dir.join("mgmt-capture.log"))?);
+        Ok(Capture {
+            child: GroupChild::spawn(&mut c)?,
+            text,
+        })
+    }
+
+    fn lines(&self) -> String {
+        std::fs::read_to_string(&self.text).unwrap_or_default()
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.child.kill();
+    }
+}
+
+/// Lines of a tcpdump capture: UDP to port 9003 from `ip`, and ARP replies claiming `ip` sent
+/// from `mac` (Shoji's own replies, from Shoji's MAC, are not the guest's).
+pub fn spoofs_seen(capture: &str, ip: &str, mac: &str) -> (usize, usize) {
+    let udp = capture
+        .lines()
+        .filter(|l| l.contains(&format!(" {ip}.")) && l.contains(".9003:"))
+        .count();
+    let arp = capture
+        .lines()
+        .filter(|l| l.contains(&format!("Reply {ip} is-at {mac}")))
+        .count();
+    (udp, arp)
+}
+
+/// Run the phases (the guest is at `MGMT-READY` or about to be).
+pub fn run(
+    m: &mut Machine,
+    ns: &Netns,
+    rep: &mut Report,
+    dir: &Path,
+    tools: &AdminTools,
+    t: &dyn Fn(u64) -> Duration,
+) -> Result<()> {
+    let mut p = Phase {
+        ns,
+        tools,
+        dir: dir.to_path_buf(),
+        log: String::new(),
+        limit: t(120),
+    };
+    let result = phases(m, &mut p, rep, t);
+    let _ = std::fs::write(dir.join("mgmt.log"), &p.log);
+    result
+}
+
+fn phases(
+    m: &mut Machine,
+    p: &mut Phase<'_>,
+    rep: &mut Report,
+    t: &dyn Fn(u64) -> Duration,
+) -> Result<()> {
+    std::fs::write(p.dir.join("admin.key"), format!("{TEST_ADMIN_KEY}\n"))?;
+    std::fs::write(
+        p.dir.join("wrong.key"),
+        format!("{}\n", crate::images::TEST_AGENT_KEY),
+    )?;
+    let capture = Capture::start(p.ns, &p.dir)?;
+    let mut c = p.ns.command(
+        "ip",
+        ["addr", "add", &format!("{OUTSIDER_IP}/24"), "dev", TAP],
+    );
+    run_ok(&mut c, Duration::from_secs(30)).context("adding the outsider address")?;
+    m.wait_for(Stream::Console, "SHOJI-TEST: MGMT-READY", t(600), &[])?;
+
+    // --- phase 1: the administrator's requests and the refusals --------------------------
+    let r = p.admin("nonce", &["--no-key", "nonce"]);
+    let boot_ok =
+        r.ok && r.text.lines().any(|l| {
+            l.strip_prefix("boot=")
+                .is_some_and(|h| h.len() == 32 && h.bytes().all(|c| c.is_ascii_hexdigit()))
+        }) && r.text.contains("next=1\n");
+    rep.check(
+        "management: GET /nonce answers this boot's id and next=1 (shoji-admin nonce)",
+        boot_ok,
+        first_line(&r.text),
+    );
+    let before = p.scrape("metrics-1");
+    let prom = match &before {
+        Some(_) => {
+            let file = p.dir.join("metrics-1.txt").to_string_lossy().into_owned();
+            let exe = p.tools.promtool.to_string_lossy().into_owned();
+            p.run(
+                "promtool check metrics",
+                "sh",
+                &["-c", &format!("{exe} check metrics < {file}")],
+            )
+        }
+        None => Ran {
+            ok: false,
+            code: None,
+            text: "no metrics scraped".into(),
+        },
+    };
+    rep.check(
+        "management: Prometheus's promtool accepts /metrics (promtool check metrics)",
+        prom.ok && prom.code == Some(0),
+        format!("exit {:?}: {}", prom.code, first_line(&prom.text)),
+    );
+    let r = p.admin("signed containers", &["containers"]);
+    let json_ok = r.ok
+        && serde_json::from_str::<serde_json::Value>(r.text.trim()).is_ok_and(|v| v.is_array());
+    rep.check(
+        "management: signed GET /containers answers a JSON array",
+        json_ok,
+        first_line(&r.text),
+    );
+    let r = p.admin("signed events", &["events", "--from", "0"]);
+    rep.check(
+        "management: signed GET /events answers",
+        r.ok,
+        first_line(&r.text),
+    );
+    let r = p.admin("unsigned containers", &["--no-key", "containers"]);
+    rep.check(
+        "management: an unsigned request is refused with 401",
+        r.code == Some(2) && r.text.contains("401"),
+        first_line(&r.text),
+    );
+    let wrong = p.dir.join("wrong.key").to_string_lossy().into_owned();
+    let r = p.admin("wrong key", &["--key-file", &wrong, "containers"]);
+    rep.check(
+        "management: a request signed with another key (the agent's) is refused with 401",
+        r.code == Some(2) && r.text.contains("401"),
+        first_line(&r.text),
+    );
+    let saved = p
+        .dir
+        .join("signed-request.bin")
+        .to_string_lossy()
+        .into_owned();
+    let r1 = p.admin(
+        "signed request, saved",
+        &["request", "GET", "/containers", "--save-request", &saved],
+    );
+    let replay = format!(
+        "exec 3<>/dev/tcp/{MGMT_IP}/{MGMT_PORT} && cat {saved} >&3 && timeout {} cat <&3",
+        p.limit.as_secs()
+    );
+    let r2 = p.run("replay of the saved request", "bash", &["-c", &replay]);
+    rep.check(
+        "management: the same signed request replayed is refused with 409 (its nonce is spent)",
+        r1.ok && status_of(&r2.text) == Some(409),
+        format!(
+            "first: exit {:?}; replay: {}",
+            r1.code,
+            first_line(&r2.text)
+        ),
+    );
+    let garbage = format!(
+        "exec 3<>/dev/tcp/{MGMT_IP}/{MGMT_PORT} && printf '\\x16\\x03\\x01\\x00\\xa5 hello\\r\\n\\r\\n' >&3 && timeout {} cat <&3",
+        p.limit.as_secs()
+    );
+    let r = p.run("malformed request", "bash", &["-c", &garbage]);
+    rep.check(
+        "management: a malformed request is refused with 400",
+        status_of(&r.text) == Some(400),
+        first_line(&r.text),
+    );
+    let r = p.run(
+        "request from outside mgmt_allow",
+        "curl",
+        &[
+            "-sS",
+            "-i",
+            "-m",
+            &p.limit.as_secs().to_string(),
+            "--interface",
+            OUTSIDER_IP,
+            &format!("http://{MGMT_IP}:{MGMT_PORT}/nonce"),
+        ],
+    );
+    rep.check(
+        "management: a source outside mgmt_allow is refused with 403 (curl from 10.0.2.3)",
+        status_of(&r.text) == Some(403),
+        first_line(&r.text),
+    );
+    p.flood("flood at Shoji's address", MGMT_IP);
+    std::thread::sleep(Duration::from_secs(3));
+    let after = p.scrape("metrics-2");
+    let mgmt_rx = |t: &Option<String>| {
+        t.as_deref().and_then(|t| {
+            Some(
+                sample(t, "shoji_mgmt_frames_total{direction=\"rx\"}")?
+                    + sample(t, "shoji_mgmt_rx_dropped_total")?,
+            )
+        })
+    };
+    let (rx1, rx2) = (mgmt_rx(&before), mgmt_rx(&after));
+    let r = p.admin("signed metrics after the refusals", &["metrics"]);
+    rep.check(
+        "management: Shoji keeps serving after the refusals (signed GET /metrics)",
+        r.ok,
+        first_line(&r.text),
+    );
+    send_msg(p.ns, "next", &mut p.log);
+
+    // --- phase 2: the control flood at the guest's own address ---------------------------
+    m.wait_for(
+        Stream::Console,
+        "SHOJI-TEST: MGMT-GUEST-FLOOD-READY",
+        t(300),
+        &[],
+    )?;
+    let nic_a = p.scrape("metrics-3");
+    p.flood(
+        "flood at the guest's address (control)",
+        crate::netns::GUEST_IP,
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let nic_b = p.scrape("metrics-4");
+    send_msg(p.ns, "next", &mut p.log);
+    m.wait_for(Stream::Console, "SHOJI-TEST: MGMT-SPOOF-DONE", t(300), &[])?;
+    std::thread::sleep(Duration::from_secs(3));
+    let captured = capture.lines();
+    drop(capture);
+    send_msg(p.ns, "next", &mut p.log);
+
+    // --- the witnesses ---------------------------------------------------------------------
+    let console = m.text(Stream::Console);
+    let stats = |label: &str| crate::scenarios::eth0_stats(&console, label);
+    let (s0, s1, s2) = (stats("mgmt-0"), stats("mgmt-1"), stats("mgmt-2"));
+    let guest_rx_mgmt = s0.zip(s1).map(|(a, b)| b.1.saturating_sub(a.1));
+    let guest_rx_own = s1.zip(s2).map(|(a, b)| b.1.saturating_sub(a.1));
+    let shoji_took = rx1.zip(rx2).map(|(a, b)| b.saturating_sub(a));
+    rep.check(
+        "management: frames for Shoji's address never reach the guest (guest eth0 rx grew by < 40 while Shoji took > half the flood)",
+        guest_rx_mgmt.is_some_and(|g| g < 40) && shoji_took.is_some_and(|n| n > FLOOD / 2),
+        format!("guest rx +{guest_rx_mgmt:?} over the {FLOOD}-datagram flood at {MGMT_IP}; Shoji's endpoint took +{shoji_took:?} frames"),
+    );
+    let nic_rx = |t: &Option<String>| {
+        t.as_deref()
+            .and_then(|t| sample(t, "shoji_nic_frames_total{direction=\"rx\"}"))
+    };
+    let shoji_rx_own = nic_rx(&nic_a)
+        .zip(nic_rx(&nic_b))
+        .map(|(a, b)| b.saturating_sub(a));
+    // The guest's count also holds the frames of the `next` connection that follow the second
+    // scrape (a handful): Shoji's figure comes from /metrics, the guest's from its driver.
+    rep.check(
+        "management: control: the same flood at the guest's address reaches it, and /metrics counts what the guest's driver counted",
+        guest_rx_own.is_some_and(|g| g > FLOOD / 2)
+            && shoji_rx_own.zip(guest_rx_own).is_some_and(|(s, g)| s <= g && g - s <= 12),
+        format!("guest rx +{guest_rx_own:?}; shoji_nic_frames_total{{direction=\"rx\"}} +{shoji_rx_own:?}"),
+    );
+    let guest_mac = crate::netns::GUEST_MAC;
+    let (udp9, arp9) = spoofs_seen(&captured, MGMT_IP, guest_mac);
+    let (udp77, arp77) = spoofs_seen(&captured, "10.0.2.77", guest_mac);
+    rep.check(
+        "management: the guest cannot speak as Shoji (UDP from 10.0.2.9 and ARP replies claiming it never reach the peer; control from 10.0.2.77 does)",
+        udp9 == 0 && arp9 == 0 && udp77 > 0 && arp77 > 0,
+        format!("tcpdump on the peer's tap: as Shoji {udp9} UDP + {arp9} ARP; as 10.0.2.77 {udp77} UDP + {arp77} ARP"),
+    );
+    Ok(())
+}
+
+fn first_line(text: &str) -> String {
+    text.lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .chars()
+        .take(200)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_are_read_by_exact_series() {
+        let t = "# HELP x y\nshoji_mgmt_frames_total{direction=\"rx\"} 12\nshoji_mgmt_frames_total{direction=\"tx\"} 7\nshoji_mgmt_rx_dropped_total 3\n";
+        assert_eq!(
+            sample(t, "shoji_mgmt_frames_total{direction=\"rx\"}"),
+            Some(12)
+        );
+        assert_eq!(sample(t, "shoji_mgmt_rx_dropped_total"), Some(3));
+        assert_eq!(sample(t, "shoji_mgmt_rx_dropped"), None);
+    }
+
+    #[test]
+    fn spoofs_in_tcpdump_lines() {
+        let cap = "\
+10:00:00.1 52:54:00:12:34:56 > ff:ff:ff:ff:ff:ff, ethertype IPv4 (0x0800), length 60: 10.0.2.77.40000 > 10.0.2.2.9003: UDP, length 20
+10:00:00.2 52:54:00:12:34:56 > ff:ff:ff:ff:ff:ff, ethertype ARP (0x0806), length 60: Reply 10.0.2.77 is-at 52:54:00:12:34:56, length 46
+10:00:00.3 02:54:00:12:34:d6 > 12:34:56:78:9a:bc, ethertype ARP (0x0806), length 42: Reply 10.0.2.9 is-at 02:54:00:12:34:d6, length 28
+";
+        assert_eq!(spoofs_seen(cap, "10.0.2.77", "52:54:00:12:34:56"), (1, 1));
+        assert_eq!(
+            spoofs_seen(cap, "10.0.2.9", "52:54:00:12:34:56"),
+            (0, 0),
+            "Shoji's own reply is not a spoof"
+        );
+        assert_eq!(status_of("HTTP/1.1 409 Conflict\r\n"), Some(409));
+    }
+}
