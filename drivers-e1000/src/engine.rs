@@ -34,7 +34,7 @@ pub struct Config {
     /// Where the device's BARs are and what to do when the guest moves one.
     pub pci: PciLayout,
     /// Shoji's own MAC (the management endpoint): the device receives it through receive
-    /// address 15, which the guest then sees as a register of its own that receives nothing.
+    /// address 3, which the guest then sees as a register of its own that receives nothing.
     pub own_mac: Option<[u8; 6]>,
 }
 
@@ -135,9 +135,9 @@ pub(crate) struct Guest {
     pub fcal: u32,
     pub fcah: u32,
     pub fct: u32,
-    /// RAL15/RAH15 as the guest wrote them, when Shoji holds entry 15.
-    pub ral15: u32,
-    pub rah15: u32,
+    /// RAL_OWN/RAH_OWN as the guest wrote them, when Shoji holds entry 3.
+    pub ral_own: u32,
+    pub rah_own: u32,
 }
 
 impl Guest {
@@ -178,8 +178,8 @@ impl Guest {
             fcal: 0,
             fcah: 0,
             fct: 0,
-            ral15: 0,
-            rah15: 0,
+            ral_own: 0,
+            rah_own: 0,
         }
     }
 
@@ -258,7 +258,7 @@ pub(crate) struct Core<N, D> {
     /// Interrupt throttling state.
     pub modr: Moderation,
     pub logs: Logs,
-    /// Shoji's own MAC, held in the device's receive address 15.
+    /// Shoji's own MAC, held in the device's receive address 3.
     pub own_mac: Option<[u8; 6]>,
 }
 
@@ -429,8 +429,8 @@ impl<N: NicRegisters, D: DmaRegion> Core<N, D> {
         if let Some(m) = self.own_mac {
             let low = u32::from_le_bytes([m[0], m[1], m[2], m[3]]);
             let high = u32::from(u16::from_le_bytes([m[4], m[5]])) | regs::RAH_AV;
-            self.nic.write32(regs::RAL15, low);
-            self.nic.write32(regs::RAH15, high);
+            self.nic.write32(regs::RAL_OWN, low);
+            self.nic.write32(regs::RAH_OWN, high);
         }
     }
 
@@ -473,9 +473,9 @@ impl<N: NicRegisters, D: DmaRegion> Core<N, D> {
         let g = self.g.rctl();
         let clear = Rctl::BSIZE | Rctl::BSEX | Rctl::VFE | Rctl::CFIEN | Rctl::CFI;
         let mut v = (g - clear) | Rctl::SECRC | Rctl::LPE;
-        // The guest asked for an address in entry 15, which holds Shoji's: receive every
+        // The guest asked for an address in entry 3, which holds Shoji's: receive every
         // unicast frame instead, so that the guest's address is received as it expects.
-        if self.own_mac.is_some() && self.g.rah15 & regs::RAH_AV != 0 {
+        if self.own_mac.is_some() && self.g.rah_own & regs::RAH_AV != 0 {
             v |= Rctl::UPE;
         }
         self.nic.write32(regs::RCTL, v.bits());
@@ -816,8 +816,8 @@ impl<'b, N: NicRegisters, D: DmaRegion> E1000<'b, N, D> {
         g.fcah = nic.read32(regs::FCAH) & 0xffff;
         g.fct = nic.read32(regs::FCT) & 0xffff;
         if cfg.own_mac.is_some() {
-            g.ral15 = nic.read32(regs::RAL15);
-            g.rah15 = nic.read32(regs::RAH15);
+            g.ral_own = nic.read32(regs::RAL_OWN);
+            g.rah_own = nic.read32(regs::RAH_OWN);
         }
         nic.write32(regs::RCTL, g.rctl & !Rctl::EN.bits());
         nic.write32(regs::TCTL, g.tctl & !regs::Tctl::EN.bits());
@@ -1102,8 +1102,8 @@ impl<'b, N: NicRegisters, D: DmaRegion> E1000<'b, N, D> {
             regs::FCAL => g.fcal,
             regs::FCAH => g.fcah,
             regs::FCT => g.fct,
-            regs::RAL15 if self.core.own_mac.is_some() => g.ral15,
-            regs::RAH15 if self.core.own_mac.is_some() => g.rah15,
+            regs::RAL_OWN if self.core.own_mac.is_some() => g.ral_own,
+            regs::RAH_OWN if self.core.own_mac.is_some() => g.rah_own,
             o if regs::is_raw_fifo(o) || o >= regs::BAR_SIZE => 0,
             o => self.core.nic.read32(o),
         }
@@ -1232,9 +1232,9 @@ impl<'b, N: NicRegisters, D: DmaRegion> E1000<'b, N, D> {
             regs::FCAH => c.g.fcah = v & 0xffff,
             regs::FCT => c.g.fct = v & 0xffff,
             // Entry 15 is Shoji's: the guest keeps its own copy.
-            regs::RAL15 if c.own_mac.is_some() => c.g.ral15 = v,
-            regs::RAH15 if c.own_mac.is_some() => {
-                c.g.rah15 = v;
+            regs::RAL_OWN if c.own_mac.is_some() => c.g.ral_own = v,
+            regs::RAH_OWN if c.own_mac.is_some() => {
+                c.g.rah_own = v;
                 c.write_real_rctl();
             }
             regs::TDT => {

@@ -93,10 +93,12 @@ pub const RXCSUM: u32 = 0x5000;
 pub const RAL0: u32 = 0x5400;
 /// Receive address high (entry 0).
 pub const RAH0: u32 = 0x5404;
-/// Receive address low of entry 15, which Shoji takes for its own (management) MAC.
-pub const RAL15: u32 = 0x5478;
-/// Receive address high of entry 15.
-pub const RAH15: u32 = 0x547C;
+/// Receive address low of entry 3, which Shoji takes for its own (management) MAC. Entry 3,
+/// not the last (15): Bochs's e1000 model stores only entries 0 to 3 (it compares the byte
+/// offset with the register count); the 8254x and QEMU's model have 16.
+pub const RAL_OWN: u32 = RAL0 + 3 * 8;
+/// Receive address high of entry 3.
+pub const RAH_OWN: u32 = RAH0 + 3 * 8;
 /// RAH: address valid.
 pub const RAH_AV: u32 = 1 << 31;
 /// Start of the packet-buffer-memory diagnostic window.
@@ -292,15 +294,15 @@ pub const TRAPPED_PAGES: [u32; 20] = [
     0, 2, 3, 8, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31,
 ];
 
-/// The page of the receive addresses, trapped too when Shoji holds receive address 15.
-pub const OWN_ADDRESS_PAGE: u32 = RAL15 / PAGE_SIZE;
+/// The page of the receive addresses, trapped too when Shoji holds receive address 3.
+pub const OWN_ADDRESS_PAGE: u32 = RAL_OWN / PAGE_SIZE;
 
 /// Whether the 4 KiB page at `page_index` of the memory BAR must be trapped.
 pub fn page_is_trapped(page_index: u32) -> bool {
     TRAPPED_PAGES.contains(&page_index)
 }
 
-/// Whether the page must be trapped when Shoji holds receive address 15 (`own_address`).
+/// Whether the page must be trapped when Shoji holds receive address 3 (`own_address`).
 pub fn page_is_trapped_with(page_index: u32, own_address: bool) -> bool {
     page_is_trapped(page_index) || (own_address && page_index == OWN_ADDRESS_PAGE)
 }
@@ -445,10 +447,10 @@ mod tests {
         );
         assert!(!page_is_trapped(RAL0 / PAGE_SIZE));
         assert!(
-            page_is_trapped_with(RAL15 / PAGE_SIZE, true),
-            "receive address 15 holds Shoji's own MAC"
+            page_is_trapped_with(RAL_OWN / PAGE_SIZE, true),
+            "receive address 3 holds Shoji's own MAC"
         );
-        assert!(!page_is_trapped_with(RAL15 / PAGE_SIZE, false));
+        assert!(!page_is_trapped_with(RAL_OWN / PAGE_SIZE, false));
     }
 
     #[test]

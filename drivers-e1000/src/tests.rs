@@ -2622,7 +2622,7 @@ fn own_rig() -> Rig {
 }
 
 fn real_ra15(r: &Rig) -> (u32, u32) {
-    (r.nic.reg(regs::RAL15), r.nic.reg(regs::RAH15))
+    (r.nic.reg(regs::RAL_OWN), r.nic.reg(regs::RAH_OWN))
 }
 
 #[test]
@@ -2630,14 +2630,14 @@ fn own_mac_is_received_through_entry_15_which_the_guest_sees_as_its_own() {
     let mut r = own_rig();
     let want = (0x1200_5402, 0x8000_d634);
     assert_eq!(real_ra15(&r), want);
-    assert_eq!(r.r(regs::RAL15), 0, "the guest sees an empty entry");
+    assert_eq!(r.r(regs::RAL_OWN), 0, "the guest sees an empty entry");
     assert_eq!(r.nic.reg(regs::RCTL) & Rctl::UPE.bits(), 0);
-    // The guest programs entry 15: it reads back its value, the device keeps Shoji's, and
+    // The guest programs entry 3: it reads back its value, the device keeps Shoji's, and
     // the device now receives every unicast frame so the guest's address still arrives.
-    r.w(regs::RAL15, 0x0403_0201);
-    r.w(regs::RAH15, 0x8000_0605);
+    r.w(regs::RAL_OWN, 0x0403_0201);
+    r.w(regs::RAH_OWN, 0x8000_0605);
     assert_eq!(
-        (r.r(regs::RAL15), r.r(regs::RAH15)),
+        (r.r(regs::RAL_OWN), r.r(regs::RAH_OWN)),
         (0x0403_0201, 0x8000_0605)
     );
     assert_eq!(real_ra15(&r), want);
@@ -2647,29 +2647,29 @@ fn own_mac_is_received_through_entry_15_which_the_guest_sees_as_its_own() {
         0,
         "the guest's RCTL is its own"
     );
-    r.w(regs::RAH15, 0x0000_0605);
+    r.w(regs::RAH_OWN, 0x0000_0605);
     assert_eq!(r.nic.reg(regs::RCTL) & Rctl::UPE.bits(), 0);
     // Other receive addresses are the guest's, on the device.
     r.w(regs::RAL0 + 8, 0x0a0b_0c0d);
     assert_eq!(r.nic.reg(regs::RAL0 + 8), 0x0a0b_0c0d);
-    // After a device reset Shoji's address is back in entry 15.
+    // After a device reset Shoji's address is back in entry 3.
     r.nic.0.borrow_mut().reset_delay = 1;
-    r.nic.set_reg(regs::RAL15, 0);
-    r.nic.set_reg(regs::RAH15, 0);
+    r.nic.set_reg(regs::RAL_OWN, 0);
+    r.nic.set_reg(regs::RAH_OWN, 0);
     let ctrl = r.r(regs::CTRL);
     r.w(regs::CTRL, ctrl | Ctrl::RST.bits());
     r.poll();
     r.poll();
     assert_eq!(real_ra15(&r), want);
-    assert_eq!(r.r(regs::RAH15), 0);
+    assert_eq!(r.r(regs::RAH_OWN), 0);
 }
 
 #[test]
 fn without_an_own_mac_entry_15_is_the_guests() {
     let mut r = Rig::new(64, 64);
     r.up(8, 8, Rctl::SECRC.bits());
-    r.w(regs::RAL15, 0x0403_0201);
-    r.w(regs::RAH15, 0x8000_0605);
+    r.w(regs::RAL_OWN, 0x0403_0201);
+    r.w(regs::RAH_OWN, 0x8000_0605);
     assert_eq!(real_ra15(&r), (0x0403_0201, 0x8000_0605));
     assert_eq!(r.nic.reg(regs::RCTL) & Rctl::UPE.bits(), 0);
 }

@@ -387,3 +387,76 @@ fn a_large_answer_arrives_whole_and_sockets_recycle() {
     let a = bed.exchange(PEER, b"GET /metrics HTTP/1.1\r\n\r\n", None);
     assert_eq!(status(&a), 500, "too large for the answer buffer: {a}");
 }
+
+#[test]
+fn shoji_answers_ping_from_the_peer() {
+    use smoltcp::socket::icmp;
+    use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr};
+    let mut bed = Bed::new(settings(None, false));
+    let mut wire = Wire::default();
+    let mac = EthernetAddress([0x52, 0x54, 0, 0, 0, 2]);
+    let mut iface = Interface::new(
+        Config::new(HardwareAddress::Ethernet(mac)),
+        &mut wire,
+        Instant::from_millis(1),
+    );
+    iface.update_ip_addrs(|a| {
+        a.push(IpCidr::new(IpAddress::Ipv4(Ipv4Address::from(PEER)), 24))
+            .unwrap();
+    });
+    let mut storage = [SocketStorage::EMPTY];
+    let mut set = SocketSet::new(&mut storage[..]);
+    let mut s = icmp::Socket::new(
+        icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 4], vec![0; 1024]),
+        icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 4], vec![0; 1024]),
+    );
+    s.bind(icmp::Endpoint::Ident(7)).unwrap();
+    let h = set.add(s);
+    let mut sent = false;
+    let mut answered = false;
+    for _ in 0..2000 {
+        bed.now += 1;
+        let t = Instant::from_millis(bed.now as i64);
+        iface.poll(t, &mut wire, &mut set);
+        while let Some(f) = wire.from_client.pop_front() {
+            if bed.guard.rx(&f) == RxClass::Shoji {
+                bed.server.receive(&f);
+            }
+        }
+        bed.server.poll(bed.now, &mut bed.backend);
+        bed.server.pop_tx(&mut |f| {
+            wire.to_client.push_back(f.to_vec());
+            true
+        });
+        let s = set.get_mut::<icmp::Socket>(h);
+        if !sent && s.can_send() {
+            let repr = Icmpv4Repr::EchoRequest {
+                ident: 7,
+                seq_no: 1,
+                data: b"shoji",
+            };
+            let buf = s
+                .send(
+                    repr.buffer_len(),
+                    IpAddress::Ipv4(Ipv4Address::from(SHOJI_IP)),
+                )
+                .unwrap();
+            repr.emit(&mut Icmpv4Packet::new_unchecked(buf), &Default::default());
+            sent = true;
+        }
+        if s.can_recv() {
+            let (data, _) = s.recv().unwrap();
+            let p = Icmpv4Packet::new_checked(data).unwrap();
+            answered = matches!(
+                Icmpv4Repr::parse(&p, &Default::default()),
+                Ok(Icmpv4Repr::EchoReply {
+                    ident: 7,
+                    seq_no: 1,
+                    ..
+                })
+            );
+            break;
+        }
+    }
+    assert!(answered, "no echo reply from Shoji's address");
+}

@@ -29,8 +29,7 @@ pub const MGMT_IP: &str = "10.0.2.9";
 /// The HTTP port (the default, `mgmt_port` not set).
 pub const MGMT_PORT: u16 = 9180;
 /// The administrator's key in the test.
-pub const TEST_ADMIN_KEY: &str =
-    "a11ce0ffee0ddba11a11ce0ffee0ddba11a11ce0ffee0ddba11a11ce0ffee0dd0";
+pub const TEST_ADMIN_KEY: &str = "a11ce0ffee0ddba11a11ce0ffee0ddba11a11ce0ffee0ddba11a11ce0ffee0dd";
 /// A second address of the peer, outside `mgmt_allow`.
 pub const OUTSIDER_IP: &str = "10.0.2.3";
 /// Datagrams of each flood (at Shoji's address, then at the guest's).
@@ -495,6 +494,13 @@ fn first_line(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_admin_key_is_a_key_and_not_the_agents() {
+        assert_eq!(TEST_ADMIN_KEY.len(), 64);
+        assert!(TEST_ADMIN_KEY.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(TEST_ADMIN_KEY, crate::images::TEST_AGENT_KEY);
+    }
 
     #[test]
     fn samples_are_read_by_exact_series() {

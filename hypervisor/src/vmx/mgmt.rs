@@ -25,7 +25,7 @@ static GUARD: Once<Guard> = Once::new();
 /// Whether the endpoint runs.
 static ON: AtomicBool = AtomicBool::new(false);
 
-/// Shoji's MAC for the NIC's receive address 15, when the endpoint will run: the configured
+/// Shoji's MAC for the NIC's receive address 3, when the endpoint will run: the configured
 /// one, else one derived from the NIC's own (`nic_mac`).
 pub fn own_mac(settings: &Settings, nic_mac: [u8; 6]) -> Option<[u8; 6]> {
     (settings.enabled != 0).then(|| {
@@ -111,6 +111,25 @@ pub fn poll(engine: &mut E1000<'static, Bar, Dma>) {
     };
     server.poll(now_ms(), &mut backend);
     server.pop_tx(&mut |f| engine.send_own(f));
+}
+
+/// The endpoint's counters in Shoji's log (with the NIC's, at LogCounters).
+pub fn log_counters() {
+    if !ON.load(Ordering::Acquire) {
+        return;
+    }
+    let Some(guard) = SERVER.try_lock() else {
+        crate::hv_line!("mgmt: busy");
+        return;
+    };
+    if let Some(s) = guard.as_ref() {
+        let c = s.counters();
+        crate::hv_line!(
+            "mgmt: rx_frames={} rx_dropped={} tx_frames={} answers 2xx={} 4xx={} 5xx={} auth_refused={:?} not_allowed={} timeouts={}",
+            c.rx_frames, c.rx_dropped, c.tx_frames, c.answers[0], c.answers[1], c.answers[2],
+            c.auth_refused, c.not_allowed, c.timeouts
+        );
+    }
 }
 
 /// Shoji's state as the server renders it.

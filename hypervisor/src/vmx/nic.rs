@@ -255,6 +255,31 @@ fn discover() -> Option<(u32, u16)> {
     None
 }
 
+/// The NIC's station address: receive address 0 when the firmware or the device set it, else
+/// the EEPROM's words 0-2 read through EERD (a bounded poll), else zeros.
+fn station_address(bar: &mut Bar) -> [u8; 6] {
+    let low = bar.read32(regs::RAL0).to_le_bytes();
+    let high = bar.read32(regs::RAH0);
+    if high & regs::RAH_AV != 0 {
+        let h = high.to_le_bytes();
+        return [low[0], low[1], low[2], low[3], h[0], h[1]];
+    }
+    let mut mac = [0u8; 6];
+    for word in 0..3u32 {
+        bar.write32(regs::EERD, (word << 8) | 1);
+        let Some(v) = (0..10_000)
+            .map(|_| bar.read32(regs::EERD))
+            .find(|v| v & (1 << 4) != 0)
+        else {
+            return [0; 6];
+        };
+        let [lo, hi] = ((v >> 16) as u16).to_le_bytes();
+        mac[2 * word as usize] = lo;
+        mac[2 * word as usize + 1] = hi;
+    }
+    mac
+}
+
 /// Find and take over the NIC (bootstrap processor, once, from `init_global`). Without a NIC,
 /// or with `mediate_nic = false`, nothing is trapped.
 pub fn init(
@@ -318,12 +343,7 @@ pub fn init(
     cfg_write(bdf, 0x04, 2, cmd | 0x7);
     // Shoji's own address (the management endpoint), from the configuration or derived from
     // the NIC's station address (receive address 0, as the firmware left it).
-    let own_mac = {
-        let mut bar = Bar { base: mmio };
-        let low = bar.read32(regs::RAL0).to_le_bytes();
-        let high = bar.read32(regs::RAH0).to_le_bytes();
-        super::mgmt::own_mac(mgmt, [low[0], low[1], low[2], low[3], high[0], high[1]])
-    };
+    let own_mac = super::mgmt::own_mac(mgmt, station_address(&mut Bar { base: mmio }));
     let cfg = Config {
         own_mac,
         ..Config::default()
@@ -785,7 +805,7 @@ pub fn log_counters() {
     let bar = nic.engine.nic_mut();
     let mut reg = |r| bar.read32(r);
     crate::hv_line!(
-        "e1000 real state now: RDH={} RDT={} rx_next={} TDH={} TDT={} tx_tail={} tx_clean={} RCTL={:#x} STATUS={:#x} IMS={:#x} guest_IMS={:#x} rx_gated={} deferred={} setup_pending={} queued_wire={} queued_guest={}",
+        "e1000 real state now: RDH={} RDT={} rx_next={} TDH={} TDT={} tx_tail={} tx_clean={} RCTL={:#x} STATUS={:#x} IMS={:#x} guest_IMS={:#x} rx_gated={} deferred={} setup_pending={} queued_wire={} queued_guest={} RA3={:#x}/{:#x}",
         reg(regs::RDH),
         reg(regs::RDT),
         rs.rx_next,
@@ -801,8 +821,11 @@ pub fn log_counters() {
         rs.deferred,
         rs.setup_pending,
         queued_wire,
-        queued_guest
+        queued_guest,
+        reg(regs::RAL_OWN),
+        reg(regs::RAH_OWN)
     );
+    super::mgmt::log_counters();
     let c = nic.engine.counters();
     for (name, d) in [("tx", Direction::Tx), ("rx", Direction::Rx)] {
         let dc = c.dir(d);
