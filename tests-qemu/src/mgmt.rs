@@ -154,9 +154,14 @@ impl Phase<'_> {
     }
 
     fn admin(&mut self, what: &str, args: &[&str]) -> Ran {
+        self.admin_with_key(what, "admin.key", args)
+    }
+
+    /// `shoji-admin` with the key in `key_file` (in the scenario's directory).
+    fn admin_with_key(&mut self, what: &str, key_file: &str, args: &[&str]) -> Ran {
         let exe = self.tools.shoji_admin.to_string_lossy().into_owned();
         let addr = self.addr();
-        let key = self.dir.join("admin.key").to_string_lossy().into_owned();
+        let key = self.dir.join(key_file).to_string_lossy().into_owned();
         let timeout = (self.limit.as_secs() / 2).max(30).to_string();
         let mut full = vec!["--addr", &addr, "--key-file", &key, "--timeout", &timeout];
         full.extend_from_slice(args);
@@ -344,8 +349,7 @@ fn phases(
         r.code == Some(2) && r.text.contains("401"),
         first_line(&r.text),
     );
-    let wrong = p.dir.join("wrong.key").to_string_lossy().into_owned();
-    let r = p.admin("wrong key", &["--key-file", &wrong, "containers"]);
+    let r = p.admin_with_key("wrong key", "wrong.key", &["containers"]);
     rep.check(
         "management: a request signed with another key (the agent's) is refused with 401",
         r.code == Some(2) && r.text.contains("401"),
