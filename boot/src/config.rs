@@ -349,6 +349,41 @@ fn parse_key(v: &str) -> Result<[u8; 32], &'static str> {
     Ok(key)
 }
 
+/// What replaces the `mgmt_key` line once the key is in the firmware (padded with spaces to
+/// the line's length, so the file keeps its size and is rewritten in place).
+pub const KEY_STORED_NOTE: &str = "# mgmt_key moved into the firmware (variable ShojiAdminKey)";
+
+/// The configuration text with its `mgmt_key` line replaced by [`KEY_STORED_NOTE`], byte for
+/// byte the same length (so that rewriting the file overwrites the key where it lay on the
+/// disk), or `None` when there is no such line or it is too short to hold the note.
+pub fn redact_mgmt_key(text: &str) -> Option<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut found = false;
+    for line in text.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\r', '\n']);
+        let is_key = body
+            .trim_start_matches('\u{feff}')
+            .trim()
+            .split_once('=')
+            .is_some_and(|(k, _)| k.trim() == "mgmt_key");
+        if is_key {
+            if body.len() < KEY_STORED_NOTE.len() {
+                return None;
+            }
+            found = true;
+            out.push_str(KEY_STORED_NOTE);
+            out.extend(core::iter::repeat_n(
+                ' ',
+                body.len() - KEY_STORED_NOTE.len(),
+            ));
+            out.push_str(&line[body.len()..]);
+        } else {
+            out.push_str(line);
+        }
+    }
+    found.then_some(out)
+}
+
 /// `xx:xx:xx:xx:xx:xx` (or with `-`), unicast and not all zeros.
 fn parse_mac(v: &str) -> Option<[u8; 6]> {
     let mut mac = [0u8; 6];
@@ -540,5 +575,39 @@ mod mgmt_tests {
             .unwrap_err()
             .message
             .contains("differ from `agent_key`"));
+    }
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::*;
+
+    const KEY: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
+
+    #[test]
+    fn the_key_line_becomes_a_note_of_the_same_length() {
+        let text = alloc::format!(
+            "image = none\r\nmgmt_ip = 10.0.2.9/24\r\nmgmt_key = {KEY}\r\nmgmt_port = 8080\n"
+        );
+        let out = redact_mgmt_key(&text).unwrap();
+        assert_eq!(out.len(), text.len());
+        assert!(!out.contains(KEY));
+        assert!(out.contains(KEY_STORED_NOTE));
+        assert!(out.contains("\r\nmgmt_port = 8080\n"));
+        let c = parse(&out).unwrap();
+        assert_eq!(c.mgmt.key_set, 0, "the key is no longer in the file");
+        assert_eq!(c.mgmt.port, 8080);
+        assert_eq!(redact_mgmt_key(&out), None, "nothing left to redact");
+    }
+
+    #[test]
+    fn no_key_line_or_a_short_one() {
+        assert_eq!(
+            redact_mgmt_key("image = none\nmgmt_ip = 10.0.2.9/24\n"),
+            None
+        );
+        assert_eq!(redact_mgmt_key("image = none\nmgmt_key=1"), None);
+        let last = alloc::format!("image = none\nmgmt_key = {KEY}");
+        assert_eq!(redact_mgmt_key(&last).unwrap().len(), last.len());
     }
 }

@@ -52,13 +52,14 @@ fn main() -> Status {
         return Status::ABORTED;
     }
     println!("shoji: starting Shoji {}", env!("CARGO_PKG_VERSION"));
-    let (cfg, own_dir) = match load_config() {
+    let (mut cfg, own_dir, cfg_path, cfg_text) = match load_config() {
         Ok(c) => c,
         Err((reason, mode)) => {
             println!("shoji: configuration error: {reason}");
             return fail(mode, None, placement.ok());
         }
     };
+    admin_key(&mut cfg, &cfg_path, &cfg_text);
     let placement = match placement {
         Ok(p) => p,
         Err(reason) => {
@@ -181,7 +182,7 @@ fn place_image() -> Result<Placement, &'static str> {
 
 /// Read and parse `shoji.cfg` from the application's directory. On error, the reason and the
 /// fail mode to apply (the file's own, if readable, else closed).
-fn load_config() -> Result<(Config, String), (String, FailMode)> {
+fn load_config() -> Result<(Config, String, String, String), (String, FailMode)> {
     let own_path = {
         let li = boot::open_protocol_exclusive::<LoadedImage>(boot::image_handle()).ok();
         li.and_then(|li| {
@@ -203,12 +204,120 @@ fn load_config() -> Result<(Config, String), (String, FailMode)> {
         .map_err(|e| (alloc::format!("cannot read {path}: {e}"), FailMode::Closed))?;
     let text = String::from_utf8(text)
         .map_err(|_| (alloc::format!("{path} is not UTF-8 text"), FailMode::Closed))?;
-    config::parse(&text).map(|c| (c, dir)).map_err(|e| {
-        (
-            alloc::format!("{path}: {e}"),
-            config::fail_mode_hint(&text).unwrap_or(FailMode::Closed),
-        )
-    })
+    config::parse(&text)
+        .map(|c| (c, dir, path.clone(), text.clone()))
+        .map_err(|e| {
+            (
+                alloc::format!("{path}: {e}"),
+                config::fail_mode_hint(&text).unwrap_or(FailMode::Closed),
+            )
+        })
+}
+
+/// The administrator's key in the firmware: a non-volatile variable with boot-services access
+/// only, so that no guest software (efivarfs, runtime services) can read it once the guest's
+/// kernel has started.
+const ADMIN_KEY_VAR: &str = "ShojiAdminKey";
+/// The vendor GUID of Shoji's variables.
+const SHOJI_VENDOR: uefi::Guid = uefi::guid!("5b1e5a3c-7f1d-4c8e-9a53-0d5e0a1b5c17");
+
+/// Move `mgmt_key` from `shoji.cfg` into the firmware, or take it from there.
+///
+/// With the key in the file: store it in the variable (boot-services access only), check it
+/// reads back so, then overwrite the key's line in the file in place with a note of the same
+/// length. Without it: use the variable's key, unless the variable is runtime-accessible (then
+/// anyone in a guest could have written it: it is deleted and refused). Each outcome is said on
+/// the console; a firmware that cannot store variables leaves the key in the file, with a
+/// warning.
+fn admin_key(cfg: &mut Config, path: &str, text: &str) {
+    use uefi::runtime::{self, VariableAttributes, VariableVendor};
+    if cfg.mgmt.enabled == 0 {
+        return;
+    }
+    let Ok(name) = CString16::try_from(ADMIN_KEY_VAR) else {
+        return;
+    };
+    let vendor = VariableVendor(SHOJI_VENDOR);
+    let boot_only = VariableAttributes::NON_VOLATILE | VariableAttributes::BOOTSERVICE_ACCESS;
+    if cfg.mgmt.key_set != 0 {
+        let key = cfg.mgmt.key;
+        // A variable of the same name with other attributes (one a guest created) is replaced.
+        let _ = runtime::delete_variable(&name, &vendor);
+        let stored = runtime::set_variable(&name, &vendor, boot_only, &key).and_then(|_| {
+            let mut buf = [0u8; 32];
+            match runtime::get_variable(&name, &vendor, &mut buf) {
+                Ok((data, attrs)) if data == key && attrs == boot_only => Ok(()),
+                Ok(_) => Err(uefi::Status::VOLUME_CORRUPTED.into()),
+                Err(e) => Err(e.status().into()),
+            }
+        });
+        if let Err(e) = stored {
+            println!(
+                "shoji: WARNING: the firmware did not keep the admin key ({:?}): it stays in {path}, where root in the guest can read it",
+                e.status()
+            );
+            return;
+        }
+        match config::redact_mgmt_key(text).map(|t| overwrite_in_place(path, t.as_bytes())) {
+            Some(Ok(())) => println!(
+                "shoji: admin key moved into the firmware (variable {ADMIN_KEY_VAR}, boot services only); {path} no longer holds it"
+            ),
+            Some(Err(e)) => println!(
+                "shoji: WARNING: admin key stored in the firmware, but {path} could not be rewritten ({e}): remove its mgmt_key line"
+            ),
+            None => println!(
+                "shoji: WARNING: admin key stored in the firmware, but its line in {path} is too short to overwrite: remove it"
+            ),
+        }
+        return;
+    }
+    let mut buf = [0u8; 32];
+    match runtime::get_variable(&name, &vendor, &mut buf) {
+        Ok((data, attrs)) if data.len() == 32 && attrs == boot_only => {
+            cfg.mgmt.key.copy_from_slice(data);
+            cfg.mgmt.key_set = 1;
+            println!("shoji: admin key from the firmware (variable {ADMIN_KEY_VAR})");
+        }
+        Ok((_, attrs)) => {
+            let _ = runtime::delete_variable(&name, &vendor);
+            println!(
+                "shoji: REFUSED the firmware's admin key: variable {ADMIN_KEY_VAR} has attributes {attrs:?} (runtime access lets a guest write it); deleted; signed requests are refused until mgmt_key is set again"
+            );
+        }
+        Err(e) if e.status() == uefi::Status::NOT_FOUND => {
+            println!("shoji: no admin key (no mgmt_key, no {ADMIN_KEY_VAR} variable): signed requests are refused");
+        }
+        Err(e) => println!(
+            "shoji: admin key not readable from the firmware ({:?}): signed requests are refused",
+            e.status()
+        ),
+    }
+}
+
+/// Overwrite the start of an existing file with `bytes` (its length, not less), in place: the
+/// file is not deleted and re-created, so its old clusters are written over.
+fn overwrite_in_place(path: &str, bytes: &[u8]) -> Result<(), String> {
+    use uefi::proto::media::file::{File, FileAttribute, FileMode};
+    let mut fs = boot::get_image_file_system(boot::image_handle())
+        .map_err(|e| alloc::format!("{:?}", e.status()))?;
+    let mut root = fs
+        .open_volume()
+        .map_err(|e| alloc::format!("open volume: {:?}", e.status()))?;
+    let cpath = CString16::try_from(path).map_err(|_| String::from("path is not UCS-2"))?;
+    let handle = root
+        .open(&cpath, FileMode::ReadWrite, FileAttribute::empty())
+        .map_err(|e| alloc::format!("open: {:?}", e.status()))?;
+    let mut file = handle
+        .into_regular_file()
+        .ok_or_else(|| String::from("not a regular file"))?;
+    file.set_position(0)
+        .map_err(|e| alloc::format!("seek: {:?}", e.status()))?;
+    file.write(bytes)
+        .map_err(|e| alloc::format!("write: {:?}", e.status()))?;
+    file.flush()
+        .map_err(|e| alloc::format!("flush: {:?}", e.status()))?;
+    file.close();
+    Ok(())
 }
 
 fn read_file(path: &str) -> Result<Vec<u8>, String> {

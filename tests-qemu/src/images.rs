@@ -377,6 +377,13 @@ pub fn build_initramfs(
         0o644,
         &std::fs::read(&msr).with_context(|| format!("reading {}", msr.display()))?,
     );
+    // efivarfs: what root in the guest reads of the firmware's variables (management checks).
+    let efivarfs = kernel.modules.join("kernel/fs/efivarfs/efivarfs.ko");
+    c.file(
+        "lib/modules/efivarfs.ko",
+        0o644,
+        &std::fs::read(&efivarfs).with_context(|| format!("reading {}", efivarfs.display()))?,
+    );
     c.file(
         "etc/shoji/agent.key",
         0o600,

@@ -255,6 +255,27 @@ pub fn spoofs_seen(capture: &str, ip: &str, mac: &str) -> (usize, usize) {
     (udp, arp)
 }
 
+/// Whether the raw bytes of the ESP image hold the admin key's hex text anywhere (in a file or
+/// in a freed cluster: root in the guest reads the raw disk too).
+pub fn esp_holds_key(esp: &Path) -> bool {
+    let bytes = std::fs::read(esp).unwrap_or_default();
+    let key = TEST_ADMIN_KEY.as_bytes();
+    bytes
+        .windows(key.len())
+        .any(|w| w.eq_ignore_ascii_case(key))
+}
+
+/// The hex text the guest printed of every UEFI variable it can read (`efivars-hex` lines).
+pub fn efivars_hex(console: &str) -> String {
+    console
+        .lines()
+        .filter_map(|l| {
+            l.split_once("SHOJI-TEST: efivars-hex ")
+                .map(|(_, h)| h.trim())
+        })
+        .collect()
+}
+
 /// Run the phases (the guest is at `MGMT-READY` or about to be).
 pub fn run(
     m: &mut Machine,
@@ -477,6 +498,35 @@ fn phases(
     let guest_mac = crate::netns::GUEST_MAC;
     let (udp9, arp9) = spoofs_seen(&captured, MGMT_IP, guest_mac);
     let (udp77, arp77) = spoofs_seen(&captured, "10.0.2.77", guest_mac);
+    // The admin key: out of the ESP (raw image), out of the guest's view of the firmware.
+    let esp = p.dir.join("esp.img");
+    let moved = console
+        .lines()
+        .find(|l| l.contains("shoji: admin key moved into the firmware"))
+        .map(str::trim);
+    rep.check(
+        "management: Shoji moved the admin key into the firmware and overwrote it on the ESP (raw image bytes no longer hold it)",
+        moved.is_some() && !esp_holds_key(&esp),
+        format!("{}; key in the image now: {}", moved.unwrap_or("no 'moved into the firmware' line"), esp_holds_key(&esp)),
+    );
+    let count = console.lines().find_map(|l| {
+        l.split_once("SHOJI-TEST: efivars count=")
+            .map(|(_, r)| r.trim().to_owned())
+    });
+    let dump = efivars_hex(&console);
+    let key_hex = TEST_ADMIN_KEY.to_ascii_lowercase();
+    let listed = count
+        .as_deref()
+        .and_then(|c| c.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(0);
+    let shoji_vars = count
+        .as_deref()
+        .and_then(|c| c.split_once("shoji=")?.1.trim().parse::<u32>().ok());
+    rep.check(
+        "management: root in the guest cannot read the admin key through efivarfs (no Shoji variable listed, the key in no variable's bytes; efivarfs lists the firmware's variables)",
+        listed > 0 && shoji_vars == Some(0) && !dump.is_empty() && !dump.contains(&key_hex),
+        format!("efivars count={}; {} hex digits of variable data read", count.as_deref().unwrap_or("none"), dump.len()),
+    );
     rep.check(
         "management: the guest cannot speak as Shoji (UDP from 10.0.2.9 and ARP replies claiming it never reach the peer; control from 10.0.2.77 does)",
         udp9 == 0 && arp9 == 0 && udp77 > 0 && arp77 > 0,

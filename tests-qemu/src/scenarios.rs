@@ -629,6 +629,15 @@ fn run_inner(sc: &Scenario, inputs: &Inputs<'_>, rep: &mut Report) -> Result<()>
         &images.initrd
     };
     build_esp(&esp, &images.kernel.vmlinuz, initrd, &boot).context("building the ESP")?;
+    if sc.mgmt() {
+        // The control for "the admin key leaves the ESP": before Shoji runs, it is there.
+        let on_esp = crate::mgmt::esp_holds_key(&esp);
+        rep.check(
+            "management: control: the admin key is on the ESP before Shoji starts (raw image bytes)",
+            on_esp,
+            format!("{} holds the key: {on_esp}", esp.display()),
+        );
+    }
     let data_disk = if storage {
         let copy = dir.join("data.img");
         std::fs::copy(&images.data_disk, &copy).context("copying the data disk")?;
