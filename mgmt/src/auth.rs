@@ -94,7 +94,7 @@ pub fn parse_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
     let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
     let mut out = [0u8; N];
     for (i, o) in out.iter_mut().enumerate() {
-        *o = digit(t[2 * i])? << 4 | digit(t[2 * i + 1])?;
+        *o = digit(t[2 * i])? * 16 + digit(t[2 * i + 1])?;
     }
     Some(out)
 }
@@ -237,11 +237,6 @@ impl Verifier {
         self.last.saturating_add(1)
     }
 
-    /// Whether an admin key is set.
-    pub fn has_key(&self) -> bool {
-        self.key.is_some()
-    }
-
     /// Check a request; on success its nonce is spent.
     pub fn verify(
         &mut self,
@@ -369,6 +364,7 @@ mod tests {
             "Shoji-HMAC-SHA256 nonce=+1, signature=0000000000000000000000000000000000000000000000000000000000000000",
             "Shoji-HMAC-SHA256 nonce=99999999999999999999999, signature=0000000000000000000000000000000000000000000000000000000000000000",
             "Shoji-HMAC-SHA256 nonce=1, nonce=2, signature=0000000000000000000000000000000000000000000000000000000000000000",
+            "Shoji-HMAC-SHA256 nonce=1, signature=0000000000000000000000000000000000000000000000000000000000000000, signature=0000000000000000000000000000000000000000000000000000000000000000",
             "Shoji-HMAC-SHA256 nonce=1, signature=00000000000000000000000000000000000000000000000000000000000000zz",
             "Shoji-HMAC-SHA256 nonce=1, signature=0000000000000000000000000000000000000000000000000000000000000000, x=1",
         ] {
@@ -382,7 +378,18 @@ mod tests {
             Verifier::new(None, BOOT).verify(Some(&good), "GET", "/", b""),
             Err(AuthError::NoKey)
         );
-        assert!(!format_debug(&v).contains("7, 7"));
+        let debug = format_debug(&v);
+        assert!(!debug.contains("7, 7") && !debug.contains("07"), "{debug}");
+        assert!(debug.contains("key_set: true"), "{debug}");
+        for e in [
+            AuthError::Missing,
+            AuthError::Malformed,
+            AuthError::NoKey,
+            AuthError::BadSignature,
+            AuthError::StaleNonce,
+        ] {
+            assert_eq!(std::format!("{e}"), e.message());
+        }
     }
 
     fn format_debug(v: &Verifier) -> std::string::String {

@@ -30,7 +30,8 @@ impl Cidr {
             Some((a, p)) => (a, p),
             None => (text, "32"),
         };
-        if p.is_empty() || p.len() > 2 || !p.bytes().all(|c| c.is_ascii_digit()) {
+        // Digits only (`u8::from_str` would take a `+`); the empty string fails to parse.
+        if p.len() > 2 || !p.bytes().all(|c| c.is_ascii_digit()) {
             return None;
         }
         let prefix: u8 = p.parse().ok()?;
@@ -50,7 +51,7 @@ pub fn parse_ipv4(text: &str) -> Option<[u8; 4]> {
     let mut parts = text.split('.');
     for o in out.iter_mut() {
         let p = parts.next()?;
-        if p.is_empty() || p.len() > 3 || !p.bytes().all(|c| c.is_ascii_digit()) {
+        if p.len() > 3 || !p.bytes().all(|c| c.is_ascii_digit()) {
             return None;
         }
         *o = p.parse().ok()?;
@@ -134,6 +135,10 @@ mod tests {
         assert!(c.contains([10, 0, 2, 99]));
         assert!(!c.contains([10, 0, 3, 1]));
         assert!(Cidr::parse("0.0.0.0/0").unwrap().contains([1, 2, 3, 4]));
+        assert_eq!(
+            Cidr::parse("192.168.100.200/16"),
+            Some(Cidr { addr: [192, 168, 100, 200], prefix: 16 })
+        );
         let host = Cidr::parse("10.0.2.2").unwrap();
         assert_eq!(host.prefix, 32);
         assert!(host.contains([10, 0, 2, 2]) && !host.contains([10, 0, 2, 3]));
@@ -145,6 +150,8 @@ mod tests {
             "10.0.2.0/+4",
             "a.b.c.d",
             "10.0.2.1.5",
+            "10.0.2.0001/24",
+            "10.0.2.0/001",
             "",
         ] {
             assert_eq!(Cidr::parse(bad), None, "{bad}");
@@ -160,6 +167,19 @@ mod tests {
         assert!(s.allowed([10, 0, 2, 2]));
         assert!(!s.allowed([10, 0, 2, 3]));
     }
+
+    #[test]
+    fn debug_never_shows_the_key() {
+        let s = Settings {
+            key: [0xab; 32],
+            key_set: 1,
+            ..Settings::default()
+        };
+        let d = std::format!("{s:?}");
+        assert!(d.contains("key_set: 1") && !d.contains("171"), "{d}");
+    }
+
+    extern crate std;
 
     #[test]
     fn derived_mac_is_local_unicast_and_differs() {
