@@ -383,6 +383,104 @@ mod tests {
         );
     }
 
+    #[test]
+    fn limits_are_exact() {
+        // A head of exactly MAX_HEAD bytes is taken, one byte more is not.
+        let head = |len: usize| {
+            let mut h = Vec::from(&b"GET / HTTP/1.1\r\nX: "[..]);
+            h.resize(len - 4, b'a');
+            h.extend_from_slice(b"\r\n\r\n");
+            h
+        };
+        assert!(matches!(parse(&head(MAX_HEAD)), Parsed::Complete(_)));
+        assert_eq!(
+            parse(&head(MAX_HEAD + 1)),
+            Parsed::Error(HttpError::HeadTooLarge)
+        );
+        // A body of exactly MAX_BODY bytes is taken.
+        let mut r =
+            std::format!("POST /x HTTP/1.1\r\nContent-Length: {MAX_BODY}\r\n\r\n").into_bytes();
+        r.resize(r.len() + MAX_BODY, b'b');
+        assert!(matches!(parse(&r), Parsed::Complete(q) if q.body.len() == MAX_BODY));
+        // HTTP/1.0 is spoken too.
+        assert!(matches!(
+            parse(b"GET /nonce HTTP/1.0\r\n\r\n"),
+            Parsed::Complete(_)
+        ));
+    }
+
+    #[test]
+    fn reasons_and_messages() {
+        for (status, phrase) in [
+            (200, "OK"),
+            (400, "Bad Request"),
+            (401, "Unauthorized"),
+            (403, "Forbidden"),
+            (404, "Not Found"),
+            (405, "Method Not Allowed"),
+            (408, "Request Timeout"),
+            (409, "Conflict"),
+            (413, "Content Too Large"),
+            (431, "Request Header Fields Too Large"),
+            (500, "Internal Server Error"),
+            (501, "Not Implemented"),
+            (503, "Service Unavailable"),
+            (505, "HTTP Version Not Supported"),
+            (299, "Unknown"),
+        ] {
+            assert_eq!(reason(status), phrase);
+        }
+        let all = [
+            HttpError::Malformed,
+            HttpError::HeadTooLarge,
+            HttpError::BodyTooLarge,
+            HttpError::Chunked,
+            HttpError::Version,
+        ];
+        for e in all {
+            assert!(e.message().len() > 20, "{e:?}");
+            assert_eq!(all.iter().filter(|o| o.message() == e.message()).count(), 1);
+        }
+        assert!(HttpError::HeadTooLarge.message().contains("4096"));
+    }
+
+    #[test]
+    fn answers_that_do_not_fit_are_refused() {
+        // A body that swallows its own overflow still does not go out cut.
+        let mut buf = [0u8; HEAD_ROOM + 8];
+        assert_eq!(
+            respond(&mut buf, 200, "t", &|_| Ok(()), &mut |w| {
+                let _ = w.write_str("0123456789");
+                Ok(())
+            }),
+            None
+        );
+        // Exactly the head room: an empty body fits.
+        let mut exact = [0u8; HEAD_ROOM];
+        assert!(respond(&mut exact, 204, "t", &|_| Ok(()), &mut |_| Ok(())).is_some());
+        let mut short = [0u8; HEAD_ROOM - 1];
+        assert_eq!(
+            respond(&mut short, 204, "t", &|_| Ok(()), &mut |_| Ok(())),
+            None
+        );
+        // Headers that do not fit the head room.
+        let mut buf = [0u8; 2048];
+        let long = "X-Long: ".to_string() + &"a".repeat(HEAD_ROOM);
+        assert_eq!(
+            respond(&mut buf, 200, "t", &|w| w.write_str(&long), &mut |_| Ok(())),
+            None
+        );
+        let mut b = [0u8; 4];
+        let mut w = SliceWriter::new(&mut b);
+        assert!(w.is_empty());
+        w.write_str("ab").unwrap();
+        assert!(!w.is_empty() && !w.overflowed());
+        assert!(w.write_str("abc").is_err());
+        assert!(w.overflowed());
+    }
+
+    use std::string::ToString;
+
     proptest::proptest! {
         #[test]
         fn any_bytes_parse_without_panic(raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {

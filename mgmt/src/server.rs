@@ -180,8 +180,10 @@ struct Conn {
 pub struct ServerCounters {
     /// Frames the interface received.
     pub rx_frames: u64,
-    /// Frames dropped because the receive queue was full.
+    /// Frames dropped because the receive queue was full (or too long).
     pub rx_dropped: u64,
+    /// Frames the interface made that found the transmit queue full (or were too long).
+    pub tx_dropped: u64,
     /// Frames the interface sent.
     pub tx_frames: u64,
     /// Answers by status class: 2xx, 4xx, 5xx.
@@ -275,14 +277,12 @@ impl Server {
         }
     }
 
-    /// The settings.
-    pub fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
     /// The counters.
-    pub fn counters(&self) -> &ServerCounters {
-        &self.counters
+    pub fn counters(&self) -> ServerCounters {
+        ServerCounters {
+            tx_dropped: self.link.tx_dropped,
+            ..self.counters
+        }
     }
 
     /// A frame from the wire for Shoji (false: the queue was full and it was dropped).
@@ -296,9 +296,13 @@ impl Server {
         }
     }
 
-    /// Whether frames wait to be processed or sent.
-    pub fn busy(&self) -> bool {
-        self.link.rx.len > 0 || self.link.tx.len > 0
+    /// How many of the sockets are listening for a new connection (all of them when no
+    /// connection is open: a finished one never holds its socket in TIME-WAIT).
+    pub fn listening(&self) -> usize {
+        self.conns
+            .iter()
+            .filter(|c| self.sockets.get::<tcp::Socket>(c.handle).state() == tcp::State::Listen)
+            .count()
     }
 
     /// The next frame to send, handed to `send` (which says whether the NIC took it; a frame
@@ -489,7 +493,7 @@ impl Server {
         };
         let boot = *self.verifier.boot_id();
         let next_nonce = self.verifier.next_nonce();
-        let counters = self.counters;
+        let counters = self.counters();
         let uptime = self.now_ms.saturating_sub(self.started_ms);
         let mut next_event = 0u64;
         let (content_type, built) = match route {
@@ -640,6 +644,12 @@ fn server_metrics(e: &mut Exposition<'_>, c: &ServerCounters, uptime_ms: u64) ->
         "Frames for the management endpoint dropped because its queue was full.",
         c.rx_dropped,
     )?;
+    e.single(
+        "shoji_mgmt_tx_dropped_total",
+        Kind::Counter,
+        "Frames of the management endpoint dropped because its transmit queue was full.",
+        c.tx_dropped,
+    )?;
     e.family(
         "shoji_mgmt_answers_total",
         Kind::Counter,
@@ -714,5 +724,65 @@ impl Route {
             Route::Metrics => metrics_auth,
             Route::Events(_) | Route::Containers => true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(tag: u8, len: usize) -> Vec<u8> {
+        vec![tag; len]
+    }
+
+    #[test]
+    fn the_frame_ring_is_a_bounded_fifo_that_wraps() {
+        let mut r = FrameRing::new();
+        for round in 0..3u8 {
+            for i in 0..QUEUE as u8 {
+                assert!(r.push(&frame(round * 100 + i, 60 + usize::from(i))));
+            }
+            assert!(!r.push(&frame(0xee, 60)), "full");
+            for i in 0..QUEUE as u8 {
+                assert_eq!(
+                    r.front(),
+                    Some(&frame(round * 100 + i, 60 + usize::from(i))[..])
+                );
+                r.pop();
+            }
+            assert_eq!(r.front(), None);
+            // Leave the head somewhere in the middle for the next round.
+            assert!(r.push(&frame(1, 60)));
+            r.pop();
+        }
+        assert!(!r.push(&frame(2, FRAME + 1)), "too long");
+        assert!(r.push(&frame(3, FRAME)));
+        assert_eq!(r.front().map(<[u8]>::len), Some(FRAME));
+    }
+
+    #[test]
+    fn the_link_gives_no_token_when_its_queue_is_full_and_counts_what_it_cannot_queue() {
+        let mut link = Link {
+            rx: FrameRing::new(),
+            tx: FrameRing::new(),
+            tx_dropped: 0,
+        };
+        let t = Instant::from_millis(0);
+        assert!(link.receive(t).is_none());
+        for i in 0..QUEUE as u8 {
+            let tok = link.transmit(t).expect("room");
+            tok.consume(60, |b| b.fill(i));
+        }
+        assert!(link.transmit(t).is_none());
+        assert_eq!(link.tx_dropped, 0);
+        link.tx.pop();
+        link.transmit(t).unwrap().consume(FRAME + 1, |_| ());
+        assert_eq!(
+            link.tx_dropped, 1,
+            "a frame longer than FRAME is dropped and counted"
+        );
+        link.transmit(t).unwrap().consume(60, |_| ());
+        assert_eq!(link.tx_dropped, 1);
+        assert_eq!(link.tx.len, QUEUE);
     }
 }

@@ -137,7 +137,10 @@ mod tests {
         assert!(Cidr::parse("0.0.0.0/0").unwrap().contains([1, 2, 3, 4]));
         assert_eq!(
             Cidr::parse("192.168.100.200/16"),
-            Some(Cidr { addr: [192, 168, 100, 200], prefix: 16 })
+            Some(Cidr {
+                addr: [192, 168, 100, 200],
+                prefix: 16
+            })
         );
         let host = Cidr::parse("10.0.2.2").unwrap();
         assert_eq!(host.prefix, 32);

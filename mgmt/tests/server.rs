@@ -116,6 +116,8 @@ struct Bed {
     guard: Guard,
     /// Frames the guard gave to the guest (none of them may be for Shoji).
     to_guest: usize,
+    /// The client closes its side once the request is sent.
+    half_close: bool,
 }
 
 impl Bed {
@@ -132,6 +134,7 @@ impl Bed {
             },
             now: 1,
             to_guest: 0,
+            half_close: false,
         }
     }
 
@@ -199,6 +202,13 @@ impl Bed {
             if s.can_send() && sent < limit {
                 sent += s.send_slice(&request[sent..limit]).unwrap();
             }
+            if self.half_close
+                && sent == request.len()
+                && s.state() == tcp::State::Established
+                && s.send_queue() == 0
+            {
+                s.close();
+            }
             while s.can_recv() {
                 let mut b = [0u8; 4096];
                 let n = s.recv_slice(&mut b).unwrap();
@@ -229,6 +239,14 @@ impl Bed {
             }
         }
         String::from_utf8(got).expect("the answer is text")
+    }
+
+    /// Like [`Self::exchange`], but the client closes its sending side right after the request.
+    fn exchange_half_closed(&mut self, client_ip: [u8; 4], request: &[u8]) -> String {
+        self.half_close = true;
+        let a = self.exchange(client_ip, request, None);
+        self.half_close = false;
+        a
     }
 
     fn signed(&mut self, method: &str, path: &str, body: &str, nonce: u64) -> Vec<u8> {
@@ -308,6 +326,22 @@ fn nonce_metrics_and_signed_requests() {
         bed.to_guest, 0,
         "every frame to Shoji's address was Shoji's"
     );
+    let c = bed.server.counters();
+    assert!(c.rx_frames > 20 && c.tx_frames > 20, "{c:?}");
+    assert_eq!((c.rx_dropped, c.tx_dropped), (0, 0));
+    assert_eq!(c.answers, [5, 3, 0]);
+    assert_eq!(c.auth_refused, [1, 0, 0, 1, 1]);
+}
+
+#[test]
+fn a_client_that_closes_its_side_after_the_request_still_gets_the_answer() {
+    let mut bed = Bed::new(settings(None, false));
+    let a = bed.exchange_half_closed(PEER, b"GET /nonce HTTP/1.1\r\n\r\n");
+    assert_eq!(status(&a), 200, "{a}");
+    // A connection that sends nothing and closes is closed, and its socket listens again.
+    let a = bed.exchange_half_closed(PEER, b"");
+    assert_eq!(a, "");
+    assert_eq!(bed.server.listening(), shoji_mgmt::server::SOCKETS);
 }
 
 #[test]
@@ -382,6 +416,11 @@ fn a_large_answer_arrives_whole_and_sockets_recycle() {
         assert_eq!(b.len(), len);
         assert!(b.len() > 100_000);
         assert!(b.contains("shoji_test_lines_total{line=\"3999\"} 3999\n"));
+        assert_eq!(
+            bed.server.listening(),
+            shoji_mgmt::server::SOCKETS,
+            "round {round}"
+        );
     }
     bed.backend.metric_lines = 20_000;
     let a = bed.exchange(PEER, b"GET /metrics HTTP/1.1\r\n\r\n", None);
