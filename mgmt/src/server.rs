@@ -42,6 +42,10 @@ pub const CONN_BUF: usize = http::MAX_HEAD + http::MAX_BODY + 512;
 pub const SMALL_ANSWER: usize = 1024;
 /// Most events one `/events` answer carries.
 pub const EVENTS_PER_ANSWER: usize = 256;
+/// The longest `/events?wait=` in seconds.
+pub const MAX_WAIT_S: u64 = 60;
+/// Connections that may wait in a long poll at once (the others are answered at once).
+pub const MAX_WAITING: usize = 2;
 
 /// What the hypervisor provides: the guest's and Shoji's state, rendered on request.
 pub trait Backend {
@@ -52,6 +56,8 @@ pub trait Backend {
     fn events(&mut self, from: u64, max: usize, out: &mut dyn Write) -> Result<u64, fmt::Error>;
     /// The container registry as one JSON document.
     fn containers(&mut self, out: &mut dyn Write) -> fmt::Result;
+    /// The sequence number the next event will get (events so far plus one).
+    fn next_event(&mut self) -> u64;
 }
 
 /// A bounded queue of frames.
@@ -158,6 +164,8 @@ enum Phase {
     Reading,
     /// Sending `range` of its own buffer (`own`) or of the shared answer buffer.
     Answering { own: bool, at: usize, end: usize },
+    /// A long poll of `/events` from `from`, until time `until` (ms) at the latest.
+    Waiting { from: u64, until: u64 },
     /// Everything queued; the socket is closing.
     Closing,
 }
@@ -392,6 +400,15 @@ impl Server {
                     self.conns[i].phase = Phase::Answering { own, at, end };
                 }
             }
+            Phase::Waiting { from, until } => {
+                if !s.is_active() {
+                    return;
+                }
+                let ready = backend.next_event() > from.max(1) || self.now_ms >= until;
+                if ready && self.answer_owner.is_none() {
+                    self.build(i, Route::Events { from, wait_ms: 0 }, backend);
+                }
+            }
             Phase::Closing => {}
         }
     }
@@ -487,10 +504,22 @@ impl Server {
                 Ok(route)
             })
         };
-        let route = match decided {
-            Err((status, text)) => return self.small_answer(i, status, text),
-            Ok(r) => r,
-        };
+        match decided {
+            Err((status, text)) => self.small_answer(i, status, text),
+            Ok(route) => self.build(i, route, backend),
+        }
+    }
+
+    /// Connections waiting in a long poll.
+    fn waiting(&self) -> usize {
+        self.conns
+            .iter()
+            .filter(|c| matches!(c.phase, Phase::Waiting { .. }))
+            .count()
+    }
+
+    /// Build the answer to an accepted request (its signature already checked).
+    fn build(&mut self, i: usize, route: Route, backend: &mut dyn Backend) {
         let boot = *self.verifier.boot_id();
         let next_nonce = self.verifier.next_nonce();
         let counters = self.counters();
@@ -523,7 +552,19 @@ impl Server {
                     },
                 ),
             ),
-            Route::Events(from) => {
+            Route::Events { from, wait_ms } => {
+                // Long poll: nothing to say yet, so hold the connection (a bounded number of
+                // them, for a bounded time) and answer from `serve` once there is.
+                if wait_ms > 0
+                    && backend.next_event() <= from.max(1)
+                    && self.waiting() < MAX_WAITING
+                {
+                    self.conns[i].phase = Phase::Waiting {
+                        from,
+                        until: self.now_ms.saturating_add(wait_ms),
+                    };
+                    return;
+                }
                 let r = http::respond(
                     &mut self.answer,
                     200,
@@ -685,8 +726,27 @@ fn server_metrics(e: &mut Exposition<'_>, c: &ServerCounters, uptime_ms: u64) ->
 enum Route {
     Nonce,
     Metrics,
-    Events(u64),
+    /// Events from a sequence number; with `wait_ms`, held until one exists or the time is up.
+    Events {
+        from: u64,
+        wait_ms: u64,
+    },
     Containers,
+}
+
+/// A decimal query parameter (`None` when absent).
+fn number(
+    req: &Request<'_>,
+    name: &str,
+    what: &'static str,
+) -> Result<Option<u64>, (u16, &'static str)> {
+    match req.query(name) {
+        None => Ok(None),
+        Some(v) if !v.is_empty() && v.bytes().all(|c| c.is_ascii_digit()) => {
+            v.parse().map(Some).map_err(|_| (400, what))
+        }
+        Some(_) => Err((400, what)),
+    }
 }
 
 impl Route {
@@ -695,14 +755,16 @@ impl Route {
             "/nonce" => Route::Nonce,
             "/metrics" => Route::Metrics,
             "/events" => {
-                let from = match req.query("from") {
-                    None => 0,
-                    Some(v) if !v.is_empty() && v.bytes().all(|c| c.is_ascii_digit()) => v
-                        .parse()
-                        .map_err(|_| (400, "`from` must be a decimal number"))?,
-                    Some(_) => return Err((400, "`from` must be a decimal number")),
-                };
-                Route::Events(from)
+                let from = number(req, "from", "`from` must be a decimal number")?.unwrap_or(0);
+                let wait = number(req, "wait", "`wait` must be a number of seconds, 0 to 60")?
+                    .unwrap_or(0);
+                if wait > MAX_WAIT_S {
+                    return Err((400, "`wait` must be a number of seconds, 0 to 60"));
+                }
+                Route::Events {
+                    from,
+                    wait_ms: wait * 1000,
+                }
             }
             "/containers" => Route::Containers,
             _ => {
@@ -722,7 +784,7 @@ impl Route {
         match self {
             Route::Nonce => false,
             Route::Metrics => metrics_auth,
-            Route::Events(_) | Route::Containers => true,
+            Route::Events { .. } | Route::Containers => true,
         }
     }
 }

@@ -44,6 +44,9 @@ impl Backend for FakeBackend {
     fn containers(&mut self, out: &mut dyn Write) -> fmt::Result {
         out.write_str("[]")
     }
+    fn next_event(&mut self) -> u64 {
+        self.events
+    }
 }
 
 fn settings(allow: Option<&str>, metrics_auth: bool) -> Settings {
@@ -118,6 +121,8 @@ struct Bed {
     to_guest: usize,
     /// The client closes its side once the request is sent.
     half_close: bool,
+    /// At this time (ms), the backend's event count becomes this.
+    events_at: Option<(u64, u64)>,
 }
 
 impl Bed {
@@ -135,6 +140,7 @@ impl Bed {
             now: 1,
             to_guest: 0,
             half_close: false,
+            events_at: None,
         }
     }
 
@@ -187,6 +193,11 @@ impl Bed {
                         self.server.receive(&f);
                     }
                     RxClass::Guest => self.to_guest += 1,
+                }
+            }
+            if let Some((at, n)) = self.events_at {
+                if self.now >= at {
+                    self.backend.events = n;
                 }
             }
             self.server.poll(self.now, &mut self.backend);
@@ -498,4 +509,38 @@ fn shoji_answers_ping_from_the_peer() {
         }
     }
     assert!(answered, "no echo reply from Shoji's address");
+}
+
+#[test]
+fn events_long_poll_waits_for_an_event_or_the_time() {
+    let mut bed = Bed::new(settings(None, false));
+    // No event from 5 on: the answer comes when the wait is over, empty.
+    let start = bed.now;
+    let req = bed.signed("GET", "/events?from=5&wait=2", "", 1);
+    let a = bed.exchange(PEER, &req, None);
+    assert_eq!(status(&a), 200, "{a}");
+    assert_eq!(body(&a), "");
+    assert!(a.contains("X-Shoji-Next-Event: 5\r\n"), "{a}");
+    let waited = bed.now - start;
+    assert!((2000..3000).contains(&waited), "answered after {waited} ms");
+    // An event arrives during the wait: the answer comes with it, long before the time is up.
+    let start = bed.now;
+    bed.events_at = Some((start + 700, 6));
+    let req = bed.signed("GET", "/events?from=5&wait=30", "", 2);
+    let a = bed.exchange(PEER, &req, None);
+    assert_eq!(body(&a), "{\"seq\":5}\n", "{a}");
+    let waited = bed.now - start;
+    assert!((700..2000).contains(&waited), "answered after {waited} ms");
+    // Events already there: no waiting at all.
+    let start = bed.now;
+    let req = bed.signed("GET", "/events?from=0&wait=30", "", 3);
+    let a = bed.exchange(PEER, &req, None);
+    assert!(body(&a).starts_with("{\"seq\":0}\n"), "{a}");
+    assert!(bed.now - start < 700);
+    // Bounds.
+    for bad in ["/events?wait=61", "/events?wait=x", "/events?from=-1"] {
+        let req = bed.signed("GET", bad, "", 10);
+        let a = bed.exchange(PEER, &req, None);
+        assert_eq!(status(&a), 400, "{bad}: {a}");
+    }
 }

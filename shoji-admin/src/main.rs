@@ -180,7 +180,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             from,
             follow,
             interval,
-        } => events(&mut client, from, follow, interval),
+        } => events(&mut client, from, follow, interval, cli.timeout),
         Cmd::Request {
             method,
             path,
@@ -209,11 +209,28 @@ fn run(cli: Cli) -> Result<(), Error> {
 /// Print events from `from` on; with `follow`, poll every `interval` until killed. While
 /// following, an unreachable Shoji is reported and polled again, and a restart of Shoji (a new
 /// boot id) starts again from event 0 of the new boot.
-fn events(client: &mut Client, from: u64, follow: bool, interval: Duration) -> Result<(), Error> {
+fn events(
+    client: &mut Client,
+    from: u64,
+    follow: bool,
+    interval: Duration,
+    timeout: Duration,
+) -> Result<(), Error> {
     let mut from = from;
     let mut boot = None;
     loop {
-        let target = format!("/events?from={from}");
+        // Following: a long poll (Shoji holds the request until an event arrives or the wait is
+        // over), the wait well inside the request's time limit.
+        let wait = if follow {
+            (timeout.as_secs() / 2).min(20)
+        } else {
+            0
+        };
+        let target = if wait > 0 {
+            format!("/events?from={from}&wait={wait}")
+        } else {
+            format!("/events?from={from}")
+        };
         match client.get(&target) {
             Ok(answer) => {
                 let next = client.next_event(&answer)?;

@@ -328,9 +328,9 @@ fn events_follow_polls_with_the_next_number() {
         targets[..4],
         [
             "/nonce",
-            "/events?from=0",
-            "/events?from=3",
-            "/events?from=3"
+            "/events?from=0&wait=15",
+            "/events?from=3&wait=15",
+            "/events?from=3&wait=15"
         ]
     );
 }
@@ -344,7 +344,7 @@ fn events_follow_starts_again_after_a_restart() {
         let (boot, body, next) = match (poll, req.target.as_str()) {
             (0, _) => (BOOT, format!("{}\n", EVENTS[0]), 1),
             // After the restart: event 1 of the old numbering is not wanted.
-            (_, "/events?from=1") => (BOOT2, format!("{}\n", EVENTS[1]), 2),
+            (_, "/events?from=1&wait=15") => (BOOT2, format!("{}\n", EVENTS[1]), 2),
             _ => (BOOT2, format!("{}\n", EVENTS[2]), 1),
         };
         let extra = format!("X-Shoji-Next-Event: {next}\r\n");
@@ -376,6 +376,10 @@ fn events_follow_starts_again_after_a_restart() {
     );
     assert_eq!(
         fake.targets()[..3],
-        ["/events?from=0", "/events?from=1", "/events?from=0"]
+        [
+            "/events?from=0&wait=15",
+            "/events?from=1&wait=15",
+            "/events?from=0&wait=15"
+        ]
     );
 }

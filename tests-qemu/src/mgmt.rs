@@ -364,6 +364,18 @@ fn phases(
         r.ok,
         first_line(&r.text),
     );
+    let r = p.admin(
+        "signed events, long poll",
+        &["request", "GET", "/events?from=1&wait=3"],
+    );
+    rep.check(
+        "management: a long poll of /events with nothing to report answers when its wait is over",
+        r.ok && r.text.contains("HTTP/1.1 200")
+            && r.text
+                .lines()
+                .all(|l| l.trim().is_empty() || l.starts_with("HTTP/1.1 200")),
+        format!("exit {:?}: {}", r.code, first_line(&r.text)),
+    );
     let r = p.admin("unsigned containers", &["--no-key", "containers"]);
     rep.check(
         "management: an unsigned request is refused with 401",

@@ -170,6 +170,10 @@ impl shoji_mgmt::Backend for Backend {
     fn containers(&mut self, out: &mut dyn Write) -> fmt::Result {
         super::policy::containers_json(out)
     }
+
+    fn next_event(&mut self) -> u64 {
+        super::policy::next_event()
+    }
 }
 
 /// The NIC's counters: frames and drops by direction, Shoji's exits by cause, registers.

@@ -623,6 +623,14 @@ fn event_json(ev: &Event, out: &mut dyn Write) -> fmt::Result {
     out.write_str("}\n")
 }
 
+/// The sequence number the next event will get (1 before the engine exists).
+pub fn next_event() -> u64 {
+    ENGINE
+        .lock()
+        .as_deref()
+        .map_or(1, |e| e.events().next_seq())
+}
+
 /// Events from `from` on (at most `max`) as JSON lines; returns the sequence number to ask
 /// for next (`from` when there are none yet).
 pub fn events_json(from: u64, max: usize, out: &mut dyn Write) -> Result<u64, fmt::Error> {

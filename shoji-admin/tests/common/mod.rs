@@ -184,7 +184,8 @@ pub fn shoji(key: Option<[u8; 32]>, opts: Options) -> Fake {
             ("GET", "/containers") => answer(200, "OK", &boot, "", CONTAINERS),
             ("GET", "/events") => {
                 let from: usize = query
-                    .strip_prefix("from=")
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("from="))
                     .and_then(|n| n.parse().ok())
                     .unwrap_or(0);
                 let mut body = String::new();
