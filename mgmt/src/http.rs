@@ -470,6 +470,20 @@ mod tests {
             respond(&mut buf, 200, "t", &|w| w.write_str(&long), &mut |_| Ok(())),
             None
         );
+        // Headers that swallow their own overflow still do not go out cut.
+        assert_eq!(
+            respond(
+                &mut buf,
+                200,
+                "t",
+                &|w| {
+                    let _ = w.write_str(&long);
+                    Ok(())
+                },
+                &mut |_| Ok(())
+            ),
+            None
+        );
         let mut b = [0u8; 4];
         let mut w = SliceWriter::new(&mut b);
         assert!(w.is_empty());

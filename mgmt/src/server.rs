@@ -38,6 +38,9 @@ pub const SOCKET_TX: usize = 8192;
 pub const ANSWER: usize = 256 * 1024;
 /// Bytes of each connection's own buffer (its request, and its short answers).
 pub const CONN_BUF: usize = http::MAX_HEAD + http::MAX_BODY + 512;
+// A request that fits no buffer is refused by the parser's limits before the buffer is full.
+const _: () = assert!(CONN_BUF > http::MAX_HEAD + http::MAX_BODY);
+
 /// Bytes of each connection's buffer for short answers.
 pub const SMALL_ANSWER: usize = 1024;
 /// Most events one `/events` answer carries.
@@ -343,10 +346,8 @@ impl Server {
         match s.state() {
             tcp::State::Closed | tcp::State::TimeWait => {
                 // Done (or dropped): listen again at once rather than holding the socket for
-                // TIME-WAIT; the answer was delivered and acknowledged before the close.
-                if s.state() == tcp::State::TimeWait {
-                    s.abort();
-                }
+                // TIME-WAIT (smoltcp lets a socket in TIME-WAIT listen); the answer was
+                // delivered and acknowledged before the close.
                 let _ = s.listen(port);
                 self.reset(i);
                 return;
@@ -374,13 +375,12 @@ impl Server {
                     }
                 }
                 let len = c.len;
-                let full = len == c.buf.len();
                 if !s.may_recv() && len == 0 {
                     s.close();
                     self.conns[i].phase = Phase::Closing;
                     return;
                 }
-                self.try_answer(i, full, since, backend);
+                self.try_answer(i, since, backend);
             }
             Phase::Answering { own, at, end } => {
                 let src = if own {
@@ -393,7 +393,7 @@ impl Server {
                 if at == end {
                     s.close();
                     self.conns[i].phase = Phase::Closing;
-                    if !own {
+                    if self.answer_owner == Some(i) {
                         self.answer_owner = None;
                     }
                 } else {
@@ -457,14 +457,10 @@ impl Server {
         self.counters.answers[class] += 1;
     }
 
-    fn try_answer(&mut self, i: usize, full: bool, since: u64, backend: &mut dyn Backend) {
+    fn try_answer(&mut self, i: usize, since: u64, backend: &mut dyn Backend) {
         let len = self.conns[i].len;
         let parsed = http::parse(&self.conns[i].buf[..len]);
         let (status, text): (u16, &str) = match parsed {
-            Parsed::Partial if full => (
-                HttpError::HeadTooLarge.status(),
-                HttpError::HeadTooLarge.message(),
-            ),
             Parsed::Partial => {
                 if self.now_ms.saturating_sub(since) > REQUEST_TIMEOUT_MS {
                     self.counters.timeouts += 1;
@@ -820,6 +816,41 @@ mod tests {
         assert!(!r.push(&frame(2, FRAME + 1)), "too long");
         assert!(r.push(&frame(3, FRAME)));
         assert_eq!(r.front().map(<[u8]>::len), Some(FRAME));
+    }
+
+    #[test]
+    fn pop_on_an_empty_ring_does_nothing() {
+        let mut r = FrameRing::new();
+        r.pop();
+        assert_eq!((r.len, r.front()), (0, None));
+        assert!(r.push(&frame(9, 60)));
+        assert_eq!(r.front(), Some(&frame(9, 60)[..]));
+    }
+
+    #[test]
+    fn the_counters_carry_both_queues_drops() {
+        let mut s = Server::new(
+            Settings {
+                enabled: 1,
+                mac: [2, 0, 0, 0, 0, 9],
+                ip: crate::settings::Cidr {
+                    addr: [10, 0, 2, 9],
+                    prefix: 24,
+                },
+                port: 9180,
+                ..Settings::default()
+            },
+            0,
+        );
+        for _ in 0..QUEUE + 4 {
+            s.receive(&frame(1, 60));
+        }
+        s.link.tx_dropped = 3;
+        let c = s.counters();
+        assert_eq!(
+            (c.rx_frames, c.rx_dropped, c.tx_dropped),
+            (QUEUE as u64, 4, 3)
+        );
     }
 
     #[test]

@@ -23,12 +23,23 @@ const SHOJI_MAC: [u8; 6] = [0x02, 0x54, 0, 0x12, 0x34, 0xd6];
 struct FakeBackend {
     metric_lines: usize,
     events: u64,
+    /// Renders of /metrics so far; each render is 50 lines longer than the one before.
+    renders: usize,
 }
 
 impl Backend for FakeBackend {
     fn metrics(&mut self, e: &mut Exposition<'_>) -> fmt::Result {
+        let k = self.renders;
+        self.renders += 1;
+        e.single(
+            "shoji_test_render",
+            Kind::Gauge,
+            "This render's number.",
+            k as u64,
+        )?;
         e.family("shoji_test_lines_total", Kind::Counter, "Test lines.")?;
-        for i in 0..self.metric_lines {
+        let grow = if self.metric_lines >= 3000 { 50 * k } else { 0 };
+        for i in 0..self.metric_lines + grow {
             e.sample("shoji_test_lines_total", &[("line", &i)], i as u64)?;
         }
         Ok(())
@@ -136,6 +147,7 @@ impl Bed {
             backend: FakeBackend {
                 metric_lines: 3,
                 events: 5,
+                renders: 0,
             },
             now: 1,
             to_guest: 0,
@@ -538,9 +550,133 @@ fn events_long_poll_waits_for_an_event_or_the_time() {
     assert!(body(&a).starts_with("{\"seq\":0}\n"), "{a}");
     assert!(bed.now - start < 700);
     // Bounds.
-    for bad in ["/events?wait=61", "/events?wait=x", "/events?from=-1"] {
+    for bad in [
+        "/events?wait=61",
+        "/events?wait=x",
+        "/events?from=-1",
+        "/events?from=+1",
+        "/events?wait=+1",
+        "/events?from=",
+    ] {
         let req = bed.signed("GET", bad, "", 10);
         let a = bed.exchange(PEER, &req, None);
         assert_eq!(status(&a), 400, "{bad}: {a}");
     }
+}
+
+#[test]
+fn uptime_and_a_long_head_within_the_limits() {
+    let mut bed = Bed::new(settings(None, false));
+    // Shoji's clock moves on by 5.4 s with nothing to do.
+    bed.now = 5_401;
+    bed.server.poll(bed.now, &mut bed.backend);
+    let mut req = b"GET /metrics HTTP/1.1\r\nX-Pad: ".to_vec();
+    req.resize(3000, b'p');
+    req.extend_from_slice(b"\r\n\r\n");
+    let a = bed.exchange(PEER, &req, None);
+    assert_eq!(status(&a), 200, "{a}");
+    assert!(body(&a).contains("shoji_mgmt_uptime_seconds 5\n"), "{a}");
+}
+
+#[test]
+fn two_clients_at_once_each_get_their_own_whole_answer() {
+    let mut bed = Bed::new(settings(None, false));
+    bed.backend.metric_lines = 3000;
+    let mut wire = Wire::default();
+    let mac = EthernetAddress([0x52, 0x54, 0, 0, 0, 2]);
+    let mut iface = Interface::new(
+        Config::new(HardwareAddress::Ethernet(mac)),
+        &mut wire,
+        Instant::from_millis(1),
+    );
+    iface.update_ip_addrs(|a| {
+        a.push(IpCidr::new(IpAddress::Ipv4(Ipv4Address::from(PEER)), 24))
+            .unwrap();
+    });
+    let mut storage = [SocketStorage::EMPTY, SocketStorage::EMPTY];
+    let mut set = SocketSet::new(&mut storage[..]);
+    let mut handles = Vec::new();
+    for port in [41000u16, 41001] {
+        let mut s = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 4096]),
+            tcp::SocketBuffer::new(vec![0; 4096]),
+        );
+        s.connect(
+            iface.context(),
+            (IpAddress::Ipv4(Ipv4Address::from(SHOJI_IP)), 8080),
+            port,
+        )
+        .unwrap();
+        handles.push(set.add(s));
+    }
+    let req = b"GET /metrics HTTP/1.1\r\n\r\n";
+    let mut got = [Vec::new(), Vec::new()];
+    let mut sent = [false, false];
+    for _ in 0..200_000 {
+        bed.now += 1;
+        iface.poll(Instant::from_millis(bed.now as i64), &mut wire, &mut set);
+        while let Some(f) = wire.from_client.pop_front() {
+            if bed.guard.rx(&f) == RxClass::Shoji {
+                bed.server.receive(&f);
+            }
+        }
+        bed.server.poll(bed.now, &mut bed.backend);
+        bed.server.pop_tx(&mut |f| {
+            wire.to_client.push_back(f.to_vec());
+            true
+        });
+        let mut done = 0;
+        for (k, h) in handles.iter().enumerate() {
+            let s = set.get_mut::<tcp::Socket>(*h);
+            if !sent[k] && s.can_send() {
+                s.send_slice(req).unwrap();
+                sent[k] = true;
+            }
+            while s.can_recv() {
+                let mut b = [0u8; 4096];
+                let n = s.recv_slice(&mut b).unwrap();
+                got[k].extend_from_slice(&b[..n]);
+            }
+            if sent[k] && !s.may_recv() {
+                done += 1;
+            }
+        }
+        if done == 2 {
+            break;
+        }
+    }
+    let mut renders = Vec::new();
+    for g in &got {
+        let a = String::from_utf8_lossy(g).into_owned();
+        assert_eq!(status(&a), 200);
+        let b = body(&a);
+        let len: usize = a
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(b.len(), len, "an answer arrived whole");
+        // The answer is one render, start to end: its number says how many lines it has.
+        let k: usize = b
+            .lines()
+            .find_map(|l| l.strip_prefix("shoji_test_render "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        let last = 3000 + 50 * k - 1;
+        assert_eq!(
+            b.matches("shoji_test_lines_total{").count(),
+            last + 1,
+            "render {k}"
+        );
+        assert!(b.contains(&format!(
+            "shoji_test_lines_total{{line=\"{last}\"}} {last}\n"
+        )));
+        assert!(b.ends_with("shoji_mgmt_request_timeouts_total 0\n"));
+        renders.push(k);
+    }
+    renders.sort();
+    assert_eq!(renders, [0, 1], "two renders, one per client");
 }
