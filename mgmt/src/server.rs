@@ -9,7 +9,7 @@
 //! [`REQUEST_TIMEOUT_MS`] is aborted.
 
 use crate::auth::{AuthError, Verifier};
-use crate::http::{self, HttpError, Parsed, Request};
+use crate::http::{self, Parsed, Request};
 use crate::prom::{Exposition, Kind, CONTENT_TYPE};
 use crate::settings::Settings;
 use alloc::boxed::Box;
