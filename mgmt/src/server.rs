@@ -259,8 +259,9 @@ impl Server {
                 tcp::SocketBuffer::new(vec![0; SOCKET_RX]),
                 tcp::SocketBuffer::new(vec![0; SOCKET_TX]),
             );
+            // Longer than the longest long poll: an idle connection is cut only after it.
             s.set_timeout(Some(smoltcp::time::Duration::from_millis(
-                3 * REQUEST_TIMEOUT_MS,
+                MAX_WAIT_S * 1000 + 2 * REQUEST_TIMEOUT_MS,
             )));
             let _ = s.listen(settings.port);
             *h = Some(set.add(s));

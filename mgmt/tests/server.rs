@@ -680,3 +680,115 @@ fn two_clients_at_once_each_get_their_own_whole_answer() {
     renders.sort();
     assert_eq!(renders, [0, 1], "two renders, one per client");
 }
+
+/// Send `requests` from one client stack on as many connections at once; each answer with the
+/// simulated time (ms since the start) at which its connection closed.
+fn concurrent(bed: &mut Bed, requests: &[Vec<u8>]) -> Vec<(String, u64)> {
+    let mut wire = Wire::default();
+    let mac = EthernetAddress([0x52, 0x54, 0, 0, 0, 2]);
+    let mut iface = Interface::new(
+        Config::new(HardwareAddress::Ethernet(mac)),
+        &mut wire,
+        Instant::from_millis(bed.now as i64),
+    );
+    iface.update_ip_addrs(|a| {
+        a.push(IpCidr::new(IpAddress::Ipv4(Ipv4Address::from(PEER)), 24))
+            .unwrap();
+    });
+    let mut storage: Vec<SocketStorage> =
+        (0..requests.len()).map(|_| SocketStorage::EMPTY).collect();
+    let mut set = SocketSet::new(&mut storage[..]);
+    let mut handles = Vec::new();
+    for k in 0..requests.len() {
+        let mut s = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; 4096]),
+            tcp::SocketBuffer::new(vec![0; 4096]),
+        );
+        let port = 42000 + k as u16 + (bed.now % 1000) as u16 * 8;
+        s.connect(
+            iface.context(),
+            (IpAddress::Ipv4(Ipv4Address::from(SHOJI_IP)), 8080),
+            port,
+        )
+        .unwrap();
+        handles.push(set.add(s));
+    }
+    let start = bed.now;
+    let mut got = vec![Vec::new(); requests.len()];
+    let mut sent = vec![false; requests.len()];
+    let mut closed: Vec<Option<u64>> = vec![None; requests.len()];
+    for _ in 0..200_000 {
+        bed.now += 1;
+        iface.poll(Instant::from_millis(bed.now as i64), &mut wire, &mut set);
+        while let Some(f) = wire.from_client.pop_front() {
+            if bed.guard.rx(&f) == RxClass::Shoji {
+                bed.server.receive(&f);
+            }
+        }
+        bed.server.poll(bed.now, &mut bed.backend);
+        bed.server.pop_tx(&mut |f| {
+            wire.to_client.push_back(f.to_vec());
+            true
+        });
+        for (k, h) in handles.iter().enumerate() {
+            let s = set.get_mut::<tcp::Socket>(*h);
+            if !sent[k] && s.can_send() {
+                s.send_slice(&requests[k]).unwrap();
+                sent[k] = true;
+            }
+            while s.can_recv() {
+                let mut b = [0u8; 4096];
+                let n = s.recv_slice(&mut b).unwrap();
+                got[k].extend_from_slice(&b[..n]);
+            }
+            if sent[k] && !s.may_recv() && closed[k].is_none() {
+                closed[k] = Some(bed.now - start);
+                s.close();
+            }
+        }
+        if closed.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    got.into_iter()
+        .zip(closed)
+        .map(|(g, t)| {
+            (
+                String::from_utf8_lossy(&g).into_owned(),
+                t.unwrap_or(u64::MAX),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn at_most_two_long_polls_are_held_and_sixty_seconds_is_the_longest_wait() {
+    let mut bed = Bed::new(settings(None, false));
+    let reqs: Vec<Vec<u8>> = (1..=3)
+        .map(|n| bed.signed("GET", "/events?from=5&wait=10", "", n))
+        .collect();
+    let answers = concurrent(&mut bed, &reqs);
+    let mut times: Vec<u64> = answers
+        .iter()
+        .map(|(a, t)| {
+            assert_eq!(status(a), 200, "{a}");
+            assert_eq!(body(a), "");
+            *t
+        })
+        .collect();
+    times.sort();
+    assert!(
+        times[0] < 1_000,
+        "the third poll is answered at once: {times:?}"
+    );
+    assert!(
+        times[1] >= 10_000 && times[2] >= 10_000,
+        "two are held for their wait: {times:?}"
+    );
+    // The longest wait allowed is 60 s.
+    let req = bed.signed("GET", "/events?from=5&wait=60", "", 10);
+    let start = bed.now;
+    let a = bed.exchange(PEER, &req, None);
+    assert_eq!(status(&a), 200, "{a}");
+    assert!(bed.now - start >= 60_000);
+}
