@@ -239,8 +239,8 @@ impl Write for SliceWriter<'_> {
 /// Room kept before a body for the status line and headers.
 pub const HEAD_ROOM: usize = 512;
 
-/// Build an answer in `buf`: the body is rendered by `body` at `HEAD_ROOM`, then the status line
-/// and headers are written just before it. Returns the range of `buf` to send, or `None` when the
+/// Build an answer in `buf`: the body is rendered by `body` at `HEAD_ROOM`, then (so `extra` may
+/// use what the body's rendering found) the status line and headers are written just before it. Returns the range of `buf` to send, or `None` when the
 /// body did not fit (the caller answers 500 instead).
 pub fn respond(
     buf: &mut [u8],

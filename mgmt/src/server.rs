@@ -521,7 +521,6 @@ impl Server {
         let next_nonce = self.verifier.next_nonce();
         let counters = self.counters();
         let uptime = self.now_ms.saturating_sub(self.started_ms);
-        let mut next_event = 0u64;
         let (content_type, built) = match route {
             Route::Nonce => {
                 let mut hexbuf = [0u8; 32];
@@ -562,31 +561,22 @@ impl Server {
                     };
                     return;
                 }
+                // `respond` renders the body before the headers, so the next sequence number
+                // the body's rendering found goes into its header in the same pass.
+                let next_event = core::cell::Cell::new(from);
                 let r = http::respond(
                     &mut self.answer,
                     200,
                     "application/x-ndjson",
-                    &|w| boot_header(w, &boot),
+                    &|w| {
+                        boot_header(w, &boot)?;
+                        write!(w, "X-Shoji-Next-Event: {}\r\n", next_event.get())
+                    },
                     &mut |w| {
-                        next_event = backend.events(from, EVENTS_PER_ANSWER, w)?;
+                        next_event.set(backend.events(from, EVENTS_PER_ANSWER, w)?);
                         Ok(())
                     },
                 );
-                // The next sequence number goes into a header, which is written before the
-                // body: render again with the header now that it is known (events are cheap).
-                let n = next_event;
-                let r = r.and_then(|_| {
-                    http::respond(
-                        &mut self.answer,
-                        200,
-                        "application/x-ndjson",
-                        &|w| {
-                            boot_header(w, &boot)?;
-                            write!(w, "X-Shoji-Next-Event: {n}\r\n")
-                        },
-                        &mut |w| backend.events(from, EVENTS_PER_ANSWER, w).map(|_| ()),
-                    )
-                });
                 ("application/x-ndjson", r)
             }
             Route::Containers => (

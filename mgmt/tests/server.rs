@@ -158,6 +158,32 @@ impl Bed {
 
     /// Send `request` from a client at `client_ip` and return everything it received, or what
     /// it had when the server closed or the bound ran out.
+    /// One millisecond on the segment: the client's stack runs, its frames go through the guard
+    /// as the hypervisor sends them (Shoji's to the server, the rest counted as the guest's), the
+    /// server runs, and its frames go back to the client.
+    fn step(&mut self, iface: &mut Interface, wire: &mut Wire, set: &mut SocketSet<'_>) {
+        self.now += 1;
+        iface.poll(Instant::from_millis(self.now as i64), wire, set);
+        while let Some(f) = wire.from_client.pop_front() {
+            match self.guard.rx(&f) {
+                RxClass::Shoji => {
+                    self.server.receive(&f);
+                }
+                RxClass::Guest => self.to_guest += 1,
+            }
+        }
+        if let Some((at, n)) = self.events_at {
+            if self.now >= at {
+                self.backend.events = n;
+            }
+        }
+        self.server.poll(self.now, &mut self.backend);
+        self.server.pop_tx(&mut |f| {
+            wire.to_client.push_back(f.to_vec());
+            true
+        });
+    }
+
     fn exchange(
         &mut self,
         client_ip: [u8; 4],
@@ -196,27 +222,7 @@ impl Bed {
         let mut sent = 0;
         let mut got = Vec::new();
         for _ in 0..200_000 {
-            self.now += 1;
-            let t = Instant::from_millis(self.now as i64);
-            iface.poll(t, &mut wire, &mut set);
-            while let Some(f) = wire.from_client.pop_front() {
-                match self.guard.rx(&f) {
-                    RxClass::Shoji => {
-                        self.server.receive(&f);
-                    }
-                    RxClass::Guest => self.to_guest += 1,
-                }
-            }
-            if let Some((at, n)) = self.events_at {
-                if self.now >= at {
-                    self.backend.events = n;
-                }
-            }
-            self.server.poll(self.now, &mut self.backend);
-            self.server.pop_tx(&mut |f| {
-                wire.to_client.push_back(f.to_vec());
-                true
-            });
+            self.step(&mut iface, &mut wire, &mut set);
             let s = set.get_mut::<tcp::Socket>(h);
             let limit = match pause_after {
                 Some((n, until)) if self.now < until => n,
@@ -244,19 +250,7 @@ impl Bed {
                 s.close();
                 // Let the server see our FIN and recycle its socket.
                 for _ in 0..50 {
-                    self.now += 1;
-                    let t = Instant::from_millis(self.now as i64);
-                    iface.poll(t, &mut wire, &mut set);
-                    while let Some(f) = wire.from_client.pop_front() {
-                        if self.guard.rx(&f) == RxClass::Shoji {
-                            self.server.receive(&f);
-                        }
-                    }
-                    self.server.poll(self.now, &mut self.backend);
-                    self.server.pop_tx(&mut |f| {
-                        wire.to_client.push_back(f.to_vec());
-                        true
-                    });
+                    self.step(&mut iface, &mut wire, &mut set);
                 }
                 break;
             }
@@ -477,19 +471,7 @@ fn shoji_answers_ping_from_the_peer() {
     let mut sent = false;
     let mut answered = false;
     for _ in 0..2000 {
-        bed.now += 1;
-        let t = Instant::from_millis(bed.now as i64);
-        iface.poll(t, &mut wire, &mut set);
-        while let Some(f) = wire.from_client.pop_front() {
-            if bed.guard.rx(&f) == RxClass::Shoji {
-                bed.server.receive(&f);
-            }
-        }
-        bed.server.poll(bed.now, &mut bed.backend);
-        bed.server.pop_tx(&mut |f| {
-            wire.to_client.push_back(f.to_vec());
-            true
-        });
+        bed.step(&mut iface, &mut wire, &mut set);
         let s = set.get_mut::<icmp::Socket>(h);
         if !sent && s.can_send() {
             let repr = Icmpv4Repr::EchoRequest {
@@ -582,74 +564,15 @@ fn uptime_and_a_long_head_within_the_limits() {
 fn two_clients_at_once_each_get_their_own_whole_answer() {
     let mut bed = Bed::new(settings(None, false));
     bed.backend.metric_lines = 3000;
-    let mut wire = Wire::default();
-    let mac = EthernetAddress([0x52, 0x54, 0, 0, 0, 2]);
-    let mut iface = Interface::new(
-        Config::new(HardwareAddress::Ethernet(mac)),
-        &mut wire,
-        Instant::from_millis(1),
-    );
-    iface.update_ip_addrs(|a| {
-        a.push(IpCidr::new(IpAddress::Ipv4(Ipv4Address::from(PEER)), 24))
-            .unwrap();
-    });
-    let mut storage = [SocketStorage::EMPTY, SocketStorage::EMPTY];
-    let mut set = SocketSet::new(&mut storage[..]);
-    let mut handles = Vec::new();
-    for port in [41000u16, 41001] {
-        let mut s = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; 4096]),
-            tcp::SocketBuffer::new(vec![0; 4096]),
-        );
-        s.connect(
-            iface.context(),
-            (IpAddress::Ipv4(Ipv4Address::from(SHOJI_IP)), 8080),
-            port,
-        )
-        .unwrap();
-        handles.push(set.add(s));
-    }
-    let req = b"GET /metrics HTTP/1.1\r\n\r\n";
-    let mut got = [Vec::new(), Vec::new()];
-    let mut sent = [false, false];
-    for _ in 0..200_000 {
-        bed.now += 1;
-        iface.poll(Instant::from_millis(bed.now as i64), &mut wire, &mut set);
-        while let Some(f) = wire.from_client.pop_front() {
-            if bed.guard.rx(&f) == RxClass::Shoji {
-                bed.server.receive(&f);
-            }
-        }
-        bed.server.poll(bed.now, &mut bed.backend);
-        bed.server.pop_tx(&mut |f| {
-            wire.to_client.push_back(f.to_vec());
-            true
-        });
-        let mut done = 0;
-        for (k, h) in handles.iter().enumerate() {
-            let s = set.get_mut::<tcp::Socket>(*h);
-            if !sent[k] && s.can_send() {
-                s.send_slice(req).unwrap();
-                sent[k] = true;
-            }
-            while s.can_recv() {
-                let mut b = [0u8; 4096];
-                let n = s.recv_slice(&mut b).unwrap();
-                got[k].extend_from_slice(&b[..n]);
-            }
-            if sent[k] && !s.may_recv() {
-                done += 1;
-            }
-        }
-        if done == 2 {
-            break;
-        }
-    }
+    let req = b"GET /metrics HTTP/1.1\r\n\r\n".to_vec();
+    let got: Vec<String> = concurrent(&mut bed, &[req.clone(), req])
+        .into_iter()
+        .map(|(a, _)| a)
+        .collect();
     let mut renders = Vec::new();
-    for g in &got {
-        let a = String::from_utf8_lossy(g).into_owned();
-        assert_eq!(status(&a), 200);
-        let b = body(&a);
+    for a in &got {
+        assert_eq!(status(a), 200);
+        let b = body(a);
         let len: usize = a
             .lines()
             .find_map(|l| l.strip_prefix("Content-Length: "))
@@ -718,18 +641,7 @@ fn concurrent(bed: &mut Bed, requests: &[Vec<u8>]) -> Vec<(String, u64)> {
     let mut sent = vec![false; requests.len()];
     let mut closed: Vec<Option<u64>> = vec![None; requests.len()];
     for _ in 0..200_000 {
-        bed.now += 1;
-        iface.poll(Instant::from_millis(bed.now as i64), &mut wire, &mut set);
-        while let Some(f) = wire.from_client.pop_front() {
-            if bed.guard.rx(&f) == RxClass::Shoji {
-                bed.server.receive(&f);
-            }
-        }
-        bed.server.poll(bed.now, &mut bed.backend);
-        bed.server.pop_tx(&mut |f| {
-            wire.to_client.push_back(f.to_vec());
-            true
-        });
+        bed.step(&mut iface, &mut wire, &mut set);
         for (k, h) in handles.iter().enumerate() {
             let s = set.get_mut::<tcp::Socket>(*h);
             if !sent[k] && s.can_send() {

@@ -126,24 +126,11 @@ impl Answer {
     }
 }
 
-/// The standard reason phrase of the statuses Shoji uses ("" for others).
+/// The standard reason phrase of the statuses Shoji uses ("" for others): Shoji's own table.
 pub fn standard_reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        413 => "Content Too Large",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        503 => "Service Unavailable",
-        505 => "HTTP Version Not Supported",
-        _ => "",
+    match shoji_mgmt::http::reason(status) {
+        "Unknown" => "",
+        phrase => phrase,
     }
 }
 

@@ -36,24 +36,7 @@ pub fn fetch() -> Result<Crun> {
             PACKAGES.join(", "),
             dir.display()
         );
-        let debs = dir.join("debs");
-        let _ = std::fs::remove_dir_all(&debs);
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&debs)?;
-        let mut c = cmd("apt-get", ["-q", "download"]);
-        c.args(PACKAGES).current_dir(&debs);
-        run_ok(&mut c, APT_TIMEOUT)
-            .with_context(|| format!("apt-get download {}", PACKAGES.join(" ")))?;
-        for e in std::fs::read_dir(&debs)? {
-            let deb = e?.path();
-            if deb.extension().is_some_and(|x| x == "deb") {
-                run_ok(
-                    &mut cmd("dpkg", ["-x".as_ref(), deb.as_os_str(), root.as_os_str()]),
-                    APT_TIMEOUT,
-                )?;
-            }
-        }
-        std::fs::remove_dir_all(&debs)?;
+        unpack_debs(&dir, PACKAGES)?;
         if !binary.is_file() {
             bail!("the crun package has no usr/bin/crun");
         }
@@ -64,6 +47,32 @@ pub fn fetch() -> Result<Crun> {
     let out = run_ok(&mut c, APT_TIMEOUT).context("ldd crun (libc-bin)")?;
     let libs = parse_ldd(&out)?;
     Ok(Crun { binary, libs })
+}
+
+/// Download Debian `packages` with `apt-get download` and unpack them (`dpkg -x`, not installed)
+/// into `dir/root`, replacing what was there; the `.deb` files are removed afterwards. Returns
+/// the root.
+pub fn unpack_debs(dir: &Path, packages: &[&str]) -> Result<PathBuf> {
+    let debs = dir.join("debs");
+    let root = dir.join("root");
+    let _ = std::fs::remove_dir_all(&debs);
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&debs)?;
+    let mut c = cmd("apt-get", ["-q", "download"]);
+    c.args(packages).current_dir(&debs);
+    run_ok(&mut c, APT_TIMEOUT)
+        .with_context(|| format!("apt-get download {}", packages.join(" ")))?;
+    for e in std::fs::read_dir(&debs)? {
+        let deb = e?.path();
+        if deb.extension().is_some_and(|x| x == "deb") {
+            run_ok(
+                &mut cmd("dpkg", ["-x".as_ref(), deb.as_os_str(), root.as_os_str()]),
+                APT_TIMEOUT,
+            )?;
+        }
+    }
+    std::fs::remove_dir_all(&debs)?;
+    Ok(root)
 }
 
 /// Parse `ldd` output into (name, path) pairs; the loader is named [`LOADER`].

@@ -53,7 +53,6 @@ pub struct AdminTools {
 }
 
 const BUILD_TIMEOUT: Duration = Duration::from_secs(1800);
-const APT_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// Build `shoji-admin` and fetch `promtool`.
 pub fn tools() -> Result<AdminTools> {
@@ -85,25 +84,7 @@ fn promtool() -> Result<PathBuf> {
         "xtask: downloading prometheus (for promtool; once, cached in {})",
         dir.display()
     );
-    let debs = dir.join("debs");
-    let _ = std::fs::remove_dir_all(&debs);
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(&debs)?;
-    run_ok(
-        cmd("apt-get", ["-q", "download", "prometheus"]).current_dir(&debs),
-        APT_TIMEOUT,
-    )
-    .context("apt-get download prometheus")?;
-    for e in std::fs::read_dir(&debs)? {
-        let deb = e?.path();
-        if deb.extension().is_some_and(|x| x == "deb") {
-            run_ok(
-                &mut cmd("dpkg", ["-x".as_ref(), deb.as_os_str(), root.as_os_str()]),
-                APT_TIMEOUT,
-            )?;
-        }
-    }
-    std::fs::remove_dir_all(&debs)?;
+    crate::crun::unpack_debs(&dir, &["prometheus"])?;
     if !bin.is_file() {
         bail!("the prometheus package has no usr/bin/promtool");
     }

@@ -106,10 +106,13 @@ pub fn poll(engine: &mut E1000<'static, Bar, Dma>) {
         return;
     };
     let Some(server) = guard.as_mut() else { return };
-    let mut backend = Backend {
-        nic: engine.counters().clone(),
-    };
-    server.poll(now_ms(), &mut backend);
+    // The NIC's counters are borrowed, not copied: most polls render nothing.
+    server.poll(
+        now_ms(),
+        &mut Backend {
+            nic: engine.counters(),
+        },
+    );
     server.pop_tx(&mut |f| engine.send_own(f));
 }
 
@@ -133,14 +136,14 @@ pub fn log_counters() {
 }
 
 /// Shoji's state as the server renders it.
-struct Backend {
+struct Backend<'a> {
     /// The NIC's counters when the request is answered.
-    nic: NicCounters,
+    nic: &'a NicCounters,
 }
 
 const DIRECTIONS: [(Direction, &str); 2] = [(Direction::Tx, "tx"), (Direction::Rx, "rx")];
 
-impl shoji_mgmt::Backend for Backend {
+impl shoji_mgmt::Backend for Backend<'_> {
     fn metrics(&mut self, e: &mut Exposition<'_>) -> fmt::Result {
         e.family(
             "shoji_build_info",
@@ -158,7 +161,7 @@ impl shoji_mgmt::Backend for Backend {
             "Seconds of TSC time since power-on.",
             super::clock_ns() / 1_000_000_000,
         )?;
-        nic_metrics(e, &self.nic)?;
+        nic_metrics(e, self.nic)?;
         exit_metrics(e)?;
         super::policy::metrics(e)
     }
