@@ -172,6 +172,7 @@ pub fn parse(buf: &[u8]) -> Parsed<'_> {
 pub fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        201 => "Created",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -213,6 +214,10 @@ impl<'b> SliceWriter<'b> {
     /// Whether nothing was written.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+    /// The bytes written so far.
+    pub fn written(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
     /// Whether a write did not fit (the text is then cut).
     pub fn overflowed(&self) -> bool {

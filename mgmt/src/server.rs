@@ -9,7 +9,7 @@
 //! [`REQUEST_TIMEOUT_MS`] is aborted.
 
 use crate::auth::{AuthError, Verifier};
-use crate::http::{self, Parsed, Request};
+use crate::http::{self, Parsed, Request, SliceWriter};
 use crate::prom::{Exposition, Kind, CONTENT_TYPE};
 use crate::settings::Settings;
 use alloc::boxed::Box;
@@ -61,6 +61,13 @@ pub trait Backend {
     fn containers(&mut self, out: &mut dyn Write) -> fmt::Result;
     /// The sequence number the next event will get (events so far plus one).
     fn next_event(&mut self) -> u64;
+    /// Add an administrator rule from a request body (`POST /block`): its id, or the status to
+    /// answer (400 for a bad rule, 409 for a full table) with the reason written to `why`.
+    fn block(&mut self, body: &[u8], why: &mut dyn Write) -> Result<u32, u16>;
+    /// The administrator's rules as one JSON document (`GET /blocks`).
+    fn blocks(&mut self, out: &mut dyn Write) -> fmt::Result;
+    /// Remove administrator rule `id` (`DELETE /block/ID`); whether it existed.
+    fn unblock(&mut self, id: u32) -> bool;
 }
 
 /// A bounded queue of frames.
@@ -589,6 +596,30 @@ impl Server {
                     &mut |w| backend.containers(w),
                 ),
             ),
+            Route::Blocks => (
+                "application/json",
+                http::respond(
+                    &mut self.answer,
+                    200,
+                    "application/json",
+                    &|w| boot_header(w, &boot),
+                    &mut |w| backend.blocks(w),
+                ),
+            ),
+            Route::Block => return self.add_block(i, backend),
+            Route::Unblock(id) => {
+                if !backend.unblock(id) {
+                    return self.small_answer(i, 404, "no administrator rule has this id");
+                }
+                let r = http::respond(
+                    &mut self.conns[i].out,
+                    200,
+                    "application/json",
+                    &|w| boot_header(w, &boot),
+                    &mut |w| writeln!(w, "{{\"removed\":{id}}}"),
+                );
+                return self.own_answer(i, r);
+            }
         };
         let _ = content_type;
         match built {
@@ -605,10 +636,48 @@ impl Server {
         }
     }
 
+    /// `POST /block`: hand the body to the backend, answer 201 with the new rule's id or the
+    /// backend's refusal.
+    fn add_block(&mut self, i: usize, backend: &mut dyn Backend) {
+        let mut why = [0u8; 192];
+        let mut why = SliceWriter::new(&mut why);
+        let added = {
+            let c = &self.conns[i];
+            let Parsed::Complete(req) = http::parse(&c.buf[..c.len]) else {
+                return;
+            };
+            backend.block(req.body, &mut why)
+        };
+        match added {
+            Ok(id) => {
+                let boot = *self.verifier.boot_id();
+                let r = http::respond(
+                    &mut self.conns[i].out,
+                    201,
+                    "application/json",
+                    &|w| {
+                        boot_header(w, &boot)?;
+                        write!(w, "Location: /block/{id}\r\n")
+                    },
+                    &mut |w| writeln!(w, "{{\"id\":{id}}}"),
+                );
+                self.own_answer_with(i, r, 201);
+            }
+            Err(status) => {
+                let text = core::str::from_utf8(why.written()).unwrap_or("refused");
+                self.small_answer(i, status, text);
+            }
+        }
+    }
+
     fn own_answer(&mut self, i: usize, r: Option<core::ops::Range<usize>>) {
+        self.own_answer_with(i, r, 200)
+    }
+
+    fn own_answer_with(&mut self, i: usize, r: Option<core::ops::Range<usize>>, status: u16) {
         match r {
             Some(r) => {
-                self.count_status(200);
+                self.count_status(status);
                 self.conns[i].phase = Phase::Answering {
                     own: true,
                     at: r.start,
@@ -708,6 +777,10 @@ fn server_metrics(e: &mut Exposition<'_>, c: &ServerCounters, uptime_ms: u64) ->
     )
 }
 
+const NO_SUCH_PATH: &str =
+    "no such path (try /metrics, /events, /containers, /blocks, /block, /block/ID, /nonce)";
+const NO_SUCH_RULE: &str = "no administrator rule has this id";
+
 /// The routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
@@ -719,6 +792,12 @@ enum Route {
         wait_ms: u64,
     },
     Containers,
+    /// `GET /blocks`: the administrator's rules.
+    Blocks,
+    /// `POST /block`: add an administrator rule.
+    Block,
+    /// `DELETE /block/ID`: remove one.
+    Unblock(u32),
 }
 
 /// A decimal query parameter (`None` when absent).
@@ -754,15 +833,23 @@ impl Route {
                 }
             }
             "/containers" => Route::Containers,
-            _ => {
-                return Err((
-                    404,
-                    "no such path (try /metrics, /events, /containers, /nonce)",
-                ))
-            }
+            "/blocks" => Route::Blocks,
+            "/block" => Route::Block,
+            path => match path.strip_prefix("/block/") {
+                Some(id) if !id.is_empty() && id.bytes().all(|c| c.is_ascii_digit()) => {
+                    Route::Unblock(id.parse().map_err(|_| (404, NO_SUCH_RULE))?)
+                }
+                Some(_) => return Err((404, NO_SUCH_RULE)),
+                None => return Err((404, NO_SUCH_PATH)),
+            },
         };
-        if req.method != "GET" {
-            return Err((405, "only GET is allowed on this path"));
+        let (method, refusal) = match route {
+            Route::Block => ("POST", "only POST is allowed on this path"),
+            Route::Unblock(_) => ("DELETE", "only DELETE is allowed on this path"),
+            _ => ("GET", "only GET is allowed on this path"),
+        };
+        if req.method != method {
+            return Err((405, refusal));
         }
         Ok(route)
     }
@@ -771,7 +858,11 @@ impl Route {
         match self {
             Route::Nonce => false,
             Route::Metrics => metrics_auth,
-            Route::Events { .. } | Route::Containers => true,
+            Route::Events { .. }
+            | Route::Containers
+            | Route::Blocks
+            | Route::Block
+            | Route::Unblock(_) => true,
         }
     }
 }

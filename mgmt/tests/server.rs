@@ -25,6 +25,9 @@ struct FakeBackend {
     events: u64,
     /// Renders of /metrics so far; each render is 50 lines longer than the one before.
     renders: usize,
+    /// Administrator rules: id and body.
+    rules: Vec<(u32, String)>,
+    next_rule: u32,
 }
 
 impl Backend for FakeBackend {
@@ -57,6 +60,31 @@ impl Backend for FakeBackend {
     }
     fn next_event(&mut self) -> u64 {
         self.events
+    }
+    fn block(&mut self, body: &[u8], why: &mut dyn Write) -> Result<u32, u16> {
+        let body = String::from_utf8_lossy(body).into_owned();
+        if body.starts_with("colour") {
+            let _ = why.write_str("colour: unknown key");
+            return Err(400);
+        }
+        if self.rules.len() == 2 {
+            let _ = why.write_str("the table holds 2 rules already");
+            return Err(409);
+        }
+        self.next_rule += 1;
+        self.rules.push((self.next_rule, body));
+        Ok(self.next_rule)
+    }
+    fn blocks(&mut self, out: &mut dyn Write) -> fmt::Result {
+        for (id, body) in &self.rules {
+            writeln!(out, "{id} {body}")?;
+        }
+        Ok(())
+    }
+    fn unblock(&mut self, id: u32) -> bool {
+        let before = self.rules.len();
+        self.rules.retain(|(i, _)| *i != id);
+        self.rules.len() != before
     }
 }
 
@@ -148,6 +176,8 @@ impl Bed {
                 metric_lines: 3,
                 events: 5,
                 renders: 0,
+                rules: Vec::new(),
+                next_rule: 0,
             },
             now: 1,
             to_guest: 0,
@@ -348,6 +378,67 @@ fn nonce_metrics_and_signed_requests() {
     assert_eq!((c.rx_dropped, c.tx_dropped), (0, 0));
     assert_eq!(c.answers, [5, 3, 0]);
     assert_eq!(c.auth_refused, [1, 0, 0, 1, 1]);
+}
+
+#[test]
+fn administrator_rules_are_added_listed_and_removed_only_when_signed() {
+    let mut bed = Bed::new(settings(None, false));
+    let unsigned = b"POST /block HTTP/1.1\r\nContent-Length: 8\r\n\r\nuid=1000";
+    let a = bed.exchange(PEER, unsigned, None);
+    assert_eq!(status(&a), 401, "{a}");
+    // The signature covers the body: the same signature on another body is refused.
+    let req = bed.signed("POST", "/block", "uid=1000", 10);
+    let mut other = req.clone();
+    let n = other.len();
+    other[n - 1] = b'1';
+    let a = bed.exchange(PEER, &other, None);
+    assert_eq!(status(&a), 401, "{a}");
+    assert!(bed.backend.rules.is_empty());
+    let a = bed.exchange(PEER, &req, None);
+    assert_eq!(status(&a), 201, "{a}");
+    assert!(a.starts_with("HTTP/1.1 201 Created\r\n"), "{a}");
+    assert!(a.contains("Location: /block/1\r\n"), "{a}");
+    assert_eq!(body(&a), "{\"id\":1}\n");
+    // A refusal carries the backend's reason.
+    let req = bed.signed("POST", "/block", "colour=red", 11);
+    let a = bed.exchange(PEER, &req, None);
+    assert_eq!(status(&a), 400, "{a}");
+    assert_eq!(body(&a), "colour: unknown key\n");
+    let req = bed.signed("POST", "/block", "container=2", 12);
+    assert_eq!(status(&bed.exchange(PEER, &req, None)), 201);
+    let req = bed.signed("POST", "/block", "container=3", 13);
+    let a = bed.exchange(PEER, &req, None);
+    assert_eq!(status(&a), 409, "{a}");
+    assert_eq!(body(&a), "the table holds 2 rules already\n");
+    let req = bed.signed("GET", "/blocks", "", 14);
+    let a = bed.exchange(PEER, &req, None);
+    assert_eq!(status(&a), 200, "{a}");
+    assert!(a.contains("Content-Type: application/json\r\n"), "{a}");
+    assert_eq!(body(&a), "1 uid=1000\n2 container=2\n");
+    // Removal: signed only, then gone.
+    let a = bed.exchange(PEER, b"DELETE /block/1 HTTP/1.1\r\n\r\n", None);
+    assert_eq!(status(&a), 401, "{a}");
+    let req = bed.signed("DELETE", "/block/1", "", 15);
+    let a = bed.exchange(PEER, &req, None);
+    assert_eq!(status(&a), 200, "{a}");
+    assert_eq!(body(&a), "{\"removed\":1}\n");
+    let req = bed.signed("DELETE", "/block/1", "", 16);
+    let a = bed.exchange(PEER, &req, None);
+    assert_eq!(status(&a), 404, "{a}");
+    assert_eq!(bed.backend.rules.len(), 1);
+    // Wrong methods and malformed ids are refused before any signature is looked at.
+    for (req, want) in [
+        (&b"GET /block HTTP/1.1\r\n\r\n"[..], 405),
+        (b"POST /blocks HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 405),
+        (b"GET /block/2 HTTP/1.1\r\n\r\n", 405),
+        (b"DELETE /block/x HTTP/1.1\r\n\r\n", 404),
+        (b"DELETE /block/ HTTP/1.1\r\n\r\n", 404),
+        (b"DELETE /block/99999999999 HTTP/1.1\r\n\r\n", 404),
+    ] {
+        let a = bed.exchange(PEER, req, None);
+        assert_eq!(status(&a), want, "{a}");
+    }
+    assert_eq!(bed.backend.rules.len(), 1);
 }
 
 #[test]

@@ -12,6 +12,7 @@ use shoji_shared::{
     TaskIdentity, Verdict,
 };
 
+use crate::admin::{AdminError, AdminRule, AdminRules, AdminScope, AdminSpec, AdminVerdict};
 use crate::config::{BroadcastScope, EngineConfig, HostPolicy};
 use crate::counters::{Counters, EngineCounters};
 use crate::events::{Event, EventKind, EventRead, EventRing, PolicyChange};
@@ -80,6 +81,8 @@ pub struct Engine<'s> {
     registry: Registry<'s>,
     host: HostPolicy,
     host_rules: RuleSet,
+    /// The administrator's rules, over every party's own.
+    admin: AdminRules,
     counters: EngineCounters,
     events: EventRing,
     fragments: FragmentTable,
@@ -177,6 +180,7 @@ impl<'s> Engine<'s> {
             registry: Registry::new(slots),
             host: HostPolicy::default(),
             host_rules: RuleSet::new(),
+            admin: AdminRules::new(),
             counters: EngineCounters::default(),
             events: EventRing::new(),
             fragments: FragmentTable::new(),
@@ -250,6 +254,7 @@ impl<'s> Engine<'s> {
     pub fn register(&mut self, spec: ContainerSpec) -> Result<(), RegistryError> {
         let id = spec.id;
         self.registry.add(spec)?;
+        self.refresh_admin_mask(id);
         self.new_generation();
         self.policy_event(id, PolicyChange::Registered);
         Ok(())
@@ -259,6 +264,7 @@ impl<'s> Engine<'s> {
     pub fn update(&mut self, spec: ContainerSpec) -> Result<(), RegistryError> {
         let id = spec.id;
         self.registry.update(spec)?;
+        self.refresh_admin_mask(id);
         self.new_generation();
         self.policy_event(id, PolicyChange::Updated);
         Ok(())
@@ -270,6 +276,86 @@ impl<'s> Engine<'s> {
         self.new_generation();
         self.policy_event(id, PolicyChange::Unregistered);
         Ok(counters)
+    }
+
+    /// The administrator's rules.
+    pub fn admin_rules(&self) -> &AdminRules {
+        &self.admin
+    }
+
+    /// Add an administrator rule; returns its id. A rule for a registered container pins the
+    /// container's current addresses too (see [`crate::admin`]).
+    pub fn add_admin_rule(&mut self, spec: AdminSpec) -> Result<u32, AdminError> {
+        let container = match spec.scope {
+            AdminScope::Container(id) => Some(id),
+            _ => None,
+        };
+        let registered = container
+            .and_then(|id| self.registry.slot_of(id))
+            .and_then(|slot| self.registry.get(slot))
+            .map(|c| c.spec());
+        let id = self.admin.add(spec, registered)?;
+        self.admin_changed(container, PolicyChange::AdminRuleAdded);
+        Ok(id)
+    }
+
+    /// Remove administrator rule `id`; returns it when it existed.
+    pub fn remove_admin_rule(&mut self, id: u32) -> Option<AdminRule> {
+        let gone = self.admin.remove(id)?;
+        let container = match gone.scope {
+            AdminScope::Container(id) => Some(id),
+            _ => None,
+        };
+        self.admin_changed(container, PolicyChange::AdminRuleRemoved);
+        Some(gone)
+    }
+
+    fn admin_changed(&mut self, container: Option<ContainerId>, change: PolicyChange) {
+        for slot in 0..self.registry.capacity() as u16 {
+            let mask = match self.registry.get(slot) {
+                Some(c) => self.admin.mask_for(c),
+                None => continue,
+            };
+            if let Some(c) = self.registry.get_mut(slot) {
+                c.admin = mask;
+            }
+        }
+        self.new_generation();
+        self.events
+            .push(self.now, EventKind::Policy { container, change });
+    }
+
+    /// Recompute which administrator rules apply to container `id` (after its registration
+    /// changed).
+    fn refresh_admin_mask(&mut self, id: ContainerId) {
+        let Some(slot) = self.registry.slot_of(id) else {
+            return;
+        };
+        let mask = match self.registry.get(slot) {
+            Some(c) => self.admin.mask_for(c),
+            None => return,
+        };
+        if let Some(c) = self.registry.get_mut(slot) {
+            c.admin = mask;
+        }
+    }
+
+    /// The administrator's verdict on `flow` for `party`.
+    #[inline]
+    fn admin_verdict(
+        &mut self,
+        party: Party,
+        flow: &Flow,
+        task: Option<&TaskIdentity>,
+    ) -> AdminVerdict {
+        let mask = match party {
+            Party::Host => self.admin.host_mask(),
+            Party::Container(slot) => self.registry.get(slot).map_or(0, |c| c.admin),
+        };
+        if mask == 0 {
+            return AdminVerdict::Continue;
+        }
+        self.admin.judge(mask, flow, task)
     }
 
     fn policy_event(&mut self, id: ContainerId, change: PolicyChange) {
@@ -643,6 +729,11 @@ impl<'s> Engine<'s> {
         let flow = Flow::of(parsed, Side::Egress);
         let mut rule = None;
         if settled.is_none() {
+            if let AdminVerdict::Deny(_) = self.admin_verdict(sender, &flow, task) {
+                let reason = DropReason::AdminDenied;
+                self.record_first_fragment(first_fragment_key, DatagramDecision::Drop(reason));
+                return self.drop_frame(Some(sender), DIR, reason);
+            }
             let outcome = self.evaluate(sender, &flow, task);
             rule = outcome.rule;
             if let Err(reason) = Self::verdict_of(sender, &flow, outcome) {
@@ -896,6 +987,11 @@ impl<'s> Engine<'s> {
         };
         if settled.is_none() {
             let flow = Flow::of(parsed, Side::Ingress);
+            if let AdminVerdict::Deny(_) = self.admin_verdict(party, &flow, None) {
+                let reason = DropReason::AdminDenied;
+                self.count_drop(Some(party), Direction::Rx, reason);
+                return Err(reason);
+            }
             let outcome = self.evaluate(party, &flow, None);
             if let Err(reason) = Self::verdict_of(party, &flow, outcome) {
                 self.count_drop(Some(party), Direction::Rx, reason);

@@ -26,6 +26,25 @@ pub enum PolicyChange {
     HostPolicy,
     /// The engine configuration was replaced.
     Config,
+    /// The administrator added a rule (the event's container: the rule's, if it names one).
+    AdminRuleAdded,
+    /// The administrator removed a rule (the event's container: the rule's, if it names one).
+    AdminRuleRemoved,
+}
+
+impl PolicyChange {
+    /// Snake-case name (logs, JSON, `shojictl`).
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyChange::Registered => "registered",
+            PolicyChange::Updated => "updated",
+            PolicyChange::Unregistered => "unregistered",
+            PolicyChange::HostPolicy => "host_policy",
+            PolicyChange::Config => "config",
+            PolicyChange::AdminRuleAdded => "admin_rule_added",
+            PolicyChange::AdminRuleRemoved => "admin_rule_removed",
+        }
+    }
 }
 
 /// A security-relevant occurrence.

@@ -56,6 +56,7 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod admin;
 pub mod config;
 pub mod counters;
 pub mod encoding;
@@ -72,6 +73,7 @@ pub mod rules;
 pub mod scan;
 pub mod spoof;
 
+pub use admin::{AdminError, AdminRule, AdminRules, AdminScope, AdminSpec, AdminVerdict};
 pub use config::{BroadcastScope, EngineConfig, HostPolicy};
 pub use counters::{Counters, EngineCounters};
 pub use engine::{Decision, Engine, HostPolicyError, Party};

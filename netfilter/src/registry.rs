@@ -283,6 +283,8 @@ pub struct Container {
     pub scan: OutboundScan,
     /// The registry's [`Registry::sequence`] when it was registered (kept across updates).
     registered: u64,
+    /// Which administrator rules apply to it (bit i: rule i of the engine's table).
+    pub(crate) admin: u64,
     spec: ContainerSpec,
     pad: [[u8; CACHE_LINE]; PAD_LINES],
 }
@@ -298,6 +300,7 @@ struct Unpadded(
     Counters,
     OutboundScan,
     u64,
+    u64,
     ContainerSpec,
 );
 
@@ -312,6 +315,7 @@ impl Container {
             counters: Counters::ZERO,
             scan: OutboundScan::NEW,
             registered,
+            admin: 0,
             spec,
             pad: [[0; CACHE_LINE]; PAD_LINES],
         }

@@ -354,6 +354,8 @@ fn change_code(c: PolicyChange) -> u8 {
         PolicyChange::Unregistered => 2,
         PolicyChange::HostPolicy => 3,
         PolicyChange::Config => 4,
+        PolicyChange::AdminRuleAdded => 5,
+        PolicyChange::AdminRuleRemoved => 6,
     }
 }
 
@@ -364,6 +366,8 @@ fn change_from(c: u8) -> Option<PolicyChange> {
         2 => PolicyChange::Unregistered,
         3 => PolicyChange::HostPolicy,
         4 => PolicyChange::Config,
+        5 => PolicyChange::AdminRuleAdded,
+        6 => PolicyChange::AdminRuleRemoved,
         _ => return None,
     })
 }
@@ -942,8 +946,8 @@ mod tests {
         // A policy event with an unknown change, or a reason.
         let policy = encode_event(&sample_events()[5]);
         let mut b = policy;
-        b[21] = 5;
-        assert_eq!(decode_event(&b), Err(ReportError::BadChange(5)));
+        b[21] = 7;
+        assert_eq!(decode_event(&b), Err(ReportError::BadChange(7)));
         let mut b = policy;
         b[18] = 3;
         assert_eq!(decode_event(&b), Err(ReportError::BadReason(3)));

@@ -651,11 +651,23 @@ impl RuleSet {
         flow: &Flow,
         task: Option<&TaskIdentity>,
     ) -> Option<RuleOutcome> {
+        self.first_match_within(rules, flow, task, u64::MAX)
+    }
+
+    /// The first rule among `within` (bit i: rule i) matching `flow`, as [`Self::first_match`].
+    #[inline]
+    pub fn first_match_within(
+        &self,
+        rules: &heapless::Vec<Rule, MAX_RULES>,
+        flow: &Flow,
+        task: Option<&TaskIdentity>,
+        within: u64,
+    ) -> Option<RuleOutcome> {
         let side = match flow.side {
             Side::Egress => 0,
             Side::Ingress => 1,
         };
-        let mut candidates = self.applicable[side][flow.class as usize];
+        let mut candidates = self.applicable[side][flow.class as usize] & within;
         if !flow.tcp_new {
             candidates &= !self.tcp_new_only;
         }

@@ -49,11 +49,13 @@ pub enum DropReason {
     NoDestination = 15,
     /// A source the inbound scan detector has blocked.
     ScanSourceBlocked = 16,
+    /// A rule of the administrator's (management plane) denied it.
+    AdminDenied = 17,
 }
 
 impl DropReason {
     /// Every reason, in numbering order (for counter tables).
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::Truncated,
         DropReason::Malformed,
         DropReason::PolicyDenied,
@@ -70,6 +72,7 @@ impl DropReason {
         DropReason::Oversize,
         DropReason::NoDestination,
         DropReason::ScanSourceBlocked,
+        DropReason::AdminDenied,
     ];
     /// Number of reasons; counter arrays are indexed by `reason as usize - 1`.
     pub const COUNT: usize = Self::ALL.len();
@@ -98,6 +101,7 @@ impl DropReason {
             DropReason::Oversize => "oversize",
             DropReason::NoDestination => "no_destination",
             DropReason::ScanSourceBlocked => "scan_source_blocked",
+            DropReason::AdminDenied => "admin_denied",
         }
     }
 

@@ -72,6 +72,18 @@ enum Cmd {
     },
     /// Print the containers Shoji knows (JSON).
     Containers,
+    /// Add an administrator rule (POST /block): frames it matches are dropped, whatever the
+    /// party's own policy says, until `unblock`; prints the new rule's id (JSON). An --allow
+    /// rule is an exception to the administrator's deny rules, never a widening of a
+    /// container's own policy.
+    Block(BlockArgs),
+    /// Print the administrator's rules with their hit counts (JSON).
+    Blocks,
+    /// Remove administrator rule ID (DELETE /block/ID).
+    Unblock {
+        /// The rule's id, as `block` printed it or `blocks` lists it.
+        id: u32,
+    },
     /// Send one request; print the status line to stderr and the body to stdout.
     Request {
         /// The method, e.g. GET or POST.
@@ -90,6 +102,105 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         save_request: Option<PathBuf>,
     },
+}
+
+/// What an administrator rule matches. Every option narrows it; at least one is required.
+#[derive(clap::Args, Debug, Default)]
+#[command(group = clap::ArgGroup::new("subject").multiple(false))]
+struct BlockArgs {
+    /// Whom it applies to: all (the host and every container), host, or a container's id. A
+    /// container's rule also follows the addresses the container has now.
+    #[arg(long, value_name = "all|host|ID", value_parser = form_value)]
+    container: Option<String>,
+    /// An exception to the administrator's deny rules instead of a deny rule.
+    #[arg(long)]
+    allow: bool,
+    /// egress (sent by the party), ingress (delivered to it) or both (the default).
+    #[arg(long, value_name = "DIRECTION", value_parser = ["egress", "ingress", "both"])]
+    direction: Option<String>,
+    /// any, arp, icmp, tcp, udp, ipv6 or an IP protocol number.
+    #[arg(long, value_name = "PROTOCOL", value_parser = form_value)]
+    protocol: Option<String>,
+    /// The remote address: destination of what the party sends, source of what it receives.
+    #[arg(long, value_name = "A.B.C.D[/N]", value_parser = form_value)]
+    remote: Option<String>,
+    /// Source port or range FIRST-LAST (needs --protocol tcp or udp).
+    #[arg(long, value_name = "PORT[-PORT]", value_parser = form_value)]
+    src_port: Option<String>,
+    /// Destination port or range FIRST-LAST (needs --protocol tcp or udp).
+    #[arg(long, value_name = "PORT[-PORT]", value_parser = form_value)]
+    dst_port: Option<String>,
+    /// Shorthand for --protocol tcp --dst-port PORT.
+    #[arg(long, value_name = "PORT[-PORT]", value_parser = form_value, conflicts_with_all = ["protocol", "dst_port", "udp_dst_port"])]
+    tcp_dst_port: Option<String>,
+    /// Shorthand for --protocol udp --dst-port PORT.
+    #[arg(long, value_name = "PORT[-PORT]", value_parser = form_value, conflicts_with_all = ["protocol", "dst_port"])]
+    udp_dst_port: Option<String>,
+    /// Only frames a task of this user sent (the real uid in the initial user namespace).
+    #[arg(long, group = "subject")]
+    uid: Option<u32>,
+    /// Only frames a task of this process sent (thread-group id in the initial pid namespace).
+    #[arg(long, group = "subject")]
+    pid: Option<u32>,
+    /// Only frames a task running this executable sent (its inode number: `stat -c %i`).
+    #[arg(long, value_name = "INODE", group = "subject")]
+    exe_inode: Option<u64>,
+    /// Only frames a task with this command name sent (advisory: a process can rename itself).
+    #[arg(long, value_name = "NAME", group = "subject", value_parser = form_value)]
+    comm: Option<String>,
+    /// TCP only: match connection attempts (SYN without ACK) only, so established connections
+    /// carry on.
+    #[arg(long)]
+    new_only: bool,
+}
+
+impl BlockArgs {
+    /// The request body (`key=value&...`, see the README's management API).
+    fn form(&self) -> String {
+        let mut pairs: Vec<(&str, String)> = Vec::new();
+        let mut put = |k, v: Option<String>| {
+            if let Some(v) = v {
+                pairs.push((k, v));
+            }
+        };
+        put("action", self.allow.then(|| "allow".to_string()));
+        put("container", self.container.clone());
+        put("direction", self.direction.clone());
+        let (protocol, dst_port) = match (&self.tcp_dst_port, &self.udp_dst_port) {
+            (Some(p), _) => (Some("tcp".to_string()), Some(p.clone())),
+            (None, Some(p)) => (Some("udp".to_string()), Some(p.clone())),
+            (None, None) => (self.protocol.clone(), self.dst_port.clone()),
+        };
+        put("protocol", protocol);
+        put("remote", self.remote.clone());
+        put("src_port", self.src_port.clone());
+        put("dst_port", dst_port);
+        put("uid", self.uid.map(|v| v.to_string()));
+        put("pid", self.pid.map(|v| v.to_string()));
+        put("exe", self.exe_inode.map(|v| v.to_string()));
+        put("comm", self.comm.clone());
+        put("new_only", self.new_only.then(|| "true".to_string()));
+        pairs
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("&")
+    }
+}
+
+/// A value that travels in a form body as it is: no separators, escapes or blanks.
+fn form_value(text: &str) -> Result<String, String> {
+    if !text.is_empty()
+        && text
+            .bytes()
+            .all(|c| c.is_ascii_graphic() && !b"&=%+".contains(&c))
+    {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "`{text}` holds a blank, a control character or one of & = % +"
+        ))
+    }
 }
 
 /// A positive number of seconds (fractions allowed).
@@ -181,6 +292,40 @@ fn run(cli: Cli) -> Result<(), Error> {
             follow,
             interval,
         } => events(&mut client, from, follow, interval, cli.timeout),
+        Cmd::Block(args) => {
+            let form = args.form();
+            if form.is_empty() {
+                return Err(Error::Usage(
+                    "name what to block (--container all blocks everything)".to_string(),
+                ));
+            }
+            let answer = client
+                .call(
+                    "POST",
+                    "/block",
+                    Some("application/x-www-form-urlencoded"),
+                    form.as_bytes(),
+                )?
+                .success("POST", "/block")?;
+            let text = client.text(&answer)?;
+            client.check_json(text)?;
+            out_line(text)
+        }
+        Cmd::Blocks => {
+            let answer = client.get("/blocks")?;
+            let text = client.text(&answer)?;
+            client.check_json(text)?;
+            out_line(text)
+        }
+        Cmd::Unblock { id } => {
+            let target = format!("/block/{id}");
+            let answer = client
+                .call("DELETE", &target, None, b"")?
+                .success("DELETE", &target)?;
+            let text = client.text(&answer)?;
+            client.check_json(text)?;
+            out_line(text)
+        }
         Cmd::Request {
             method,
             path,

@@ -383,3 +383,104 @@ fn events_follow_starts_again_after_a_restart() {
         ]
     );
 }
+
+#[test]
+fn block_blocks_and_unblock_send_the_form_and_print_the_answer() {
+    let fake = shoji(Some(KEY), Options::default());
+    let (code, out, err) = signed(
+        &fake,
+        &[
+            "block",
+            "--uid",
+            "1000",
+            "--tcp-dst-port",
+            "7777",
+            "--new-only",
+        ],
+    );
+    assert_eq!((code, out.as_str(), err.as_str()), (0, "{\"id\":7}\n", ""));
+    let (code, _, _) = signed(
+        &fake,
+        &[
+            "block",
+            "--container",
+            "2",
+            "--allow",
+            "--direction",
+            "egress",
+            "--protocol",
+            "udp",
+            "--remote",
+            "10.0.2.0/24",
+            "--src-port",
+            "1-9",
+            "--dst-port",
+            "53",
+        ],
+    );
+    assert_eq!(code, 0);
+    let (code, _, _) = signed(
+        &fake,
+        &["block", "--exe-inode", "1234", "--udp-dst-port", "53"],
+    );
+    assert_eq!(code, 0);
+    let (code, _, _) = signed(&fake, &["block", "--pid", "42"]);
+    assert_eq!(code, 0);
+    let (code, _, _) = signed(&fake, &["block", "--comm", "wget", "--container", "host"]);
+    assert_eq!(code, 0);
+    let bodies: Vec<String> = fake
+        .seen()
+        .into_iter()
+        .filter(|s| s.target == "/block")
+        .map(|s| String::from_utf8(s.body).unwrap())
+        .collect();
+    assert_eq!(
+        bodies,
+        [
+            "protocol=tcp&dst_port=7777&uid=1000&new_only=true",
+            "action=allow&container=2&direction=egress&protocol=udp&remote=10.0.2.0/24&src_port=1-9&dst_port=53",
+            "protocol=udp&dst_port=53&exe=1234",
+            "pid=42",
+            "container=host&comm=wget",
+        ]
+    );
+    assert_eq!(
+        signed(&fake, &["blocks"]),
+        (0, "{\"rules\":[]}\n".into(), String::new())
+    );
+    assert_eq!(
+        signed(&fake, &["unblock", "7"]),
+        (0, "{\"removed\":7}\n".into(), String::new())
+    );
+    let (code, _, err) = signed(&fake, &["unblock", "8"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("404"), "{err}");
+    assert!(err.contains("no administrator rule has this id"), "{err}");
+    // Refused by Shoji: its reason, exit 2.
+    let (code, _, err) = signed(&fake, &["block", "--comm", "colour"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("colour: unknown key"), "{err}");
+}
+
+#[test]
+fn block_refuses_an_empty_or_injected_rule_locally() {
+    let fake = shoji(Some(KEY), Options::default());
+    let (code, _, err) = signed(&fake, &["block"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--container all"), "{err}");
+    for bad in [
+        &["block", "--comm", "a&uid=0"][..],
+        &["block", "--remote", "10.0.0.0/8 "],
+        &["block", "--uid", "1", "--pid", "2"],
+        &["block", "--tcp-dst-port", "80", "--protocol", "udp"],
+        &["block", "--direction", "up"],
+        &["unblock", "x"],
+    ] {
+        let (code, _, err) = signed(&fake, bad);
+        assert_eq!(code, 1, "{bad:?}: {err}");
+    }
+    assert!(
+        !fake.targets().iter().any(|t| t.starts_with("/block")),
+        "nothing was sent"
+    );
+}

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use shoji_netfilter::events::{Event, EventKind, PolicyChange};
+use shoji_netfilter::events::{Event, EventKind};
 use shoji_netfilter::report::CountersView;
 use shoji_netfilter::Counters;
 use shoji_shared::{Direction, DropReason};
@@ -53,17 +53,6 @@ fn dir(d: Direction) -> &'static str {
     match d {
         Direction::Tx => "tx",
         Direction::Rx => "rx",
-    }
-}
-
-/// Snake-case name of a policy change.
-pub fn change_name(c: PolicyChange) -> &'static str {
-    match c {
-        PolicyChange::Registered => "registered",
-        PolicyChange::Updated => "updated",
-        PolicyChange::Unregistered => "unregistered",
-        PolicyChange::HostPolicy => "host_policy",
-        PolicyChange::Config => "config",
     }
 }
 
@@ -123,7 +112,7 @@ pub fn event_line(e: &Event) -> String {
             }
         }
         EventKind::Policy { container, change } => {
-            let _ = write!(s, " policy change={}", change_name(change));
+            let _ = write!(s, " policy change={}", change.name());
             if let Some(id) = container {
                 let _ = write!(s, " container={}", id.0);
             }
@@ -145,6 +134,7 @@ pub fn event_line(e: &Event) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shoji_netfilter::events::PolicyChange;
     use shoji_netfilter::report::{counters_len, encode_counters};
     use shoji_netfilter::EngineCounters;
     use shoji_shared::ContainerId;

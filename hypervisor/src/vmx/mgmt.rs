@@ -177,6 +177,18 @@ impl shoji_mgmt::Backend for Backend<'_> {
     fn next_event(&mut self) -> u64 {
         super::policy::next_event()
     }
+
+    fn block(&mut self, body: &[u8], why: &mut dyn Write) -> Result<u32, u16> {
+        super::policy::admin_block(body, why)
+    }
+
+    fn blocks(&mut self, out: &mut dyn Write) -> fmt::Result {
+        super::policy::admin_blocks_json(out)
+    }
+
+    fn unblock(&mut self, id: u32) -> bool {
+        super::policy::admin_unblock(id)
+    }
 }
 
 /// The NIC's counters: frames and drops by direction, Shoji's exits by cause, registers.

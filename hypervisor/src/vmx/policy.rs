@@ -13,6 +13,7 @@ use crate::setup::Setup;
 use core::mem::{align_of, size_of};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use shoji_introspect::{copy_from_guest, copy_to_guest};
+use shoji_netfilter::admin::{AdminError, AdminSpec};
 use shoji_netfilter::config::EngineConfig;
 use shoji_netfilter::encoding::{self, MAX_ENCODED_LEN};
 use shoji_netfilter::engine::Engine;
@@ -606,13 +607,7 @@ fn event_json(ev: &Event, out: &mut dyn Write) -> fmt::Result {
             out,
             "\"kind\":\"policy\",\"container\":{},\"change\":\"{}\"",
             JsonId(container),
-            match change {
-                PolicyChange::Registered => "registered",
-                PolicyChange::Updated => "updated",
-                PolicyChange::Unregistered => "unregistered",
-                PolicyChange::HostPolicy => "host_policy",
-                PolicyChange::Config => "config",
-            }
+            change.name()
         )?,
         EventKind::DropSample { container, direction, reason } => write!(
             out,
@@ -654,6 +649,71 @@ pub fn events_json(from: u64, max: usize, out: &mut dyn Write) -> Result<u64, fm
         left -= r.copied;
     }
     Ok(seq)
+}
+
+/// `POST /block`: add the administrator rule in form `body` (see `shoji_netfilter::admin`);
+/// its id, or 400 (bad rule) / 409 (table full) / 503 (no policy storage) with the reason in
+/// `why`. Frames go through the engine from then on.
+pub fn admin_block(body: &[u8], why: &mut dyn Write) -> Result<u32, u16> {
+    let spec = match AdminSpec::parse_form(body) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = write!(why, "{e}");
+            return Err(400);
+        }
+    };
+    let mut guard = ENGINE.lock();
+    let Some(engine) = ensure_engine(&mut guard) else {
+        let _ = why.write_str("no memory for the policy engine");
+        return Err(503);
+    };
+    engine.set_now(now_ns());
+    match engine.add_admin_rule(spec) {
+        Ok(id) => {
+            POLICY_ON.store(true, Ordering::Release);
+            crate::hv_line!(
+                "mgmt: administrator rule {} added ({} in force)",
+                id,
+                engine.admin_rules().entries().len()
+            );
+            Ok(id)
+        }
+        Err(e) => {
+            let _ = write!(why, "{e}");
+            Err(match e {
+                AdminError::Rule(_) => 400,
+                AdminError::Full | AdminError::NoIds => 409,
+            })
+        }
+    }
+}
+
+/// `GET /blocks`: the administrator's rules as JSON.
+pub fn admin_blocks_json(out: &mut dyn Write) -> fmt::Result {
+    let guard = ENGINE.lock();
+    match guard.as_deref() {
+        Some(engine) => engine.admin_rules().write_json(out),
+        // No engine yet: no rule either (the same document an empty table renders).
+        None => out.write_str("{\"rules\":[]}\n"),
+    }
+}
+
+/// `DELETE /block/ID`: remove administrator rule `id`; whether it existed.
+pub fn admin_unblock(id: u32) -> bool {
+    let mut guard = ENGINE.lock();
+    let Some(engine) = guard.as_deref_mut() else {
+        return false;
+    };
+    engine.set_now(now_ns());
+    let removed = engine.remove_admin_rule(id).is_some();
+    if removed {
+        crate::hv_line!(
+            "mgmt: administrator rule {} removed ({} in force)",
+            id,
+            engine.admin_rules().entries().len()
+        );
+    }
+    removed
 }
 
 /// The registry as one JSON document.

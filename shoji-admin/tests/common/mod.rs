@@ -197,6 +197,28 @@ pub fn shoji(key: Option<[u8; 32]>, opts: Options) -> Fake {
                 let extra = format!("X-Shoji-Next-Event: {next}\r\n");
                 answer(200, "OK", &boot, &extra, &body)
             }
+            ("POST", "/block") => {
+                let body = String::from_utf8_lossy(&req.body).into_owned();
+                if body.contains("colour") {
+                    return answer(400, "Bad Request", &boot, "", "colour: unknown key\n");
+                }
+                answer(
+                    201,
+                    "Created",
+                    &boot,
+                    "Location: /block/7\r\n",
+                    "{\"id\":7}\n",
+                )
+            }
+            ("GET", "/blocks") => answer(200, "OK", &boot, "", "{\"rules\":[]}\n"),
+            ("DELETE", "/block/7") => answer(200, "OK", &boot, "", "{\"removed\":7}\n"),
+            ("DELETE", p) if p.starts_with("/block/") => answer(
+                404,
+                "Not Found",
+                &boot,
+                "",
+                "no administrator rule has this id\n",
+            ),
             ("POST", "/echo") => {
                 let body = String::from_utf8_lossy(&req.body).into_owned();
                 answer(200, "OK", &boot, "", &body)

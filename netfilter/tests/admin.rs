@@ -1,0 +1,335 @@
+//! The administrator's rules in the engine: precedence over every party's policy, scopes,
+//! exceptions, survival across re-registration, ingress, the flow cache, events.
+
+mod common;
+
+use common::*;
+use shoji_netfilter::events::{EventKind, PolicyChange};
+use shoji_netfilter::rules::Action;
+use shoji_netfilter::{AdminScope, AdminSpec, ContainerSpec, Engine, EngineConfig};
+use shoji_shared::{
+    ContainerId, Direction, DropReason, ExecContext, FrameFilter, FrameMeta, TaskIdentity, Verdict,
+};
+
+const DENIED: Verdict = Verdict::Drop(DropReason::AdminDenied);
+
+fn rule(form: &str) -> AdminSpec {
+    AdminSpec::parse_form(form.as_bytes()).unwrap()
+}
+
+fn host_task(uid: u32) -> TaskIdentity {
+    let mut t = task(None, None, ExecContext::Task);
+    t.uid = Some(uid);
+    t
+}
+
+fn tx_by(t: &TaskIdentity) -> FrameMeta<'_> {
+    FrameMeta {
+        direction: Direction::Tx,
+        descriptor_vlan: None,
+        task: Some(t),
+    }
+}
+
+fn host_syn(port: u16) -> Vec<u8> {
+    tcp_frame(None, MAC_HOST, MAC_GW, IP_HOST, IP_REMOTE, 40000, port, SYN)
+}
+
+fn b_syn(port: u16) -> Vec<u8> {
+    tcp_frame(
+        Some(VLAN_B),
+        MAC_B,
+        MAC_GW,
+        IP_B,
+        IP_REMOTE,
+        40000,
+        port,
+        SYN,
+    )
+}
+
+fn a_syn(port: u16) -> Vec<u8> {
+    tcp_frame(
+        Some(VLAN_A),
+        MAC_A,
+        MAC_GW,
+        IP_A,
+        IP_REMOTE,
+        40000,
+        port,
+        SYN,
+    )
+}
+
+fn hits(e: &Engine<'_>, id: u32) -> u64 {
+    e.admin_rules()
+        .entries()
+        .iter()
+        .find(|r| r.id == id)
+        .unwrap()
+        .hits
+}
+
+#[test]
+fn a_uid_rule_stops_that_user_only() {
+    let mut s = slots(8);
+    let mut e = engine_ab(&mut s);
+    let mut out = Sink::default();
+    let id = e
+        .add_admin_rule(rule("uid=1000&protocol=tcp&dst_port=7777"))
+        .unwrap();
+    let (user, root) = (host_task(1000), host_task(0));
+    assert_eq!(e.filter(&tx_by(&user), &host_syn(7777), &mut out), DENIED);
+    assert_eq!(
+        e.filter(&tx_by(&root), &host_syn(7777), &mut out),
+        Verdict::Pass
+    );
+    assert_eq!(
+        e.filter(&tx_by(&user), &host_syn(7778), &mut out),
+        Verdict::Pass
+    );
+    // No trusted task (softirq, a retransmission from a timer): a rule on a user cannot match.
+    assert_eq!(e.filter(&tx(), &host_syn(7777), &mut out), Verdict::Pass);
+    let mut irq = user;
+    irq.context = ExecContext::SoftIrq;
+    assert_eq!(
+        e.filter(&tx_by(&irq), &host_syn(7777), &mut out),
+        Verdict::Pass
+    );
+    assert_eq!(out.wire.len(), 4);
+    assert_eq!(hits(&e, id), 1);
+    let host = &e.counters().host;
+    assert_eq!(host.drops[DropReason::AdminDenied.index()], 1);
+    assert_eq!(e.counters().total.drops[DropReason::AdminDenied.index()], 1);
+    // Removed: the user gets through again.
+    assert!(e.remove_admin_rule(id).is_some());
+    assert_eq!(
+        e.filter(&tx_by(&user), &host_syn(7777), &mut out),
+        Verdict::Pass
+    );
+}
+
+#[test]
+fn administrator_deny_overrides_a_containers_allow_and_survives_re_registration() {
+    let mut s = slots(8);
+    let mut e = engine_ab(&mut s);
+    let mut out = Sink::default();
+    let id = e.add_admin_rule(rule("container=2")).unwrap();
+    assert_eq!(e.filter(&tx(), &b_syn(80), &mut out), DENIED);
+    assert_eq!(e.filter(&tx(), &a_syn(80), &mut out), Verdict::Pass);
+    assert_eq!(e.filter(&tx(), &host_syn(80), &mut out), Verdict::Pass);
+    // The agent unregisters B and registers it again, then under another id with B's
+    // addresses on another VLAN, then with an explicit allow-all rule: still cut off.
+    e.unregister(ContainerId(2)).unwrap();
+    e.register(spec_b()).unwrap();
+    assert_eq!(e.filter(&tx(), &b_syn(80), &mut out), DENIED);
+    e.unregister(ContainerId(2)).unwrap();
+    let mut renamed = ContainerSpec::new(9, 109, MAC_EVIL, IP_B);
+    renamed.cgroup_id = Some(CGROUP_B);
+    e.register(renamed).unwrap();
+    let f = tcp_frame(Some(109), MAC_EVIL, MAC_GW, IP_B, IP_REMOTE, 40000, 80, SYN);
+    assert_eq!(e.filter(&tx(), &f, &mut out), DENIED);
+    e.unregister(ContainerId(9)).unwrap();
+    let renamed = ContainerSpec::new(10, 110, MAC_B, [10, 0, 0, 99].into());
+    e.register(renamed).unwrap();
+    let f = tcp_frame(
+        Some(110),
+        MAC_B,
+        MAC_GW,
+        [10, 0, 0, 99].into(),
+        IP_REMOTE,
+        1,
+        80,
+        SYN,
+    );
+    assert_eq!(e.filter(&tx(), &f, &mut out), DENIED, "pinned MAC");
+    // A new container with none of B's addresses is not B.
+    let fresh = ContainerSpec::new(11, 111, [2, 0, 0, 0, 0, 0x11], [10, 0, 0, 11].into());
+    e.register(fresh).unwrap();
+    let f = tcp_frame(
+        Some(111),
+        [2, 0, 0, 0, 0, 0x11],
+        MAC_GW,
+        [10, 0, 0, 11].into(),
+        IP_REMOTE,
+        1,
+        80,
+        SYN,
+    );
+    assert_eq!(e.filter(&tx(), &f, &mut out), Verdict::Pass);
+    assert_eq!(hits(&e, id), 4);
+    e.remove_admin_rule(id).unwrap();
+    let f = tcp_frame(
+        Some(110),
+        MAC_B,
+        MAC_GW,
+        [10, 0, 0, 99].into(),
+        IP_REMOTE,
+        1,
+        80,
+        SYN,
+    );
+    assert_eq!(e.filter(&tx(), &f, &mut out), Verdict::Pass);
+}
+
+#[test]
+fn a_rule_for_an_unregistered_container_applies_when_it_registers() {
+    let mut s = slots(8);
+    let mut e = Box::new(Engine::new(&mut s, EngineConfig::default()));
+    e.register(spec_a()).unwrap();
+    e.add_admin_rule(rule("container=2&protocol=tcp")).unwrap();
+    let mut out = Sink::default();
+    assert_eq!(e.filter(&tx(), &a_syn(80), &mut out), Verdict::Pass);
+    e.register(spec_b()).unwrap();
+    assert_eq!(e.filter(&tx(), &b_syn(80), &mut out), DENIED);
+    // Its pins are empty: it follows the id only.
+    assert!(e.admin_rules().entries()[0].pinned_ipv4.is_empty());
+}
+
+#[test]
+fn an_allow_rule_is_an_exception_to_denials_not_a_widening() {
+    let mut s = slots(8);
+    let mut e = engine_ab(&mut s);
+    let mut out = Sink::default();
+    let deny = e
+        .add_admin_rule(rule("container=2&direction=egress"))
+        .unwrap();
+    let allow = e
+        .add_admin_rule(rule("action=allow&container=2&protocol=tcp&dst_port=443"))
+        .unwrap();
+    assert_eq!(e.filter(&tx(), &b_syn(80), &mut out), DENIED);
+    assert_eq!(e.filter(&tx(), &b_syn(443), &mut out), Verdict::Pass);
+    assert_eq!((hits(&e, deny), hits(&e, allow)), (1, 1));
+    // The order rules were added in does not matter: the exception added first works too.
+    e.remove_admin_rule(deny).unwrap();
+    e.add_admin_rule(rule("container=2&direction=egress"))
+        .unwrap();
+    assert_eq!(e.filter(&tx(), &b_syn(443), &mut out), Verdict::Pass);
+    assert_eq!(e.filter(&tx(), &b_syn(80), &mut out), DENIED);
+    // B's own policy still applies: its default deny is not lifted by the exception.
+    e.update(defaults(spec_b(), Action::Deny, Action::Allow))
+        .unwrap();
+    assert_eq!(
+        e.filter(&tx(), &b_syn(443), &mut out),
+        Verdict::Drop(DropReason::PolicyDenied)
+    );
+    // An allow rule alone changes nothing.
+    let mut s2 = slots(8);
+    let mut e2 = engine_ab(&mut s2);
+    e2.add_admin_rule(rule("action=allow&container=all"))
+        .unwrap();
+    e2.update(defaults(spec_b(), Action::Deny, Action::Allow))
+        .unwrap();
+    assert_eq!(
+        e2.filter(&tx(), &b_syn(80), &mut out),
+        Verdict::Drop(DropReason::PolicyDenied)
+    );
+}
+
+#[test]
+fn scopes_host_container_everyone() {
+    let mut s = slots(8);
+    let mut e = engine_ab(&mut s);
+    let mut out = Sink::default();
+    let host = e
+        .add_admin_rule(rule("container=host&protocol=tcp"))
+        .unwrap();
+    assert_eq!(e.filter(&tx(), &host_syn(22), &mut out), DENIED);
+    assert_eq!(e.filter(&tx(), &a_syn(22), &mut out), Verdict::Pass);
+    e.remove_admin_rule(host).unwrap();
+    let all = e
+        .add_admin_rule(rule("container=all&remote=192.0.2.0/24"))
+        .unwrap();
+    assert_eq!(e.filter(&tx(), &host_syn(22), &mut out), DENIED);
+    assert_eq!(e.filter(&tx(), &a_syn(22), &mut out), DENIED);
+    assert_eq!(e.filter(&tx(), &b_syn(22), &mut out), DENIED);
+    assert_eq!(hits(&e, all), 3);
+    let f = tcp_frame(Some(VLAN_A), MAC_A, MAC_GW, IP_A, IP_GW, 1, 22, SYN);
+    assert_eq!(e.filter(&tx(), &f, &mut out), Verdict::Pass);
+    assert_eq!(e.counters().host.drops[DropReason::AdminDenied.index()], 2);
+    for id in [1, 2] {
+        let c = e.container_counters(ContainerId(id)).unwrap();
+        assert_eq!(c.drops[DropReason::AdminDenied.index()], 1);
+    }
+}
+
+#[test]
+fn ingress_rules_stop_deliveries_to_their_party_only() {
+    let mut s = slots(8);
+    let mut e = engine_ab(&mut s);
+    let mut out = Sink::default();
+    e.add_admin_rule(rule("container=2&direction=ingress&protocol=udp"))
+        .unwrap();
+    let to_b = udp_frame(None, MAC_GW, MAC_B, IP_REMOTE, IP_B, 53, 5000);
+    let to_a = udp_frame(None, MAC_GW, MAC_A, IP_REMOTE, IP_A, 53, 5000);
+    assert_eq!(e.filter(&rx(), &to_b, &mut out), DENIED);
+    assert_eq!(e.filter(&rx(), &to_a, &mut out), Verdict::Pass);
+    // B still sends.
+    let from_b = udp_frame(Some(VLAN_B), MAC_B, MAC_GW, IP_B, IP_REMOTE, 5000, 53);
+    assert_eq!(e.filter(&tx(), &from_b, &mut out), Verdict::Pass);
+    // A relay from A to B is an ingress for B.
+    let relay = udp_frame(Some(VLAN_A), MAC_A, MAC_B, IP_A, IP_B, 5000, 53);
+    assert_eq!(e.filter(&tx(), &relay, &mut out), DENIED);
+    let c = e.container_counters(ContainerId(2)).unwrap();
+    assert_eq!(c.drops[DropReason::AdminDenied.index()], 2);
+}
+
+#[test]
+fn a_new_rule_overrides_a_cached_pass() {
+    let mut s = slots(8);
+    let mut e = engine_ab(&mut s);
+    let mut out = Sink::default();
+    let user = host_task(1000);
+    for _ in 0..3 {
+        assert_eq!(
+            e.filter(&tx_by(&user), &host_syn(7777), &mut out),
+            Verdict::Pass
+        );
+    }
+    let f = tcp_frame(None, MAC_HOST, MAC_GW, IP_HOST, IP_REMOTE, 40000, 7777, ACK);
+    for _ in 0..3 {
+        assert_eq!(e.filter(&tx_by(&user), &f, &mut out), Verdict::Pass);
+    }
+    assert!(e.flow_cache_stats().hits > 0, "the flow is cached");
+    e.add_admin_rule(rule("uid=1000&protocol=tcp&dst_port=7777"))
+        .unwrap();
+    assert_eq!(e.filter(&tx_by(&user), &f, &mut out), DENIED);
+    assert_eq!(e.filter(&tx_by(&user), &host_syn(7777), &mut out), DENIED);
+}
+
+#[test]
+fn changes_are_events() {
+    let mut s = slots(8);
+    let mut e = engine_ab(&mut s);
+    let a = e.add_admin_rule(rule("container=2")).unwrap();
+    let b = e.add_admin_rule(rule("uid=5")).unwrap();
+    e.remove_admin_rule(a).unwrap();
+    assert!(e.remove_admin_rule(a).is_none());
+    e.remove_admin_rule(b).unwrap();
+    let changes: Vec<_> = event_kinds(&e)
+        .into_iter()
+        .filter_map(|k| match k {
+            EventKind::Policy { container, change }
+                if matches!(
+                    change,
+                    PolicyChange::AdminRuleAdded | PolicyChange::AdminRuleRemoved
+                ) =>
+            {
+                Some((container, change))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            (Some(ContainerId(2)), PolicyChange::AdminRuleAdded),
+            (None, PolicyChange::AdminRuleAdded),
+            (Some(ContainerId(2)), PolicyChange::AdminRuleRemoved),
+            (None, PolicyChange::AdminRuleRemoved),
+        ]
+    );
+    assert!(e.admin_rules().is_empty());
+    assert_eq!(e.admin_rules().entries().len(), 0);
+    let _ = AdminScope::Everyone;
+}
