@@ -17,6 +17,13 @@
 //! that apply to it, refreshed when the registry or these rules change, so a frame looks at no
 //! rule of another party's and a guest without administrator rules pays one test.
 //!
+//! A rule on a user, process or executable can only judge frames sent in that task's own
+//! context; the kernel sends some frames of the same connection later from a timer (a TCP SYN
+//! retransmitted, for one). So when such a rule denies a TCP or UDP frame, the flow (party,
+//! protocol, remote address, ports) is remembered for [`DENIED_FLOW_TTL_NS`] after its last
+//! frame, and its frames without a trusted sender are denied too. The table holds
+//! [`DENIED_FLOWS`] flows; a new one takes an empty or expired entry, else the one idle longest.
+//!
 //! Requests arrive as `application/x-www-form-urlencoded` bodies ([`AdminSpec::parse_form`]);
 //! the table renders as JSON ([`AdminRules::write_json`]).
 
@@ -29,12 +36,80 @@ use shoji_shared::{ContainerId, TaskIdentity};
 use crate::parse::MacAddr;
 use crate::registry::{Container, ContainerSpec, MAX_IPV4, MAX_MACS};
 use crate::rules::{
-    Action, DirectionMatch, Flow, Ipv4Cidr, PortRange, ProtocolMatch, Rule, RuleError, RuleFlags,
-    RuleSet, Subject, MAX_RULES,
+    Action, DirectionMatch, Flow, Ipv4Cidr, PortRange, ProtocolClass, ProtocolMatch, Rule,
+    RuleError, RuleFlags, RuleSet, Side, Subject, MAX_RULES,
 };
 
 /// Most administrator rules at once.
 pub const MAX_ADMIN_RULES: usize = MAX_RULES;
+
+/// Flows remembered as denied by a rule on a sender (see the module documentation).
+pub const DENIED_FLOWS: usize = 128;
+
+/// How long a denied flow is remembered after its last frame: longer than Linux's SYN
+/// retransmissions last (about 127 s with the default six retries).
+pub const DENIED_FLOW_TTL_NS: u64 = 180_000_000_000;
+
+/// A flow a rule on a sender denied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DeniedFlow {
+    /// The rule's id; 0 for an empty entry.
+    rule: u32,
+    party: u32,
+    remote: u32,
+    src_port: u16,
+    dst_port: u16,
+    class: u8,
+    /// When its last frame was denied.
+    last: u64,
+}
+
+impl DeniedFlow {
+    const EMPTY: DeniedFlow = DeniedFlow {
+        rule: 0,
+        party: 0,
+        remote: 0,
+        src_port: 0,
+        dst_port: 0,
+        class: 0,
+        last: 0,
+    };
+
+    /// The entry `flow` of `party` would have (`None` for a flow that is not TCP or UDP
+    /// egress).
+    fn of(party: u32, flow: &Flow) -> Option<DeniedFlow> {
+        let tcp_or_udp = matches!(flow.class, ProtocolClass::Tcp | ProtocolClass::Udp);
+        (tcp_or_udp && flow.side == Side::Egress).then(|| DeniedFlow {
+            rule: 0,
+            party,
+            remote: flow.remote.map_or(0, u32::from),
+            src_port: flow.src_port,
+            dst_port: flow.dst_port,
+            class: flow.class as u8,
+            last: 0,
+        })
+    }
+
+    fn same_flow(&self, other: &DeniedFlow) -> bool {
+        (
+            self.party,
+            self.remote,
+            self.src_port,
+            self.dst_port,
+            self.class,
+        ) == (
+            other.party,
+            other.remote,
+            other.src_port,
+            other.dst_port,
+            other.class,
+        )
+    }
+
+    fn live(&self, now: u64) -> bool {
+        self.rule != 0 && now.saturating_sub(self.last) < DENIED_FLOW_TTL_NS
+    }
+}
 
 /// Longest request body [`AdminSpec::parse_form`] reads.
 pub const MAX_FORM: usize = 1024;
@@ -133,7 +208,10 @@ pub struct AdminRules {
     everyone: u64,
     /// Rules for the host (everyone's included).
     host: u64,
+    /// Rules with a subject (their denials are remembered per flow).
+    with_subject: u64,
     next_id: u32,
+    denied: [DeniedFlow; DENIED_FLOWS],
 }
 
 impl Default for AdminRules {
@@ -152,7 +230,9 @@ impl AdminRules {
             deny: 0,
             everyone: 0,
             host: 0,
+            with_subject: 0,
             next_id: 1,
+            denied: [DeniedFlow::EMPTY; DENIED_FLOWS],
         }
     }
 
@@ -201,18 +281,24 @@ impl AdminRules {
     pub fn remove(&mut self, id: u32) -> Option<AdminRule> {
         let i = self.entries.iter().position(|e| e.id == id)?;
         let gone = self.entries.remove(i);
+        for d in self.denied.iter_mut().filter(|d| d.rule == id) {
+            *d = DeniedFlow::EMPTY;
+        }
         self.recompile();
         Some(gone)
     }
 
     fn recompile(&mut self) {
         self.rules.clear();
-        let (mut deny, mut everyone, mut host) = (0, 0, 0);
+        let (mut deny, mut everyone, mut host, mut with_subject) = (0, 0, 0, 0);
         for (i, e) in self.entries.iter().enumerate() {
             let bit = 1u64 << i;
             let _ = self.rules.push(e.rule);
             if e.rule.action == Action::Deny {
                 deny |= bit;
+            }
+            if e.rule.subject != Subject::Anyone {
+                with_subject |= bit;
             }
             match e.scope {
                 AdminScope::Everyone => {
@@ -225,7 +311,8 @@ impl AdminRules {
         }
         // Every entry was validated when added, and there are at most MAX_RULES of them.
         self.set = RuleSet::compile(&self.rules).unwrap_or_default();
-        (self.deny, self.everyone, self.host) = (deny, everyone, host);
+        (self.deny, self.everyone, self.host, self.with_subject) =
+            (deny, everyone, host, with_subject);
     }
 
     /// The bitmap of rules that apply to the host.
@@ -244,17 +331,38 @@ impl AdminRules {
         mask
     }
 
-    /// Judge `flow` (sent by `task`, when trusted) for a party whose rule bitmap is `mask`,
-    /// counting the deciding rule's hit.
+    /// Judge `flow` (sent by `task`, when trusted) for `party` (a number naming the host or a
+    /// registry slot), whose rule bitmap is `mask`, at time `now`; counts the deciding rule's
+    /// hit.
     #[inline]
     pub(crate) fn judge(
         &mut self,
         mask: u64,
+        party: u32,
         flow: &Flow,
         task: Option<&TaskIdentity>,
+        now: u64,
     ) -> AdminVerdict {
         if mask & self.deny == 0 {
             return AdminVerdict::Continue;
+        }
+        let remembered = match task {
+            None if mask & self.deny & self.with_subject != 0 => DeniedFlow::of(party, flow),
+            _ => None,
+        };
+        if let Some(key) = remembered {
+            if let Some(d) = self
+                .denied
+                .iter_mut()
+                .find(|d| d.live(now) && d.same_flow(&key))
+            {
+                d.last = now;
+                let rule = d.rule;
+                if let Some(e) = self.entries.iter_mut().find(|e| e.id == rule) {
+                    e.hits = e.hits.saturating_add(1);
+                }
+                return AdminVerdict::Deny(rule);
+            }
         }
         let Some(denied) = self
             .set
@@ -272,10 +380,45 @@ impl AdminRules {
             return AdminVerdict::Continue;
         };
         e.hits = e.hits.saturating_add(1);
-        match exception {
-            Some(_) => AdminVerdict::Continue,
-            None => AdminVerdict::Deny(e.id),
+        if exception.is_some() {
+            return AdminVerdict::Continue;
         }
+        let id = e.id;
+        if self.with_subject & (1 << denied) != 0 {
+            self.remember(party, flow, id, now);
+        }
+        AdminVerdict::Deny(id)
+    }
+
+    /// Remember that rule `id` denied `flow` of `party` (TCP and UDP egress only).
+    fn remember(&mut self, party: u32, flow: &Flow, id: u32, now: u64) {
+        let Some(mut key) = DeniedFlow::of(party, flow) else {
+            return;
+        };
+        key.rule = id;
+        key.last = now;
+        let slot = match self
+            .denied
+            .iter()
+            .position(|d| d.live(now) && d.same_flow(&key))
+        {
+            Some(i) => i,
+            None => match self.denied.iter().position(|d| !d.live(now)) {
+                Some(i) => i,
+                None => self
+                    .denied
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, d)| d.last)
+                    .map_or(0, |(i, _)| i),
+            },
+        };
+        self.denied[slot] = key;
+    }
+
+    /// Flows remembered as denied now.
+    pub fn denied_flows(&self, now: u64) -> usize {
+        self.denied.iter().filter(|d| d.live(now)).count()
     }
 
     /// The table as one JSON document: `{"rules":[{...},...]}`, each rule with the keys of the

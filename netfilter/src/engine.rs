@@ -348,14 +348,17 @@ impl<'s> Engine<'s> {
         flow: &Flow,
         task: Option<&TaskIdentity>,
     ) -> AdminVerdict {
-        let mask = match party {
-            Party::Host => self.admin.host_mask(),
-            Party::Container(slot) => self.registry.get(slot).map_or(0, |c| c.admin),
+        let (mask, code) = match party {
+            Party::Host => (self.admin.host_mask(), u32::MAX),
+            Party::Container(slot) => (
+                self.registry.get(slot).map_or(0, |c| c.admin),
+                u32::from(slot),
+            ),
         };
         if mask == 0 {
             return AdminVerdict::Continue;
         }
-        self.admin.judge(mask, flow, task)
+        self.admin.judge(mask, code, flow, task, self.now)
     }
 
     fn policy_event(&mut self, id: ContainerId, change: PolicyChange) {

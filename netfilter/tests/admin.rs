@@ -32,7 +32,13 @@ fn tx_by(t: &TaskIdentity) -> FrameMeta<'_> {
 }
 
 fn host_syn(port: u16) -> Vec<u8> {
-    tcp_frame(None, MAC_HOST, MAC_GW, IP_HOST, IP_REMOTE, 40000, port, SYN)
+    host_syn_from(40000, port)
+}
+
+fn host_syn_from(src_port: u16, port: u16) -> Vec<u8> {
+    tcp_frame(
+        None, MAC_HOST, MAC_GW, IP_HOST, IP_REMOTE, src_port, port, SYN,
+    )
 }
 
 fn b_syn(port: u16) -> Vec<u8> {
@@ -81,32 +87,86 @@ fn a_uid_rule_stops_that_user_only() {
     let (user, root) = (host_task(1000), host_task(0));
     assert_eq!(e.filter(&tx_by(&user), &host_syn(7777), &mut out), DENIED);
     assert_eq!(
-        e.filter(&tx_by(&root), &host_syn(7777), &mut out),
+        e.filter(&tx_by(&root), &host_syn_from(40001, 7777), &mut out),
         Verdict::Pass
     );
     assert_eq!(
-        e.filter(&tx_by(&user), &host_syn(7778), &mut out),
+        e.filter(&tx_by(&user), &host_syn_from(40002, 7778), &mut out),
         Verdict::Pass
     );
-    // No trusted task (softirq, a retransmission from a timer): a rule on a user cannot match.
-    assert_eq!(e.filter(&tx(), &host_syn(7777), &mut out), Verdict::Pass);
+    // The same connection's SYN retransmitted from a timer (no trusted sender): still denied,
+    // the flow is remembered; and so from an interrupt.
+    assert_eq!(e.filter(&tx(), &host_syn(7777), &mut out), DENIED);
     let mut irq = user;
     irq.context = ExecContext::SoftIrq;
+    assert_eq!(e.filter(&tx_by(&irq), &host_syn(7777), &mut out), DENIED);
+    assert_eq!(e.admin_rules().denied_flows(e.now()), 1);
+    // Another flow without a trusted sender: a rule on a user cannot match it.
     assert_eq!(
-        e.filter(&tx_by(&irq), &host_syn(7777), &mut out),
+        e.filter(&tx(), &host_syn_from(40003, 7777), &mut out),
         Verdict::Pass
     );
-    assert_eq!(out.wire.len(), 4);
-    assert_eq!(hits(&e, id), 1);
+    assert_eq!(out.wire.len(), 3);
+    assert_eq!(hits(&e, id), 3);
     let host = &e.counters().host;
-    assert_eq!(host.drops[DropReason::AdminDenied.index()], 1);
-    assert_eq!(e.counters().total.drops[DropReason::AdminDenied.index()], 1);
-    // Removed: the user gets through again.
+    assert_eq!(host.drops[DropReason::AdminDenied.index()], 3);
+    assert_eq!(e.counters().total.drops[DropReason::AdminDenied.index()], 3);
+    // Removed: the user gets through again, on the remembered flow too.
     assert!(e.remove_admin_rule(id).is_some());
+    assert_eq!(e.admin_rules().denied_flows(e.now()), 0);
     assert_eq!(
         e.filter(&tx_by(&user), &host_syn(7777), &mut out),
         Verdict::Pass
     );
+    assert_eq!(e.filter(&tx(), &host_syn(7777), &mut out), Verdict::Pass);
+}
+
+#[test]
+fn a_remembered_flow_expires_and_the_table_keeps_the_newest() {
+    use shoji_netfilter::admin::{DENIED_FLOWS, DENIED_FLOW_TTL_NS};
+    let mut s = slots(8);
+    let mut e = engine_ab(&mut s);
+    let mut out = Sink::default();
+    e.add_admin_rule(rule("uid=1000&protocol=tcp")).unwrap();
+    let user = host_task(1000);
+    e.set_now(1_000);
+    assert_eq!(e.filter(&tx_by(&user), &host_syn(80), &mut out), DENIED);
+    // Each retransmission refreshes it.
+    e.set_now(1_000 + DENIED_FLOW_TTL_NS - 1);
+    assert_eq!(e.filter(&tx(), &host_syn(80), &mut out), DENIED);
+    e.set_now(1_000 + 2 * DENIED_FLOW_TTL_NS - 2);
+    assert_eq!(e.filter(&tx(), &host_syn(80), &mut out), DENIED);
+    // Idle for the whole time to live: forgotten.
+    e.set_now(1_000 + 3 * DENIED_FLOW_TTL_NS);
+    assert_eq!(e.filter(&tx(), &host_syn(80), &mut out), Verdict::Pass);
+    assert_eq!(e.admin_rules().denied_flows(e.now()), 0);
+    // A full table: the flow idle longest gives way.
+    let t0 = e.now();
+    for i in 0..=DENIED_FLOWS as u16 {
+        e.set_now(t0 + u64::from(i));
+        assert_eq!(
+            e.filter(&tx_by(&user), &host_syn_from(10_000 + i, 80), &mut out),
+            DENIED
+        );
+    }
+    assert_eq!(e.admin_rules().denied_flows(e.now()), DENIED_FLOWS);
+    assert_eq!(
+        e.filter(&tx(), &host_syn_from(10_000, 80), &mut out),
+        Verdict::Pass,
+        "the oldest was evicted"
+    );
+    for i in 1..=DENIED_FLOWS as u16 {
+        assert_eq!(
+            e.filter(&tx(), &host_syn_from(10_000 + i, 80), &mut out),
+            DENIED,
+            "{i}"
+        );
+    }
+    // UDP flows are remembered too; ICMP is not a flow here.
+    let f = udp_frame(None, MAC_HOST, MAC_GW, IP_HOST, IP_REMOTE, 5000, 53);
+    e.add_admin_rule(rule("uid=1000&protocol=udp")).unwrap();
+    assert_eq!(e.filter(&tx_by(&user), &f, &mut out), DENIED);
+    assert_eq!(e.filter(&tx(), &f, &mut out), DENIED);
 }
 
 #[test]

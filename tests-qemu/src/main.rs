@@ -104,6 +104,13 @@ enum Cmd {
         /// Port to listen on.
         port: u16,
     },
+    /// Internal (run inside a scenario's namespace): accept TCP connections on PORT until
+    /// killed; print `tcp-lines: FROM LINE` for every line each one sends.
+    #[command(hide = true)]
+    TcpLines {
+        /// Port to listen on.
+        port: u16,
+    },
     /// Internal (run inside a scenario's namespace): receive UDP datagrams on PORT until killed
     /// and keep SUMMARY up to date: one line `from=IP tag=TAG count=N` per source and payload
     /// tag (the payload up to " seq=").
@@ -148,6 +155,24 @@ fn udp_flood(addr: &str, port: u16, per_tick: u32, total: Option<u64>) -> Result
             sent += 1;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// `xtask tcp-lines PORT`: the peer's listener for connection attempts the test must see (or
+/// not): every line received is printed with its sender, one connection after the other, each
+/// for at most 20 s.
+fn tcp_lines(port: u16) -> Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind(("0.0.0.0", port))?;
+    println!("tcp-lines: listening on {port}");
+    loop {
+        let (s, from) = listener.accept()?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(20)))?;
+        for line in BufReader::new(s).lines() {
+            let Ok(line) = line else { break };
+            println!("tcp-lines: {} {}", from.ip(), line.trim());
+            let _ = std::io::stdout().flush();
+        }
     }
 }
 
@@ -272,6 +297,10 @@ fn run(cli: Cli) -> Result<bool> {
         }
         Cmd::TcpSink { port } => {
             tcp_sink(port)?;
+            Ok(true)
+        }
+        Cmd::TcpLines { port } => {
+            tcp_lines(port)?;
             Ok(true)
         }
         Cmd::UdpSink { port, summary } => {

@@ -11,6 +11,12 @@
 //!    count does see; Shoji's metrics before and after are compared with the guest's counts.
 //! 3. `MGMT-SPOOF-DONE`: the guest sent UDP and ARP replies as Shoji (10.0.2.9) and, as the
 //!    control, as an address nobody holds (10.0.2.77); tcpdump counts what reached the peer.
+//! 4. `MGMT-BLOCK-READY` (after the introspection tests pushed the kernel profile): the
+//!    administrator blocks uid 1000's TCP to the peer's port 7777; the guest tries as uid 1000
+//!    and as root, the agent pushes its profile again, uid 1000 tries again
+//!    (`MGMT-BLOCK-DONE`); the administrator unblocks and uid 1000 tries once more
+//!    (`MGMT-UNBLOCK-DONE`). The peer's listener (`xtask tcp-lines`) is the witness of which
+//!    attempts got through; uid 1000's attempt before the rule is the control.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -222,6 +228,77 @@ impl Drop for Capture {
     }
 }
 
+/// The port the guest's connection attempts go to (`admin_connect` in the guest script).
+pub const BLOCK_PORT: &str = "7777";
+
+/// The peer's listener for the guest's connection attempts (`xtask tcp-lines`), its lines in
+/// `admin-lines.txt`.
+struct Lines {
+    child: GroupChild,
+    text: PathBuf,
+}
+
+impl Lines {
+    fn start(ns: &Netns, dir: &Path) -> Result<Lines> {
+        let text = dir.join("admin-lines.txt");
+        let exe = std::env::current_exe().unwrap_or_else(|_| "xtask".into());
+        let mut c = ns.command(&exe.to_string_lossy(), ["tcp-lines", BLOCK_PORT]);
+        c.stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&text)?)
+            .stderr(std::fs::File::create(dir.join("admin-lines.log"))?);
+        Ok(Lines {
+            child: GroupChild::spawn(&mut c)?,
+            text,
+        })
+    }
+
+    /// Whether the line `hello-LABEL` arrived from the guest.
+    fn saw(&self, label: &str) -> bool {
+        saw_attempt(
+            &std::fs::read_to_string(&self.text).unwrap_or_default(),
+            label,
+        )
+    }
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        self.child.kill();
+    }
+}
+
+/// Whether `tcp-lines` output holds the guest's line `hello-LABEL`.
+pub fn saw_attempt(lines: &str, label: &str) -> bool {
+    let want = format!("tcp-lines: {} hello-{label}", crate::netns::GUEST_IP);
+    lines.lines().any(|l| l.trim() == want)
+}
+
+/// The guest's `admin-connect LABEL rc=N` exit status.
+pub fn attempt_rc(console: &str, label: &str) -> Option<i32> {
+    let key = format!("SHOJI-TEST: admin-connect {label} rc=");
+    console
+        .lines()
+        .find_map(|l| l.split_once(&key).map(|(_, rc)| rc.trim().parse().ok()))
+        .flatten()
+}
+
+/// The id in `shoji-admin block`'s answer (`{"id":N}`).
+fn rule_id(text: &str) -> Option<u64> {
+    serde_json::from_str::<serde_json::Value>(text.trim())
+        .ok()?
+        .get("id")?
+        .as_u64()
+}
+
+/// The rules of a `GET /blocks` answer.
+fn rules_of(text: &str) -> Option<Vec<serde_json::Value>> {
+    serde_json::from_str::<serde_json::Value>(text.trim())
+        .ok()?
+        .get("rules")?
+        .as_array()
+        .cloned()
+}
+
 /// Lines of a tcpdump capture: UDP to port 9003 from `ip`, and ARP replies claiming `ip` sent
 /// from `mac` (Shoji's own replies, from Shoji's MAC, are not the guest's).
 pub fn spoofs_seen(capture: &str, ip: &str, mac: &str) -> (usize, usize) {
@@ -290,6 +367,7 @@ fn phases(
         format!("{}\n", crate::images::TEST_AGENT_KEY),
     )?;
     let capture = Capture::start(p.ns, &p.dir)?;
+    let lines = Lines::start(p.ns, &p.dir)?;
     let mut c = p.ns.command(
         "ip",
         ["addr", "add", &format!("{OUTSIDER_IP}/24"), "dev", TAP],
@@ -539,6 +617,131 @@ fn phases(
         udp9 == 0 && arp9 == 0 && udp77 > 0 && arp77 > 0,
         format!("tcpdump on the peer's tap: as Shoji {udp9} UDP + {arp9} ARP; as 10.0.2.77 {udp77} UDP + {arp77} ARP"),
     );
+    admin_rules(m, p, rep, t, &lines)
+}
+
+/// Phase 4: the administrator's rules against uid 1000, with root and the agent beside it.
+fn admin_rules(
+    m: &mut Machine,
+    p: &mut Phase<'_>,
+    rep: &mut Report,
+    t: &dyn Fn(u64) -> Duration,
+    lines: &Lines,
+) -> Result<()> {
+    m.wait_for(Stream::Console, "SHOJI-TEST: MGMT-BLOCK-READY", t(900), &[])?;
+    let control = lines.saw("control-user");
+    let unsigned = p.admin(
+        "unsigned block",
+        &[
+            "--no-key",
+            "block",
+            "--uid",
+            "1000",
+            "--tcp-dst-port",
+            BLOCK_PORT,
+        ],
+    );
+    let block = p.admin(
+        "block uid 1000",
+        &["block", "--uid", "1000", "--tcp-dst-port", BLOCK_PORT],
+    );
+    let id = rule_id(&block.text);
+    send_msg(p.ns, "next", &mut p.log);
+    m.wait_for(Stream::Console, "SHOJI-TEST: MGMT-BLOCK-DONE", t(300), &[])?;
+    std::thread::sleep(Duration::from_secs(2));
+    let listed = p.admin("blocks while blocked", &["blocks"]);
+    let rules = rules_of(&listed.text).unwrap_or_default();
+    let hits = rules
+        .first()
+        .and_then(|r| r.get("hits")?.as_u64())
+        .unwrap_or(0);
+    let metrics = p.scrape("metrics-blocked");
+    let denied = metrics.as_deref().and_then(|t| {
+        sample(
+            t,
+            "shoji_policy_dropped_total{party=\"host\",reason=\"admin_denied\"}",
+        )
+    });
+    let (blocked_user, blocked_root, agent_user) = (
+        lines.saw("blocked-user"),
+        lines.saw("blocked-root"),
+        lines.saw("agent-user"),
+    );
+    let unblock = match id {
+        Some(id) => p.admin("unblock", &["unblock", &id.to_string()]),
+        None => Ran {
+            ok: false,
+            code: None,
+            text: "no rule id to remove".into(),
+        },
+    };
+    send_msg(p.ns, "next", &mut p.log);
+    m.wait_for(
+        Stream::Console,
+        "SHOJI-TEST: MGMT-UNBLOCK-DONE",
+        t(300),
+        &[],
+    )?;
+    std::thread::sleep(Duration::from_secs(2));
+    let after = p.admin("blocks after unblock", &["blocks"]);
+    let after_user = lines.saw("after-user");
+    send_msg(p.ns, "next", &mut p.log);
+    let console = m.text(Stream::Console);
+    let rc = |label| attempt_rc(&console, label);
+    let agent_push = console
+        .lines()
+        .find(|l| l.contains("SHOJI-TEST: intro admin-agent-push rc="))
+        .map(str::trim)
+        .unwrap_or("no admin-agent-push line");
+
+    rep.check(
+        "management: control: uid 1000 reaches the peer's port 7777 before any administrator rule (the peer's listener got its line)",
+        control && rc("control-user") == Some(0),
+        format!("peer saw it: {control}; guest nc rc={:?}", rc("control-user")),
+    );
+    rep.check(
+        "management: an unsigned POST /block is refused with 401 and adds nothing",
+        unsigned.code == Some(2) && unsigned.text.contains("401") && rules.len() == 1,
+        format!(
+            "{}; rules listed while blocked: {}",
+            first_line(&unsigned.text),
+            rules.len()
+        ),
+    );
+    rep.check(
+        "management: `shoji-admin block --uid 1000 --tcp-dst-port 7777` stops uid 1000's connections to the peer (SYN retransmissions included) while root's get through",
+        block.ok && id.is_some() && !blocked_user && rc("blocked-user") != Some(0) && blocked_root && rc("blocked-root") == Some(0),
+        format!(
+            "block: {}; peer saw uid 1000: {blocked_user} (nc rc={:?}), root: {blocked_root} (nc rc={:?})",
+            first_line(&block.text),
+            rc("blocked-user"),
+            rc("blocked-root")
+        ),
+    );
+    rep.check(
+        "management: the rule's hits (GET /blocks) and the host's admin_denied drops (/metrics) count the refused SYNs",
+        hits >= 1 && denied.is_some_and(|d| d >= hits),
+        format!("hits={hits}; shoji_policy_dropped_total{{party=\"host\",reason=\"admin_denied\"}}={denied:?}"),
+    );
+    rep.check(
+        "management: root in the guest holding the agent key pushing its profile again does not lift the administrator's rule",
+        agent_push.contains("rc=0") && !agent_user && rc("agent-user") != Some(0),
+        format!("{agent_push}; peer saw uid 1000 after it: {agent_user}"),
+    );
+    let left = rules_of(&after.text);
+    rep.check(
+        "management: `shoji-admin unblock ID` removes the rule and uid 1000 reaches the peer again",
+        unblock.ok
+            && left.as_ref().is_some_and(|r| r.is_empty())
+            && after_user
+            && rc("after-user") == Some(0),
+        format!(
+            "unblock: {}; rules left: {:?}; peer saw uid 1000: {after_user} (nc rc={:?})",
+            first_line(&unblock.text),
+            left.map(|r| r.len()),
+            rc("after-user")
+        ),
+    );
     Ok(())
 }
 
@@ -561,6 +764,21 @@ mod tests {
         assert_eq!(TEST_ADMIN_KEY.len(), 64);
         assert!(TEST_ADMIN_KEY.bytes().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(TEST_ADMIN_KEY, crate::images::TEST_AGENT_KEY);
+    }
+
+    #[test]
+    fn attempts_seen_by_the_peer_and_their_exit_status() {
+        let lines = "tcp-lines: listening on 7777\ntcp-lines: 10.0.2.15 hello-control-user\ntcp-lines: 10.0.2.3 hello-x\n";
+        assert!(saw_attempt(lines, "control-user"));
+        assert!(!saw_attempt(lines, "control"));
+        assert!(!saw_attempt(lines, "x"), "from another address");
+        let console = "SHOJI-TEST: admin-connect blocked-user rc=1\r\nSHOJI-TEST: admin-connect blocked-root rc=0\n";
+        assert_eq!(attempt_rc(console, "blocked-user"), Some(1));
+        assert_eq!(attempt_rc(console, "blocked-root"), Some(0));
+        assert_eq!(attempt_rc(console, "after-user"), None);
+        assert_eq!(rule_id("{\"id\":3}\n"), Some(3));
+        assert_eq!(rule_id("401 Unauthorized"), None);
+        assert_eq!(rules_of("{\"rules\":[]}").map(|r| r.len()), Some(0));
     }
 
     #[test]

@@ -39,8 +39,12 @@ static STORAGE: AtomicU64 = AtomicU64::new(0);
 /// The engine, once built.
 static ENGINE: Mutex<Option<&'static mut Engine<'static>>> = Mutex::new(None);
 
-/// Whether frames go through the engine (a container was registered once).
+/// Whether frames go through the engine: a container was registered once, or an administrator
+/// rule is in force.
 static POLICY_ON: AtomicBool = AtomicBool::new(false);
+
+/// Whether a container was registered once (the policy then stays on).
+static EVER_REGISTERED: AtomicBool = AtomicBool::new(false);
 
 /// Longest registration request: the key and the longest encoding.
 const MAX_REGISTER_LEN: usize = AGENT_KEY_LEN + MAX_ENCODED_LEN;
@@ -295,6 +299,7 @@ pub fn register(setup: &Setup, va: u64, len: u64, update: bool) -> Result<Contai
         engine.register(spec)
     };
     r.map_err(registry_refusal)?;
+    EVER_REGISTERED.store(true, Ordering::Release);
     POLICY_ON.store(true, Ordering::Release);
     Ok(id)
 }
@@ -410,7 +415,7 @@ pub fn metrics(e: &mut Exposition<'_>) -> fmt::Result {
     e.single(
         "shoji_policy_enabled",
         Kind::Gauge,
-        "1 once a registration turned the per-container policy on.",
+        "1 while frames go through the policy (a container was registered, or an administrator rule is in force).",
         u64::from(policy_on()),
     )?;
     let Some(engine) = guard.as_deref() else {
@@ -429,6 +434,23 @@ pub fn metrics(e: &mut Exposition<'_>) -> fmt::Result {
         "Events recorded since start (the next event's sequence number minus one).",
         engine.events().next_seq().saturating_sub(1),
     )?;
+    let admin = engine.admin_rules().entries();
+    e.single(
+        "shoji_admin_rules",
+        Kind::Gauge,
+        "Administrator rules in force.",
+        admin.len() as u64,
+    )?;
+    if !admin.is_empty() {
+        e.family(
+            "shoji_admin_rule_hits_total",
+            Kind::Counter,
+            "Frames each administrator rule decided (drops for a deny rule, exceptions for an allow rule).",
+        )?;
+    }
+    for r in admin {
+        e.sample("shoji_admin_rule_hits_total", &[("rule", &r.id)], r.hits)?;
+    }
     let c = engine.counters();
     let parties: [(&str, &PartyCounters); 3] = [
         ("host", &c.host),
@@ -707,6 +729,11 @@ pub fn admin_unblock(id: u32) -> bool {
     engine.set_now(now_ns());
     let removed = engine.remove_admin_rule(id).is_some();
     if removed {
+        // The last rule gone and nothing ever registered: frames skip the engine again, as
+        // before the first rule (nothing there can drop them).
+        if engine.admin_rules().is_empty() && !EVER_REGISTERED.load(Ordering::Acquire) {
+            POLICY_ON.store(false, Ordering::Release);
+        }
         crate::hv_line!(
             "mgmt: administrator rule {} removed ({} in force)",
             id,
