@@ -346,8 +346,9 @@ impl AdminRules {
         if mask & self.deny == 0 {
             return AdminVerdict::Continue;
         }
+        let subject_rules = mask & self.deny & self.with_subject != 0;
         let remembered = match task {
-            None if mask & self.deny & self.with_subject != 0 => DeniedFlow::of(party, flow),
+            None if subject_rules => DeniedFlow::of(party, flow),
             _ => None,
         };
         if let Some(key) = remembered {
@@ -369,6 +370,11 @@ impl AdminRules {
             .first_match_within(&self.rules, flow, task, mask & self.deny)
             .and_then(|o| o.rule)
         else {
+            if task.is_some() && subject_rules {
+                // A sender the rules let through owns this flow now (a port used again): its
+                // frames sent later without a trusted sender must not meet an old denial.
+                self.forget(party, flow);
+            }
             return AdminVerdict::Continue;
         };
         let exception = self
@@ -388,6 +394,16 @@ impl AdminRules {
             self.remember(party, flow, id, now);
         }
         AdminVerdict::Deny(id)
+    }
+
+    /// Forget a remembered denial of `flow` of `party`.
+    fn forget(&mut self, party: u32, flow: &Flow) {
+        let Some(key) = DeniedFlow::of(party, flow) else {
+            return;
+        };
+        for d in self.denied.iter_mut().filter(|d| d.same_flow(&key)) {
+            *d = DeniedFlow::EMPTY;
+        }
     }
 
     /// Remember that rule `id` denied `flow` of `party` (TCP and UDP egress only).

@@ -122,6 +122,29 @@ fn a_uid_rule_stops_that_user_only() {
 }
 
 #[test]
+fn a_flow_taken_over_by_an_allowed_sender_is_forgotten() {
+    let mut s = slots(8);
+    let mut e = engine_ab(&mut s);
+    let mut out = Sink::default();
+    e.add_admin_rule(rule("uid=1000&protocol=tcp&dst_port=7777"))
+        .unwrap();
+    let (user, root) = (host_task(1000), host_task(0));
+    assert_eq!(e.filter(&tx_by(&user), &host_syn(7777), &mut out), DENIED);
+    assert_eq!(e.admin_rules().denied_flows(e.now()), 1);
+    // Root connects from the same port later: its SYN passes, and the ACKs the kernel sends for
+    // it from softirq are root's, not uid 1000's old attempt.
+    assert_eq!(e.filter(&tx_by(&root), &host_syn(7777), &mut out), Verdict::Pass);
+    assert_eq!(e.admin_rules().denied_flows(e.now()), 0);
+    let ack = tcp_frame(None, MAC_HOST, MAC_GW, IP_HOST, IP_REMOTE, 40000, 7777, ACK);
+    assert_eq!(e.filter(&tx(), &ack, &mut out), Verdict::Pass);
+    // A frame of another party or protocol does not forget it.
+    assert_eq!(e.filter(&tx_by(&user), &host_syn(7777), &mut out), DENIED);
+    let udp = udp_frame(None, MAC_HOST, MAC_GW, IP_HOST, IP_REMOTE, 40000, 7777);
+    assert_eq!(e.filter(&tx_by(&root), &udp, &mut out), Verdict::Pass);
+    assert_eq!(e.admin_rules().denied_flows(e.now()), 1);
+}
+
+#[test]
 fn a_remembered_flow_expires_and_the_table_keeps_the_newest() {
     use shoji_netfilter::admin::{DENIED_FLOWS, DENIED_FLOW_TTL_NS};
     let mut s = slots(8);

@@ -338,6 +338,7 @@ phase_protected() {
     ctr ratelimit-host probe log-counters
     sleep 6
     ctr ratelimit-b-refilled $CRUN exec B probe log-counters
+    admin_block_b
     # Container stop: the poststop hook unregisters B; the default (no policy) is back.
     stop_ctr B stop-B-protected
     ctr after-stop-stats shojictl stats
@@ -346,6 +347,33 @@ phase_protected() {
     ctr after-unregister-b-ping $CRUN exec B ping -c 2 -W 5 "$PEER"
     stop_ctr B stop-B-restarted
     stale_a
+}
+
+# The administrator (on the peer's side, through Shoji's management endpoint) cuts B off with
+# `shoji-admin block --container 102`. B's pings to A (its policy allows them) are the witness;
+# A keeps reaching the peer. Root in the guest, holding the agent key, then tries every way the
+# agent has to undo it: unregister and register B again, load an allow-all policy for B, and
+# register B's addresses under another id. B stays cut off until the administrator's unblock.
+admin_block_b() {
+    sed 's/^default_egress = "deny"/default_egress = "allow"/; s/^default_ingress = "deny"/default_ingress = "allow"/' \
+        /tmp/policy-b2.toml > /tmp/policy-b-wide.toml
+    sed 's/^id = 102/id = 112/' /tmp/policy-b2.toml > /tmp/policy-b-renamed.toml
+    ctr admin-b-ping-a-before $CRUN exec B ping -c 2 -W 5 "$A_IP"
+    sync_peer admin-block
+    ctr admin-b-ping-a-blocked $CRUN exec B ping -c 2 -W 3 "$A_IP"
+    ctr admin-a-ping-peer $CRUN exec A ping -c 2 -W 5 "$PEER"
+    ctr admin-agent-unregister shojictl unregister 102
+    ctr admin-agent-register shojictl register /tmp/policy-b2.toml
+    ctr admin-b-ping-a-reregistered $CRUN exec B ping -c 2 -W 3 "$A_IP"
+    ctr admin-agent-load-wide shojictl policy load /tmp/policy-b-wide.toml
+    ctr admin-b-ping-peer-wide $CRUN exec B ping -c 2 -W 3 "$PEER"
+    ctr admin-agent-unregister-2 shojictl unregister 102
+    ctr admin-agent-register-renamed shojictl register /tmp/policy-b-renamed.toml
+    ctr admin-b-ping-a-renamed $CRUN exec B ping -c 2 -W 3 "$A_IP"
+    ctr admin-agent-unregister-renamed shojictl unregister 112
+    ctr admin-agent-restore shojictl register /tmp/policy-b2.toml
+    sync_peer admin-unblock
+    ctr admin-b-ping-a-after $CRUN exec B ping -c 2 -W 5 "$A_IP"
 }
 
 # A dies together with its runtime, so no poststop runs: its process is killed and crun's state

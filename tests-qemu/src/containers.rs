@@ -363,6 +363,7 @@ pub fn run(
     dir: &Path,
     t: &dyn Fn(u64) -> Duration,
     with_shoji: bool,
+    admin: Option<&crate::mgmt::AdminTools>,
 ) -> Result<()> {
     let sink = UdpSink::start(ns, dir, SINK_PORT, "udp-sink")?;
     let frags = FragCapture::start(ns, dir)?;
@@ -399,6 +400,9 @@ pub fn run(
         );
         let _ = std::fs::write(dir.join("peer.log"), &peer_log);
         r?;
+        if let Some(tools) = admin {
+            admin_block(m, ns, rep, dir, t, tools, &mut peer_log)?;
+        }
     }
     let (_, at) = m.wait_for(Stream::Console, markers::GUEST_DONE, t(1500), &[])?;
     rep.times.push(("guest done".into(), at));
@@ -428,6 +432,129 @@ pub fn run(
         per_frame(rep, &m.text(Stream::ShojiLog));
     }
     Ok(())
+}
+
+/// The administrator's block of B (`admin_block_b` in the guest script), from the peer's side:
+/// block at sync point `admin-block`; at `admin-unblock`, read the rule's hits and remove it.
+fn admin_block(
+    m: &mut Machine,
+    ns: &Netns,
+    rep: &mut Report,
+    dir: &Path,
+    t: &dyn Fn(u64) -> Duration,
+    tools: &crate::mgmt::AdminTools,
+    peer_log: &mut String,
+) -> Result<()> {
+    use crate::mgmt::{admin_once, first_line, rule_id, rules_of};
+    let limit = t(120);
+    let mut id = None;
+    sync(m, ns, rep, "admin-block", t(1500), peer_log, |rep, _| {
+        let args = ["block", "--container", "102"];
+        let (ok, text) = admin_once(ns, tools, dir, "block B", &args, limit);
+        id = rule_id(&text);
+        rep.check(
+            "management: `shoji-admin block --container 102` (B) from the peer is accepted",
+            ok && id.is_some(),
+            first_line(&text),
+        );
+    })?;
+    sync(m, ns, rep, "admin-unblock", t(1500), peer_log, |rep, _| {
+        let (_, listed) = admin_once(ns, tools, dir, "blocks", &["blocks"], limit);
+        let rule = rules_of(&listed).and_then(|r| r.first().cloned());
+        let hits = rule
+            .as_ref()
+            .and_then(|r| r.get("hits")?.as_u64())
+            .unwrap_or(0);
+        let pinned = rule
+            .as_ref()
+            .and_then(|r| r.get("pinned_ipv4")?.as_array().cloned())
+            .unwrap_or_default();
+        rep.check(
+            "management: the rule on B pinned B's address and counted the frames it dropped (GET /blocks)",
+            hits > 0 && pinned.iter().any(|a| a.as_str() == Some(B_IP)),
+            format!("hits={hits}, pinned_ipv4={pinned:?}"),
+        );
+        let (ok, text) = match id {
+            Some(id) => admin_once(
+                ns,
+                tools,
+                dir,
+                "unblock B",
+                &["unblock", &id.to_string()],
+                limit,
+            ),
+            None => (false, "no rule id".into()),
+        };
+        rep.check(
+            "management: `shoji-admin unblock ID` removes the rule on B",
+            ok,
+            first_line(&text),
+        );
+    })
+}
+
+/// The guest's side of the administrator's block of B: B's pings to A (allowed by B's own
+/// policy) before, during and after; A untouched; every agent move to undo it run and without
+/// effect.
+fn admin_checks(rep: &mut Report, c: &str) {
+    let ok = |name: &str| step(c, name);
+    let s = ok("admin-b-ping-a-before");
+    rep.check(
+        "management: control: before the administrator's rule, B pings A (its policy allows it)",
+        s.ok(),
+        s.line,
+    );
+    let s = ok("admin-b-ping-a-blocked");
+    rep.check(
+        "management: `block --container 102` cuts B off: its ping to A fails",
+        s.failed(),
+        s.line,
+    );
+    let s = ok("admin-a-ping-peer");
+    rep.check(
+        "management: A is untouched by the rule on B (A pings the peer)",
+        s.ok(),
+        s.line,
+    );
+    let agent: Vec<Step<'_>> = [
+        "admin-agent-unregister",
+        "admin-agent-register",
+        "admin-agent-load-wide",
+        "admin-agent-unregister-2",
+        "admin-agent-register-renamed",
+        "admin-agent-unregister-renamed",
+        "admin-agent-restore",
+    ]
+    .iter()
+    .map(|n| step(c, n))
+    .collect();
+    let failed: Vec<&str> = agent.iter().filter(|s| !s.ok()).map(|s| s.line).collect();
+    let stays: Vec<Step<'_>> = [
+        "admin-b-ping-a-reregistered",
+        "admin-b-ping-peer-wide",
+        "admin-b-ping-a-renamed",
+    ]
+    .iter()
+    .map(|n| step(c, n))
+    .collect();
+    let through: Vec<&str> = stays
+        .iter()
+        .filter(|s| !s.failed())
+        .map(|s| s.line)
+        .collect();
+    rep.check(
+        "management: root with the agent key cannot undo the rule: after unregistering and registering B again, loading an allow-all policy for B, and registering B's addresses under another id, B's pings still fail",
+        failed.is_empty() && through.is_empty(),
+        format!(
+            "agent steps that failed: {failed:?}; pings that got through: {through:?}"
+        ),
+    );
+    let s = ok("admin-b-ping-a-after");
+    rep.check(
+        "management: after `unblock`, B pings A again",
+        s.ok(),
+        s.line,
+    );
 }
 
 /// The guest's own results: each step as expected.
@@ -668,6 +795,7 @@ fn guest_checks(rep: &mut Report, c: &str, with_shoji: bool) {
     );
     let s = step(c, "flood-protected");
     rep.check("A's UDP flood runs under policy", s.ok(), s.line);
+    admin_checks(rep, c);
     let s = step(c, "stop-B-protected");
     rep.check("crun delete B (poststop hook)", s.ok(), s.line);
     // The kernel acknowledged deleting VLAN 102 from eth0 (it answers ENOENT when absent).

@@ -426,7 +426,7 @@ fn select(names: &[String], opts: &E2eOpts) -> Result<(Vec<&'static Scenario>, V
 /// Build shoji.efi when a selected scenario needs it; keep the error text otherwise.
 /// The administrator's tools when a selected scenario talks to Shoji's management endpoint.
 fn admin_if_needed(list: &[&Scenario]) -> Result<mgmt::AdminTools, String> {
-    if list.iter().any(|s| s.mgmt()) {
+    if list.iter().any(|s| s.mgmt_endpoint()) {
         mgmt::tools().map_err(|e| format!("{e:#}"))
     } else {
         Err("not needed".into())

@@ -282,8 +282,34 @@ pub fn attempt_rc(console: &str, label: &str) -> Option<i32> {
         .flatten()
 }
 
+/// One `shoji-admin` call from the peer's namespace with the test's admin key, for scenarios
+/// other than `bochs-shoji`'s phases (its command and output appended to `mgmt.log` in `dir`).
+/// Returns whether it exited 0, and its output.
+pub fn admin_once(
+    ns: &Netns,
+    tools: &AdminTools,
+    dir: &Path,
+    what: &str,
+    args: &[&str],
+    limit: Duration,
+) -> (bool, String) {
+    let _ = std::fs::write(dir.join("admin.key"), format!("{TEST_ADMIN_KEY}\n"));
+    let mut p = Phase {
+        ns,
+        tools,
+        dir: dir.to_path_buf(),
+        log: String::new(),
+        limit,
+    };
+    let r = p.admin(what, args);
+    let log = dir.join("mgmt.log");
+    let old = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::write(&log, old + &p.log);
+    (r.ok, r.text)
+}
+
 /// The id in `shoji-admin block`'s answer (`{"id":N}`).
-fn rule_id(text: &str) -> Option<u64> {
+pub fn rule_id(text: &str) -> Option<u64> {
     serde_json::from_str::<serde_json::Value>(text.trim())
         .ok()?
         .get("id")?
@@ -291,7 +317,7 @@ fn rule_id(text: &str) -> Option<u64> {
 }
 
 /// The rules of a `GET /blocks` answer.
-fn rules_of(text: &str) -> Option<Vec<serde_json::Value>> {
+pub fn rules_of(text: &str) -> Option<Vec<serde_json::Value>> {
     serde_json::from_str::<serde_json::Value>(text.trim())
         .ok()?
         .get("rules")?
@@ -745,7 +771,8 @@ fn admin_rules(
     Ok(())
 }
 
-fn first_line(text: &str) -> String {
+/// The first non-blank line of `text`, trimmed, at most 200 characters.
+pub fn first_line(text: &str) -> String {
     text.lines()
         .find(|l| !l.trim().is_empty())
         .unwrap_or("")

@@ -384,6 +384,12 @@ impl Scenario {
         self.kind == Kind::Shoji
     }
 
+    /// Whether Shoji's management endpoint is configured (the full phases in `mgmt()`'s
+    /// scenarios; the administrator's block of a container in the containers scenario).
+    pub fn mgmt_endpoint(&self) -> bool {
+        matches!(self.kind, Kind::Shoji | Kind::Containers)
+    }
+
     /// Whether the scenario runs the MSR checks.
     pub fn msr_checks(&self) -> bool {
         matches!(self.kind, Kind::Shoji | Kind::NoShoji) && self.backend() == Backend::Bochs
@@ -616,7 +622,7 @@ fn run_inner(sc: &Scenario, inputs: &Inputs<'_>, rep: &mut Report) -> Result<()>
                     },
                     expose_hypervisor_memory: sc.kind == Kind::Exposed,
                     mediate_nic: sc.kind != Kind::Unmediated,
-                    mgmt: sc.mgmt(),
+                    mgmt: sc.mgmt_endpoint(),
                 },
             }
         }
@@ -812,7 +818,14 @@ fn linux(
         rep.check("guest sees NO Shoji signature", !has_sig, cpuid.trim());
     }
     if sc.containers() {
-        return crate::containers::run(m, ns, rep, &sc.dir(), t, with_shoji);
+        let tools = match (sc.mgmt_endpoint(), admin) {
+            (false, _) => None,
+            (true, Ok(tools)) => Some(tools),
+            (true, Err(e)) => {
+                anyhow::bail!("the administrator's tools are not available: {e}")
+            }
+        };
+        return crate::containers::run(m, ns, rep, &sc.dir(), t, with_shoji, tools);
     }
     if sc.kind == Kind::SmpLinux {
         return smp_linux(sc, m, rep, t);
