@@ -326,6 +326,16 @@ fn profile(spec: &str) {
     // SHOJI_DECIDE_FLOW_CACHE=0 decides every frame the full way.
     let flow_cache = std::env::var("SHOJI_DECIDE_FLOW_CACHE").map_or(true, |v| v != "0");
     let (mut engine, mut frames) = setup(count, flow_cache);
+    // SHOJI_DECIDE_ADMIN=<n> adds n administrator deny rules for everyone that match no frame
+    // of the mix (TCP to port 1, each from another uid): every frame is then judged by them.
+    if let Ok(n) = std::env::var("SHOJI_DECIDE_ADMIN") {
+        let n: u32 = n.parse().expect("SHOJI_DECIDE_ADMIN=<rules>");
+        for uid in 0..n {
+            let form = format!("protocol=tcp&dst_port=1&uid={}", 50_000 + uid);
+            let spec = shoji_netfilter::AdminSpec::parse_form(form.as_bytes()).expect("rule");
+            engine.add_admin_rule(spec).expect("room for the rule");
+        }
+    }
     // SHOJI_DECIDE_KIND=<0..5> keeps one kind of the mix (3: a container's UDP datagram to the
     // wire, like the emulator's flood).
     if let Ok(kind) = std::env::var("SHOJI_DECIDE_KIND") {

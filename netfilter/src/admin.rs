@@ -22,7 +22,9 @@
 //! retransmitted, for one). So when such a rule denies a TCP or UDP frame, the flow (party,
 //! protocol, remote address, ports) is remembered for [`DENIED_FLOW_TTL_NS`] after its last
 //! frame, and its frames without a trusted sender are denied too. The table holds
-//! [`DENIED_FLOWS`] flows; a new one takes an empty or expired entry, else the one idle longest.
+//! [`DENIED_FLOWS`] flows; a flow lives in one of [`PROBE`] entries its hash picks, and a new one
+//! takes an empty or expired entry among them, else the one idle longest, so a lookup reads at
+//! most [`PROBE`] entries.
 //!
 //! Requests arrive as `application/x-www-form-urlencoded` bodies ([`AdminSpec::parse_form`]);
 //! the table renders as JSON ([`AdminRules::write_json`]).
@@ -45,6 +47,9 @@ pub const MAX_ADMIN_RULES: usize = MAX_RULES;
 
 /// Flows remembered as denied by a rule on a sender (see the module documentation).
 pub const DENIED_FLOWS: usize = 128;
+
+/// Entries a flow may occupy (from the one its hash names on).
+pub const PROBE: usize = 8;
 
 /// How long a denied flow is remembered after its last frame: longer than Linux's SYN
 /// retransmissions last (about 127 s with the default six retries).
@@ -109,6 +114,20 @@ impl DeniedFlow {
     fn live(&self, now: u64) -> bool {
         self.rule != 0 && now.saturating_sub(self.last) < DENIED_FLOW_TTL_NS
     }
+
+    /// The first of the [`PROBE`] entries the flow may occupy.
+    fn home(&self) -> usize {
+        let ports = u64::from(self.src_port) << 16 | u64::from(self.dst_port);
+        let x = (u64::from(self.remote) << 32 | ports)
+            ^ (u64::from(self.party) << 8 | u64::from(self.class)).rotate_left(40);
+        (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize % DENIED_FLOWS
+    }
+}
+
+/// The indexes of the entries `key` may occupy.
+fn probe(key: &DeniedFlow) -> impl Iterator<Item = usize> {
+    let home = key.home();
+    (0..PROBE).map(move |i| (home + i) % DENIED_FLOWS)
 }
 
 /// Longest request body [`AdminSpec::parse_form`] reads.
@@ -212,6 +231,8 @@ pub struct AdminRules {
     with_subject: u64,
     next_id: u32,
     denied: [DeniedFlow; DENIED_FLOWS],
+    /// Entries of `denied` in use (expired ones included): none, and no lookup is made.
+    occupied: usize,
 }
 
 impl Default for AdminRules {
@@ -233,6 +254,7 @@ impl AdminRules {
             with_subject: 0,
             next_id: 1,
             denied: [DeniedFlow::EMPTY; DENIED_FLOWS],
+            occupied: 0,
         }
     }
 
@@ -242,6 +264,7 @@ impl AdminRules {
     }
 
     /// Whether there is no rule.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -283,6 +306,7 @@ impl AdminRules {
         let gone = self.entries.remove(i);
         for d in self.denied.iter_mut().filter(|d| d.rule == id) {
             *d = DeniedFlow::EMPTY;
+            self.occupied -= 1;
         }
         self.recompile();
         Some(gone)
@@ -348,15 +372,14 @@ impl AdminRules {
         }
         let subject_rules = mask & self.deny & self.with_subject != 0;
         let remembered = match task {
-            None if subject_rules => DeniedFlow::of(party, flow),
+            None if subject_rules && self.occupied > 0 => DeniedFlow::of(party, flow),
             _ => None,
         };
         if let Some(key) = remembered {
-            if let Some(d) = self
-                .denied
-                .iter_mut()
-                .find(|d| d.live(now) && d.same_flow(&key))
-            {
+            let denied = &self.denied;
+            let found = probe(&key).find(|&i| denied[i].live(now) && denied[i].same_flow(&key));
+            if let Some(i) = found {
+                let d = &mut self.denied[i];
                 d.last = now;
                 let rule = d.rule;
                 if let Some(e) = self.entries.iter_mut().find(|e| e.id == rule) {
@@ -370,7 +393,7 @@ impl AdminRules {
             .first_match_within(&self.rules, flow, task, mask & self.deny)
             .and_then(|o| o.rule)
         else {
-            if task.is_some() && subject_rules {
+            if task.is_some() && subject_rules && self.occupied > 0 {
                 // A sender the rules let through owns this flow now (a port used again): its
                 // frames sent later without a trusted sender must not meet an old denial.
                 self.forget(party, flow);
@@ -401,8 +424,12 @@ impl AdminRules {
         let Some(key) = DeniedFlow::of(party, flow) else {
             return;
         };
-        for d in self.denied.iter_mut().filter(|d| d.same_flow(&key)) {
-            *d = DeniedFlow::EMPTY;
+        for i in probe(&key) {
+            let d = &mut self.denied[i];
+            if d.rule != 0 && d.same_flow(&key) {
+                *d = DeniedFlow::EMPTY;
+                self.occupied -= 1;
+            }
         }
     }
 
@@ -413,22 +440,15 @@ impl AdminRules {
         };
         key.rule = id;
         key.last = now;
-        let slot = match self
-            .denied
-            .iter()
-            .position(|d| d.live(now) && d.same_flow(&key))
-        {
-            Some(i) => i,
-            None => match self.denied.iter().position(|d| !d.live(now)) {
-                Some(i) => i,
-                None => self
-                    .denied
-                    .iter()
-                    .enumerate()
-                    .min_by_key(|(_, d)| d.last)
-                    .map_or(0, |(i, _)| i),
-            },
-        };
+        let denied = &self.denied;
+        let slot = probe(&key)
+            .find(|&i| denied[i].live(now) && denied[i].same_flow(&key))
+            .or_else(|| probe(&key).find(|&i| !denied[i].live(now)))
+            .or_else(|| probe(&key).min_by_key(|&i| denied[i].last))
+            .unwrap_or(0);
+        if self.denied[slot].rule == 0 {
+            self.occupied += 1;
+        }
         self.denied[slot] = key;
     }
 

@@ -133,7 +133,10 @@ fn a_flow_taken_over_by_an_allowed_sender_is_forgotten() {
     assert_eq!(e.admin_rules().denied_flows(e.now()), 1);
     // Root connects from the same port later: its SYN passes, and the ACKs the kernel sends for
     // it from softirq are root's, not uid 1000's old attempt.
-    assert_eq!(e.filter(&tx_by(&root), &host_syn(7777), &mut out), Verdict::Pass);
+    assert_eq!(
+        e.filter(&tx_by(&root), &host_syn(7777), &mut out),
+        Verdict::Pass
+    );
     assert_eq!(e.admin_rules().denied_flows(e.now()), 0);
     let ack = tcp_frame(None, MAC_HOST, MAC_GW, IP_HOST, IP_REMOTE, 40000, 7777, ACK);
     assert_eq!(e.filter(&tx(), &ack, &mut out), Verdict::Pass);
@@ -146,7 +149,7 @@ fn a_flow_taken_over_by_an_allowed_sender_is_forgotten() {
 
 #[test]
 fn a_remembered_flow_expires_and_the_table_keeps_the_newest() {
-    use shoji_netfilter::admin::{DENIED_FLOWS, DENIED_FLOW_TTL_NS};
+    use shoji_netfilter::admin::{DENIED_FLOWS, DENIED_FLOW_TTL_NS, PROBE};
     let mut s = slots(8);
     let mut e = engine_ab(&mut s);
     let mut out = Sink::default();
@@ -163,26 +166,35 @@ fn a_remembered_flow_expires_and_the_table_keeps_the_newest() {
     e.set_now(1_000 + 3 * DENIED_FLOW_TTL_NS);
     assert_eq!(e.filter(&tx(), &host_syn(80), &mut out), Verdict::Pass);
     assert_eq!(e.admin_rules().denied_flows(e.now()), 0);
-    // A full table: the flow idle longest gives way.
+    // A full table: every new flow is remembered, some older one gives way, and the table
+    // never holds more than its size.
     let t0 = e.now();
-    for i in 0..=DENIED_FLOWS as u16 {
+    let flows = 3 * DENIED_FLOWS as u16;
+    for i in 0..flows {
         e.set_now(t0 + u64::from(i));
         assert_eq!(
             e.filter(&tx_by(&user), &host_syn_from(10_000 + i, 80), &mut out),
             DENIED
         );
-    }
-    assert_eq!(e.admin_rules().denied_flows(e.now()), DENIED_FLOWS);
-    assert_eq!(
-        e.filter(&tx(), &host_syn_from(10_000, 80), &mut out),
-        Verdict::Pass,
-        "the oldest was evicted"
-    );
-    for i in 1..=DENIED_FLOWS as u16 {
         assert_eq!(
             e.filter(&tx(), &host_syn_from(10_000 + i, 80), &mut out),
             DENIED,
-            "{i}"
+            "the newest flow is remembered"
+        );
+        assert!(e.admin_rules().denied_flows(e.now()) <= DENIED_FLOWS);
+    }
+    let remembered = (0..flows)
+        .filter(|i| e.filter(&tx(), &host_syn_from(10_000 + i, 80), &mut out) == DENIED)
+        .count();
+    assert!(
+        remembered > DENIED_FLOWS / 2 && remembered <= DENIED_FLOWS,
+        "{remembered} remembered"
+    );
+    // The oldest go first: the last PROBE flows are all still there.
+    for i in flows - PROBE as u16..flows {
+        assert_eq!(
+            e.filter(&tx(), &host_syn_from(10_000 + i, 80), &mut out),
+            DENIED
         );
     }
     // UDP flows are remembered too; ICMP is not a flow here.
