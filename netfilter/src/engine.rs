@@ -709,7 +709,8 @@ impl<'s> Engine<'s> {
         let checked =
             spoof::check_identity(&self.registry, sender_slot, parsed, task).and_then(|()| {
                 match sender_slot {
-                    Some(slot) => spoof::check_container_tx(&self.registry, slot, parsed),
+                    Some(slot) => spoof::check_container_tx(&self.registry, slot, parsed)
+                        .and_then(|()| spoof::check_first_hop(parsed)),
                     None => spoof::check_host_tx(&self.registry, parsed),
                 }
             });

@@ -206,6 +206,10 @@ pub struct Ipv6Info {
     pub upper_protocol: Option<u8>,
     /// Whether this is Neighbor Discovery (ICMPv6 types 133 to 137).
     pub is_ndp: bool,
+    /// The ICMPv6 type, for ICMPv6.
+    pub icmp_type: Option<u8>,
+    /// The UDP source port, for UDP.
+    pub udp_src_port: Option<u16>,
 }
 
 /// The network layer of a frame.
@@ -538,6 +542,8 @@ pub fn parse_ipv6(payload: &[u8]) -> Result<Ipv6Info, ParseError> {
                         dst: ip.dst_addr(),
                         upper_protocol: None,
                         is_ndp: false,
+                        icmp_type: None,
+                        udp_src_port: None,
                     });
                 }
             }
@@ -550,18 +556,28 @@ pub fn parse_ipv6(payload: &[u8]) -> Result<Ipv6Info, ParseError> {
     let Some(upper_protocol) = upper else {
         return Err(ParseError::Malformed);
     };
-    let is_ndp = if upper_protocol == IPPROTO_ICMPV6 {
+    let icmp_type = if upper_protocol == IPPROTO_ICMPV6 {
         if body.len() < at + 4 {
             return Err(ParseError::Truncated);
         }
-        (133..=137).contains(&body[at])
+        Some(body[at])
     } else {
-        false
+        None
+    };
+    let udp_src_port = if upper_protocol == IPPROTO_UDP {
+        if body.len() < at + 8 {
+            return Err(ParseError::Truncated);
+        }
+        Some(u16::from_be_bytes([body[at], body[at + 1]]))
+    } else {
+        None
     };
     Ok(Ipv6Info {
         src: ip.src_addr(),
         dst: ip.dst_addr(),
         upper_protocol: Some(upper_protocol),
-        is_ndp,
+        is_ndp: icmp_type.is_some_and(|t| (133..=137).contains(&t)),
+        icmp_type,
+        udp_src_port,
     })
 }

@@ -119,6 +119,36 @@ pub fn check_container_tx(
     Ok(())
 }
 
+/// The first-hop guards for a container's TX frame (always on): a container is never the
+/// network's DHCP server or router. Refused: UDP from port 67 (a DHCP server's or relay's
+/// answers) and DHCPv6 from port 547 (`RogueDhcp`); IPv6 router advertisements (ICMPv6 134),
+/// redirects (ICMPv6 137) and ICMP redirects (type 5) (`RogueRouter`). A container's own DHCP
+/// and DHCPv6 client traffic (from ports 68 and 546) and its neighbour discovery pass.
+pub fn check_first_hop(frame: &ParsedFrame) -> Result<(), SpoofFinding> {
+    let reason = match frame.network {
+        Network::Ipv4(ip) => match ip.transport {
+            Transport::Udp { src_port: 67, .. } => Some(DropReason::RogueDhcp),
+            Transport::Icmp { icmp_type: 5, .. } => Some(DropReason::RogueRouter),
+            _ => None,
+        },
+        Network::Ipv6(ip) => match (ip.icmp_type, ip.udp_src_port) {
+            (Some(134 | 137), _) => Some(DropReason::RogueRouter),
+            (_, Some(547)) => Some(DropReason::RogueDhcp),
+            _ => None,
+        },
+        _ => None,
+    };
+    match reason {
+        Some(reason) => Err(SpoofFinding {
+            reason,
+            claimed: None,
+            mac: frame.src_mac,
+            ipv4: source_ipv4(frame),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Check a TX frame from the host: it must not claim a container's MAC or address.
 pub fn check_host_tx(registry: &Registry<'_>, frame: &ParsedFrame) -> Result<(), SpoofFinding> {
     if registry.is_empty() {

@@ -1804,3 +1804,144 @@ fn a_first_fragment_whose_udp_length_spans_the_datagram_passes() {
     );
     assert_ne!(e.filter(&tx(), &lying, &mut out), Verdict::Pass);
 }
+
+// ---------------------------------------------------------------- first-hop guards
+
+#[test]
+fn a_container_cannot_answer_as_dhcp_server_or_router_the_host_can() {
+    use shoji_netfilter::rules::ProtocolMatch;
+    let mut s = slots(8);
+    let mut e = engine_ab(&mut s);
+    // A may speak IPv6 (so the guards, not the IPv6 default, are what stops it).
+    let mut allow6 = Rule::any(Action::Allow, DirectionMatch::Both);
+    allow6.protocol = ProtocolMatch::Ipv6;
+    e.update(with_rules(spec_a(), &[allow6])).unwrap();
+    let mut out = Sink::default();
+    let bcast = [0xff; 6];
+    // DHCPv4: an answer from port 67 is refused, the client's request from 68 passes.
+    let offer = udp_frame(
+        Some(VLAN_A),
+        MAC_A,
+        bcast,
+        IP_A,
+        [255, 255, 255, 255].into(),
+        67,
+        68,
+    );
+    assert_eq!(
+        e.filter(&tx(), &offer, &mut out),
+        drop(DropReason::RogueDhcp)
+    );
+    let relay = udp_frame(Some(VLAN_A), MAC_A, MAC_GW, IP_A, IP_GW, 67, 67);
+    assert_eq!(
+        e.filter(&tx(), &relay, &mut out),
+        drop(DropReason::RogueDhcp)
+    );
+    let discover = udp_frame(
+        Some(VLAN_A),
+        MAC_A,
+        bcast,
+        [0, 0, 0, 0].into(),
+        [255, 255, 255, 255].into(),
+        68,
+        67,
+    );
+    assert_eq!(e.filter(&tx(), &discover, &mut out), Verdict::Pass);
+    // An ICMP redirect (type 5) is a router's message.
+    let mut redirect = vec![5, 1, 0, 0];
+    redirect.extend_from_slice(&[0; 32]);
+    let ip = Ip4::new(IP_A, IP_REMOTE, 1).build(&redirect);
+    let f = eth(MAC_GW, MAC_A, Some(VLAN_A), 0x0800, &ip);
+    assert_eq!(e.filter(&tx(), &f, &mut out), drop(DropReason::RogueRouter));
+    // IPv6: router advertisement and redirect refused, neighbour solicitation passes; DHCPv6
+    // from the server port refused, from the client port passes.
+    let icmp6 = |t: u8| {
+        let mut m = vec![t, 0, 0, 0];
+        m.extend_from_slice(&[0; 20]);
+        eth(
+            [0x33, 0x33, 0, 0, 0, 1],
+            MAC_A,
+            Some(VLAN_A),
+            0x86dd,
+            &ipv6_packet(58, &m),
+        )
+    };
+    assert_eq!(
+        e.filter(&tx(), &icmp6(134), &mut out),
+        drop(DropReason::RogueRouter)
+    );
+    assert_eq!(
+        e.filter(&tx(), &icmp6(137), &mut out),
+        drop(DropReason::RogueRouter)
+    );
+    assert_eq!(e.filter(&tx(), &icmp6(135), &mut out), Verdict::Pass);
+    assert_eq!(e.filter(&tx(), &icmp6(133), &mut out), Verdict::Pass);
+    let udp6 = |sport: u16, dport: u16| {
+        eth(
+            [0x33, 0x33, 0, 1, 0, 2],
+            MAC_A,
+            Some(VLAN_A),
+            0x86dd,
+            &ipv6_packet(17, &udp(sport, dport, b"x")),
+        )
+    };
+    assert_eq!(
+        e.filter(&tx(), &udp6(547, 546), &mut out),
+        drop(DropReason::RogueDhcp)
+    );
+    assert_eq!(e.filter(&tx(), &udp6(546, 547), &mut out), Verdict::Pass);
+    // Counted on A, with spoof-style events naming A.
+    let c = e.container_counters(ContainerId(1)).unwrap();
+    assert_eq!(c.drops[DropReason::RogueDhcp.index()], 3);
+    assert_eq!(c.drops[DropReason::RogueRouter.index()], 3);
+    let guard_events = spoof_events(&e)
+        .into_iter()
+        .filter(|k| {
+            matches!(
+                k,
+                EventKind::Spoof {
+                    reason: DropReason::RogueDhcp | DropReason::RogueRouter,
+                    sender: Some(ContainerId(1)),
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(guard_events, 6);
+    // The host is the network's own: its DHCP answers and router messages are not refused.
+    let host_offer = udp_frame(
+        None,
+        MAC_HOST,
+        bcast,
+        IP_HOST,
+        [255, 255, 255, 255].into(),
+        67,
+        68,
+    );
+    assert_eq!(e.filter(&tx(), &host_offer, &mut out), Verdict::Pass);
+    let mut m = vec![134, 0, 0, 0];
+    m.extend_from_slice(&[0; 20]);
+    let host_ra = eth(
+        [0x33, 0x33, 0, 0, 0, 1],
+        MAC_HOST,
+        None,
+        0x86dd,
+        &ipv6_packet(58, &m),
+    );
+    assert_eq!(e.filter(&tx(), &host_ra, &mut out), Verdict::Pass);
+}
+
+#[test]
+fn an_ipv6_udp_header_cut_short_is_truncated() {
+    let mut s = slots(8);
+    let mut e = engine_ab(&mut s);
+    let mut out = Sink::default();
+    let f = eth(
+        MAC_GW,
+        MAC_HOST,
+        None,
+        0x86dd,
+        &ipv6_packet(17, &[0, 53, 0]),
+    );
+    assert_eq!(e.filter(&tx(), &f, &mut out), drop(DropReason::Truncated));
+}

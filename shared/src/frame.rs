@@ -51,11 +51,15 @@ pub enum DropReason {
     ScanSourceBlocked = 16,
     /// A rule of the administrator's (management plane) denied it.
     AdminDenied = 17,
+    /// A container answered as a DHCP server (UDP from port 67, or DHCPv6 from port 547).
+    RogueDhcp = 18,
+    /// A container spoke as a router (IPv6 router advertisement or redirect, ICMP redirect).
+    RogueRouter = 19,
 }
 
 impl DropReason {
     /// Every reason, in numbering order (for counter tables).
-    pub const ALL: [DropReason; 17] = [
+    pub const ALL: [DropReason; 19] = [
         DropReason::Truncated,
         DropReason::Malformed,
         DropReason::PolicyDenied,
@@ -73,6 +77,8 @@ impl DropReason {
         DropReason::NoDestination,
         DropReason::ScanSourceBlocked,
         DropReason::AdminDenied,
+        DropReason::RogueDhcp,
+        DropReason::RogueRouter,
     ];
     /// Number of reasons; counter arrays are indexed by `reason as usize - 1`.
     pub const COUNT: usize = Self::ALL.len();
@@ -102,6 +108,8 @@ impl DropReason {
             DropReason::NoDestination => "no_destination",
             DropReason::ScanSourceBlocked => "scan_source_blocked",
             DropReason::AdminDenied => "admin_denied",
+            DropReason::RogueDhcp => "rogue_dhcp",
+            DropReason::RogueRouter => "rogue_router",
         }
     }
 

@@ -209,6 +209,8 @@ phase_control() {
     ctr control-b-impersonate $CRUN exec B probe raw-udp eth0 "$A_MAC" "$A_IP" "$PEER_MAC" "$PEER" "$SINK_PORT" 5 --payload imp-control
     ctr control-b-own-udp $CRUN exec B probe raw-udp eth0 "$B_MAC" "$B_IP" "$PEER_MAC" "$PEER" "$SINK_PORT" 3 --payload b-control
     ctr control-b-ping $CRUN exec B ping -c 2 -W 5 "$PEER"
+    # A answering as a DHCP server (UDP from port 67): the peer's sink gets it without Shoji.
+    ctr control-a-dhcp-server $CRUN exec A probe raw-udp eth0 "$A_MAC" "$A_IP" "$PEER_MAC" "$PEER" "$SINK_PORT" 3 --src-port 67 --payload dhcp-server-control
     # Fragments: the first to A (UDP to A's port), the later one to the peer's MAC. Without
     # Shoji's policy the later fragments reach the peer (its capture counts ids 0xc000..).
     ctr control-b-frag $CRUN exec B probe raw-frag eth0 "$B_MAC" "$B_IP" "$A_MAC" "$PEER_MAC" "$A_IP" "$A_PORT" 5 --first-id 49152
@@ -296,6 +298,10 @@ phase_protected() {
     events_since events-setsid "$mark"
     ctr prot-b-own-udp $CRUN exec B probe raw-udp eth0 "$B_MAC" "$B_IP" "$PEER_MAC" "$PEER" "$SINK_PORT" 3 --payload b-protected
     ctr prot-a-udp $CRUN exec A probe udp-send "$PEER" "$SINK_PORT" 3 --payload a-protected
+    # The first-hop guard: A may send UDP to the peer, but not as a DHCP server (from port 67).
+    mark=$(event_mark)
+    ctr prot-a-dhcp-server $CRUN exec A probe raw-udp eth0 "$A_MAC" "$A_IP" "$PEER_MAC" "$PEER" "$SINK_PORT" 3 --src-port 67 --payload dhcp-server-protected
+    events_since events-dhcp-server "$mark"
     sync_peer protected-attacks
     # A and B: only as their policies allow, relayed through Shoji (different VLANs).
     ctr prot-a-ping-b $CRUN exec A ping -c 2 -W 5 "$B_IP"

@@ -325,6 +325,12 @@ fn peer_phase(
             n > 0,
             format!("sink got {n} datagrams tagged a-protected"),
         );
+        let n = sink.count(A_IP, "dhcp-server-protected");
+        rep.check(
+            "first-hop guard: A's UDP from port 67 (a DHCP server's answer) never reaches the peer",
+            n == 0,
+            format!("sink got {n} datagrams tagged dhcp-server-protected"),
+        );
     } else {
         rep.check(
             "control: B's forged ARP replies poison the peer's entry for A (B's MAC)",
@@ -347,6 +353,12 @@ fn peer_phase(
             "control: B's IPv4 reaches the peer",
             n > 0,
             format!("sink got {n} datagrams tagged b-control"),
+        );
+        let n = sink.count(A_IP, "dhcp-server-control");
+        rep.check(
+            "control: A's UDP from port 67 (a DHCP server's answer) reaches the peer",
+            n > 0,
+            format!("sink got {n} datagrams tagged dhcp-server-control"),
         );
     }
     if let Err(e) = flush_peer_neigh(ns) {
@@ -491,6 +503,31 @@ fn admin_block(
             first_line(&text),
         );
     })
+}
+
+/// The guard's event: a `rogue_dhcp` spoof event naming A (sender=101), from the step's mark on.
+fn rogue_dhcp_event(s: &Step<'_>) -> (bool, String) {
+    let Some(from) = s
+        .output
+        .iter()
+        .find_map(|l| l.strip_prefix("events from="))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+    else {
+        return (false, format!("no 'events from=' line; {}", s.line));
+    };
+    let line = s.output.iter().copied().find(|l| {
+        let seq = l
+            .strip_prefix("event seq=")
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok());
+        seq.is_some_and(|n| n >= from)
+            && l.contains(" spoof reason=rogue_dhcp ")
+            && l.contains("sender=101")
+    });
+    match line {
+        Some(l) if s.ok() => (true, format!("from={from}: {l}")),
+        _ => (false, format!("no such event from seq {from}; {}", s.line)),
+    }
 }
 
 /// The guest's side of the administrator's block of B: B's pings to A (allowed by B's own
@@ -795,6 +832,12 @@ fn guest_checks(rep: &mut Report, c: &str, with_shoji: bool) {
     );
     let s = step(c, "flood-protected");
     rep.check("A's UDP flood runs under policy", s.ok(), s.line);
+    let (ok, detail) = rogue_dhcp_event(&step(c, "events-dhcp-server"));
+    rep.check(
+        "first-hop guard: A's DHCP-server datagrams are recorded as rogue_dhcp events naming A",
+        ok,
+        detail,
+    );
     admin_checks(rep, c);
     let s = step(c, "stop-B-protected");
     rep.check("crun delete B (poststop hook)", s.ok(), s.line);
