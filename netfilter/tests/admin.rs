@@ -428,3 +428,96 @@ fn changes_are_events() {
     assert_eq!(e.admin_rules().entries().len(), 0);
     let _ = AdminScope::Everyone;
 }
+
+#[test]
+fn an_exception_for_one_container_is_not_one_for_another() {
+    let mut s = slots(8);
+    let mut e = engine_ab(&mut s);
+    let mut out = Sink::default();
+    e.add_admin_rule(rule("container=all&protocol=tcp"))
+        .unwrap();
+    e.add_admin_rule(rule("action=allow&container=1&protocol=tcp"))
+        .unwrap();
+    assert_eq!(e.filter(&tx(), &a_syn(80), &mut out), Verdict::Pass);
+    assert_eq!(e.filter(&tx(), &b_syn(80), &mut out), DENIED);
+    assert_eq!(e.filter(&tx(), &host_syn(80), &mut out), DENIED);
+}
+
+#[test]
+fn only_tcp_and_udp_flows_are_remembered_for_exactly_their_time_to_live() {
+    use shoji_netfilter::admin::DENIED_FLOW_TTL_NS;
+    let mut s = slots(8);
+    let mut e = engine_ab(&mut s);
+    let mut out = Sink::default();
+    e.add_admin_rule(rule("uid=1000&protocol=icmp")).unwrap();
+    let user = host_task(1000);
+    let ip = Ip4::new(IP_HOST, IP_REMOTE, 1).build(&icmp_echo());
+    let ping = eth(MAC_GW, MAC_HOST, None, 0x0800, &ip);
+    assert_eq!(e.filter(&tx_by(&user), &ping, &mut out), DENIED);
+    assert_eq!(
+        e.admin_rules().denied_flows(e.now()),
+        0,
+        "ICMP is no flow here"
+    );
+    assert_eq!(e.filter(&tx(), &ping, &mut out), Verdict::Pass);
+    // A TCP flow: remembered up to, not including, the time to live after its last frame.
+    e.add_admin_rule(rule("uid=1000&protocol=tcp")).unwrap();
+    e.set_now(10);
+    assert_eq!(e.filter(&tx_by(&user), &host_syn(80), &mut out), DENIED);
+    e.set_now(10 + DENIED_FLOW_TTL_NS - 1);
+    assert_eq!(e.admin_rules().denied_flows(e.now()), 1);
+    e.set_now(10 + DENIED_FLOW_TTL_NS);
+    assert_eq!(e.admin_rules().denied_flows(e.now()), 0);
+    assert_eq!(e.filter(&tx(), &host_syn(80), &mut out), Verdict::Pass);
+}
+
+#[test]
+fn refusals_read_as_text() {
+    use shoji_netfilter::rules::RuleError;
+    use shoji_netfilter::AdminError;
+    assert_eq!(
+        AdminError::Full.to_string(),
+        "the table holds 64 rules already"
+    );
+    assert_eq!(AdminError::NoIds.to_string(), "rule numbers exhausted");
+    assert_eq!(
+        AdminError::Rule(RuleError::BadPortRange).to_string(),
+        RuleError::BadPortRange.describe()
+    );
+    let e = AdminSpec::parse_form(b"colour=red").unwrap_err();
+    assert_eq!(e.to_string(), "colour: unknown key");
+    let e = AdminSpec::parse_form(b"").unwrap_err();
+    assert!(e.to_string().starts_with("empty rule"), "{e}");
+}
+
+#[test]
+fn a_rule_without_a_sender_needs_no_memory() {
+    let mut s = slots(8);
+    let mut e = engine_ab(&mut s);
+    let mut out = Sink::default();
+    e.add_admin_rule(rule("protocol=tcp&dst_port=80")).unwrap();
+    e.add_admin_rule(rule("uid=1000&protocol=udp")).unwrap();
+    assert_eq!(
+        e.filter(&tx_by(&host_task(0)), &host_syn(80), &mut out),
+        DENIED
+    );
+    assert_eq!(e.admin_rules().denied_flows(e.now()), 0);
+}
+
+#[test]
+fn explicit_defaults_and_the_longest_body() {
+    use shoji_netfilter::admin::MAX_FORM;
+    use shoji_netfilter::rules::{Action, DirectionMatch};
+    let s = AdminSpec::parse_form(b"action=deny&direction=both&container=all").unwrap();
+    assert_eq!(s.rule.action, Action::Deny);
+    assert_eq!(s.rule.direction, DirectionMatch::Both);
+    assert_eq!(s.scope, AdminScope::Everyone);
+    let mut body = b"uid=1".to_vec();
+    body.resize(MAX_FORM, b'\n');
+    assert!(AdminSpec::parse_form(&body).is_ok());
+    body.push(b'\n');
+    assert_eq!(
+        AdminSpec::parse_form(&body).unwrap_err().message,
+        "body too long"
+    );
+}
