@@ -521,3 +521,14 @@ fn explicit_defaults_and_the_longest_body() {
         "body too long"
     );
 }
+
+#[test]
+fn a_containers_deny_rule_is_not_anothers() {
+    let mut s = slots(8);
+    let mut e = engine_ab(&mut s);
+    let mut out = Sink::default();
+    e.add_admin_rule(rule("container=1&protocol=udp")).unwrap();
+    e.add_admin_rule(rule("container=2&protocol=tcp")).unwrap();
+    assert_eq!(e.filter(&tx(), &a_syn(80), &mut out), Verdict::Pass);
+    assert_eq!(e.filter(&tx(), &b_syn(80), &mut out), DENIED);
+}
