@@ -12,6 +12,19 @@ pub enum Direction {
     Rx,
 }
 
+impl Direction {
+    /// Both directions, transmit first.
+    pub const ALL: [Direction; 2] = [Direction::Tx, Direction::Rx];
+
+    /// Short stable name (`tx`, `rx`: logs, JSON, Prometheus labels).
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Tx => "tx",
+            Direction::Rx => "rx",
+        }
+    }
+}
+
 /// Why a frame was dropped. Stable numbering: the values appear in counters and in the ABI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u16)]

@@ -49,13 +49,6 @@ pub fn stats_lines(view: &CountersView<'_>) -> Vec<String> {
     lines
 }
 
-fn dir(d: Direction) -> &'static str {
-    match d {
-        Direction::Tx => "tx",
-        Direction::Rx => "rx",
-    }
-}
-
 /// One `event ...` line.
 pub fn event_line(e: &Event) -> String {
     let mut s = format!("event seq={} time={}", e.seq, e.time);
@@ -68,7 +61,12 @@ pub fn event_line(e: &Event) -> String {
             mac,
             ipv4,
         } => {
-            let _ = write!(s, " spoof reason={} dir={}", reason.name(), dir(direction));
+            let _ = write!(
+                s,
+                " spoof reason={} dir={}",
+                reason.name(),
+                direction.name()
+            );
             match (sender, direction) {
                 (Some(id), _) => {
                     let _ = write!(s, " sender={}", id.0);
@@ -122,7 +120,7 @@ pub fn event_line(e: &Event) -> String {
             direction,
             reason,
         } => {
-            let _ = write!(s, " drop reason={} dir={}", reason.name(), dir(direction));
+            let _ = write!(s, " drop reason={} dir={}", reason.name(), direction.name());
             if let Some(id) = container {
                 let _ = write!(s, " container={}", id.0);
             }

@@ -141,8 +141,6 @@ struct Backend<'a> {
     nic: &'a NicCounters,
 }
 
-const DIRECTIONS: [(Direction, &str); 2] = [(Direction::Tx, "tx"), (Direction::Rx, "rx")];
-
 impl shoji_mgmt::Backend for Backend<'_> {
     fn metrics(&mut self, e: &mut Exposition<'_>) -> fmt::Result {
         e.family(
@@ -198,7 +196,7 @@ fn nic_metrics(e: &mut Exposition<'_>, c: &NicCounters) -> fmt::Result {
         Kind::Counter,
         "Frames the mediated NIC moved for the guest (tx: to the wire, rx: into the guest).",
     )?;
-    for (d, name) in DIRECTIONS {
+    for (d, name) in Direction::ALL.map(|d| (d, d.name())) {
         e.sample(
             "shoji_nic_frames_total",
             &[("direction", &name)],
@@ -210,7 +208,7 @@ fn nic_metrics(e: &mut Exposition<'_>, c: &NicCounters) -> fmt::Result {
         Kind::Counter,
         "Bytes of those frames.",
     )?;
-    for (d, name) in DIRECTIONS {
+    for (d, name) in Direction::ALL.map(|d| (d, d.name())) {
         e.sample(
             "shoji_nic_bytes_total",
             &[("direction", &name)],
@@ -222,7 +220,7 @@ fn nic_metrics(e: &mut Exposition<'_>, c: &NicCounters) -> fmt::Result {
         Kind::Counter,
         "Frames the mediated NIC dropped, by direction and reason.",
     )?;
-    for (d, name) in DIRECTIONS {
+    for (d, name) in Direction::ALL.map(|d| (d, d.name())) {
         for r in DropReason::ALL {
             e.sample(
                 "shoji_nic_dropped_total",

@@ -827,7 +827,8 @@ pub fn log_counters() {
     );
     super::mgmt::log_counters();
     let c = nic.engine.counters();
-    for (name, d) in [("tx", Direction::Tx), ("rx", Direction::Rx)] {
+    for d in Direction::ALL {
+        let name = d.name();
         let dc = c.dir(d);
         let mut line: heapless::String<512> = heapless::String::new();
         let _ = write!(

@@ -593,13 +593,6 @@ impl fmt::Display for JsonMac {
     }
 }
 
-fn direction_name(d: Direction) -> &'static str {
-    match d {
-        Direction::Tx => "tx",
-        Direction::Rx => "rx",
-    }
-}
-
 /// One event as a JSON object on one line.
 fn event_json(ev: &Event, out: &mut dyn Write) -> fmt::Result {
     write!(out, "{{\"seq\":{},\"time_ns\":{},", ev.seq, ev.time)?;
@@ -607,7 +600,7 @@ fn event_json(ev: &Event, out: &mut dyn Write) -> fmt::Result {
         EventKind::Spoof { reason, direction, sender, claimed, mac, ipv4 } => write!(
             out,
             "\"kind\":\"spoof\",\"reason\":\"{}\",\"direction\":\"{}\",\"sender\":{},\"claimed\":{},\"mac\":{},\"ipv4\":{}",
-            reason.name(), direction_name(direction), JsonId(sender), JsonId(claimed), JsonMac(mac), JsonIp(ipv4)
+            reason.name(), direction.name(), JsonId(sender), JsonId(claimed), JsonMac(mac), JsonIp(ipv4)
         )?,
         EventKind::OutboundScan { container, distinct_ports, distinct_hosts, blocked_until } => write!(
             out,
@@ -634,7 +627,7 @@ fn event_json(ev: &Event, out: &mut dyn Write) -> fmt::Result {
         EventKind::DropSample { container, direction, reason } => write!(
             out,
             "\"kind\":\"drop_sample\",\"container\":{},\"direction\":\"{}\",\"reason\":\"{}\"",
-            JsonId(container), direction_name(direction), reason.name()
+            JsonId(container), direction.name(), reason.name()
         )?,
     }
     out.write_str("}\n")
