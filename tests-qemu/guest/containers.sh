@@ -215,6 +215,8 @@ phase_control() {
     # Shoji's policy the later fragments reach the peer (its capture counts ids 0xc000..).
     ctr control-b-frag $CRUN exec B probe raw-frag eth0 "$B_MAC" "$B_IP" "$A_MAC" "$PEER_MAC" "$A_IP" "$A_PORT" 5 --first-id 49152
     sync_peer control-attacks
+    # The peer runs nmap against A and the host (no detector without registrations).
+    sync_peer control-scan
     flood_a control
     stop_ctr A stop-A-control
     stop_ctr B stop-B-control
@@ -303,6 +305,11 @@ phase_protected() {
     ctr prot-a-dhcp-server $CRUN exec A probe raw-udp eth0 "$A_MAC" "$A_IP" "$PEER_MAC" "$PEER" "$SINK_PORT" 3 --src-port 67 --payload dhcp-server-protected
     events_since events-dhcp-server "$mark"
     sync_peer protected-attacks
+    # The peer scans A with nmap from a second address, then the host: the detector records an
+    # inbound scan from that address and blocks it, so the host's ports stop answering it.
+    mark=$(event_mark)
+    sync_peer protected-scan
+    events_since events-inbound-scan "$mark"
     # A and B: only as their policies allow, relayed through Shoji (different VLANs).
     ctr prot-a-ping-b $CRUN exec A ping -c 2 -W 5 "$B_IP"
     b_to_a_udp prot-b-to-a-before

@@ -366,6 +366,102 @@ fn peer_phase(
     }
 }
 
+/// The host's address in the guest (on `br0`).
+const HOST_IP: &str = "10.0.2.15";
+/// The scanner's address: a second address of the peer, so that the detector's block of it
+/// leaves the peer's own traffic (and the sync messages) alone.
+const SCANNER_IP: &str = crate::mgmt::OUTSIDER_IP;
+
+/// How nmap found a target's 100 ports: (closed, filtered, open).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PortStates {
+    pub closed: u32,
+    pub filtered: u32,
+    pub open: u32,
+}
+
+/// Count port states in nmap's grepable output (`-oG -`): the listed ports and the
+/// `Ignored State: STATE (N)` summary.
+pub fn port_states(grepable: &str) -> PortStates {
+    let mut p = PortStates::default();
+    let mut add = |state: &str, n: u32| match state {
+        "closed" => p.closed += n,
+        "open" => p.open += n,
+        s if s.contains("filtered") => p.filtered += n,
+        _ => {}
+    };
+    for line in grepable.lines().filter(|l| l.starts_with("Host:")) {
+        for field in line.split('\t') {
+            if let Some(ports) = field.strip_prefix("Ports: ") {
+                for port in ports.split(", ") {
+                    if let Some(state) = port.split('/').nth(1) {
+                        add(state, 1);
+                    }
+                }
+            } else if let Some(ignored) = field.strip_prefix("Ignored State: ") {
+                if let Some((state, n)) = ignored.split_once(" (") {
+                    add(state, n.trim_end_matches(')').parse().unwrap_or(0));
+                }
+            }
+        }
+    }
+    p
+}
+
+/// nmap from the peer's second address: a SYN scan of ports 1-100 of `target`, its output in
+/// `nmap-LABEL.txt`.
+fn nmap(ns: &Netns, dir: &Path, label: &str, target: &str, limit: Duration) -> PortStates {
+    let mut c = ns.command(
+        "nmap",
+        [
+            "-n",
+            "-Pn",
+            "-sS",
+            "-p",
+            "1-100",
+            "-T4",
+            "--max-retries",
+            "1",
+            "-S",
+            SCANNER_IP,
+            "-e",
+            crate::netns::TAP,
+            "-oG",
+            "-",
+            target,
+        ],
+    );
+    let text = match crate::util::run_capture(&mut c, limit) {
+        Ok(o) => o.text,
+        Err(e) => format!("{e:#}"),
+    };
+    let _ = std::fs::write(dir.join(format!("nmap-{label}.txt")), &text);
+    port_states(&text)
+}
+
+/// The peer scans A, then the host, with nmap. Without Shoji's detector every port answers
+/// (closed: a RST); under it the scan of A is detected and the scanner's address blocked, so
+/// the host's ports then answer it no more (filtered).
+fn scan_checks(rep: &mut Report, ns: &Netns, dir: &Path, limit: Duration, protected: bool) {
+    let phase = if protected { "protected" } else { "control" };
+    let a = nmap(ns, dir, &format!("{phase}-a"), A_IP, limit);
+    let host = nmap(ns, dir, &format!("{phase}-host"), HOST_IP, limit);
+    let detail = format!("nmap from {SCANNER_IP}: A {a:?}; host {host:?}");
+    if protected {
+        rep.check(
+            "port scan: after nmap's scan of A, the scanner's address is blocked: nmap finds none of the host's 100 ports answering",
+            host.closed == 0 && host.open == 0 && host.filtered == 100,
+            detail,
+        );
+    } else {
+        rep.check(
+            "control: nmap's SYN scans of A and the host get their answers (closed ports reply)",
+            a.closed + a.open >= 90 && host.closed + host.open >= 90,
+            detail,
+        );
+    }
+}
+
 /// The containers scenario after the guest's init has started. `with_shoji`: the PROTECTED
 /// phase runs too.
 pub fn run(
@@ -379,6 +475,17 @@ pub fn run(
 ) -> Result<()> {
     let sink = UdpSink::start(ns, dir, SINK_PORT, "udp-sink")?;
     let frags = FragCapture::start(ns, dir)?;
+    let mut c = ns.command(
+        "ip",
+        [
+            "addr",
+            "add",
+            &format!("{SCANNER_IP}/24"),
+            "dev",
+            crate::netns::TAP,
+        ],
+    );
+    crate::util::run_ok(&mut c, Duration::from_secs(30))?;
     let mut peer_log = String::new();
     let (ready, at) = m.wait_for(Stream::Console, markers::CONTAINERS_READY_HOST, t(600), &[])?;
     rep.times.push(("containers host ready".into(), at));
@@ -400,6 +507,15 @@ pub fn run(
     );
     let _ = std::fs::write(dir.join("peer.log"), &peer_log);
     r?;
+    sync(
+        m,
+        ns,
+        rep,
+        "control-scan",
+        t(600),
+        &mut peer_log,
+        |rep, _| scan_checks(rep, ns, dir, t(300), false),
+    )?;
     if with_shoji {
         let r = sync(
             m,
@@ -412,6 +528,15 @@ pub fn run(
         );
         let _ = std::fs::write(dir.join("peer.log"), &peer_log);
         r?;
+        sync(
+            m,
+            ns,
+            rep,
+            "protected-scan",
+            t(600),
+            &mut peer_log,
+            |rep, _| scan_checks(rep, ns, dir, t(300), true),
+        )?;
         if let Some(tools) = admin {
             admin_block(m, ns, rep, dir, t, tools, &mut peer_log)?;
         }
@@ -832,6 +957,27 @@ fn guest_checks(rep: &mut Report, c: &str, with_shoji: bool) {
     );
     let s = step(c, "flood-protected");
     rep.check("A's UDP flood runs under policy", s.ok(), s.line);
+    let s = step(c, "events-inbound-scan");
+    let from = s
+        .output
+        .iter()
+        .find_map(|l| l.strip_prefix("events from="))
+        .and_then(|n| n.trim().parse::<u64>().ok());
+    let want = format!(" inbound-scan source={SCANNER_IP} ");
+    let event = s.output.iter().copied().find(|l| {
+        let seq = l
+            .strip_prefix("event seq=")
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok());
+        seq.zip(from).is_some_and(|(n, f)| n >= f)
+            && l.contains(&want)
+            && l.contains("blocked_until=")
+    });
+    rep.check(
+        "port scan: nmap's scan of A is an inbound-scan event naming the scanner's address, which is blocked",
+        s.ok() && event.is_some(),
+        event.unwrap_or(s.line),
+    );
     let (ok, detail) = rogue_dhcp_event(&step(c, "events-dhcp-server"));
     rep.check(
         "first-hop guard: A's DHCP-server datagrams are recorded as rogue_dhcp events naming A",
@@ -1095,6 +1241,22 @@ fn per_frame(rep: &mut Report, hv: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nmap_port_states_from_grepable_output() {
+        let out = "# Nmap 7.93 scan initiated\nHost: 10.0.2.15 ()\tStatus: Up\nHost: 10.0.2.15 ()\tPorts: 22/open/tcp//ssh///, 80/filtered/tcp//http///\tIgnored State: closed (98)\n# Nmap done\n";
+        assert_eq!(
+            port_states(out),
+            PortStates {
+                closed: 98,
+                filtered: 1,
+                open: 1
+            }
+        );
+        let out = "Host: 10.0.2.21 ()\tPorts: \tIgnored State: filtered (100)\n";
+        assert_eq!(port_states(out).filtered, 100);
+        assert_eq!(port_states("").closed, 0);
+    }
 
     #[test]
     fn later_fragment_ids_from_tcpdump_v() {

@@ -42,6 +42,8 @@ pub const PACKAGES: &[&str] = &[
     "tcpdump",
     // The administrator's plain HTTP client (a source address outside mgmt_allow).
     "curl",
+    // A real port scanner, run by the peer against the guest (`bochs-containers`).
+    "nmap",
     // Checks: bpftool is the independent BTF reader the host tests compare Shoji's with;
     // objdump disassembles shoji.efi for the vector-register check.
     "bpftool",
@@ -87,6 +89,7 @@ const WITNESSES: &[(&str, &str)] = &[
     ("iputils-arping", "/usr/bin/arping"),
     ("tcpdump", "/usr/bin/tcpdump"),
     ("curl", "/usr/bin/curl"),
+    ("nmap", "/usr/bin/nmap"),
     ("bpftool", "/usr/sbin/bpftool"),
     ("binutils", "/usr/bin/objdump"),
     ("build-essential", "/usr/bin/cc"),
