@@ -433,6 +433,7 @@ fn administrator_rules_are_added_listed_and_removed_only_when_signed() {
         (b"GET /block/2 HTTP/1.1\r\n\r\n", 405),
         (b"DELETE /block/x HTTP/1.1\r\n\r\n", 404),
         (b"DELETE /block/ HTTP/1.1\r\n\r\n", 404),
+        (b"DELETE /block/+1 HTTP/1.1\r\n\r\n", 404),
         (b"DELETE /block/99999999999 HTTP/1.1\r\n\r\n", 404),
     ] {
         let a = bed.exchange(PEER, req, None);
