@@ -144,6 +144,16 @@ pub enum AdminScope {
     Container(ContainerId),
 }
 
+impl AdminScope {
+    /// The container it names, if it names one.
+    pub fn container(self) -> Option<ContainerId> {
+        match self {
+            AdminScope::Container(id) => Some(id),
+            AdminScope::Everyone | AdminScope::Host => None,
+        }
+    }
+}
+
 /// A new administrator rule, as requested.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AdminSpec {
@@ -290,7 +300,7 @@ impl AdminRules {
             pinned_ipv4: heapless::Vec::new(),
             hits: 0,
         };
-        if let (AdminScope::Container(_), Some(c)) = (spec.scope, registered) {
+        if let (Some(_), Some(c)) = (spec.scope.container(), registered) {
             entry.pinned_macs = c.macs.clone();
             entry.pinned_ipv4 = c.ipv4.clone();
         }

@@ -12,7 +12,7 @@ use shoji_shared::{
     TaskIdentity, Verdict,
 };
 
-use crate::admin::{AdminError, AdminRule, AdminRules, AdminScope, AdminSpec, AdminVerdict};
+use crate::admin::{AdminError, AdminRule, AdminRules, AdminSpec, AdminVerdict};
 use crate::config::{BroadcastScope, EngineConfig, HostPolicy};
 use crate::counters::{Counters, EngineCounters};
 use crate::events::{Event, EventKind, EventRead, EventRing, PolicyChange};
@@ -286,10 +286,7 @@ impl<'s> Engine<'s> {
     /// Add an administrator rule; returns its id. A rule for a registered container pins the
     /// container's current addresses too (see [`crate::admin`]).
     pub fn add_admin_rule(&mut self, spec: AdminSpec) -> Result<u32, AdminError> {
-        let container = match spec.scope {
-            AdminScope::Container(id) => Some(id),
-            _ => None,
-        };
+        let container = spec.scope.container();
         let registered = container
             .and_then(|id| self.registry.slot_of(id))
             .and_then(|slot| self.registry.get(slot))
@@ -302,23 +299,13 @@ impl<'s> Engine<'s> {
     /// Remove administrator rule `id`; returns it when it existed.
     pub fn remove_admin_rule(&mut self, id: u32) -> Option<AdminRule> {
         let gone = self.admin.remove(id)?;
-        let container = match gone.scope {
-            AdminScope::Container(id) => Some(id),
-            _ => None,
-        };
-        self.admin_changed(container, PolicyChange::AdminRuleRemoved);
+        self.admin_changed(gone.scope.container(), PolicyChange::AdminRuleRemoved);
         Some(gone)
     }
 
     fn admin_changed(&mut self, container: Option<ContainerId>, change: PolicyChange) {
         for slot in 0..self.registry.capacity() as u16 {
-            let mask = match self.registry.get(slot) {
-                Some(c) => self.admin.mask_for(c),
-                None => continue,
-            };
-            if let Some(c) = self.registry.get_mut(slot) {
-                c.admin = mask;
-            }
+            self.refresh_admin_mask_of(slot);
         }
         self.new_generation();
         self.events
@@ -328,12 +315,15 @@ impl<'s> Engine<'s> {
     /// Recompute which administrator rules apply to container `id` (after its registration
     /// changed).
     fn refresh_admin_mask(&mut self, id: ContainerId) {
-        let Some(slot) = self.registry.slot_of(id) else {
+        if let Some(slot) = self.registry.slot_of(id) {
+            self.refresh_admin_mask_of(slot);
+        }
+    }
+
+    /// Recompute which administrator rules apply to the container in `slot`, if any.
+    fn refresh_admin_mask_of(&mut self, slot: u16) {
+        let Some(mask) = self.registry.get(slot).map(|c| self.admin.mask_for(c)) else {
             return;
-        };
-        let mask = match self.registry.get(slot) {
-            Some(c) => self.admin.mask_for(c),
-            None => return,
         };
         if let Some(c) = self.registry.get_mut(slot) {
             c.admin = mask;

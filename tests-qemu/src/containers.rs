@@ -634,27 +634,9 @@ fn admin_block(
 
 /// The guard's event: a `rogue_dhcp` spoof event naming A (sender=101), from the step's mark on.
 fn rogue_dhcp_event(s: &Step<'_>) -> (bool, String) {
-    let Some(from) = s
-        .output
-        .iter()
-        .find_map(|l| l.strip_prefix("events from="))
-        .and_then(|n| n.trim().parse::<u64>().ok())
-    else {
-        return (false, format!("no 'events from=' line; {}", s.line));
-    };
-    let line = s.output.iter().copied().find(|l| {
-        let seq = l
-            .strip_prefix("event seq=")
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|n| n.parse::<u64>().ok());
-        seq.is_some_and(|n| n >= from)
-            && l.contains(" spoof reason=rogue_dhcp ")
-            && l.contains("sender=101")
-    });
-    match line {
-        Some(l) if s.ok() => (true, format!("from={from}: {l}")),
-        _ => (false, format!("no such event from seq {from}; {}", s.line)),
-    }
+    event_since(s, |l| {
+        l.contains(" spoof reason=rogue_dhcp ") && l.contains("sender=101")
+    })
 }
 
 /// The guest's side of the administrator's block of B: B's pings to A (allowed by B's own
@@ -959,26 +941,14 @@ fn guest_checks(rep: &mut Report, c: &str, with_shoji: bool) {
     );
     let s = step(c, "flood-protected");
     rep.check("A's UDP flood runs under policy", s.ok(), s.line);
-    let s = step(c, "events-inbound-scan");
-    let from = s
-        .output
-        .iter()
-        .find_map(|l| l.strip_prefix("events from="))
-        .and_then(|n| n.trim().parse::<u64>().ok());
     let want = format!(" inbound-scan source={SCANNER_IP} ");
-    let event = s.output.iter().copied().find(|l| {
-        let seq = l
-            .strip_prefix("event seq=")
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|n| n.parse::<u64>().ok());
-        seq.zip(from).is_some_and(|(n, f)| n >= f)
-            && l.contains(&want)
-            && l.contains("blocked_until=")
+    let (ok, detail) = event_since(&step(c, "events-inbound-scan"), |l| {
+        l.contains(&want) && l.contains("blocked_until=")
     });
     rep.check(
         "port scan: nmap's scan of A is an inbound-scan event naming the scanner's address, which is blocked",
-        s.ok() && event.is_some(),
-        event.unwrap_or(s.line),
+        ok,
+        detail,
     );
     let (ok, detail) = rogue_dhcp_event(&step(c, "events-dhcp-server"));
     rep.check(
@@ -1048,9 +1018,9 @@ fn guest_checks(rep: &mut Report, c: &str, with_shoji: bool) {
 }
 
 /// A step reading the events from the sequence number taken just before the step that must
-/// cause them (`events from=N`, then the events): the spoof event naming B, numbered N or later.
-/// ARP: B's forged reply claiming A's address; otherwise a frame with A's MAC and IP.
-fn spoof_event_since(s: &Step<'_>, arp: bool) -> (bool, String) {
+/// cause them (`events from=N`, then the events): the first event line numbered N or later that
+/// `wanted` accepts, with the detail to report.
+fn event_since(s: &Step<'_>, wanted: impl Fn(&str) -> bool) -> (bool, String) {
     let Some(from) = s
         .output
         .iter()
@@ -1064,8 +1034,19 @@ fn spoof_event_since(s: &Step<'_>, arp: bool) -> (bool, String) {
             .strip_prefix("event seq=")
             .and_then(|r| r.split_whitespace().next())
             .and_then(|n| n.parse::<u64>().ok());
-        seq.is_some_and(|n| n >= from)
-            && l.contains(" spoof ")
+        seq.is_some_and(|n| n >= from) && wanted(l)
+    });
+    match line {
+        Some(l) if s.ok() => (true, format!("from={from}: {l}")),
+        _ => (false, format!("no such event from seq {from}; {}", s.line)),
+    }
+}
+
+/// [`event_since`] for the spoof event naming B. ARP: B's forged reply claiming A's address;
+/// otherwise a frame with A's MAC and IP.
+fn spoof_event_since(s: &Step<'_>, arp: bool) -> (bool, String) {
+    event_since(s, |l| {
+        l.contains(" spoof ")
             && l.contains("sender=102")
             && l.contains("claimed=101")
             && if arp {
@@ -1075,11 +1056,7 @@ fn spoof_event_since(s: &Step<'_>, arp: bool) -> (bool, String) {
                     && l.contains(&format!("mac={A_MAC}"))
                     && l.contains(&format!("ip={A_IP}"))
             }
-    });
-    match line {
-        Some(l) if s.ok() => (true, format!("from={from}: {l}")),
-        _ => (false, format!("no such event from seq {from}; {}", s.line)),
-    }
+    })
 }
 
 /// Container start times with and without the hook (the guest's clock, `probe timed`).
