@@ -83,6 +83,12 @@ fn main() -> Status {
             return fail(cfg.fail_mode, Some((&cfg, &own_dir)), None);
         }
     }
+    if cfg.mediate_nic && !nic_mediated() {
+        // Shoji runs, but frames would bypass the policy (and the policy calls answer
+        // Unsupported): that is no protection, so the fail mode decides.
+        println!("shoji: no supported e1000 NIC is mediated (Shoji's log says why)");
+        return fail(cfg.fail_mode, Some((&cfg, &own_dir)), None);
+    }
     match &cfg.image {
         NextImage::None => {
             println!("shoji: image = none: no image to start");
@@ -429,7 +435,27 @@ fn start_hypervisor(cfg: &Config, p: &Placement) -> Result<usize, HvError> {
         mediate_nic: cfg.mediate_nic as u8,
         tsc_hz: calibrate_tsc(),
         mgmt: cfg.mgmt_settings(boot_id()),
+        ecam_base: 0,
+        ecam_bus_start: 0,
+        ecam_bus_end: 0,
     };
+    match find_ecam() {
+        Ok(Some(r)) => {
+            println!(
+                "shoji: PCI Express configuration space (MCFG) at {:#x}, buses {}-{}",
+                r.base, r.bus_start, r.bus_end
+            );
+            setup.ecam_base = r.base;
+            setup.ecam_bus_start = r.bus_start;
+            setup.ecam_bus_end = r.bus_end;
+        }
+        Ok(None) => {
+            println!("shoji: no MCFG table: PCI configuration through ports 0xcf8/0xcfc only")
+        }
+        Err(why) => println!(
+            "shoji: ACPI tables unusable ({why}): PCI configuration through ports 0xcf8/0xcfc only"
+        ),
+    }
     record_guest_ram(setup).map_err(HvError::NotStarted)?;
     write_canary(region);
     let host_cr3 = {
@@ -624,6 +650,64 @@ fn rdrand() -> u64 {
 
 /// Stall used to measure the TSC frequency: 20 ms of the firmware's timer.
 const CALIBRATION_STALL_US: u64 = 20_000;
+
+/// Whether the hypervisor now running under this CPU mediates the NIC (CPUID leaf 0x40000001,
+/// EBX).
+fn nic_mediated() -> bool {
+    let leaf = core::arch::x86_64::__cpuid(shoji_shared::vmcall::CPUID_LEAF_VERSION);
+    leaf.ebx & shoji_shared::vmcall::FEATURE_NIC_MEDIATED != 0
+}
+
+/// Read `len` bytes of firmware memory at physical address `addr` (identity mapped while boot
+/// services run).
+fn firmware_bytes(addr: u64, len: usize) -> &'static [u8] {
+    // SAFETY: ACPI tables lie in firmware-reserved memory that stays mapped and unchanged while
+    // boot services run; callers bound `len` by a header they read first (and at most 1 MiB).
+    unsafe { core::slice::from_raw_parts(addr as *const u8, len) }
+}
+
+/// Segment 0's ECAM window, from the firmware's MCFG table (through the RSDP, then the XSDT or
+/// RSDT). `Ok(None)` when the platform has no MCFG (i440fx: ports 0xCF8/0xCFC only).
+fn find_ecam() -> Result<Option<shoji_boot::acpi::EcamRegion>, shoji_boot::acpi::AcpiError> {
+    use shoji_boot::acpi;
+    const MAX_TABLE: usize = 1 << 20;
+    let rsdp = uefi::system::with_config_table(|t| {
+        t.iter()
+            .find(|e| e.guid == uefi::table::cfg::ACPI2_GUID)
+            .or_else(|| t.iter().find(|e| e.guid == uefi::table::cfg::ACPI_GUID))
+            .map(|e| e.address as u64)
+    });
+    let Some(rsdp) = rsdp.filter(|&a| a != 0) else {
+        return Ok(None);
+    };
+    let root = acpi::root_table(firmware_bytes(rsdp, acpi::RSDP_READ_LEN))?;
+    let table = |addr: u64| -> Result<&'static [u8], acpi::AcpiError> {
+        if addr == 0 {
+            return Err(acpi::AcpiError::Truncated);
+        }
+        let (_, len) = acpi::header(firmware_bytes(addr, 36))?;
+        if len > MAX_TABLE {
+            return Err(acpi::AcpiError::Truncated);
+        }
+        Ok(firmware_bytes(addr, len))
+    };
+    let root_bytes = table(root.address)?;
+    let root_sig = if root.entry_size == 8 {
+        b"XSDT"
+    } else {
+        b"RSDT"
+    };
+    acpi::validate(root_bytes, root_sig)?;
+    for addr in acpi::root_entries(root_bytes, root.entry_size) {
+        let Ok(t) = table(addr) else { continue };
+        if acpi::header(t).map(|(sig, _)| &sig == b"MCFG") != Ok(true) {
+            continue;
+        }
+        acpi::validate(t, b"MCFG")?;
+        return Ok(acpi::mcfg_regions(t).find(|r| r.segment == 0));
+    }
+    Ok(None)
+}
 
 /// The TSC frequency measured against the firmware's `Stall` (its platform timer, the ACPI PM
 /// timer on OVMF), when CPUID leaves 0x15/0x16 do not give it (QEMU+KVM does not); 0 when CPUID

@@ -95,6 +95,9 @@ pub struct Counters {
     pub hairpin_frames: u64,
     /// Times TX processing stopped because Shoji's real ring was full (resumed later).
     pub tx_stalls: u64,
+    /// Times one call stopped walking the guest's TX ring at its work bound (resumed at the
+    /// next poll or TDT write).
+    pub tx_budget_cuts: u64,
     /// Times RX harvest stopped because the guest's ring had no room (resumed later).
     pub rx_stalls: u64,
     /// Guest RX descriptors whose buffer or write-back failed validation (reported to the
@@ -182,6 +185,7 @@ impl Counters {
             tso_segments: d(self.tso_segments, earlier.tso_segments),
             hairpin_frames: d(self.hairpin_frames, earlier.hairpin_frames),
             tx_stalls: d(self.tx_stalls, earlier.tx_stalls),
+            tx_budget_cuts: d(self.tx_budget_cuts, earlier.tx_budget_cuts),
             rx_stalls: d(self.rx_stalls, earlier.rx_stalls),
             rx_hostile_descs: d(self.rx_hostile_descs, earlier.rx_hostile_descs),
             ring_errors: d(self.ring_errors, earlier.ring_errors),

@@ -260,6 +260,9 @@ pub(crate) struct Core<N, D> {
     pub logs: Logs,
     /// Shoji's own MAC, held in the device's receive address 3.
     pub own_mac: Option<[u8; 6]>,
+    /// Set when a walk of the guest's TX ring from its TDT write stopped with descriptors
+    /// left: the identity of the task that wrote TDT, for the polls that finish the walk.
+    pub tx_carry: Option<Option<TaskIdentity>>,
 }
 
 /// The engine's large buffers, kept apart so they can live in a zero-initialised static
@@ -833,6 +836,7 @@ impl<'b, N: NicRegisters, D: DmaRegion> E1000<'b, N, D> {
             rung: 0,
             modr: Moderation::default(),
             logs: Logs::default(),
+            tx_carry: None,
             own_mac: cfg.own_mac,
         };
         core.program_real_rings();

@@ -1211,6 +1211,112 @@ fn tx_task_identity_reaches_the_filter() {
     assert_eq!(r.f.seen[0].0, Direction::Tx);
 }
 
+/// One TDT write never walks more than the per-call bound, however many packets it posts (here
+/// packets the policy drops, so Shoji's own ring never pushes back): the polls that follow
+/// finish the ring, each bounded too, with the identity of the task that wrote TDT.
+#[test]
+fn tx_one_exit_walks_at_most_the_bound_and_polls_finish_with_the_writers_identity() {
+    use crate::tx::TX_DESCS_PER_CALL;
+    let mut r = Rig::new(32, 32);
+    r.up(1024, 8, Rctl::SECRC.bits());
+    r.f.mode = Mode::DropAll;
+    let frame = eth(0x0800, &pattern(60, 0));
+    let a = r.buf(&frame);
+    let d = legacy(a, frame.len() as u16, cmd::EOP | cmd::IFCS | cmd::RS);
+    let total = 2 * TX_DESCS_PER_CALL as usize + 88;
+    r.put(&vec![d; total]);
+    r.task = Some(TaskIdentity {
+        pid: Some(7),
+        ..Default::default()
+    });
+    let t = r.tx_tail;
+    r.w(regs::TDT, t);
+    r.task = None;
+    assert_eq!(
+        r.f.seen.len(),
+        TX_DESCS_PER_CALL as usize,
+        "one exit's share"
+    );
+    assert_eq!(r.e.counters().tx_budget_cuts, 1);
+    assert_eq!(r.r(regs::TDH), TX_DESCS_PER_CALL);
+    r.poll();
+    assert_eq!(r.f.seen.len(), 2 * TX_DESCS_PER_CALL as usize);
+    r.poll();
+    assert_eq!(r.f.seen.len(), total, "the polls finish the ring");
+    assert_eq!(r.r(regs::TDH), t);
+    assert_eq!(r.e.counters().tx_budget_cuts, 2);
+    assert!(
+        r.f.seen.iter().all(|s| s.2 == Some(7)),
+        "every frame carries the identity of the task that wrote TDT"
+    );
+    assert_eq!(
+        r.e.counters().tx.dropped(DropReason::PolicyDenied),
+        total as u64
+    );
+    // The ring is drained: a later poll walks nothing and carries no identity on.
+    r.poll();
+    assert_eq!(r.f.seen.len(), total);
+    r.f.mode = Mode::Pass;
+    r.send(&[d]);
+    assert_eq!(r.f.seen.last().map(|s| s.2), Some(None));
+    r.no_violations();
+}
+
+/// The byte bound: large frames stop a walk before the descriptor bound does.
+#[test]
+fn tx_one_exit_gathers_at_most_the_byte_bound() {
+    use crate::engine::MAX_FRAME;
+    use crate::tx::TX_BYTES_PER_CALL;
+    let mut r = Rig::new(32, 32);
+    r.up(256, 8, Rctl::SECRC.bits());
+    r.f.mode = Mode::DropAll;
+    let frame = eth(0x0800, &pattern(MAX_FRAME - 14, 1));
+    let a = r.buf(&frame);
+    let d = legacy(a, frame.len() as u16, cmd::EOP | cmd::IFCS | cmd::RS);
+    r.send(&vec![d; 100]);
+    let per_call = TX_BYTES_PER_CALL.div_ceil(MAX_FRAME);
+    assert_eq!(r.f.seen.len(), per_call);
+    for _ in 0..100 {
+        r.poll();
+    }
+    assert_eq!(r.f.seen.len(), 100);
+    r.no_violations();
+}
+
+/// A packet chained over more descriptors than any driver posts is dropped as hostile in
+/// pieces of the bound, so one packet cannot make one exit walk the whole ring.
+#[test]
+fn tx_a_chain_longer_than_the_packet_bound_is_dropped_in_pieces() {
+    use crate::tx::MAX_PACKET_DESCS;
+    let mut r = Rig::new(32, 32);
+    r.up(1024, 8, Rctl::SECRC.bits());
+    let piece = r.buf(&pattern(16, 2));
+    let mut chain = vec![legacy(piece, 16, cmd::IFCS); 3 * MAX_PACKET_DESCS as usize + 8];
+    let good = eth(0x0800, &pattern(60, 3));
+    let ga = r.buf(&good);
+    chain.push(legacy(
+        ga,
+        good.len() as u16,
+        cmd::EOP | cmd::IFCS | cmd::RS,
+    ));
+    r.send(&chain);
+    for _ in 0..8 {
+        r.poll();
+    }
+    assert_eq!(
+        r.e.counters().tx.dropped(DropReason::HostileDescriptor),
+        3,
+        "three pieces of 64 descriptors"
+    );
+    assert_eq!(r.r(regs::TDH), r.tx_tail, "the ring is consumed");
+    assert_eq!(
+        r.f.seen.len(),
+        1,
+        "the last 9 descriptors end in EOP: one packet"
+    );
+    r.no_violations();
+}
+
 #[test]
 fn tx_hostile_descriptors_are_dropped_and_counted() {
     let mut r = Rig::new(32, 32);

@@ -59,12 +59,46 @@ fn drop_hostile<N: NicRegisters, D: DmaRegion>(core: &mut Core<N, D>, why: &str,
     }
 }
 
-/// Walk the guest's TX ring from TDH to TDT. `from_exit` is true on the guest's own TDT/TCTL
-/// write (the task identity applies and ring errors are counted).
+/// Most guest descriptors one call walks. With [`TX_BYTES_PER_CALL`] this bounds the work of
+/// one VM exit whatever ring the guest builds (up to 65,528 descriptors, each a 64 KiB TSO
+/// packet the policy may drop without using Shoji's ring): what is left is walked at the next
+/// poll or TDT write.
+pub const TX_DESCS_PER_CALL: u32 = 256;
+/// Most descriptors one packet may span (FreeBSD's em driver posts at most 64; Linux's e1000
+/// about 35 for a 64 KiB TSO packet). A longer chain is dropped as hostile in pieces of this
+/// size, so no single packet outgrows the per-call bound.
+pub const MAX_PACKET_DESCS: u32 = 64;
+/// Most packet bytes one call gathers (the last packet may take it past the bound by at most
+/// one packet, [`GATHER_CAP`] bytes).
+pub const TX_BYTES_PER_CALL: usize = 256 * 1024;
+
+/// Walk the guest's TX ring from TDH to TDT, at most [`TX_DESCS_PER_CALL`] descriptors and
+/// [`TX_BYTES_PER_CALL`] bytes. `from_exit` is true on the guest's own TDT/TCTL write (the task
+/// identity applies and ring errors are counted). When such a walk leaves descriptors behind,
+/// the calls that finish them (polls) carry its task identity, so a frame is attributed to the
+/// task whose TDT write posted it however the walk was divided.
 pub(crate) fn run_guest_tx<N: NicRegisters, D: DmaRegion>(
     core: &mut Core<N, D>,
     bufs: &mut Buffers,
     env: &mut Env<'_>,
+    from_exit: bool,
+) {
+    let carried = if from_exit { None } else { core.tx_carry };
+    let task = if from_exit {
+        env.task.copied()
+    } else {
+        carried.flatten()
+    };
+    let attributed = from_exit || carried.is_some();
+    walk(core, bufs, env, task.as_ref(), attributed);
+    core.tx_carry = (attributed && core.g.tdh != core.g.tdt).then_some(task);
+}
+
+fn walk<N: NicRegisters, D: DmaRegion>(
+    core: &mut Core<N, D>,
+    bufs: &mut Buffers,
+    env: &mut Env<'_>,
+    task: Option<&TaskIdentity>,
     from_exit: bool,
 ) {
     let g = &core.g;
@@ -87,11 +121,15 @@ pub(crate) fn run_guest_tx<N: NicRegisters, D: DmaRegion>(
         }
         return;
     }
-    let task = if from_exit { env.task } else { None };
     let next = |i: u32| if i + 1 == n { 0 } else { i + 1 };
     let mut reported = false;
-    let mut budget = n;
-    while core.g.tdh != core.g.tdt && budget > 0 {
+    let mut budget = n.min(TX_DESCS_PER_CALL);
+    let mut bytes = 0usize;
+    while core.g.tdh != core.g.tdt {
+        if budget == 0 || bytes >= TX_BYTES_PER_CALL {
+            core.ctr.tx_budget_cuts += 1;
+            break;
+        }
         budget -= 1;
         let first = core.g.tdh;
         let tdt = core.g.tdt;
@@ -125,7 +163,9 @@ pub(crate) fn run_guest_tx<N: NicRegisters, D: DmaRegion>(
         let mut total = 0usize;
         let mut idx = first;
         let mut cur = Some(d);
+        let mut descs = 0u32;
         let last = loop {
+            descs += 1;
             if idx == tdt {
                 // The packet is not complete yet: wait for the guest to post the rest.
                 finish(core, reported);
@@ -209,6 +249,13 @@ pub(crate) fn run_guest_tx<N: NicRegisters, D: DmaRegion>(
             if dcmd & cmd::EOP != 0 {
                 break idx;
             }
+            if descs == MAX_PACKET_DESCS {
+                bad = bad.or(Some((
+                    DropReason::HostileDescriptor,
+                    "packet spans more than 64 descriptors",
+                )));
+                break idx;
+            }
             idx = next(idx);
         };
 
@@ -243,6 +290,7 @@ pub(crate) fn run_guest_tx<N: NicRegisters, D: DmaRegion>(
         }
         core.g.tdh = next(last);
         budget = budget.saturating_sub(ring_distance(first, last, n));
+        bytes += total;
 
         if let Some((reason, why)) = bad {
             if reason == DropReason::HostileDescriptor {

@@ -40,9 +40,16 @@ fn with_bit(value: u32, bit: u32, on: bool) -> u32 {
     }
 }
 
-/// The guest's view of CPUID leaf `leaf` (sub-leaf `subleaf`) given the hardware's answer and
-/// the guest's own CR4 (the hardware answer reflects Shoji's host CR4 in the OS-enable bits).
-pub fn guest_view(leaf: u32, subleaf: u32, native: CpuidRegs, guest_cr4: u64) -> CpuidRegs {
+/// The guest's view of CPUID leaf `leaf` (sub-leaf `subleaf`) given the hardware's answer, the
+/// guest's own CR4 (the hardware answer reflects Shoji's host CR4 in the OS-enable bits) and
+/// Shoji's feature bits (leaf 0x40000001's EBX).
+pub fn guest_view(
+    leaf: u32,
+    subleaf: u32,
+    native: CpuidRegs,
+    guest_cr4: u64,
+    features: u32,
+) -> CpuidRegs {
     match leaf {
         1 => CpuidRegs {
             ecx: with_bit(
@@ -67,6 +74,7 @@ pub fn guest_view(leaf: u32, subleaf: u32, native: CpuidRegs, guest_cr4: u64) ->
         }
         CPUID_LEAF_VERSION => CpuidRegs {
             eax: ABI_VERSION,
+            ebx: features,
             ..CpuidRegs::default()
         },
         // The rest of the hypervisor range is Shoji's and empty.
@@ -122,6 +130,7 @@ mod tests {
     }
 
     use super::*;
+    use shoji_shared::vmcall::FEATURE_NIC_MEDIATED;
 
     #[test]
     fn leaf1_hides_vmx_and_sets_hypervisor_bit() {
@@ -131,7 +140,7 @@ mod tests {
             ecx: 0x7ffa_fbff,
             edx: 0xbfeb_fbff,
         };
-        let g = guest_view(1, 0, native, CR4_OSXSAVE);
+        let g = guest_view(1, 0, native, CR4_OSXSAVE, 0);
         assert_eq!(g.ecx & LEAF1_ECX_VMX, 0);
         assert_ne!(g.ecx & LEAF1_ECX_HYPERVISOR, 0);
         assert_eq!(g.ecx | LEAF1_ECX_VMX, native.ecx | LEAF1_ECX_HYPERVISOR);
@@ -146,9 +155,9 @@ mod tests {
             ecx: LEAF1_ECX_OSXSAVE | (1 << 26),
             edx: 0,
         };
-        assert_eq!(guest_view(1, 0, native, 0).ecx & LEAF1_ECX_OSXSAVE, 0);
+        assert_eq!(guest_view(1, 0, native, 0, 0).ecx & LEAF1_ECX_OSXSAVE, 0);
         assert_ne!(
-            guest_view(1, 0, native, CR4_OSXSAVE).ecx & LEAF1_ECX_OSXSAVE,
+            guest_view(1, 0, native, CR4_OSXSAVE, 0).ecx & LEAF1_ECX_OSXSAVE,
             0
         );
         let n7 = CpuidRegs {
@@ -157,11 +166,11 @@ mod tests {
             ecx: LEAF7_ECX_OSPKE | 8,
             edx: 0,
         };
-        assert_eq!(guest_view(7, 0, n7, 0).ecx, 8);
-        assert_eq!(guest_view(7, 0, n7, CR4_PKE).ecx, 8 | LEAF7_ECX_OSPKE);
+        assert_eq!(guest_view(7, 0, n7, 0, 0).ecx, 8);
+        assert_eq!(guest_view(7, 0, n7, CR4_PKE, 0).ecx, 8 | LEAF7_ECX_OSPKE);
         let no_osxsave = CpuidRegs { ecx: 1 << 26, ..n7 };
         assert_ne!(
-            guest_view(1, 0, no_osxsave, CR4_OSXSAVE).ecx & LEAF1_ECX_OSXSAVE,
+            guest_view(1, 0, no_osxsave, CR4_OSXSAVE, 0).ecx & LEAF1_ECX_OSXSAVE,
             0
         );
     }
@@ -176,16 +185,16 @@ mod tests {
             ecx: u32::MAX,
             edx: 0,
         };
-        let g = guest_view(1, 0, all, CR4_OSXSAVE);
+        let g = guest_view(1, 0, all, CR4_OSXSAVE, 0);
         assert_eq!(
             g.ecx,
             !(1u32 << 5),
             "only VMX is hidden; a set bit 31 stays set"
         );
-        assert_eq!(guest_view(1, 0, all, 0).ecx, !(1 << 5) & !(1 << 27));
-        assert_eq!(guest_view(7, 0, all, 0).ecx, !(1u32 << 4));
+        assert_eq!(guest_view(1, 0, all, 0, 0).ecx, !(1 << 5) & !(1 << 27));
+        assert_eq!(guest_view(7, 0, all, 0, 0).ecx, !(1u32 << 4));
         // Only sub-leaf 0 of leaf 7 carries OSPKE: other sub-leaves pass unchanged.
-        assert_eq!(guest_view(7, 1, all, 0), all);
+        assert_eq!(guest_view(7, 1, all, 0, 0), all);
     }
 
     #[test]
@@ -196,17 +205,24 @@ mod tests {
             ecx: 9,
             edx: 10,
         };
-        let s = guest_view(0x4000_0000, 0, native, 0);
+        let s = guest_view(0x4000_0000, 0, native, 0, 0);
         let mut bytes = [0u8; 12];
         bytes[..4].copy_from_slice(&s.ebx.to_le_bytes());
         bytes[4..8].copy_from_slice(&s.ecx.to_le_bytes());
         bytes[8..].copy_from_slice(&s.edx.to_le_bytes());
         assert_eq!(&bytes, b"ShojiShojiHV");
         assert_eq!(s.eax, 0x4000_0001);
-        assert_eq!(guest_view(0x4000_0001, 0, native, 0).eax, ABI_VERSION);
-        assert_eq!(guest_view(0x4000_0010, 0, native, 0), CpuidRegs::default());
-        assert_eq!(guest_view(0, 0, native, 0), native);
-        assert_eq!(guest_view(0x8000_0001, 0, native, 0), native);
+        assert_eq!(guest_view(0x4000_0001, 0, native, 0, 0).eax, ABI_VERSION);
+        // The feature bits are Shoji's, never the hardware's.
+        let v = guest_view(0x4000_0001, 0, native, 0, FEATURE_NIC_MEDIATED);
+        assert_eq!((v.eax, v.ebx), (ABI_VERSION, FEATURE_NIC_MEDIATED));
+        assert_eq!(guest_view(0x4000_0001, 0, native, 0, 0).ebx, 0);
+        assert_eq!(
+            guest_view(0x4000_0010, 0, native, 0, 0),
+            CpuidRegs::default()
+        );
+        assert_eq!(guest_view(0, 0, native, 0, 0), native);
+        assert_eq!(guest_view(0x8000_0001, 0, native, 0, 0), native);
     }
 
     #[test]

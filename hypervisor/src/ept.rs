@@ -419,6 +419,45 @@ mod tests {
         }
     }
 
+    /// Why the launch forks the single-step EPT only after every trap is in: a page trapped
+    /// after the fork (the NIC's registers, its ECAM page, both near the xAPIC page) stays
+    /// mapped in the fork, whose copied tables hold the old large-page entries.
+    #[test]
+    fn a_trap_added_after_a_fork_is_missing_from_it() {
+        let mut m = VecTables(Vec::new());
+        let s = mtrr_ovmf();
+        let spec = IdentityMapSpec {
+            top: 8 << 30,
+            allow_1g: true,
+        };
+        let apic = 0xfee0_0000;
+        let nic = 0xfebc_0000; // the same 2 MiB region as the xAPIC page
+        let ecam = 0xb001_0000; // another 1 GiB region
+        let trapped = |ept: &Ept, m: &mut VecTables, gpa| {
+            ept.lookup(m, gpa).is_none_or(|(e, _)| e & RWX == 0)
+        };
+
+        let ept = Ept::identity(&mut m, &s, spec).unwrap();
+        ept.map_page(&mut m, apic, apic, READ, mtrr::UC).unwrap();
+        let early = ept.fork_page(&mut m, apic, READ | WRITE).unwrap();
+        ept.map_page(&mut m, nic, nic, 0, mtrr::UC).unwrap();
+        ept.map_page(&mut m, ecam, ecam, 0, mtrr::UC).unwrap();
+        assert!(trapped(&ept, &mut m, nic) && trapped(&ept, &mut m, ecam));
+        assert!(!trapped(&early, &mut m, nic), "forked before the NIC trap");
+        assert!(
+            !trapped(&early, &mut m, ecam),
+            "forked before the ECAM trap"
+        );
+
+        let ept = Ept::identity(&mut m, &s, spec).unwrap();
+        ept.map_page(&mut m, apic, apic, READ, mtrr::UC).unwrap();
+        ept.map_page(&mut m, nic, nic, 0, mtrr::UC).unwrap();
+        ept.map_page(&mut m, ecam, ecam, 0, mtrr::UC).unwrap();
+        let late = ept.fork_page(&mut m, apic, READ | WRITE).unwrap();
+        assert!(trapped(&late, &mut m, nic) && trapped(&late, &mut m, ecam));
+        assert_eq!(late.lookup(&mut m, apic).unwrap().0 & RWX, READ | WRITE);
+    }
+
     #[test]
     fn arena_exhaustion_is_an_error() {
         struct Tiny(VecTables);

@@ -166,6 +166,9 @@ mod tests {
             mediate_nic: 0,
             tsc_hz: 0,
             mgmt: shoji_mgmt::Settings::default(),
+            ecam_base: 0,
+            ecam_bus_start: 0,
+            ecam_bus_end: 0,
         }
     }
 

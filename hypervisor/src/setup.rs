@@ -65,6 +65,13 @@ pub struct Setup {
     pub tsc_hz: u64,
     /// The management endpoint (`mgmt_*` in `shoji.cfg`; `enabled` 0: none).
     pub mgmt: shoji_mgmt::Settings,
+    /// PCI segment 0's ECAM window from the firmware's MCFG table (0 = none: configuration
+    /// space only through ports 0xCF8/0xCFC), and the buses it decodes.
+    pub ecam_base: u64,
+    /// First bus of the ECAM window.
+    pub ecam_bus_start: u8,
+    /// Last bus of the ECAM window.
+    pub ecam_bus_end: u8,
 }
 
 /// Capacity of the RAM range table.

@@ -3,7 +3,8 @@
 //! # Detection
 //! `CPUID.1:ECX[31]` (hypervisor present) is set, and leaf [`CPUID_LEAF_SIGNATURE`] returns the
 //! highest Shoji leaf in EAX and the 12-byte [`SIGNATURE`] in EBX, ECX, EDX (in that order).
-//! Leaf [`CPUID_LEAF_VERSION`] returns [`ABI_VERSION`] in EAX.
+//! Leaf [`CPUID_LEAF_VERSION`] returns [`ABI_VERSION`] in EAX and the state of Shoji's protection
+//! in EBX ([`FEATURE_NIC_MEDIATED`]).
 //!
 //! # Calling convention
 //! `VMCALL` with
@@ -25,6 +26,10 @@ pub const CPUID_LEAF_MAX: u32 = CPUID_LEAF_VERSION;
 pub const SIGNATURE: [u8; 12] = *b"ShojiShojiHV";
 /// ABI version (major << 16 | minor).
 pub const ABI_VERSION: u32 = 1 << 16;
+/// Leaf [`CPUID_LEAF_VERSION`], EBX: the NIC is mediated, so frames pass the policy and the
+/// policy calls work. Clear when no supported NIC was found or it could not be taken over (the
+/// policy calls then answer [`Status::Unsupported`]) and with `mediate_nic = false`.
+pub const FEATURE_NIC_MEDIATED: u32 = 1 << 0;
 
 /// High 32 bits of `RAX` for every Shoji call ("SHOJ").
 pub const CALL_MAGIC: u64 = 0x5348_4f4a_0000_0000;

@@ -13,7 +13,7 @@ use shojictl::agent::{Agent, Loaded, Transport, Vmcall};
 use shojictl::btfprofile::{build, describe, BuildOptions, Symbols};
 use shojictl::oci_hook::HookConfig;
 use shojictl::report_text::{event_line, stats_lines};
-use shojictl::vmcall::{detect, vmcall, Presence};
+use shojictl::vmcall::{detect, nic_mediated, vmcall, Presence};
 use shojictl::whoami::{
     compare, map_up, ns_inode, render, stat_starttime, status_list, KernelSays,
 };
@@ -584,7 +584,14 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Detect => match detect() {
             Presence::Shoji { max_leaf } => {
-                println!("Shoji is present (highest CPUID leaf {max_leaf:#x})");
+                println!(
+                    "Shoji is present (highest CPUID leaf {max_leaf:#x}); NIC mediated: {}",
+                    if nic_mediated() {
+                        "yes"
+                    } else {
+                        "NO (no policy is enforced)"
+                    }
+                );
                 ExitCode::SUCCESS
             }
             Presence::Absent { other } => {

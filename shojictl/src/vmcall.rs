@@ -58,6 +58,22 @@ pub fn detect() -> Presence {
     classify(r.eax, r.ebx, r.ecx, r.edx)
 }
 
+/// Whether Shoji says it mediates the NIC (CPUID leaf 0x40000001, EBX): without it the policy
+/// calls answer Unsupported and frames bypass the policy.
+#[cfg(target_arch = "x86_64")]
+#[allow(unused_unsafe)] // `__cpuid` became safe in Rust 1.87; the MSRV is 1.85.
+pub fn nic_mediated() -> bool {
+    // SAFETY: CPUID is available on every x86-64 CPU and has no side effects.
+    let r = unsafe { core::arch::x86_64::__cpuid(shoji_shared::vmcall::CPUID_LEAF_VERSION) };
+    r.ebx & shoji_shared::vmcall::FEATURE_NIC_MEDIATED != 0
+}
+
+/// Non-x86 builds never find Shoji.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn nic_mediated() -> bool {
+    false
+}
+
 /// Non-x86 builds never find Shoji.
 #[cfg(not(target_arch = "x86_64"))]
 pub fn detect() -> Presence {

@@ -212,8 +212,9 @@ pub const ALL: &[Scenario] = &[
         name: "nested-q35",
         about: "the user's bed on -machine q35 (PCI Express, MMCONFIG) with QEMU's e1000 \
                 without option ROM (romfile=): boot, signature, VMX hidden, canary, SIGILL, \
-                introspection, peer ping/arping through the shadow rings (the network load runs \
-                on nested-shoji)",
+                introspection, BAR moves through the ECAM window (another device's moves: the \
+                control; the NIC's is refused), peer ping/arping through the shadow rings (the \
+                network load runs on nested-shoji)",
         needs_shoji: true,
         kind: Kind::Shoji,
         nested: Some(L2Machine {
@@ -393,6 +394,11 @@ impl Scenario {
     /// Whether the scenario runs the MSR checks.
     pub fn msr_checks(&self) -> bool {
         matches!(self.kind, Kind::Shoji | Kind::NoShoji) && self.backend() == Backend::Bochs
+    }
+
+    /// Whether the guest moves BARs through the ECAM window (q35, whose MCFG names one).
+    pub fn ecam_checks(&self) -> bool {
+        self.kind == Kind::Shoji && self.nested.is_some_and(|m| m.q35)
     }
 
     /// Whether the guest runs the containers test (crun from the data disk).
@@ -585,6 +591,9 @@ fn run_inner(sc: &Scenario, inputs: &Inputs<'_>, rep: &mut Report) -> Result<()>
     }
     if sc.mgmt() {
         cmdline.push_str(" shojimgmt=1");
+    }
+    if sc.ecam_checks() {
+        cmdline.push_str(" shojiecam=1 iomem=relaxed");
     }
     if sc.net_load() {
         cmdline.push_str(" shojinet=full");
@@ -913,6 +922,9 @@ fn linux(
     if sc.msr_checks() {
         msr_checks(rep, &console, sc.kind == Kind::Shoji);
     }
+    if sc.ecam_checks() {
+        ecam_checks(rep, &console, &m.text(Stream::ShojiLog));
+    }
     if sc.kind == Kind::TcgNoShoji {
         let line = console
             .lines()
@@ -1209,6 +1221,58 @@ fn intro_line<'a>(console: &'a str, name: &str) -> Option<&'a str> {
         .lines()
         .map(str::trim)
         .find(|l| l.starts_with(&prefix))
+}
+
+/// The ECAM checks (q35 under Shoji): Shoji found the window in the MCFG and trapped the NIC's
+/// page of it; the control (the AHCI controller's BAR moved through ECAM) shows the attack
+/// works on this machine, with the device answering at its new address; the NIC's BAR, moved
+/// the same way, stays where it was, the new address reads as before the move (nothing
+/// answers there: zeros under QEMU+KVM, all-ones on hardware), and Shoji logged the refusal.
+/// Both BARs are put back.
+fn ecam_checks(rep: &mut Report, console: &str, hv: &str) {
+    let found = console
+        .lines()
+        .find(|l| l.contains("shoji: PCI Express configuration space (MCFG) at"))
+        .map(str::trim);
+    rep.check(
+        "ECAM: the boot application found the window in the firmware's MCFG",
+        found.is_some(),
+        found.unwrap_or("no MCFG line from the boot application"),
+    );
+    let trapped = hv
+        .lines()
+        .find(|l| l.contains("mediated: rings shadowed"))
+        .map(str::trim)
+        .unwrap_or("no mediation line in shoji.log");
+    rep.check(
+        "ECAM: the NIC function's page of the window is trapped with its other paths",
+        trapped.contains("and ECAM page 0x"),
+        trapped,
+    );
+    let control = intro_line(console, "ecam-control").unwrap_or("no ecam-control line");
+    rep.check(
+        "ECAM control: another device's BAR moved through ECAM answers at the new address          (and is put back)",
+        control.contains(" rc=0 ")
+            && field(control, "moved") == Some("yes")
+            && field(control, "restored") == Some("yes"),
+        control,
+    );
+    let nic = intro_line(console, "ecam-nic").unwrap_or("no ecam-nic line");
+    let refused_in_log = field(nic, "target").is_some_and(|t| {
+        hv.lines()
+            .any(|l| l.contains("guest tried to move BAR0 to") && l.contains(t))
+    });
+    rep.check(
+        "ECAM: the NIC's BAR moved through ECAM stays put (read back unchanged, nothing          answers at the new address) and Shoji logged the refusal",
+        nic.contains(" rc=0 ")
+            && field(nic, "moved") == Some("no")
+            && field(nic, "at_new").is_some()
+            && field(nic, "at_new") == field(nic, "before")
+            && field(nic, "readback").is_some()
+            && field(nic, "readback") == field(nic, "orig")
+            && refused_in_log,
+        format!("{nic} (refusal in shoji.log: {refused_in_log})"),
+    );
 }
 
 /// The MSR checks (Bochs, with and without Shoji): moving the local APIC is refused with #GP

@@ -236,7 +236,13 @@ fn handle_exit(frame: &mut ExitFrame, raw_reason: u32) {
         reason::CPUID => {
             let leaf = regs.rax as u32;
             let subleaf = regs.rcx as u32;
-            let v = guest_view(leaf, subleaf, cpuid(leaf, subleaf), vmread(guest::CR4));
+            let v = guest_view(
+                leaf,
+                subleaf,
+                cpuid(leaf, subleaf),
+                vmread(guest::CR4),
+                super::nic::features(),
+            );
             set_cpuid(regs, v);
             advance_rip();
         }
@@ -597,7 +603,7 @@ fn ept_violation(vcpu: &mut Vcpu, regs: &mut GuestRegs) {
     // checks whether the address is its own).
     let apic_page = super::apic::TRAPPED_PAGE.load(core::sync::atomic::Ordering::Acquire);
     let on_apic = apic_page != 0 && gpa & !0xfff == apic_page;
-    let gpa = if on_apic || super::nic::in_bar(gpa) {
+    let gpa = if on_apic || super::nic::in_bar(gpa) || super::nic::in_config_page(gpa) {
         super::mmio::operand_gpa(gpa, regs)
     } else {
         gpa

@@ -296,6 +296,7 @@ fn init_global(setup: &mut Setup, setup_phys: u64) -> Result<(), u64> {
     let mtrr = read_mtrrs();
     let ept_caps = rdmsr(IA32_VMX_EPT_VPID_CAP);
     let allow_1g = ept_caps & (1 << 17) != 0;
+    let ecam = super::nic::EcamWindow::from_setup(setup);
     let mut arena = Arena::new(&mut setup.arena_next, setup.arena_end);
     let ept = Ept::identity(
         &mut arena,
@@ -337,12 +338,6 @@ fn init_global(setup: &mut Setup, setup_phys: u64) -> Result<(), u64> {
         let apic_base = rdmsr(super::apic::IA32_APIC_BASE) & 0x000f_ffff_ffff_f000;
         ept.map_page(&mut arena, apic_base, apic_base, ept::READ, crate::mtrr::UC)
             .map_err(|_| error::OUT_OF_MEMORY)?;
-        if mtf {
-            let step = ept
-                .fork_page(&mut arena, apic_base, ept::READ | ept::WRITE)
-                .map_err(|_| error::OUT_OF_MEMORY)?;
-            super::apic::STEP_EPTP.store(step.eptp(), core::sync::atomic::Ordering::Release);
-        }
         super::apic::TRAPPED_PAGE.store(apic_base, core::sync::atomic::Ordering::Release);
         let icr = super::apic::X2APIC_ICR;
         bitmap[0x800 + (icr / 8) as usize] |= 1 << (icr % 8);
@@ -372,11 +367,28 @@ fn init_global(setup: &mut Setup, setup_phys: u64) -> Result<(), u64> {
     super::nic::init(
         setup.mediate_nic != 0,
         &setup.mgmt,
+        ecam,
         &mut arena,
         &ept,
         io_bitmap_a,
         io_bitmap_b,
     );
+    // The single-step EPT (the xAPIC page writable for one instruction) is forked only now,
+    // after every other trap is in the main EPT: the fork shares all tables off the xAPIC
+    // page's path, so a trap added later could be missing from it.
+    let apic_page = super::apic::TRAPPED_PAGE.load(core::sync::atomic::Ordering::Acquire);
+    if apic_page != 0 && mtf {
+        let step = ept
+            .fork_page(&mut arena, apic_page, ept::READ | ept::WRITE)
+            .map_err(|_| error::OUT_OF_MEMORY)?;
+        let (checked, open) = super::nic::traps_hold_in(&step, &mut arena);
+        crate::hv_line!(
+            "single-step EPT: {} of the NIC's {} trapped pages mapped in it",
+            open,
+            checked
+        );
+        super::apic::STEP_EPTP.store(step.eptp(), core::sync::atomic::Ordering::Release);
+    }
     let idt: &mut Idt = arena.alloc().ok_or(error::OUT_OF_MEMORY)?;
     idt.fill();
     let idt = idt as *mut Idt as u64;

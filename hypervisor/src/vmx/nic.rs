@@ -3,8 +3,11 @@
 //! At start-up Shoji finds the NIC on PCI bus 0, takes it over with the shadow-ring engine
 //! ([`shoji_drivers_e1000::E1000`]) and traps what the guest could use to get around it: the
 //! memory BAR pages the engine names (EPT, no access), the I/O BAR (IOADDR/IODATA reach every
-//! register) and the PCI configuration ports 0xCF8-0xCFF (BAR moves, bus mastering). Received
-//! frames are also harvested from a periodic poll driven by the VMX preemption timer.
+//! register), and the NIC's PCI configuration space on both paths to it: the ports 0xCF8-0xCFF
+//! (serialized across CPUs) and, where the firmware's MCFG names an ECAM window, the NIC
+//! function's 4 KiB page of it (EPT, no access): BAR moves, bus mastering and memory decode go
+//! through the same mediation either way. Received frames are also harvested from a periodic
+//! poll driven by the VMX preemption timer.
 
 use super::exit::GuestRegs;
 use super::policy::PolicyFilter;
@@ -126,6 +129,8 @@ pub struct Nic {
     mmio: u64,
     /// I/O BAR base and size (0 = none).
     io: (u16, u16),
+    /// The memory BAR's pages trapped in the EPT (bit n: page n).
+    trapped: u32,
 }
 
 static NIC: Mutex<Option<Nic>> = Mutex::new(None);
@@ -133,6 +138,13 @@ static NIC: Mutex<Option<Nic>> = Mutex::new(None);
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 /// The guest's last CONFIG_ADDRESS (dword write to 0xCF8).
 static GUEST_CF8: AtomicU32 = AtomicU32::new(0);
+/// Held across every guest access to ports 0xCF8-0xCFF, from the decision on the guest's
+/// CONFIG_ADDRESS to the last port access: the pair is one register in the chipset, and
+/// Shoji's own accesses to the NIC's configuration rewrite it, so another CPU's pass-through
+/// access in between would land on the NIC unmediated.
+static CONFIG_PORTS: Mutex<()> = Mutex::new(());
+/// The NIC function's page in the ECAM window (0: none trapped).
+static ECAM_PAGE: AtomicU64 = AtomicU64::new(0);
 /// Next poll deadline (TSC).
 static NEXT_POLL: AtomicU64 = AtomicU64::new(0);
 /// Whether this CPU's VMCS has the preemption timer on.
@@ -285,6 +297,7 @@ fn station_address(bar: &mut Bar) -> [u8; 6] {
 pub fn init(
     mediate: bool,
     mgmt: &shoji_mgmt::Settings,
+    ecam: Option<EcamWindow>,
     arena: &mut Arena<'_>,
     ept: &Ept,
     io_bitmap_a: u64,
@@ -296,9 +309,6 @@ pub fn init(
         if let Some(base) = arena.alloc_pages(HEAP_PAGES) {
             crate::heap::init(base, HEAP_PAGES * 0x1000);
         }
-    }
-    if mediate {
-        super::policy::init(arena);
     }
     let warm = shoji_drivers_e1000::mmio_insn::decode(&[0x8b, 0x00], 64).is_ok();
     crate::hv_line!(
@@ -360,10 +370,32 @@ pub fn init(
         crate::hv_line!("e1000: out of reserved memory for the engine's buffers: not mediated");
         return;
     };
+    // The NIC's configuration page in the ECAM window: no access, as for the register pages.
+    let ecam_page = ecam.and_then(|w| w.function_page(bdf));
+    if let Some(page) = ecam_page {
+        if ept.map_page(arena, page, page, 0, crate::mtrr::UC).is_err() {
+            crate::hv_line!(
+                "e1000: cannot trap its configuration page {:#x} in the ECAM window: not mediated",
+                page
+            );
+            return;
+        }
+    } else if let Some(w) = ecam {
+        crate::hv_line!(
+            "e1000: bus {} lies outside the ECAM window {:#x} (buses {}-{}): not mediated",
+            b,
+            w.base,
+            w.bus_start,
+            w.bus_end
+        );
+        return;
+    }
     // Trap the register pages the engine shadows before it takes the device over.
     let mut trapped = 0;
+    let mut trapped_mask = 0u32;
     for page in 0..regs::BAR_SIZE / regs::PAGE_SIZE {
         if E1000::<Bar, Dma>::page_is_trapped(&cfg, page) {
+            trapped_mask |= 1 << page;
             let gpa = mmio + u64::from(page * regs::PAGE_SIZE);
             if ept.map_page(arena, gpa, gpa, 0, crate::mtrr::UC).is_err() {
                 crate::hv_line!("e1000: cannot trap page {:#x}: not mediated", gpa);
@@ -400,6 +432,7 @@ pub fn init(
         bdf,
         mmio,
         io: (io, cfg.pci.io_size as u16),
+        trapped: trapped_mask,
     };
     let (tdba, rdba) = ring_bases(nic.engine.nic_mut());
     MMIO_BASE.store(mmio, Ordering::Release);
@@ -432,18 +465,26 @@ pub fn init(
             POLL_PERIOD_FALLBACK_TSC
         }
     };
+    // The policy engine exists only with a mediated NIC: without one every policy call
+    // answers Unsupported instead of accepting rules nothing enforces.
+    super::policy::init(arena);
     let pacer = Pacer::new(period);
     *PACER.lock() = pacer;
     PACING.store(pacer);
     NEXT_POLL.store(rdtsc() + period, Ordering::Release);
     *NIC.lock() = Some(nic);
+    ECAM_PAGE.store(ecam_page.unwrap_or(0), Ordering::Release);
     ACTIVE.store(true, Ordering::Release);
     if let Some(mac) = own_mac {
         super::mgmt::init(mgmt, mac);
     }
+    let mut ecam_text: heapless::String<48> = heapless::String::new();
+    if let Some(page) = ecam_page {
+        let _ = write!(ecam_text, " and ECAM page {page:#x}");
+    }
     crate::hv_line!(
-        "e1000 at {:02x}:{:02x}.{} mediated: rings shadowed (8086:{:04x}, mmio {:#x}, {} pages trapped, io {:#x}, pci config 0xcf8-0xcff trapped)",
-        b, d, f, device, mmio, trapped, io
+        "e1000 at {:02x}:{:02x}.{} mediated: rings shadowed (8086:{:04x}, mmio {:#x}, {} pages trapped, io {:#x}, pci config 0xcf8-0xcff{} trapped)",
+        b, d, f, device, mmio, trapped, io, ecam_text
     );
     crate::hv_line!(
         "e1000 real rings: TDBA {:#x} RDBA {:#x} (DMA {:#x}-{:#x}, {} tx / {} rx descriptors)",
@@ -456,9 +497,43 @@ pub fn init(
     );
 }
 
+/// Check another EPT (the single-step one) against the NIC's traps: (pages checked, pages
+/// that EPT maps with some access). Every trap must hold in every EPT Shoji runs the guest on.
+pub fn traps_hold_in(ept: &Ept, mem: &mut Arena<'_>) -> (u32, u32) {
+    let guard = NIC.lock();
+    let Some(nic) = guard.as_ref() else {
+        return (0, 0);
+    };
+    let pages = (0..regs::BAR_SIZE / regs::PAGE_SIZE)
+        .filter(|p| nic.trapped & (1 << p) != 0)
+        .map(|p| nic.mmio + u64::from(p * regs::PAGE_SIZE))
+        .chain(Some(ECAM_PAGE.load(Ordering::Acquire)).filter(|&p| p != 0));
+    let (mut checked, mut open) = (0, 0);
+    for gpa in pages {
+        checked += 1;
+        if ept
+            .lookup(mem, gpa)
+            .is_some_and(|(entry, _)| entry & crate::ept::RWX != 0)
+        {
+            open += 1;
+        }
+    }
+    (checked, open)
+}
+
 /// Whether the NIC is mediated (the launch enables the preemption timer then).
 pub fn active() -> bool {
     ACTIVE.load(Ordering::Acquire)
+}
+
+/// Shoji's feature bits for CPUID leaf 0x40000001 (EBX): what the boot application and the
+/// agent read to know whether the protection is on.
+pub fn features() -> u32 {
+    if active() {
+        shoji_shared::vmcall::FEATURE_NIC_MEDIATED
+    } else {
+        0
+    }
 }
 
 /// Run `f` on the engine with a fresh environment, recording the cost under `cause`.
@@ -501,8 +576,28 @@ pub fn in_bar(gpa: u64) -> bool {
     active() && gpa >= base && gpa < base + u64::from(regs::BAR_SIZE)
 }
 
-/// An EPT violation at `gpa`: completes it when it hits the NIC's memory BAR.
+/// Whether `gpa` lies in the NIC function's configuration page of the ECAM window.
+pub fn in_config_page(gpa: u64) -> bool {
+    let page = ECAM_PAGE.load(Ordering::Acquire);
+    active() && page != 0 && gpa & !0xfff == page
+}
+
+/// An EPT violation at `gpa`: completes it when it hits the NIC's memory BAR or its
+/// configuration page in the ECAM window.
 pub fn ept_violation(regs: &mut GuestRegs, gpa: u64) -> bool {
+    if in_config_page(gpa) {
+        let page = gpa & !0xfff;
+        let offset = (gpa & 0xfff) as u16;
+        let done = super::mmio::emulate(regs, gpa, |is_write, width, value| {
+            ecam_config(page, offset, width, is_write, value as u32).map_or(u64::MAX, u64::from)
+        });
+        if !done {
+            if let Some(nic) = NIC.lock().as_mut() {
+                nic.engine.note_refused_instruction();
+            }
+        }
+        return true;
+    }
     if !in_bar(gpa) {
         return false;
     }
@@ -582,6 +677,7 @@ pub fn io_access(regs: &mut GuestRegs, port: u16, size: u8, is_in: bool) -> bool
 /// The guest's access to the configuration ports: the e1000's own configuration space is
 /// mediated by the engine, everything else is performed as asked.
 fn pci_config(port: u16, size: u8, is_in: bool, value: u32) -> Option<u32> {
+    let _serialized = CONFIG_PORTS.lock();
     if port == CONFIG_ADDRESS && size == 4 {
         if is_in {
             return Some(GUEST_CF8.load(Ordering::Relaxed));
@@ -608,15 +704,31 @@ fn pci_config(port: u16, size: u8, is_in: bool, value: u32) -> Option<u32> {
         return if is_in { Some(u32::MAX) } else { None };
     }
     let real = cfg_read(bdf, offset);
+    mediate_config(offset, size, is_in, value, real, |off, sz, v| {
+        cfg_write(bdf, off, sz, v)
+    })
+}
+
+/// One guest access to the NIC's configuration space at `offset` (`size` bytes inside one
+/// dword; `real` is the dword the device holds there), whichever path it came by: the engine's
+/// mediation decides, and `write` performs what it allows.
+fn mediate_config(
+    offset: u16,
+    size: u8,
+    is_in: bool,
+    value: u32,
+    real: u32,
+    write: impl FnOnce(u16, u8, u32),
+) -> Option<u32> {
     with_engine(ExitCause::PciConfig, false, |nic, _env| {
         if is_in {
             return Some(nic.engine.pci_config_read(offset, size, real));
         }
         let out = nic.engine.pci_config_write(offset, size, value, real);
         match out.write {
-            PciWrite::Pass => cfg_write(bdf, offset, size, value),
+            PciWrite::Pass => write(offset, size, value),
             PciWrite::Drop => {}
-            PciWrite::Replace(v) => cfg_write(bdf, offset & !3, 4, v),
+            PciWrite::Replace(v) => write(offset & !3, 4, v),
         }
         if let Some(m) = out.moved {
             crate::hv_line!(
@@ -628,6 +740,63 @@ fn pci_config(port: u16, size: u8, is_in: bool, value: u32) -> Option<u32> {
         None
     })
     .flatten()
+}
+
+/// The platform's ECAM window (segment 0), from the boot application's reading of the MCFG.
+#[derive(Debug, Clone, Copy)]
+pub struct EcamWindow {
+    /// Physical address the window's bus numbers count from (bus 0's place).
+    pub base: u64,
+    /// First bus decoded.
+    pub bus_start: u8,
+    /// Last bus decoded.
+    pub bus_end: u8,
+}
+
+impl EcamWindow {
+    /// The window the setup page names, if any.
+    pub fn from_setup(setup: &crate::setup::Setup) -> Option<EcamWindow> {
+        (setup.ecam_base != 0 && setup.ecam_bus_start <= setup.ecam_bus_end).then_some(EcamWindow {
+            base: setup.ecam_base,
+            bus_start: setup.ecam_bus_start,
+            bus_end: setup.ecam_bus_end,
+        })
+    }
+
+    /// The 4 KiB configuration page of `bdf` (`bus << 8 | dev << 3 | fn`), if decoded here.
+    fn function_page(&self, bdf: u32) -> Option<u64> {
+        let bus = ((bdf >> 8) & 0xff) as u8;
+        if bus < self.bus_start || bus > self.bus_end {
+            return None;
+        }
+        // The base counts from bus 0 even when the window starts later (as in the MCFG).
+        Some(self.base + (u64::from(bus) << 20) + (u64::from(bdf & 0xff) << 12))
+    }
+}
+
+/// A guest access through the ECAM window to the NIC function's page at `offset`. Widths other
+/// than a byte, word or dword inside one dword are refused as the port path refuses them (a
+/// read gives all-ones, a write is dropped).
+fn ecam_config(page: u64, offset: u16, width: u8, is_write: bool, value: u32) -> Option<u32> {
+    let whole = matches!(width, 1 | 2 | 4) && u32::from(offset & 3) + u32::from(width) <= 4;
+    if !whole {
+        return if is_write { None } else { Some(u32::MAX) };
+    }
+    let aligned = page + u64::from(offset & !3);
+    // SAFETY: `aligned` is a dword of the NIC function's configuration page in the platform's
+    // ECAM window (from the firmware's MCFG), identity mapped in Shoji's page tables.
+    let real = unsafe { core::ptr::read_volatile(aligned as *const u32) };
+    mediate_config(offset, width, !is_write, value, real, |off, sz, v| {
+        let at = page + u64::from(off);
+        // SAFETY: as above; `off` and `sz` stay inside one dword of the page.
+        unsafe {
+            match sz {
+                1 => core::ptr::write_volatile(at as *mut u8, v as u8),
+                2 => core::ptr::write_volatile(at as *mut u16, v as u16),
+                _ => core::ptr::write_volatile(at as *mut u32, v),
+            }
+        }
+    })
 }
 
 /// The preemption timer fired (exit reason 52): poll the NIC.
@@ -849,7 +1018,7 @@ pub fn log_counters() {
     let dropped = c.tx.dropped_total() + c.rx.dropped_total();
     let delivered = c.tx.frames + c.rx.frames;
     crate::hv_line!(
-        "e1000 totals: seen={} delivered={} dropped={} guest_tx_packets={} tso_packets={} tso_segments={} hairpin={} tx_stalls={} rx_stalls={} ring_errors={} rx_hostile={} refused={} insn_refused={} guest_resets={} virq={} virq_deferred={} real_rx_irqs={}",
+        "e1000 totals: seen={} delivered={} dropped={} guest_tx_packets={} tso_packets={} tso_segments={} hairpin={} tx_stalls={} tx_budget_cuts={} rx_stalls={} ring_errors={} rx_hostile={} refused={} insn_refused={} guest_resets={} virq={} virq_deferred={} real_rx_irqs={}",
         c.frames_seen(),
         delivered,
         dropped,
@@ -858,6 +1027,7 @@ pub fn log_counters() {
         c.tso_segments,
         c.hairpin_frames,
         c.tx_stalls,
+        c.tx_budget_cuts,
         c.rx_stalls,
         c.ring_errors,
         c.rx_hostile_descs,

@@ -15,6 +15,7 @@ use std::process::{Command, ExitCode, ExitStatus};
 use clap::{Parser, Subcommand, ValueEnum};
 use shoji_shared::vmcall::{Function, Status, CPUID_LEAF_SIGNATURE, SIGNATURE};
 
+mod ecam;
 mod frames;
 mod msr;
 mod raw;
@@ -57,6 +58,19 @@ enum Cmd {
     /// driver: in xAPIC mode any write (the MSR is not accessible), in x2APIC mode one with
     /// reserved bits set. The answer must be #GP (EIO), as on bare metal.
     X2apicIcrBad,
+    /// Move memory BAR BAR of the PCI function BDF to a free address in a PCI window by writing
+    /// the BAR through ECAM (MMCONFIG, a plain MMIO write through /dev/mem) instead of ports
+    /// 0xCF8/0xCFC, read REG at the new address, and put the BAR back: reports whether the
+    /// device decoded at the new address.
+    EcamBarMove {
+        /// The function, e.g. 0000:00:02.0.
+        bdf: String,
+        /// The BAR, 0 to 5 (a 32-bit memory BAR).
+        bar: u8,
+        /// Offset of the register read at the new address (0x8: the e1000's STATUS).
+        #[arg(long, value_parser = parse_u64, default_value = "0x8")]
+        reg: u64,
+    },
     /// Ask Shoji to log its exit counters (VMCALL LogCounters).
     LogCounters,
     /// Send BYTES over TCP to ADDR:PORT, close the sending side and print the peer's answer.
@@ -232,6 +246,14 @@ fn main() -> ExitCode {
         Cmd::Canary => canary(),
         Cmd::ApicBaseMove { new_base } => msr::apic_base_move(new_base),
         Cmd::X2apicIcrBad => msr::x2apic_icr_bad(),
+        Cmd::EcamBarMove { bdf, bar, reg } => {
+            // This attack's errors carry its own prefix, which the harness matches.
+            if let Err(e) = ecam::bar_move(&bdf, bar, reg) {
+                println!("probe ecam-bar-move: error: {e}");
+                return ExitCode::FAILURE;
+            }
+            Ok(())
+        }
         Cmd::LogCounters => log_counters(),
         Cmd::TcpSend { addr, port, bytes } => tcp_send(&addr, port, bytes),
         Cmd::Flood {
