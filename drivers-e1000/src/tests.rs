@@ -1262,6 +1262,61 @@ fn tx_one_exit_walks_at_most_the_bound_and_polls_finish_with_the_writers_identit
     r.no_violations();
 }
 
+/// The worst one TDT write can make Shoji do, for measurement (README, "Bounded work per
+/// exit"): a ring full of the largest TSO packets, cut into the most segments Shoji makes, all
+/// dropped by the policy so Shoji's own ring never pushes back. Run under callgrind with
+/// `--toggle-collect='*E1000*mmio_write*'` for the instructions of the one call.
+#[test]
+#[ignore = "measurement: run by hand under callgrind"]
+fn tx_worst_case_single_exit_for_measurement() {
+    use crate::engine::{GATHER_CAP, MAX_TSO_SEGMENTS};
+    let mut r = Rig::new(32, 32);
+    r.up(4096, 8, Rctl::SECRC.bits());
+    r.f.mode = Mode::DropAll;
+    let payload_len = GATHER_CAP - 54;
+    let mss = payload_len.div_ceil(MAX_TSO_SEGMENTS) as u16;
+    let f = ipv4_tcp(&pattern(payload_len, 5), 0x10, false);
+    let ha = r.buf(&f[..54]);
+    let pa = r.buf(&f[54..]);
+    let ctx = context(
+        14,
+        24,
+        33,
+        34,
+        34 + 16,
+        payload_len as u32,
+        tucmd::TCP | tucmd::IP | tucmd::TSE,
+        54,
+        mss,
+    );
+    let mut ds = Vec::new();
+    for _ in 0..1000 {
+        ds.push(ctx);
+        ds.push(data(
+            ha,
+            54,
+            cmd::IFCS | cmd::IC_TSE,
+            popts::IXSM | popts::TXSM,
+        ));
+        ds.push(data(
+            pa,
+            payload_len as u32,
+            cmd::IFCS | cmd::IC_TSE | cmd::EOP | cmd::RS,
+            0,
+        ));
+    }
+    r.put(&ds);
+    let t = r.tx_tail;
+    r.w(regs::TDT, t);
+    let c = r.e.counters();
+    assert_eq!(c.tx_budget_cuts, 1, "the walk stopped at its bound");
+    std::eprintln!(
+        "one TDT write: {} packets, {} segments filtered (mss {mss})",
+        c.tx_guest_packets,
+        r.f.seen.len()
+    );
+}
+
 /// The byte bound: large frames stop a walk before the descriptor bound does.
 #[test]
 fn tx_one_exit_gathers_at_most_the_byte_bound() {

@@ -1,5 +1,7 @@
 //! What the guest sees for CPUID: the hardware's answer with VMX hidden, the hypervisor bit set,
-//! and Shoji's signature leaves.
+//! and Shoji's signature leaves. The trace and sample features that write records to physical
+//! addresses, also while Shoji runs (Intel PT, the DS save area for BTS and PEBS), are hidden
+//! too: their MSRs #GP as on a CPU without them (see [`crate::msr`]).
 
 use shoji_shared::vmcall::{
     signature_registers, ABI_VERSION, CPUID_LEAF_MAX, CPUID_LEAF_SIGNATURE, CPUID_LEAF_VERSION,
@@ -22,6 +24,22 @@ pub struct CpuidRegs {
 pub const LEAF1_ECX_VMX: u32 = 1 << 5;
 /// CPUID.1:ECX bit 31: a hypervisor is present.
 pub const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
+/// CPUID.1:ECX bit 2: DTES64, the 64-bit DS area layout.
+pub const LEAF1_ECX_DTES64: u32 = 1 << 2;
+/// CPUID.1:ECX bit 4: DS-CPL, CPL-qualified branch store.
+pub const LEAF1_ECX_DS_CPL: u32 = 1 << 4;
+/// CPUID.1:EDX bit 21: DS, the debug store (BTS and PEBS records, IA32_DS_AREA).
+pub const LEAF1_EDX_DS: u32 = 1 << 21;
+/// CPUID.(7,0):EBX bit 25: Intel Processor Trace.
+pub const LEAF7_EBX_INTEL_PT: u32 = 1 << 25;
+/// CPUID leaf 0x14: the Intel PT capabilities (all sub-leaves).
+pub const LEAF_INTEL_PT: u32 = 0x14;
+/// CPUID leaf 0xd: the XSAVE state components.
+pub const LEAF_XSAVE: u32 = 0xd;
+/// CPUID.(0xd,1):ECX bit 8: IA32_XSS may enable the Intel PT state component.
+pub const LEAFD1_ECX_XSS_PT: u32 = 1 << 8;
+/// The Intel PT state component's number, also its CPUID.(0xd, n) sub-leaf.
+pub const XSAVE_COMPONENT_PT: u32 = 8;
 
 /// CPUID.1:ECX bit 27: CR4.OSXSAVE is set.
 pub const LEAF1_ECX_OSXSAVE: u32 = 1 << 27;
@@ -53,16 +71,26 @@ pub fn guest_view(
     match leaf {
         1 => CpuidRegs {
             ecx: with_bit(
-                (native.ecx & !LEAF1_ECX_VMX) | LEAF1_ECX_HYPERVISOR,
+                (native.ecx & !(LEAF1_ECX_VMX | LEAF1_ECX_DTES64 | LEAF1_ECX_DS_CPL))
+                    | LEAF1_ECX_HYPERVISOR,
                 LEAF1_ECX_OSXSAVE,
                 guest_cr4 & CR4_OSXSAVE != 0,
             ),
+            edx: native.edx & !LEAF1_EDX_DS,
             ..native
         },
         7 if subleaf == 0 => CpuidRegs {
+            ebx: native.ebx & !LEAF7_EBX_INTEL_PT,
             ecx: with_bit(native.ecx, LEAF7_ECX_OSPKE, guest_cr4 & CR4_PKE != 0),
             ..native
         },
+        // No Intel PT: no capabilities, and no XSAVE state component for it.
+        LEAF_INTEL_PT => CpuidRegs::default(),
+        LEAF_XSAVE if subleaf == 1 => CpuidRegs {
+            ecx: native.ecx & !LEAFD1_ECX_XSS_PT,
+            ..native
+        },
+        LEAF_XSAVE if subleaf == XSAVE_COMPONENT_PT => CpuidRegs::default(),
         CPUID_LEAF_SIGNATURE => {
             let (ebx, ecx, edx) = signature_registers();
             CpuidRegs {
@@ -143,8 +171,15 @@ mod tests {
         let g = guest_view(1, 0, native, CR4_OSXSAVE, 0);
         assert_eq!(g.ecx & LEAF1_ECX_VMX, 0);
         assert_ne!(g.ecx & LEAF1_ECX_HYPERVISOR, 0);
-        assert_eq!(g.ecx | LEAF1_ECX_VMX, native.ecx | LEAF1_ECX_HYPERVISOR);
-        assert_eq!((g.eax, g.ebx, g.edx), (native.eax, native.ebx, native.edx));
+        // DTES64 and DS-CPL go with VMX; DS is the only EDX bit hidden.
+        assert_eq!(g.ecx & (LEAF1_ECX_DTES64 | LEAF1_ECX_DS_CPL), 0);
+        assert_eq!(
+            g.ecx | LEAF1_ECX_VMX | LEAF1_ECX_DTES64 | LEAF1_ECX_DS_CPL,
+            native.ecx | LEAF1_ECX_HYPERVISOR
+        );
+        assert_ne!(native.edx & LEAF1_EDX_DS, 0);
+        assert_eq!(g.edx, native.edx & !LEAF1_EDX_DS);
+        assert_eq!((g.eax, g.ebx), (native.eax, native.ebx));
     }
 
     #[test]
@@ -178,23 +213,68 @@ mod tests {
     #[test]
     fn architectural_bit_positions() {
         // The SDM's positions, written out: VMX is CPUID.1:ECX[5], the hypervisor bit ECX[31],
-        // OSPKE is CPUID.(7,0):ECX[4], OSXSAVE CPUID.1:ECX[27].
+        // OSPKE is CPUID.(7,0):ECX[4], OSXSAVE CPUID.1:ECX[27], DTES64 CPUID.1:ECX[2], DS-CPL
+        // CPUID.1:ECX[4], DS CPUID.1:EDX[21], Intel PT CPUID.(7,0):EBX[25], PT in IA32_XSS
+        // CPUID.(0xd,1):ECX[8].
         let all = CpuidRegs {
-            eax: 0,
-            ebx: 0,
+            eax: u32::MAX,
+            ebx: u32::MAX,
             ecx: u32::MAX,
-            edx: 0,
+            edx: u32::MAX,
         };
         let g = guest_view(1, 0, all, CR4_OSXSAVE, 0);
         assert_eq!(
             g.ecx,
-            !(1u32 << 5),
-            "only VMX is hidden; a set bit 31 stays set"
+            !(1u32 << 5) & !(1 << 2) & !(1 << 4),
+            "only VMX, DTES64 and DS-CPL are hidden; a set bit 31 stays set"
         );
-        assert_eq!(guest_view(1, 0, all, 0, 0).ecx, !(1 << 5) & !(1 << 27));
-        assert_eq!(guest_view(7, 0, all, 0, 0).ecx, !(1u32 << 4));
-        // Only sub-leaf 0 of leaf 7 carries OSPKE: other sub-leaves pass unchanged.
+        assert_eq!(g.edx, !(1u32 << 21));
+        assert_eq!((g.eax, g.ebx), (u32::MAX, u32::MAX));
+        assert_eq!(
+            guest_view(1, 0, all, 0, 0).ecx,
+            !(1 << 5) & !(1 << 2) & !(1 << 4) & !(1 << 27)
+        );
+        let g7 = guest_view(7, 0, all, 0, 0);
+        assert_eq!(g7.ecx, !(1u32 << 4));
+        assert_eq!(g7.ebx, !(1u32 << 25));
+        assert_eq!((g7.eax, g7.edx), (u32::MAX, u32::MAX));
+        // Only sub-leaf 0 of leaf 7 carries OSPKE and PT: other sub-leaves pass unchanged.
         assert_eq!(guest_view(7, 1, all, 0, 0), all);
+        let gd = guest_view(0xd, 1, all, 0, 0);
+        assert_eq!(
+            gd,
+            CpuidRegs {
+                ecx: !(1 << 8),
+                ..all
+            }
+        );
+    }
+
+    #[test]
+    fn intel_pt_is_hidden() {
+        let all = CpuidRegs {
+            eax: u32::MAX,
+            ebx: u32::MAX,
+            ecx: u32::MAX,
+            edx: u32::MAX,
+        };
+        // Leaf 0x14, every sub-leaf: no PT capabilities.
+        for subleaf in [0, 1, 2, 0xffff_ffff] {
+            assert_eq!(
+                guest_view(0x14, subleaf, all, 0, 0),
+                CpuidRegs::default(),
+                "{subleaf}"
+            );
+        }
+        // Leaf 0xd: sub-leaf 8 (the PT state component) is empty, IA32_XSS cannot enable it;
+        // the other components pass.
+        assert_eq!(guest_view(0xd, 8, all, 0, 0), CpuidRegs::default());
+        for subleaf in [0, 2, 7, 9, 12] {
+            assert_eq!(guest_view(0xd, subleaf, all, 0, 0), all, "{subleaf}");
+        }
+        // The neighbouring leaves pass.
+        assert_eq!(guest_view(0x13, 0, all, 0, 0), all);
+        assert_eq!(guest_view(0x15, 0, all, 0, 0), all);
     }
 
     #[test]

@@ -120,6 +120,9 @@ pub struct MachineSpec {
     /// hands them to QEMU (`-kernel`, `-initrd`, `-append`: OVMF boots them), since OVMF's shell
     /// countdown does not advance in L2.
     pub direct: Option<DirectBoot>,
+    /// Whether the machine has its e1000 (false: no NIC at all, to show Shoji failing closed
+    /// when it has nothing to mediate).
+    pub nic: bool,
 }
 
 /// A kernel the firmware starts without Shoji.
@@ -338,7 +341,7 @@ impl Machine {
         let mut c: Command = match spec.backend {
             Backend::Bochs | Backend::Nested(_) => {
                 let rc = spec.dir.join("bochsrc");
-                std::fs::write(&rc, bochsrc(&board, &console, &shoji_log, true))?;
+                std::fs::write(&rc, bochsrc(&board, &console, &shoji_log, spec.nic))?;
                 let dbg = spec.dir.join("bochs-debugger.rc");
                 // One `c` starts the simulation; more resume it should anything break into the
                 // debugger (each stop is visible as a "Next at t=" line in emulator.out).
@@ -564,6 +567,7 @@ mod tests {
     #[test]
     fn bochsrc_has_the_measured_lines() {
         let spec = MachineSpec {
+            nic: true,
             backend: Backend::Bochs,
             cpus: 2,
             esp: "/x/esp.img".into(),
@@ -592,6 +596,7 @@ mod tests {
     #[test]
     fn qemu_tcg_has_no_kvm() {
         let spec = MachineSpec {
+            nic: true,
             backend: Backend::QemuTcg,
             cpus: 1,
             esp: "/x/esp.img".into(),

@@ -27,6 +27,8 @@ pub mod markers {
     pub const FAIL_OPEN: &str = "shoji: fail-open: booting WITHOUT protection";
     /// COM1, Shoji: fail-closed.
     pub const FAIL_CLOSED: &str = "shoji: fail-closed: refusing to boot";
+    /// COM1, Shoji: the hypervisor runs but mediates no NIC.
+    pub const NIC_NOT_MEDIATED: &str = "shoji: no supported e1000 NIC is mediated";
     /// COM2, Shoji's log: `shoji-hv: reserved memory 0x<start>-0x<end>`.
     pub const HV_RESERVED: &str = "shoji-hv: reserved memory 0x";
     /// COM2, Shoji's log, after the LogCounters VMCALL: `shoji-hv: exits cpu0: reason=count ...`.
@@ -194,6 +196,8 @@ enum Kind {
     Containers,
     /// The containers control phase on QEMU/TCG without Shoji.
     TcgContainers,
+    /// A machine without the e1000: Shoji runs but has nothing to mediate, so it fails closed.
+    NoNicFailClosed,
     /// Linux with two CPUs under Shoji: both brought up through Shoji's INIT/SIPI mediation,
     /// both show the signature and run work.
     SmpLinux,
@@ -323,6 +327,14 @@ pub const ALL: &[Scenario] = &[
         about: "QEMU/TCG has no VMX: Shoji says so, fails closed, Linux never starts",
         needs_shoji: true,
         kind: Kind::TcgFailClosed,
+        nested: None,
+    },
+    Scenario {
+        name: "bochs-no-nic",
+        about: "a machine without the e1000: Shoji runs but mediates nothing, says so (CPUID \
+                0x40000001 reports no mediated NIC), fails closed, Linux never starts",
+        needs_shoji: true,
+        kind: Kind::NoNicFailClosed,
         nested: None,
     },
 ];
@@ -662,6 +674,7 @@ fn run_inner(sc: &Scenario, inputs: &Inputs<'_>, rep: &mut Report) -> Result<()>
     };
     let ns = Netns::create(&Netns::name_for(sc.name))?;
     let spec = MachineSpec {
+        nic: sc.kind != Kind::NoNicFailClosed,
         backend: rep.backend,
         cpus: if matches!(sc.kind, Kind::Smp | Kind::SmpLinux) {
             2
@@ -688,6 +701,7 @@ fn run_inner(sc: &Scenario, inputs: &Inputs<'_>, rep: &mut Report) -> Result<()>
     let result = match sc.kind {
         Kind::Smp => smp(sc, &mut m, rep, &t),
         Kind::TcgFailClosed => fail_closed(sc, &mut m, rep, &t),
+        Kind::NoNicFailClosed => no_nic_fail_closed(sc, &mut m, rep, &t),
         _ => linux(sc, &mut m, &ns, rep, &t, inputs.admin),
     };
     m.stop(Duration::from_secs(3));
@@ -710,6 +724,7 @@ fn panic_scan(sc: &Scenario, m: &Machine, rep: &mut Report) {
             | Kind::Smp
             | Kind::Unmediated
             | Kind::Containers
+            | Kind::NoNicFailClosed
     );
     let (hv, console) = (m.text(Stream::ShojiLog), m.text(Stream::Console));
     let bad = hv
@@ -921,6 +936,9 @@ fn linux(
     }
     if sc.msr_checks() {
         msr_checks(rep, &console, sc.kind == Kind::Shoji);
+        if sc.kind == Kind::Shoji {
+            tsc_offset_checks(rep, &m.text(Stream::ShojiLog));
+        }
     }
     if sc.ecam_checks() {
         ecam_checks(rep, &console, &m.text(Stream::ShojiLog));
@@ -1251,7 +1269,8 @@ fn ecam_checks(rep: &mut Report, console: &str, hv: &str) {
     );
     let control = intro_line(console, "ecam-control").unwrap_or("no ecam-control line");
     rep.check(
-        "ECAM control: another device's BAR moved through ECAM answers at the new address          (and is put back)",
+        "ECAM control: another device's BAR moved through ECAM answers at the new address \
+         (and is put back)",
         control.contains(" rc=0 ")
             && field(control, "moved") == Some("yes")
             && field(control, "restored") == Some("yes"),
@@ -1263,7 +1282,8 @@ fn ecam_checks(rep: &mut Report, console: &str, hv: &str) {
             .any(|l| l.contains("guest tried to move BAR0 to") && l.contains(t))
     });
     rep.check(
-        "ECAM: the NIC's BAR moved through ECAM stays put (read back unchanged, nothing          answers at the new address) and Shoji logged the refusal",
+        "ECAM: the NIC's BAR moved through ECAM stays put (read back unchanged, nothing \
+         answers at the new address) and Shoji logged the refusal",
         nic.contains(" rc=0 ")
             && field(nic, "moved") == Some("no")
             && field(nic, "at_new").is_some()
@@ -1321,10 +1341,75 @@ fn msr_checks(rep: &mut Report, console: &str, with_shoji: bool) {
     expect_step(
         rep,
         console,
+        "msr-mtrr-def-type",
+        true,
+        "write=accepted",
+        "a valid MTRR default-type write is accepted",
+    );
+    let line = intro_line(console, "msr-mtrr-def-type").unwrap_or("");
+    rep.check(
+        "the MTRR reads back what was written, and is put back",
+        line.contains("readback=same") && line.contains("restore=accepted"),
+        line,
+    );
+    expect_step(
+        rep,
+        console,
+        "msr-mtrr-reserved",
+        true,
+        "write=refused(EIO)",
+        "an MTRR value with a reserved bit is #GP, as on hardware",
+    );
+    for (name, forward) in [
+        ("msr-tsc-adjust-forward", true),
+        ("msr-tsc-adjust-back", false),
+    ] {
+        let line = intro_line(console, name).unwrap_or("no line");
+        let ticks: Option<i64> = field(line, "tsc_ticks").and_then(|t| t.parse().ok());
+        let jumped = ticks.is_some_and(|t| if forward { t >= 0x1000_0000 } else { t < 0 });
+        rep.check(
+            format!(
+                "IA32_TSC_ADJUST {} by 2^28: accepted, reads back, and the guest's TSC jumps \
+                 with it",
+                if forward { "forward" } else { "back" }
+            ),
+            line.contains(" rc=0 ")
+                && line.contains("write=accepted")
+                && line.contains("readback=same")
+                && jumped,
+            line,
+        );
+    }
+    expect_step(
+        rep,
+        console,
         "msr-alive",
         true,
         "",
         "the guest runs on after the refused MSR writes",
+    );
+}
+
+/// Under Shoji: the guest's TSC moves were taken into the VMCS offset (Shoji's log says so,
+/// and that the offset is back at zero with the deadline timer passed through again).
+fn tsc_offset_checks(rep: &mut Report, hv: &str) {
+    let moved = hv
+        .lines()
+        .find(|l| l.contains("the guest moved its TSC (offset 0x10000000)"))
+        .map(str::trim);
+    rep.check(
+        "Shoji took the forward move into the TSC offset (its own clock untouched)",
+        moved.is_some(),
+        moved.unwrap_or("no 'moved its TSC (offset 0x10000000)' line in shoji.log"),
+    );
+    let back = hv
+        .lines()
+        .find(|l| l.contains("put its TSC back on the host's (offset 0x0)"))
+        .map(str::trim);
+    rep.check(
+        "the move back left no offset, and IA32_TSC_DEADLINE passes through again",
+        back.is_some_and(|l| l.contains("passed through again")),
+        back.unwrap_or("no 'put its TSC back' line in shoji.log"),
     );
 }
 
@@ -1998,6 +2083,12 @@ fn fail_closed(
         &[markers::FAIL_OPEN],
     )?;
     rep.check("Shoji fails closed", true, line);
+    no_kernel_starts(m, rep);
+    Ok(())
+}
+
+/// After a refusal to boot: no kernel starts within 30 s.
+fn no_kernel_starts(m: &mut Machine, rep: &mut Report) {
     let window = Duration::from_secs(30);
     let r = m.expect_absent(Stream::Console, markers::EFI_STUB, window);
     rep.check(
@@ -2008,6 +2099,62 @@ fn fail_closed(
             Err(e) => format!("{e:#}"),
         },
     );
+}
+
+/// bochs-no-nic: Shoji starts, finds no NIC to mediate, and the fail mode (closed) keeps the
+/// OS from starting. Every other Shoji scenario is the control: with the e1000 present Linux
+/// boots.
+fn no_nic_fail_closed(
+    sc: &Scenario,
+    m: &mut Machine,
+    rep: &mut Report,
+    t: &dyn Fn(u64) -> Duration,
+) -> Result<()> {
+    let line = milestone(
+        sc,
+        m,
+        rep,
+        "shoji running",
+        (Stream::Console, markers::SHOJI_RUNNING),
+        t(600),
+        &[markers::VMX_UNAVAILABLE, markers::FAIL_OPEN],
+    )?;
+    rep.check("Shoji runs (VMX on)", true, line.trim());
+    let hv = m.text(Stream::ShojiLog);
+    let why = hv
+        .lines()
+        .find(|l| l.contains("e1000: no Intel 8254x NIC"))
+        .map(str::trim);
+    rep.check(
+        "Shoji's log says there is no NIC to mediate",
+        why.is_some(),
+        why.unwrap_or("no 'e1000: no Intel 8254x NIC' line in shoji.log"),
+    );
+    let line = milestone(
+        sc,
+        m,
+        rep,
+        "not mediated",
+        (Stream::Console, markers::NIC_NOT_MEDIATED),
+        t(60),
+        &[markers::FAIL_OPEN],
+    )?;
+    rep.check(
+        "the boot application reads from CPUID that no NIC is mediated",
+        true,
+        line.trim(),
+    );
+    let line = milestone(
+        sc,
+        m,
+        rep,
+        "fail-closed",
+        (Stream::Console, markers::FAIL_CLOSED),
+        t(60),
+        &[markers::FAIL_OPEN],
+    )?;
+    rep.check("Shoji fails closed", true, line.trim());
+    no_kernel_starts(m, rep);
     Ok(())
 }
 

@@ -257,7 +257,7 @@ fn handle_exit(frame: &mut ExitFrame, raw_reason: u32) {
         reason::CR_ACCESS => cr_access(vcpu, regs),
         reason::RDMSR => {
             let m = regs.rcx as u32;
-            match msr::read(m, rdmsr) {
+            match super::msrs::read(vcpu, m) {
                 MsrAnswer::Value(v) => {
                     regs.rax = v & 0xffff_ffff;
                     regs.rdx = v >> 32;
@@ -279,9 +279,8 @@ fn handle_exit(frame: &mut ExitFrame, raw_reason: u32) {
                 }
                 return finish_exit(vcpu);
             }
-            match msr::write(m, v, rdmsr) {
+            match super::msrs::write(vcpu, m, v) {
                 MsrAnswer::Done => advance_rip(),
-                MsrAnswer::WriteThrough if super::wrmsr_for_guest(m, v) => advance_rip(),
                 _ => {
                     if m == msr::IA32_APIC_BASE && APIC_BASE_LOG.allow().is_some() {
                         crate::hv_line!(

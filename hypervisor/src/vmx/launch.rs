@@ -111,6 +111,8 @@ pub struct Vcpu {
     pub pending_irq: u8,
     /// TSC just before this CPU's last VM entry (paces Shoji's timer, see [`crate::pacing`]).
     pub entered_tsc: u64,
+    /// The guest's TSC on this CPU (offset, IA32_TSC_ADJUST), see [`super::msrs`].
+    pub tsc: crate::msr::TscState,
 }
 
 /// State shared by all CPUs, set up by the bootstrap processor.
@@ -332,6 +334,7 @@ fn init_global(setup: &mut Setup, setup_phys: u64) -> Result<(), u64> {
     // SAFETY: fresh 4 KiB page.
     let bitmap = unsafe { &mut *(msr_bitmap as *mut [u8; 4096]) };
     crate::msr::fill_bitmap(bitmap);
+    super::msrs::init_global(msr_bitmap);
     let mtf = (rdmsr(IA32_VMX_PROCBASED_CTLS) >> 32) & (1 << 27) != 0;
     if setup.cpu_count > 1 {
         // Mediate start-up IPIs (see `apic`): trap writes to the xAPIC page and the x2APIC ICR.
@@ -551,6 +554,7 @@ fn launch_cpu(
     let tss_addr = &vcpu.tss as *const Tss as u64;
     vcpu.gdt.fill(tss_addr);
     vcpu.wait_for_sipi = misc & (1 << 8) != 0;
+    vcpu.tsc = super::msrs::vcpu_tsc();
     let vcpu_addr = vcpu as *mut Vcpu as u64;
     // The host stack's top slot points back at the Vcpu (the exit stub finds it there).
     let stack_top = (vcpu.stack.as_ptr() as u64 + HOST_STACK_SIZE as u64 - 16) & !0xf;
@@ -599,7 +603,11 @@ fn launch_cpu(
     let (pin, _) = adjust_controls(pin_msr, super::nic::pin_controls() | nmi_exiting);
     let (primary, missing) = adjust_controls(
         proc_msr,
-        (Pr::USE_MSR_BITMAPS | Pr::USE_IO_BITMAPS | Pr::SECONDARY_CONTROLS).bits(),
+        (Pr::USE_MSR_BITMAPS
+            | Pr::USE_IO_BITMAPS
+            | Pr::SECONDARY_CONTROLS
+            | Pr::USE_TSC_OFFSETTING)
+            .bits(),
     );
     if missing != 0 {
         fail_launch();
@@ -637,6 +645,7 @@ fn launch_cpu(
     vmwrite(control::EXCEPTION_BITMAP, 0);
     vmwrite(control::CR3_TARGET_COUNT, 0);
     vmwrite(control::MSR_BITMAPS_ADDR_FULL, global.msr_bitmap);
+    vmwrite(control::TSC_OFFSET_FULL, vcpu.tsc.offset());
     vmwrite(control::IO_BITMAP_A_ADDR_FULL, global.io_bitmap_a);
     vmwrite(control::IO_BITMAP_B_ADDR_FULL, global.io_bitmap_b);
     vmwrite(control::EPTP_FULL, global.ept.eptp());

@@ -8,6 +8,7 @@ pub mod introspection;
 pub mod launch;
 pub mod mgmt;
 pub mod mmio;
+pub mod msrs;
 pub mod nic;
 pub mod policy;
 pub mod vmcall;

@@ -58,6 +58,25 @@ enum Cmd {
     /// driver: in xAPIC mode any write (the MSR is not accessible), in x2APIC mode one with
     /// reserved bits set. The answer must be #GP (EIO), as on bare metal.
     X2apicIcrBad,
+    /// Read an MSR of CPU 0 through the msr driver, write a value derived from it (exactly one
+    /// of --set, --xor, --add), read it back, and with --restore write the old value back.
+    MsrRw {
+        /// The MSR index, e.g. 0x2ff.
+        #[arg(value_parser = parse_u64)]
+        msr: u64,
+        /// Write this value.
+        #[arg(long, value_parser = parse_u64, conflicts_with_all = ["xor", "add"])]
+        set: Option<u64>,
+        /// Write the old value XOR this mask.
+        #[arg(long, value_parser = parse_u64, conflicts_with = "add")]
+        xor: Option<u64>,
+        /// Write the old value plus this amount.
+        #[arg(long, value_parser = parse_u64)]
+        add: Option<u64>,
+        /// Write the old value back afterwards (if the write was accepted).
+        #[arg(long)]
+        restore: bool,
+    },
     /// Move memory BAR BAR of the PCI function BDF to a free address in a PCI window by writing
     /// the BAR through ECAM (MMCONFIG, a plain MMIO write through /dev/mem) instead of ports
     /// 0xCF8/0xCFC, read REG at the new address, and put the BAR back: reports whether the
@@ -246,6 +265,21 @@ fn main() -> ExitCode {
         Cmd::Canary => canary(),
         Cmd::ApicBaseMove { new_base } => msr::apic_base_move(new_base),
         Cmd::X2apicIcrBad => msr::x2apic_icr_bad(),
+        Cmd::MsrRw {
+            msr: index,
+            set,
+            xor,
+            add,
+            restore,
+        } => match (u32::try_from(index), set, xor, add) {
+            (Ok(m), Some(v), None, None) => msr::msr_rw(m, msr::Change::Set(v), restore),
+            (Ok(m), None, Some(x), None) => msr::msr_rw(m, msr::Change::Xor(x), restore),
+            (Ok(m), None, None, Some(n)) => msr::msr_rw(m, msr::Change::Add(n), restore),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "msr-rw: a 32-bit MSR index and exactly one of --set, --xor, --add",
+            )),
+        },
         Cmd::EcamBarMove { bdf, bar, reg } => {
             // This attack's errors carry its own prefix, which the harness matches.
             if let Err(e) = ecam::bar_move(&bdf, bar, reg) {

@@ -81,3 +81,47 @@ pub fn x2apic_icr_bad() -> io::Result<()> {
     );
     Ok(())
 }
+
+/// How `probe msr-rw` derives the value it writes from the MSR's value before.
+#[derive(Debug, Clone, Copy)]
+pub enum Change {
+    /// Write this value.
+    Set(u64),
+    /// Write the value before XOR this mask.
+    Xor(u64),
+    /// Write the value before plus this amount (wrapping).
+    Add(u64),
+}
+
+/// `probe msr-rw MSR (--set V | --xor M | --add N) [--restore]`: read the MSR, write the
+/// derived value, read it back and, with `restore`, write the old value back (for the TSC:
+/// the old value plus the ticks that passed is not attempted; `--restore` is for MSRs that do
+/// not count).
+pub fn msr_rw(msr: u32, change: Change, restore: bool) -> io::Result<()> {
+    let f = open()?;
+    let before = read(&f, msr)?;
+    let value = match change {
+        Change::Set(v) => v,
+        Change::Xor(m) => before ^ m,
+        Change::Add(n) => before.wrapping_add(n),
+    };
+    // SAFETY: RDTSC is available on every x86-64 CPU and has no side effects.
+    let t0 = unsafe { core::arch::x86_64::_rdtsc() };
+    let w = write(&f, msr, value);
+    // SAFETY: as above.
+    let t1 = unsafe { core::arch::x86_64::_rdtsc() };
+    let after = read(&f, msr)?;
+    let restored = if restore && w.is_ok() {
+        let r = write(&f, msr, before);
+        format!(" restore={}", outcome(&r))
+    } else {
+        String::new()
+    };
+    println!(
+        "probe msr-rw: msr={msr:#x} before={before:#x} wrote={value:#x} write={} after={after:#x} readback={} tsc_ticks={}{restored}",
+        outcome(&w),
+        if after == value { "same" } else { "different" },
+        t1.wrapping_sub(t0) as i64,
+    );
+    Ok(())
+}
