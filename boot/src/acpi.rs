@@ -222,6 +222,7 @@ pub fn mcfg_regions(table: &[u8]) -> impl Iterator<Item = EcamRegion> + '_ {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::string::ToString;
     use alloc::vec::Vec;
 
     fn fix_checksum(t: &mut [u8], at: usize, upto: usize) {
@@ -305,6 +306,37 @@ mod tests {
         assert_eq!(root_table(b"RSD PTR "), Err(AcpiError::Truncated));
     }
 
+    /// The boundaries: an RSDP whose length field ends before the XSDT address is truncated,
+    /// one that ends right after it is whole; a header of exactly 36 bytes, a table of only a
+    /// header, are valid.
+    #[test]
+    fn lengths_at_their_boundaries() {
+        let mut short = rsdp(2, 0x1000, 0x2000);
+        short[20..24].copy_from_slice(&31u32.to_le_bytes());
+        fix_checksum(&mut short, 32, 31);
+        fix_checksum(&mut short, 8, 20);
+        assert_eq!(root_table(&short), Err(AcpiError::Truncated));
+        // Length 32: the extended checksum covers bytes 0..32, so the XSDT address's top byte
+        // evens it (bytes 0..20 already sum to zero).
+        let mut exact = rsdp(2, 0x1000, 0x2000);
+        exact[20..24].copy_from_slice(&32u32.to_le_bytes());
+        fix_checksum(&mut exact, 31, 32);
+        let xsdt = u64::from_le_bytes(exact[24..32].try_into().unwrap());
+        assert_eq!(root_table(&exact).unwrap().address, xsdt);
+        let empty = table(b"XSDT", &[]);
+        assert_eq!(header(&empty), Ok((*b"XSDT", 36)));
+        assert_eq!(validate(&empty, b"XSDT"), Ok(()));
+        assert_eq!(root_entries(&empty, 8).count(), 0);
+    }
+
+    #[test]
+    fn errors_say_what_is_wrong() {
+        assert!(AcpiError::BadChecksum.to_string().contains("checksum"));
+        assert!(AcpiError::Truncated.to_string().contains("shorter"));
+        assert!(AcpiError::BadRsdpSignature.to_string().contains("RSD PTR"));
+        assert!(AcpiError::WrongSignature.to_string().contains("signature"));
+    }
+
     #[test]
     fn root_table_entries_are_read_at_their_width() {
         let mut body = Vec::new();
@@ -367,6 +399,11 @@ mod tests {
         assert_eq!(regions[0].function_page(0, 2, 0), Some(0xb001_0000));
         assert_eq!(regions[0].function_page(1, 0x1f, 7), Some(0xb01f_f000));
         assert_eq!(regions[1].function_page(0x11, 0, 1), Some(0xe110_1000));
+        assert_eq!(
+            regions[1].function_page(0x1f, 0, 0),
+            Some(0xe1f0_0000),
+            "the last bus"
+        );
         assert_eq!(regions[1].function_page(0x20, 0, 0), None);
         assert_eq!(regions[1].function_page(0x0f, 0, 0), None);
         assert_eq!(regions[0].function_page(0, 32, 0), None);

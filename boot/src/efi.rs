@@ -456,6 +456,14 @@ fn start_hypervisor(cfg: &Config, p: &Placement) -> Result<usize, HvError> {
             "shoji: ACPI tables unusable ({why}): PCI configuration through ports 0xcf8/0xcfc only"
         ),
     }
+    // Shoji does not program an IOMMU: say plainly what that leaves open.
+    if let Ok(Some(_)) = find_table(b"DMAR") {
+        println!(
+            "shoji: the platform has an IOMMU (ACPI DMAR), which Shoji does not use: {DMA_OPEN}"
+        );
+    } else {
+        println!("shoji: no IOMMU (no ACPI DMAR table): {DMA_OPEN}");
+    }
     record_guest_ram(setup).map_err(HvError::NotStarted)?;
     write_canary(region);
     let host_cr3 = {
@@ -658,6 +666,10 @@ fn nic_mediated() -> bool {
     leaf.ebx & shoji_shared::vmcall::FEATURE_NIC_MEDIATED != 0
 }
 
+/// What Shoji's boot line says about DMA (the harness matches it).
+const DMA_OPEN: &str =
+    "devices other than the NIC can DMA into Shoji's memory (it is hidden from software only)";
+
 /// Read `len` bytes of firmware memory at physical address `addr` (identity mapped while boot
 /// services run).
 fn firmware_bytes(addr: u64, len: usize) -> &'static [u8] {
@@ -666,9 +678,16 @@ fn firmware_bytes(addr: u64, len: usize) -> &'static [u8] {
     unsafe { core::slice::from_raw_parts(addr as *const u8, len) }
 }
 
-/// Segment 0's ECAM window, from the firmware's MCFG table (through the RSDP, then the XSDT or
-/// RSDT). `Ok(None)` when the platform has no MCFG (i440fx: ports 0xCF8/0xCFC only).
+/// Segment 0's ECAM window, from the firmware's MCFG table. `Ok(None)` when the platform has
+/// no MCFG (i440fx: ports 0xCF8/0xCFC only).
 fn find_ecam() -> Result<Option<shoji_boot::acpi::EcamRegion>, shoji_boot::acpi::AcpiError> {
+    Ok(find_table(b"MCFG")?
+        .and_then(|t| shoji_boot::acpi::mcfg_regions(t).find(|r| r.segment == 0)))
+}
+
+/// The firmware's validated ACPI table with `signature` (through the RSDP, then the XSDT or
+/// RSDT), `Ok(None)` when there is none.
+fn find_table(signature: &[u8; 4]) -> Result<Option<&'static [u8]>, shoji_boot::acpi::AcpiError> {
     use shoji_boot::acpi;
     const MAX_TABLE: usize = 1 << 20;
     let rsdp = uefi::system::with_config_table(|t| {
@@ -700,11 +719,11 @@ fn find_ecam() -> Result<Option<shoji_boot::acpi::EcamRegion>, shoji_boot::acpi:
     acpi::validate(root_bytes, root_sig)?;
     for addr in acpi::root_entries(root_bytes, root.entry_size) {
         let Ok(t) = table(addr) else { continue };
-        if acpi::header(t).map(|(sig, _)| &sig == b"MCFG") != Ok(true) {
+        if acpi::header(t).map(|(sig, _)| &sig == signature) != Ok(true) {
             continue;
         }
-        acpi::validate(t, b"MCFG")?;
-        return Ok(acpi::mcfg_regions(t).find(|r| r.segment == 0));
+        acpi::validate(t, signature)?;
+        return Ok(Some(t));
     }
     Ok(None)
 }

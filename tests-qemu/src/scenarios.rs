@@ -27,6 +27,8 @@ pub mod markers {
     pub const FAIL_OPEN: &str = "shoji: fail-open: booting WITHOUT protection";
     /// COM1, Shoji: fail-closed.
     pub const FAIL_CLOSED: &str = "shoji: fail-closed: refusing to boot";
+    /// COM1, Shoji: what its memory hiding leaves open to DMA.
+    pub const DMA_OPEN: &str = "devices other than the NIC can DMA into Shoji's memory";
     /// COM1, Shoji: the hypervisor runs but mediates no NIC.
     pub const NIC_NOT_MEDIATED: &str = "shoji: no supported e1000 NIC is mediated";
     /// COM2, Shoji's log: `shoji-hv: reserved memory 0x<start>-0x<end>`.
@@ -1931,6 +1933,16 @@ fn reserved_range_check(m: &Machine, rep: &mut Report, console: &str) {
             line.trim(),
             guest.len()
         ),
+    );
+    // What that hiding does not cover, said at boot (no test machine has an IOMMU).
+    let dma = console
+        .lines()
+        .find(|l| l.contains(markers::DMA_OPEN))
+        .map(str::trim);
+    rep.check(
+        "Shoji says at boot that, without an IOMMU it uses, other devices' DMA can reach it",
+        dma.is_some_and(|l| l.contains("no IOMMU (no ACPI DMAR table)")),
+        dma.unwrap_or("no DMA line from the boot application"),
     );
 }
 
