@@ -28,8 +28,6 @@ use spin::Mutex;
 const CONFIG_ADDRESS: u16 = 0xcf8;
 /// PCI configuration data ports (0xCFC-0xCFF).
 const CONFIG_DATA: u16 = 0xcfc;
-/// Device ids of the 8254x parts the engine models (vendor 8086).
-const E1000_IDS: [u16; 4] = [0x100e, 0x100f, 0x1004, 0x1015];
 /// Period of the safety-net poll when the TSC frequency is known: 1 ms. RX is otherwise
 /// harvested at the guest's ICR reads and interrupt re-enables (the device's RX interrupt and
 /// the end of each emulated ITR interval lead there); the poll only bounds the wait when the
@@ -255,18 +253,6 @@ fn set_io_bit(bitmap_a: u64, bitmap_b: u64, port: u16) {
     unsafe { *((page + u64::from(bit / 8)) as *mut u8) |= 1 << (bit % 8) };
 }
 
-/// Find the e1000 on bus 0: (bdf, device id).
-fn discover() -> Option<(u32, u16)> {
-    for dev in 0..32u32 {
-        let bdf = dev << 3;
-        let id = cfg_read(bdf, 0);
-        if id & 0xffff == 0x8086 && E1000_IDS.contains(&((id >> 16) as u16)) {
-            return Some((bdf, (id >> 16) as u16));
-        }
-    }
-    None
-}
-
 /// The NIC's station address: receive address 0 when the firmware or the device set it, else
 /// the EEPROM's words 0-2 read through EERD (a bounded poll), else zeros.
 fn station_address(bar: &mut Bar) -> [u8; 6] {
@@ -317,34 +303,34 @@ pub fn init(
         HEAP_PAGES * 4,
         warm
     );
-    let Some((bdf, device)) = discover() else {
-        crate::hv_line!("e1000: no Intel 8254x NIC on PCI bus 0: nothing to mediate");
+    let Some(found) = shoji_drivers_e1000::pci::find_nic(cfg_read) else {
+        crate::hv_line!(
+            "e1000: no Intel 8254x NIC on PCI bus 0 or behind its bridges: nothing to mediate"
+        );
         return;
     };
-    let bar0 = cfg_read(bdf, 0x10);
-    let bar1 = cfg_read(bdf, 0x14);
-    let mmio = u64::from(bar0 & !0xf);
-    let io = if bar1 & 1 != 0 {
-        (bar1 & 0xfffc) as u16
-    } else {
-        0
-    };
+    let (bdf, device) = (found.bdf, found.device);
     let loc = |bdf: u32| ((bdf >> 8) & 0xff, (bdf >> 3) & 0x1f, bdf & 7);
     let (b, d, f) = loc(bdf);
+    let (mmio, io, layout) = match found.layout() {
+        Ok(l) => l,
+        Err(why) => {
+            crate::hv_line!(
+                "e1000 at {:02x}:{:02x}.{} (8086:{:04x}, BARs {:#x?}): {}: not mediated",
+                b,
+                d,
+                f,
+                device,
+                found.bars,
+                why
+            );
+            return;
+        }
+    };
     if !mediate {
         crate::hv_line!(
             "e1000 at {:02x}:{:02x}.{} (8086:{:04x}, mmio {:#x}, io {:#x}) NOT mediated (mediate_nic = false)",
             b, d, f, device, mmio, io
-        );
-        return;
-    }
-    if mmio == 0 || bar0 & 0x6 != 0 {
-        crate::hv_line!(
-            "e1000 at {:02x}:{:02x}.{}: memory BAR {:#x} unassigned or 64-bit: not mediated",
-            b,
-            d,
-            f,
-            bar0
         );
         return;
     }
@@ -356,6 +342,7 @@ pub fn init(
     let own_mac = super::mgmt::own_mac(mgmt, station_address(&mut Bar { base: mmio }));
     let cfg = Config {
         own_mac,
+        pci: layout,
         ..Config::default()
     };
     let pages = (cfg.dma_bytes() as u64).div_ceil(0x1000);
