@@ -601,8 +601,16 @@ mod tests {
             (bdf(0, 0, 0), std::vec![(0, 0x1237_8086)]),
             (bdf(0, 3, 0), nic_regs(0xfebc_0000, 0xc001, 0)),
         ]);
-        let f = find_nic(|b, o| s.read(b, o)).unwrap();
+        let mut reads = 0;
+        let f = find_nic(|b, o| {
+            reads += 1;
+            s.read(b, o)
+        })
+        .unwrap();
         assert_eq!((f.bdf, f.device), (bdf(0, 3, 0), 0x100f));
+        // 00:00.0 id and header, 00:01.0 and 00:02.0 only their id (absent: no function 1-7
+        // is read), 00:03.0 id, header and three BARs.
+        assert_eq!(reads, 2 + 1 + 1 + 5);
         assert_eq!(f.layout(), Ok((0xfebc_0000, 0xc000, PciLayout::default())));
     }
 
@@ -670,9 +678,30 @@ mod tests {
         assert_eq!(found(0xfebc_0002).layout(), Err(LayoutError::ReservedType));
         assert_eq!(found(0xfebc_0006).layout(), Err(LayoutError::ReservedType));
         assert_eq!(found(0x4).layout(), Err(LayoutError::Unassigned));
-        // A 32-bit BAR with no I/O BAR.
+        // A 32-bit BAR with no I/O BAR (BAR 1 a memory BAR or nothing).
         let (_, io, l) = found(0xfebc_0000).layout().unwrap();
         assert_eq!((io, l.io_bar), (0, None));
+        let other = Found {
+            bdf: 0,
+            device: 0x100e,
+            bars: [0xfebc_0000, 0x1230, 0],
+        };
+        assert_eq!(other.layout().unwrap().1, 0);
+        assert_eq!(other.layout().unwrap().2.io_bar, None);
+        // Every error says what is wrong.
+        assert!(std::format!("{}", LayoutError::NotMemory).contains("not a memory BAR"));
+        assert!(std::format!("{}", LayoutError::Unassigned).contains("unassigned"));
+        assert!(std::format!("{}", LayoutError::ReservedType).contains("reserved type"));
+    }
+
+    /// A function whose vendor id reads 0 is no device either (some bridges answer so).
+    #[test]
+    fn a_vendor_id_of_zero_is_an_empty_slot() {
+        let s = Space(std::vec![
+            (bdf(0, 0, 0), std::vec![(0, 0), (0x0c, 0x0080_0000)]),
+            (bdf(0, 0, 1), nic_regs(0xfebc_0000, 0, 0)),
+        ]);
+        assert_eq!(find_nic(|b, o| s.read(b, o)), None);
     }
 
     /// The upper half of a 64-bit BAR: sized as all-ones, its value written back is no move,
