@@ -177,7 +177,8 @@ pub fn root_entries(table: &[u8], entry_size: usize) -> impl Iterator<Item = u64
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EcamRegion {
     /// Physical address the window's bus numbers count from (bus 0's place, whether or not
-    /// the window decodes bus 0).
+    /// the window decodes bus 0; `shoji_hypervisor::setup::EcamWindow` finds a function's
+    /// page in it).
     pub base: u64,
     /// PCI segment group.
     pub segment: u16,
@@ -185,20 +186,6 @@ pub struct EcamRegion {
     pub bus_start: u8,
     /// Last bus decoded.
     pub bus_end: u8,
-}
-
-impl EcamRegion {
-    /// The physical address of the 4 KiB configuration space of `bus:dev.func`, if this window
-    /// decodes it.
-    pub fn function_page(&self, bus: u8, dev: u8, func: u8) -> Option<u64> {
-        if bus < self.bus_start || bus > self.bus_end || dev > 31 || func > 7 {
-            return None;
-        }
-        // The base is where bus 0 would be, even for a window starting at a later bus (PCI
-        // Firmware Specification; Linux reads it so too).
-        let off = (u64::from(bus) << 20) | (u64::from(dev) << 15) | (u64::from(func) << 12);
-        Some(self.base + off)
-    }
 }
 
 /// The allocations of a validated MCFG (entries with a zero base or an inverted bus range are
@@ -371,7 +358,7 @@ mod tests {
     }
 
     #[test]
-    fn mcfg_gives_the_ecam_windows_and_function_pages() {
+    fn mcfg_gives_the_ecam_windows() {
         let m = mcfg(&[
             (0xb000_0000, 0, 0, 255),
             (0, 0, 0, 255),
@@ -396,18 +383,6 @@ mod tests {
                 }
             ]
         );
-        assert_eq!(regions[0].function_page(0, 2, 0), Some(0xb001_0000));
-        assert_eq!(regions[0].function_page(1, 0x1f, 7), Some(0xb01f_f000));
-        assert_eq!(regions[1].function_page(0x11, 0, 1), Some(0xe110_1000));
-        assert_eq!(
-            regions[1].function_page(0x1f, 0, 0),
-            Some(0xe1f0_0000),
-            "the last bus"
-        );
-        assert_eq!(regions[1].function_page(0x20, 0, 0), None);
-        assert_eq!(regions[1].function_page(0x0f, 0, 0), None);
-        assert_eq!(regions[0].function_page(0, 32, 0), None);
-        assert_eq!(regions[0].function_page(0, 0, 8), None);
         // A table with a partial trailing entry yields only the whole ones.
         assert_eq!(mcfg_regions(&m[..m.len() - 3]).count(), 1);
     }

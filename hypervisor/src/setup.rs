@@ -74,6 +74,40 @@ pub struct Setup {
     pub ecam_bus_end: u8,
 }
 
+/// The platform's ECAM window (segment 0), as the boot application read it from the MCFG:
+/// where the PCI Express configuration space of each bus, device and function lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EcamWindow {
+    /// Physical address the window's bus numbers count from: bus 0's place, whether or not
+    /// the window decodes bus 0 (PCI Firmware Specification; Linux reads it so too).
+    pub base: u64,
+    /// First bus decoded.
+    pub bus_start: u8,
+    /// Last bus decoded.
+    pub bus_end: u8,
+}
+
+impl EcamWindow {
+    /// The window the setup page names, if any.
+    pub fn from_setup(setup: &Setup) -> Option<EcamWindow> {
+        (setup.ecam_base != 0 && setup.ecam_bus_start <= setup.ecam_bus_end).then_some(EcamWindow {
+            base: setup.ecam_base,
+            bus_start: setup.ecam_bus_start,
+            bus_end: setup.ecam_bus_end,
+        })
+    }
+
+    /// The physical address of the 4 KiB configuration space of `bus:dev.func`, if this window
+    /// decodes it.
+    pub fn function_page(&self, bus: u8, dev: u8, func: u8) -> Option<u64> {
+        if bus < self.bus_start || bus > self.bus_end || dev > 31 || func > 7 {
+            return None;
+        }
+        let off = (u64::from(bus) << 20) | (u64::from(dev) << 15) | (u64::from(func) << 12);
+        Some(self.base + off)
+    }
+}
+
 /// Capacity of the RAM range table.
 pub const MAX_RAM_RANGES: usize = 64;
 
@@ -109,6 +143,32 @@ pub fn add_ram_range(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ecam_function_pages_count_from_bus_0() {
+        let q35 = EcamWindow {
+            base: 0xb000_0000,
+            bus_start: 0,
+            bus_end: 255,
+        };
+        let later = EcamWindow {
+            base: 0xe000_0000,
+            bus_start: 0x10,
+            bus_end: 0x1f,
+        };
+        assert_eq!(q35.function_page(0, 2, 0), Some(0xb001_0000));
+        assert_eq!(q35.function_page(1, 0x1f, 7), Some(0xb01f_f000));
+        assert_eq!(later.function_page(0x11, 0, 1), Some(0xe110_1000));
+        assert_eq!(
+            later.function_page(0x1f, 0, 0),
+            Some(0xe1f0_0000),
+            "the last bus"
+        );
+        assert_eq!(later.function_page(0x20, 0, 0), None);
+        assert_eq!(later.function_page(0x0f, 0, 0), None);
+        assert_eq!(q35.function_page(0, 32, 0), None);
+        assert_eq!(q35.function_page(0, 0, 8), None);
+    }
 
     #[test]
     fn ranges_merge_and_sort() {

@@ -298,7 +298,7 @@ fn init_global(setup: &mut Setup, setup_phys: u64) -> Result<(), u64> {
     let mtrr = read_mtrrs();
     let ept_caps = rdmsr(IA32_VMX_EPT_VPID_CAP);
     let allow_1g = ept_caps & (1 << 17) != 0;
-    let ecam = super::nic::EcamWindow::from_setup(setup);
+    let ecam = crate::setup::EcamWindow::from_setup(setup);
     let mut arena = Arena::new(&mut setup.arena_next, setup.arena_end);
     let ept = Ept::identity(
         &mut arena,

@@ -1,13 +1,13 @@
 //! Mediation of the machine's e1000 NIC (para-pass with shadow rings, see `docs/e1000.md`).
 //!
-//! At start-up Shoji finds the NIC on PCI bus 0, takes it over with the shadow-ring engine
-//! ([`shoji_drivers_e1000::E1000`]) and traps what the guest could use to get around it: the
-//! memory BAR pages the engine names (EPT, no access), the I/O BAR (IOADDR/IODATA reach every
-//! register), and the NIC's PCI configuration space on both paths to it: the ports 0xCF8-0xCFF
-//! (serialized across CPUs) and, where the firmware's MCFG names an ECAM window, the NIC
-//! function's 4 KiB page of it (EPT, no access): BAR moves, bus mastering and memory decode go
-//! through the same mediation either way. Received frames are also harvested from a periodic
-//! poll driven by the VMX preemption timer.
+//! At start-up Shoji finds the NIC (bus 0 or behind its bridges), takes it over with the
+//! shadow-ring engine ([`shoji_drivers_e1000::E1000`]) and traps what the guest could use to
+//! get around it: the memory BAR pages the engine names (EPT, no access), the I/O BAR
+//! (IOADDR/IODATA reach every register), and the NIC's PCI configuration space on both paths
+//! to it: the ports 0xCF8-0xCFF (serialized across CPUs) and, where the firmware's MCFG names
+//! an ECAM window, the NIC function's 4 KiB page of it (EPT, no access): BAR moves, bus
+//! mastering and memory decode go through the same mediation either way. Received frames are
+//! also harvested from a periodic poll driven by the VMX preemption timer.
 
 use super::exit::GuestRegs;
 use super::policy::PolicyFilter;
@@ -283,7 +283,7 @@ fn station_address(bar: &mut Bar) -> [u8; 6] {
 pub fn init(
     mediate: bool,
     mgmt: &shoji_mgmt::Settings,
-    ecam: Option<EcamWindow>,
+    ecam: Option<crate::setup::EcamWindow>,
     arena: &mut Arena<'_>,
     ept: &Ept,
     io_bitmap_a: u64,
@@ -358,7 +358,7 @@ pub fn init(
         return;
     };
     // The NIC's configuration page in the ECAM window: no access, as for the register pages.
-    let ecam_page = ecam.and_then(|w| w.function_page(bdf));
+    let ecam_page = ecam.and_then(|w| w.function_page(b as u8, d as u8, f as u8));
     if let Some(page) = ecam_page {
         if ept.map_page(arena, page, page, 0, crate::mtrr::UC).is_err() {
             crate::hv_line!(
@@ -727,38 +727,6 @@ fn mediate_config(
         None
     })
     .flatten()
-}
-
-/// The platform's ECAM window (segment 0), from the boot application's reading of the MCFG.
-#[derive(Debug, Clone, Copy)]
-pub struct EcamWindow {
-    /// Physical address the window's bus numbers count from (bus 0's place).
-    pub base: u64,
-    /// First bus decoded.
-    pub bus_start: u8,
-    /// Last bus decoded.
-    pub bus_end: u8,
-}
-
-impl EcamWindow {
-    /// The window the setup page names, if any.
-    pub fn from_setup(setup: &crate::setup::Setup) -> Option<EcamWindow> {
-        (setup.ecam_base != 0 && setup.ecam_bus_start <= setup.ecam_bus_end).then_some(EcamWindow {
-            base: setup.ecam_base,
-            bus_start: setup.ecam_bus_start,
-            bus_end: setup.ecam_bus_end,
-        })
-    }
-
-    /// The 4 KiB configuration page of `bdf` (`bus << 8 | dev << 3 | fn`), if decoded here.
-    fn function_page(&self, bdf: u32) -> Option<u64> {
-        let bus = ((bdf >> 8) & 0xff) as u8;
-        if bus < self.bus_start || bus > self.bus_end {
-            return None;
-        }
-        // The base counts from bus 0 even when the window starts later (as in the MCFG).
-        Some(self.base + (u64::from(bus) << 20) + (u64::from(bdf & 0xff) << 12))
-    }
 }
 
 /// A guest access through the ECAM window to the NIC function's page at `offset`. Widths other
