@@ -1133,6 +1133,13 @@ proptest! {
             let f = eth(MAC_A, MAC_GW, None, 0x0800, &Ip4::new(remote, IP_A, proto).build(&payload));
             e.decide(&rx(), &f, &mut out)
         };
+        // The first-hop guard comes before every rule: a container never sends UDP from port 67
+        // (a DHCP server's answers), whatever its rules allow.
+        if egress && proto == 17 && sp == 67 {
+            prop_assert_eq!(d.verdict, Verdict::Drop(DropReason::RogueDhcp));
+            prop_assert_eq!(d.rule, None);
+            return Ok(());
+        }
         // Subject rules never match on ingress (no task identity there).
         let expect = model(&rules, egress, proto, remote, sp, dp, syn_only && proto == 6, if egress { task_ref } else { None });
         let action = expect.map(|i| rules[i].action).unwrap_or(default);
