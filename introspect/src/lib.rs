@@ -3,6 +3,7 @@
 //! - [`paging`]: guest-virtual → guest-physical translation (4/5-level, huge pages, permissions).
 //! - [`kmem`]: kernel virtual reads with a validated direct-map fast path.
 //! - [`task`]: the current task at a VM exit, its context and its identity (cached).
+//! - [`tasks`]: the guest's processes and their sockets (the task list walk, bounded).
 //! - [`vmcall`]: VMCALL buffer copies through the caller's page tables, the agent check.
 //! - [`counting`]: a counting [`GuestMemory`](shoji_shared::GuestMemory) wrapper.
 #![no_std]
@@ -21,6 +22,7 @@ pub mod counting;
 pub mod kmem;
 pub mod paging;
 pub mod task;
+pub mod tasks;
 pub mod vmcall;
 
 pub use counting::CountingMemory;

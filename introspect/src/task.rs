@@ -752,7 +752,11 @@ impl Introspector {
         Ok(<[u8; 32]>::from(h.finalize()) == p.fingerprint)
     }
 
-    fn view<'m, M: GuestMemory + ?Sized>(&self, mem: &'m M, cpu: &CpuState) -> KernelView<'m, M> {
+    pub(crate) fn view<'m, M: GuestMemory + ?Sized>(
+        &self,
+        mem: &'m M,
+        cpu: &CpuState,
+    ) -> KernelView<'m, M> {
         KernelView {
             mem,
             pt: cpu.pt,
@@ -916,9 +920,30 @@ impl Introspector {
         cpu: &CpuState,
         task: u64,
     ) -> (TaskIdentity, Option<bool>) {
+        self.identity_with(mem, cpu, task, true)
+    }
+
+    /// The identity of the task at `task` read afresh, leaving the cache as it was: for walks
+    /// over every task, which would otherwise evict the entries of the tasks that send.
+    pub fn identity_uncached<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        cpu: &CpuState,
+        task: u64,
+    ) -> (TaskIdentity, Option<bool>) {
+        self.identity_with(mem, cpu, task, false)
+    }
+
+    fn identity_with<M: GuestMemory + ?Sized>(
+        &mut self,
+        mem: &M,
+        cpu: &CpuState,
+        task: u64,
+        cached: bool,
+    ) -> (TaskIdentity, Option<bool>) {
         let view = self.view(mem, cpu);
         // The cached path: the key fields only, in at most KEY_READS small reads.
-        let key = self.keys.load(&view, &self.plan, task);
+        let key = self.keys.load(&view, &self.plan, task).filter(|_| cached);
         if let Some(k) = key {
             let gen = self.gen;
             for e in self.cache.iter().flatten() {
@@ -932,7 +957,9 @@ impl Introspector {
                 }
             }
         }
-        self.stats.misses = self.stats.misses.wrapping_add(1);
+        if cached {
+            self.stats.misses = self.stats.misses.wrapping_add(1);
+        }
         self.win.reset(task);
         let _ = self.win.load(&view, &self.spans, false);
         let half = cpu.pt.mode.kernel_half();

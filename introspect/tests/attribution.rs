@@ -425,8 +425,10 @@ fn truncated_or_corrupt_profiles_are_refused() {
         assert!(KernelProfile::decode(&bytes[..n]).is_err());
     }
     let mut b = bytes.clone();
-    b[8] = 2; // version
-    assert!(KernelProfile::decode(&b).is_err());
+    for version in [1u8, 3] {
+        b[8] = version; // the format before the task walk, and one that does not exist yet
+        assert!(KernelProfile::decode(&b).is_err());
+    }
     let mut b = bytes.clone();
     b.push(0);
     assert!(KernelProfile::decode(&b).is_err());

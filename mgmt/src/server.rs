@@ -68,6 +68,12 @@ pub trait Backend {
     fn blocks(&mut self, out: &mut dyn Write) -> fmt::Result;
     /// Remove administrator rule `id` (`DELETE /block/ID`); whether it existed.
     fn unblock(&mut self, id: u32) -> bool;
+    /// Why `/tasks` cannot be answered now (no kernel profile, or one without the task walk),
+    /// or `Ok` when it can.
+    fn tasks_ready(&mut self) -> Result<(), &'static str>;
+    /// The guest's processes (with their sockets when `sockets`), one JSON object per line and
+    /// a last `{"end":...}` line, in at most `budget` bytes.
+    fn tasks(&mut self, sockets: bool, budget: usize, out: &mut dyn Write) -> fmt::Result;
 }
 
 /// A bounded queue of frames.
@@ -586,6 +592,19 @@ impl Server {
                 );
                 ("application/x-ndjson", r)
             }
+            Route::Tasks { sockets } => {
+                if let Err(why) = backend.tasks_ready() {
+                    return self.small_answer(i, 503, why);
+                }
+                let r = http::respond(
+                    &mut self.answer,
+                    200,
+                    "application/x-ndjson",
+                    &|w| boot_header(w, &boot),
+                    &mut |w| backend.tasks(sockets, TASKS_BUDGET, w),
+                );
+                ("application/x-ndjson", r)
+            }
             Route::Containers => (
                 "application/json",
                 http::respond(
@@ -778,7 +797,10 @@ fn server_metrics(e: &mut Exposition<'_>, c: &ServerCounters, uptime_ms: u64) ->
 }
 
 const NO_SUCH_PATH: &str =
-    "no such path (try /metrics, /events, /containers, /blocks, /block, /block/ID, /nonce)";
+    "no such path (try /metrics, /events, /containers, /tasks, /blocks, /block, /block/ID, /nonce)";
+/// Bytes the `/tasks` body may take (the answer buffer less room for the status line and
+/// headers).
+pub const TASKS_BUDGET: usize = ANSWER - 1024;
 const NO_SUCH_RULE: &str = "no administrator rule has this id";
 
 /// The routes.
@@ -792,6 +814,10 @@ enum Route {
         wait_ms: u64,
     },
     Containers,
+    /// `GET /tasks[?sockets=1]`: the guest's processes, with their sockets.
+    Tasks {
+        sockets: bool,
+    },
     /// `GET /blocks`: the administrator's rules.
     Blocks,
     /// `POST /block`: add an administrator rule.
@@ -833,6 +859,13 @@ impl Route {
                 }
             }
             "/containers" => Route::Containers,
+            "/tasks" => Route::Tasks {
+                sockets: match req.query("sockets") {
+                    None | Some("0") => false,
+                    Some("1") => true,
+                    Some(_) => return Err((400, "`sockets` must be 0 or 1")),
+                },
+            },
             "/blocks" => Route::Blocks,
             "/block" => Route::Block,
             path => match path.strip_prefix("/block/") {
@@ -860,6 +893,7 @@ impl Route {
             Route::Metrics => metrics_auth,
             Route::Events { .. }
             | Route::Containers
+            | Route::Tasks { .. }
             | Route::Blocks
             | Route::Block
             | Route::Unblock(_) => true,

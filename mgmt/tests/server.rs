@@ -28,6 +28,8 @@ struct FakeBackend {
     /// Administrator rules: id and body.
     rules: Vec<(u32, String)>,
     next_rule: u32,
+    /// What `tasks_ready` answers.
+    tasks_ready: Result<(), &'static str>,
 }
 
 impl Backend for FakeBackend {
@@ -85,6 +87,12 @@ impl Backend for FakeBackend {
         let before = self.rules.len();
         self.rules.retain(|(i, _)| *i != id);
         self.rules.len() != before
+    }
+    fn tasks_ready(&mut self) -> Result<(), &'static str> {
+        self.tasks_ready
+    }
+    fn tasks(&mut self, sockets: bool, budget: usize, out: &mut dyn Write) -> fmt::Result {
+        writeln!(out, "{{\"sockets\":{sockets},\"budget\":{budget}}}")
     }
 }
 
@@ -178,6 +186,7 @@ impl Bed {
                 renders: 0,
                 rules: Vec::new(),
                 next_rule: 0,
+                tasks_ready: Ok(()),
             },
             now: 1,
             to_guest: 0,
@@ -795,4 +804,48 @@ fn at_most_two_long_polls_are_held_and_sixty_seconds_is_the_longest_wait() {
     let a = bed.exchange(PEER, &req, None);
     assert_eq!(status(&a), 200, "{a}");
     assert!(bed.now - start >= 60_000);
+}
+
+#[test]
+fn tasks_are_answered_signed_only_with_or_without_sockets_and_refused_while_unavailable() {
+    let mut bed = Bed::new(settings(None, false));
+    let a = bed.exchange(PEER, b"GET /tasks HTTP/1.1\r\n\r\n", None);
+    assert_eq!(status(&a), 401, "{a}");
+    let budget = shoji_mgmt::server::TASKS_BUDGET;
+    for (n, (path, sockets)) in [
+        ("/tasks", false),
+        ("/tasks?sockets=0", false),
+        ("/tasks?sockets=1", true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let req = bed.signed("GET", path, "", 20 + n as u64);
+        let a = bed.exchange(PEER, &req, None);
+        assert_eq!(status(&a), 200, "{a}");
+        assert!(a.contains("Content-Type: application/x-ndjson\r\n"), "{a}");
+        assert_eq!(
+            body(&a),
+            format!("{{\"sockets\":{sockets},\"budget\":{budget}}}\n")
+        );
+    }
+    let req = bed.signed("GET", "/tasks?sockets=yes", "", 30);
+    let a = bed.exchange(PEER, &req, None);
+    assert_eq!(status(&a), 400, "{a}");
+    assert_eq!(body(&a), "`sockets` must be 0 or 1\n");
+    let a = bed.exchange(
+        PEER,
+        b"POST /tasks HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+        None,
+    );
+    assert_eq!(status(&a), 405, "{a}");
+    bed.backend.tasks_ready = Err("no kernel profile has been pushed");
+    let req = bed.signed("GET", "/tasks", "", 31);
+    let a = bed.exchange(PEER, &req, None);
+    assert_eq!(status(&a), 503, "{a}");
+    assert_eq!(body(&a), "no kernel profile has been pushed\n");
+    // And the server keeps serving.
+    bed.backend.tasks_ready = Ok(());
+    let req = bed.signed("GET", "/tasks", "", 32);
+    assert_eq!(status(&bed.exchange(PEER, &req, None)), 200);
 }

@@ -6,7 +6,7 @@
 //! value). The hypervisor runs these programs through `shoji-introspect`, checking every pointer
 //! and every value it reads; a failed step yields "unknown", never a fault.
 //!
-//! # Binary encoding (version 1, all integers little-endian)
+//! # Binary encoding (version 2, all integers little-endian)
 //!
 //! | offset | size | field |
 //! |---|---|---|
@@ -28,6 +28,7 @@
 //! | 164 | 40 | [`UidMapLayout`], ten `u32` in declaration order |
 //! | 204 | 24 | cache-key offsets in `task_struct`, [`KEY_COUNT`] `u32`, each an 8-byte field ([`NONE32`] = unused) |
 //! | 228 | 15 × 68 | one [`Program`] per [`FieldId`], in `FieldId` order |
+//! | 1248 | 92 | [`TaskWalk`]: `present: u32` (0 or 1; all zero when 0), `init_task_va: u64`, then its twenty `u32` in declaration order ([`NONE32`] for an absent optional) |
 //!
 //! A program is encoded as `len: u8`, 3 zero bytes, then [`MAX_STEPS`] steps of 8 bytes each
 //! (`op: u8, width: u8, aux: u16, off: u32`); steps past `len` must be zero.
@@ -36,7 +37,7 @@
 /// Magic at the start of a serialized profile ("SHJPROF\0").
 pub const PROFILE_MAGIC: [u8; 8] = *b"SHJPROF\0";
 /// Current profile format version.
-pub const PROFILE_VERSION: u32 = 1;
+pub const PROFILE_VERSION: u32 = 2;
 /// "No value" marker for optional `u32` fields of the encoding.
 pub const NONE32: u32 = u32::MAX;
 /// Most steps one field program may have.
@@ -55,8 +56,162 @@ pub const MAX_INDEX: u16 = 64;
 pub const MAX_UID_EXTENTS: u32 = 340;
 /// Bytes of one encoded program.
 pub const PROGRAM_LEN: usize = 4 + 8 * MAX_STEPS;
-/// Bytes of an encoded version-1 profile.
-pub const ENCODED_LEN: usize = 228 + FIELD_COUNT * PROGRAM_LEN;
+/// Bytes of the encoded [`TaskWalk`] block.
+pub const TASK_WALK_LEN: usize = 4 + 8 + 20 * 4;
+/// Bytes of an encoded profile.
+pub const ENCODED_LEN: usize = 228 + FIELD_COUNT * PROGRAM_LEN + TASK_WALK_LEN;
+/// `S_IFMT` and `S_IFSOCK` of an inode's mode: how the walk tells a socket's file.
+pub const S_IFMT: u16 = 0o170000;
+/// See [`S_IFMT`].
+pub const S_IFSOCK: u16 = 0o140000;
+
+/// Where the guest kernel keeps its task list and each task's sockets: what `/tasks` and the
+/// `ListTasks` VMCALL walk. Every offset is a byte offset in the structure its comment names;
+/// the agent derives them from the kernel's BTF and `init_task` from its symbol table.
+///
+/// The walk starts at `init_task`, follows `task_struct.tasks` (thread-group leaders), and for
+/// each task reads `task->files->fdt->fd[0..max_fds]`; a file whose inode's mode is a socket
+/// (`S_IFSOCK`) has its `struct socket` in `private_data`, and that socket's `sk` holds the
+/// addresses (`struct sock_common`), the protocol and the type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskWalk {
+    /// Kernel virtual address of `init_task`.
+    pub init_task_va: u64,
+    /// `task_struct.tasks` (a `list_head`).
+    pub tasks_off: u32,
+    /// `task_struct.files` (pointer to `files_struct`).
+    pub files_off: u32,
+    /// `files_struct.fdt` (pointer to `fdtable`).
+    pub fdt_off: u32,
+    /// `fdtable.max_fds` (`u32`).
+    pub max_fds_off: u32,
+    /// `fdtable.fd` (pointer to the array of `struct file *`).
+    pub fd_off: u32,
+    /// `file.f_inode` (pointer to `inode`).
+    pub f_inode_off: u32,
+    /// `inode.i_mode` (`u16`).
+    pub i_mode_off: u32,
+    /// `file.private_data` (a socket file's `struct socket`).
+    pub private_data_off: u32,
+    /// `socket.sk` (pointer to `struct sock`).
+    pub sk_off: u32,
+    /// `sock.__sk_common.skc_family` (`u16`).
+    pub family_off: u32,
+    /// `skc_state` (`u8`, TCP state numbers).
+    pub state_off: u32,
+    /// `skc_daddr` (remote IPv4 address, network order).
+    pub daddr_off: u32,
+    /// `skc_rcv_saddr` (local IPv4 address, network order).
+    pub rcv_saddr_off: u32,
+    /// `skc_dport` (remote port, network order).
+    pub dport_off: u32,
+    /// `skc_num` (local port, host order).
+    pub num_off: u32,
+    /// `skc_v6_daddr` (16 bytes), when the kernel has IPv6.
+    pub v6_daddr_off: Option<u32>,
+    /// `skc_v6_rcv_saddr` (16 bytes), when the kernel has IPv6.
+    pub v6_rcv_saddr_off: Option<u32>,
+    /// `sock.sk_protocol`.
+    pub protocol_off: u32,
+    /// Width of `sk_protocol` in bytes (1 or 2).
+    pub protocol_width: u32,
+    /// `sock.sk_type` (`u16`).
+    pub type_off: u32,
+}
+
+impl TaskWalk {
+    /// Check every offset: inside [`MAX_OFFSET`], aligned to its field's size.
+    pub fn validate(&self) -> Result<(), ProfileError> {
+        let aligned = |off: u32, align: u32| off < MAX_OFFSET && off.is_multiple_of(align);
+        let ok = self.init_task_va >= KERNEL_HALF_5
+            && self.init_task_va.is_multiple_of(8)
+            && [
+                self.tasks_off,
+                self.files_off,
+                self.fdt_off,
+                self.fd_off,
+                self.f_inode_off,
+                self.private_data_off,
+                self.sk_off,
+            ]
+            .iter()
+            .all(|&o| aligned(o, 8))
+            && [self.max_fds_off, self.daddr_off, self.rcv_saddr_off]
+                .iter()
+                .all(|&o| aligned(o, 4))
+            && [
+                self.i_mode_off,
+                self.family_off,
+                self.dport_off,
+                self.num_off,
+                self.type_off,
+            ]
+            .iter()
+            .all(|&o| aligned(o, 2))
+            && aligned(self.state_off, 1)
+            && [self.v6_daddr_off, self.v6_rcv_saddr_off]
+                .iter()
+                .all(|o| o.is_none_or(|o| aligned(o, 4)))
+            && matches!(self.protocol_width, 1 | 2)
+            && aligned(self.protocol_off, self.protocol_width);
+        if ok {
+            Ok(())
+        } else {
+            Err(ProfileError::BadTaskWalk)
+        }
+    }
+
+    fn words(&self) -> [u32; 20] {
+        [
+            self.tasks_off,
+            self.files_off,
+            self.fdt_off,
+            self.max_fds_off,
+            self.fd_off,
+            self.f_inode_off,
+            self.i_mode_off,
+            self.private_data_off,
+            self.sk_off,
+            self.family_off,
+            self.state_off,
+            self.daddr_off,
+            self.rcv_saddr_off,
+            self.dport_off,
+            self.num_off,
+            opt32(self.v6_daddr_off),
+            opt32(self.v6_rcv_saddr_off),
+            self.protocol_off,
+            self.protocol_width,
+            self.type_off,
+        ]
+    }
+
+    fn from_words(init_task_va: u64, w: [u32; 20]) -> TaskWalk {
+        TaskWalk {
+            init_task_va,
+            tasks_off: w[0],
+            files_off: w[1],
+            fdt_off: w[2],
+            max_fds_off: w[3],
+            fd_off: w[4],
+            f_inode_off: w[5],
+            i_mode_off: w[6],
+            private_data_off: w[7],
+            sk_off: w[8],
+            family_off: w[9],
+            state_off: w[10],
+            daddr_off: w[11],
+            rcv_saddr_off: w[12],
+            dport_off: w[13],
+            num_off: w[14],
+            v6_daddr_off: from_opt32(w[15]),
+            v6_rcv_saddr_off: from_opt32(w[16]),
+            protocol_off: w[17],
+            protocol_width: w[18],
+            type_off: w[19],
+        }
+    }
+}
 
 /// Linux preempt-count masks (x86, `include/linux/preempt.h`).
 pub mod preempt {
@@ -497,6 +652,8 @@ pub struct KernelProfile {
     pub key_offsets: [Option<u32>; KEY_COUNT],
     /// One program per [`FieldId`].
     pub fields: [Program; FIELD_COUNT],
+    /// How to walk the task list and the tasks' sockets (`None`: `/tasks` is unavailable).
+    pub walk: Option<TaskWalk>,
 }
 
 /// Why a profile was refused.
@@ -516,6 +673,8 @@ pub enum ProfileError {
     BadProgram(FieldId),
     /// The uid-map layout is implausible.
     BadUidMap,
+    /// The task-walk block is malformed or implausible.
+    BadTaskWalk,
     /// Some other header value is implausible.
     BadHeader,
     /// Output buffer too small (encoding).
@@ -611,6 +770,7 @@ impl KernelProfile {
             uid_map: UidMapLayout::default(),
             key_offsets: [None; KEY_COUNT],
             fields: [Program::EMPTY; FIELD_COUNT],
+            walk: None,
         }
     }
 
@@ -672,6 +832,9 @@ impl KernelProfile {
         for f in FieldId::ALL {
             self.field(f).validate(f)?;
         }
+        if let Some(w) = &self.walk {
+            w.validate()?;
+        }
         Ok(())
     }
 
@@ -723,6 +886,16 @@ impl KernelProfile {
                 w.u16(s.aux);
                 w.u32(s.off);
             }
+        }
+        match &self.walk {
+            Some(walk) => {
+                w.u32(1);
+                w.u64(walk.init_task_va);
+                for v in walk.words() {
+                    w.u32(v);
+                }
+            }
+            None => w.put(&[0; TASK_WALK_LEN]),
         }
         Ok(w.pos)
     }
@@ -789,6 +962,17 @@ impl KernelProfile {
                 s.off = r.u32()?;
             }
         }
+        let present = r.u32()?;
+        let init_task_va = r.u64()?;
+        let mut walk_words = [0u32; 20];
+        for w in walk_words.iter_mut() {
+            *w = r.u32()?;
+        }
+        let walk = match present {
+            1 => Some(TaskWalk::from_words(init_task_va, walk_words)),
+            0 if init_task_va == 0 && walk_words.iter().all(|&w| w == 0) => None,
+            _ => return Err(ProfileError::BadTaskWalk),
+        };
         let p = KernelProfile {
             fingerprint,
             release,
@@ -803,6 +987,7 @@ impl KernelProfile {
             uid_map: UidMapLayout::from_words(words),
             key_offsets,
             fields,
+            walk,
         };
         p.validate()?;
         Ok(p)

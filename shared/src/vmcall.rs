@@ -89,7 +89,13 @@ pub enum Function {
     /// sequence number to ask for next, `RDX` = events missed (overwritten before this read).
     /// Agent only (cross-tenant data).
     ReadEvents = 8,
-    /// List guest tasks with their sockets. Agent only.
+    /// List the guest's processes, as the management plane's `/tasks` does: `RBX` = request,
+    /// `RCX` = [`LIST_TASKS_LEN`] (the agent key, then flags as u32 LE: [`LIST_TASKS_SOCKETS`]
+    /// for each process's IPv4/IPv6 sockets; other bits must be 0), `RDX` = output, `RSI` = its
+    /// length ([`LIST_TASKS_MIN_OUT`] to [`MAX_BUFFER_LEN`]). Writes one JSON object per process
+    /// and line, as many whole ones as fit, then a last `{"end":...}` line saying whether the
+    /// list is complete; returns `RBX` = bytes written. [`Status::NoProfile`] when no profile
+    /// with the task walk is active. Agent only (every tenant's processes).
     ListTasks = 9,
 }
 
@@ -211,6 +217,13 @@ pub const READ_COUNTERS_LEN: usize = AGENT_KEY_LEN;
 
 /// Length of the [`Function::ReadEvents`] request: the agent key, then `from_seq` (u64 LE).
 pub const READ_EVENTS_LEN: usize = AGENT_KEY_LEN + 8;
+
+/// Length of the [`Function::ListTasks`] request: the agent key, then flags (u32 LE).
+pub const LIST_TASKS_LEN: usize = AGENT_KEY_LEN + 4;
+/// [`Function::ListTasks`] flag: list each process's sockets.
+pub const LIST_TASKS_SOCKETS: u32 = 1;
+/// Smallest [`Function::ListTasks`] output buffer (room for the last line).
+pub const LIST_TASKS_MIN_OUT: usize = 256;
 
 /// Base of the detail codes (`RBX` of a refused register or update) for a malformed
 /// registration: `DECODE_DETAIL_BASE +` the decode error's index.

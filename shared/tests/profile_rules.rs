@@ -4,9 +4,9 @@
 //! hypervisor use it.
 
 use shoji_shared::profile::{
-    CurrentTask, FieldId, KernelProfile, Op, ProfileError, Program, Step, UidMapLayout,
+    CurrentTask, FieldId, KernelProfile, Op, ProfileError, Program, Step, TaskWalk, UidMapLayout,
     ENCODED_LEN, FIELD_COUNT, KERNEL_HALF_5, MAX_INDEX, MAX_OFFSET, MAX_STEPS, MAX_STRIDE,
-    MAX_UID_EXTENTS, NS_INUM_MIN, PID_MAX_LIMIT,
+    MAX_UID_EXTENTS, NS_INUM_MIN, PID_MAX_LIMIT, TASK_WALK_LEN,
 };
 
 /// Debian 12's 6.1 uid_map layout (`introspect/fixtures/debian12-6.1.txt`).
@@ -222,7 +222,7 @@ fn decoding_refuses_short_input_as_truncated_and_long_input_as_bad_length() {
 fn decoding_refuses_an_unknown_op_byte_in_any_program() {
     let b = encode(&profile());
     // Field 0's first step starts right after its 4-byte program header.
-    let first_step = ENCODED_LEN - FIELD_COUNT * (4 + 8 * MAX_STEPS) + 4;
+    let first_step = ENCODED_LEN - TASK_WALK_LEN - FIELD_COUNT * (4 + 8 * MAX_STEPS) + 4;
     for op in [6u8, 0x7f, 0xff] {
         let mut bad = b.clone();
         bad[first_step] = op;
@@ -639,4 +639,175 @@ fn the_fingerprint_streamed_in_any_chunking_matches_one_shot() {
     h.update(&data[..1]);
     h.update(&data[1..]);
     assert_eq!(<[u8; 32]>::from(h.finalize()), whole);
+}
+
+/// Debian 12's 6.1 task-walk offsets (6.1.0-57-amd64, as `shojictl profile` derives them from its
+/// BTF and System.map: `introspect/fixtures/debian12-6.1.profile`).
+const WALK_6_1: TaskWalk = TaskWalk {
+    init_task_va: 0xffff_ffff_82a1_aa40,
+    tasks_off: 0x890,
+    files_off: 0xbe8,
+    fdt_off: 0x20,
+    max_fds_off: 0,
+    fd_off: 8,
+    f_inode_off: 0x20,
+    i_mode_off: 0,
+    private_data_off: 0xc8,
+    sk_off: 0x18,
+    family_off: 0x10,
+    state_off: 0x12,
+    daddr_off: 0,
+    rcv_saddr_off: 4,
+    dport_off: 0xc,
+    num_off: 0xe,
+    v6_daddr_off: Some(0x38),
+    v6_rcv_saddr_off: Some(0x48),
+    protocol_off: 0x204,
+    protocol_width: 2,
+    type_off: 0x202,
+};
+
+#[test]
+fn walk_6_1_is_what_the_debian12_fixture_holds() {
+    let path = format!(
+        "{}/../introspect/fixtures/debian12-6.1.profile",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let p = KernelProfile::decode(&std::fs::read(path).unwrap()).unwrap();
+    assert_eq!(p.walk, Some(WALK_6_1));
+}
+
+#[test]
+fn the_task_walk_round_trips_and_its_absence_is_all_zero() {
+    let mut p = profile();
+    let none = encode(&p);
+    assert!(none[ENCODED_LEN - TASK_WALK_LEN..].iter().all(|&b| b == 0));
+    assert_eq!(KernelProfile::decode(&none).unwrap().walk, None);
+    p.walk = Some(WALK_6_1);
+    let b = encode(&p);
+    assert_eq!(b[ENCODED_LEN - TASK_WALK_LEN], 1);
+    assert_eq!(KernelProfile::decode(&b).unwrap(), p);
+    let mut no_ipv6 = WALK_6_1;
+    no_ipv6.v6_daddr_off = None;
+    no_ipv6.v6_rcv_saddr_off = None;
+    p.walk = Some(no_ipv6);
+    assert_eq!(
+        KernelProfile::decode(&encode(&p)).unwrap().walk,
+        Some(no_ipv6)
+    );
+}
+
+#[test]
+fn a_task_walk_block_that_is_neither_present_nor_all_zero_is_refused() {
+    let mut p = profile();
+    p.walk = Some(WALK_6_1);
+    let b = encode(&p);
+    let at = ENCODED_LEN - TASK_WALK_LEN;
+    for flag in [0u32, 2, 0xffff_ffff] {
+        let mut bad = b.clone();
+        bad[at..at + 4].copy_from_slice(&flag.to_le_bytes());
+        assert_eq!(
+            KernelProfile::decode(&bad),
+            Err(ProfileError::BadTaskWalk),
+            "flag {flag}"
+        );
+    }
+    // Absent, with one stray byte in any later position.
+    let zero = encode(&profile());
+    for i in at + 4..ENCODED_LEN {
+        let mut bad = zero.clone();
+        bad[i] = 1;
+        assert_eq!(
+            KernelProfile::decode(&bad),
+            Err(ProfileError::BadTaskWalk),
+            "byte {i}"
+        );
+    }
+}
+
+#[test]
+fn task_walk_limits_hold_at_their_edges() {
+    let check = |w: TaskWalk| {
+        let mut p = profile();
+        p.walk = Some(w);
+        p.validate()
+    };
+    let bad = Err(ProfileError::BadTaskWalk);
+    assert_eq!(check(WALK_6_1), Ok(()));
+    let mut w = WALK_6_1;
+    w.init_task_va = KERNEL_HALF_5;
+    assert_eq!(check(w), Ok(()));
+    w.init_task_va = KERNEL_HALF_5 - 8;
+    assert_eq!(check(w), bad);
+    w.init_task_va = WALK_6_1.init_task_va + 4;
+    assert_eq!(check(w), bad);
+    // Pointer members: 8-aligned, below MAX_OFFSET.
+    type Set = fn(&mut TaskWalk, u32);
+    let pointers: [Set; 7] = [
+        |w, v| w.tasks_off = v,
+        |w, v| w.files_off = v,
+        |w, v| w.fdt_off = v,
+        |w, v| w.fd_off = v,
+        |w, v| w.f_inode_off = v,
+        |w, v| w.private_data_off = v,
+        |w, v| w.sk_off = v,
+    ];
+    for (i, set) in pointers.iter().enumerate() {
+        let mut w = WALK_6_1;
+        set(&mut w, MAX_OFFSET - 8);
+        assert_eq!(check(w), Ok(()), "pointer {i}");
+        set(&mut w, MAX_OFFSET);
+        assert_eq!(check(w), bad, "pointer {i}");
+        set(&mut w, 0x104);
+        assert_eq!(check(w), bad, "pointer {i}");
+    }
+    let words: [Set; 3] = [
+        |w, v| w.max_fds_off = v,
+        |w, v| w.daddr_off = v,
+        |w, v| w.rcv_saddr_off = v,
+    ];
+    for (i, set) in words.iter().enumerate() {
+        let mut w = WALK_6_1;
+        set(&mut w, MAX_OFFSET - 4);
+        assert_eq!(check(w), Ok(()), "word {i}");
+        set(&mut w, 0x102);
+        assert_eq!(check(w), bad, "word {i}");
+    }
+    let halves: [Set; 5] = [
+        |w, v| w.i_mode_off = v,
+        |w, v| w.family_off = v,
+        |w, v| w.dport_off = v,
+        |w, v| w.num_off = v,
+        |w, v| w.type_off = v,
+    ];
+    for (i, set) in halves.iter().enumerate() {
+        let mut w = WALK_6_1;
+        set(&mut w, MAX_OFFSET - 2);
+        assert_eq!(check(w), Ok(()), "half {i}");
+        set(&mut w, 0x101);
+        assert_eq!(check(w), bad, "half {i}");
+    }
+    let mut w = WALK_6_1;
+    w.state_off = MAX_OFFSET - 1;
+    assert_eq!(check(w), Ok(()));
+    w.state_off = MAX_OFFSET;
+    assert_eq!(check(w), bad);
+    let mut w = WALK_6_1;
+    w.v6_daddr_off = Some(0x3a);
+    assert_eq!(check(w), bad);
+    let mut w = WALK_6_1;
+    w.v6_rcv_saddr_off = Some(MAX_OFFSET);
+    assert_eq!(check(w), bad);
+    // A one-byte sk_protocol may sit at an odd offset; a two-byte one may not.
+    let mut w = WALK_6_1;
+    w.protocol_width = 1;
+    w.protocol_off = WALK_6_1.protocol_off + 1;
+    assert_eq!(check(w), Ok(()));
+    w.protocol_width = 2;
+    assert_eq!(check(w), bad);
+    for width in [0, 3, 4, 8] {
+        let mut w = WALK_6_1;
+        w.protocol_width = width;
+        assert_eq!(check(w), bad, "width {width}");
+    }
 }

@@ -72,6 +72,14 @@ enum Cmd {
     },
     /// Print the containers Shoji knows (JSON).
     Containers,
+    /// Print the guest's processes as Shoji reads them from kernel memory: one JSON object per
+    /// line (pid, uid, comm, executable inode, cgroup, namespaces, container), the last line
+    /// `{"end":...}` saying whether the list is complete.
+    Tasks {
+        /// Each process's IPv4/IPv6 sockets too (protocol, state, local and remote endpoints).
+        #[arg(long)]
+        sockets: bool,
+    },
     /// Add an administrator rule (POST /block): frames it matches are dropped, whatever the
     /// party's own policy says, until `unblock`; prints the new rule's id (JSON). An --allow
     /// rule is an exception to the administrator's deny rules, never a widening of a
@@ -286,6 +294,16 @@ fn run(cli: Cli) -> Result<(), Error> {
             let text = client.text(&answer)?;
             client.check_json(text)?;
             out_line(text)
+        }
+        Cmd::Tasks { sockets } => {
+            let answer = client.get(if sockets {
+                "/tasks?sockets=1"
+            } else {
+                "/tasks"
+            })?;
+            let text = client.text(&answer)?;
+            client.check_json_lines(text)?;
+            out(text.as_bytes())
         }
         Cmd::Events {
             from,

@@ -10,8 +10,8 @@ use shoji_netfilter::events::EVENT_CAPACITY;
 use shoji_netfilter::registry::ContainerSpec;
 use shoji_netfilter::report::{counters_len, decode_events, describe_detail_code, EVENT_LEN};
 use shoji_shared::vmcall::{
-    Function, Status, AGENT_KEY_LEN, MAX_BUFFER_LEN, READ_COUNTERS_LEN, READ_EVENTS_LEN,
-    UNREGISTER_LEN,
+    Function, Status, AGENT_KEY_LEN, LIST_TASKS_LEN, LIST_TASKS_SOCKETS, MAX_BUFFER_LEN,
+    READ_COUNTERS_LEN, READ_EVENTS_LEN, UNREGISTER_LEN,
 };
 
 /// The registers after a call.
@@ -336,6 +336,29 @@ impl<T: Transport> Agent<T> {
             next_seq: reply.rcx,
             missed: reply.rdx,
         })
+    }
+}
+
+impl<T: Transport> Agent<T> {
+    /// The guest's processes as Shoji reads them from kernel memory (with their sockets when
+    /// `sockets`): JSON lines, the last one `{"end":...}`.
+    pub fn list_tasks(&mut self, sockets: bool) -> Result<String, CallError> {
+        let flags: u32 = if sockets { LIST_TASKS_SOCKETS } else { 0 };
+        let req = self.request(LIST_TASKS_LEN, &flags.to_le_bytes());
+        let mut out = vec![0u8; MAX_BUFFER_LEN];
+        let reply = self
+            .call(Function::ListTasks, &req, &mut out)
+            .map_err(CallError::Other)?;
+        let reply = Self::check(|| "list tasks".to_string(), reply, false)?;
+        let n = usize::try_from(reply.rbx).unwrap_or(usize::MAX);
+        let text = out.get(..n).ok_or_else(|| {
+            CallError::Other(format!(
+                "Shoji says it wrote {n} bytes of tasks into a {}-byte buffer",
+                out.len()
+            ))
+        })?;
+        String::from_utf8(text.to_vec())
+            .map_err(|_| CallError::Other("Shoji's task list is not UTF-8".into()))
     }
 }
 

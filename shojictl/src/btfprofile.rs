@@ -9,7 +9,8 @@ use std::fmt::Write as _;
 
 use shoji_shared::btf::{Btf, Kind, Type};
 use shoji_shared::profile::{
-    fingerprint, CurrentTask, FieldId, KernelProfile, Program, Step, UidMapLayout, KEY_COUNT,
+    fingerprint, CurrentTask, FieldId, KernelProfile, Program, Step, TaskWalk, UidMapLayout,
+    KEY_COUNT,
 };
 
 /// Kernel symbols: name → address.
@@ -75,11 +76,12 @@ struct Ctx<'a> {
     by_name: HashMap<&'a str, Vec<u32>>,
 }
 
-/// A structure member: byte offset and type id.
+/// A structure member: byte offset, type id and bitfield width (0: not a bitfield).
 #[derive(Debug, Clone, Copy)]
 struct Mem {
     off: u32,
     ty: u32,
+    bits: u8,
 }
 
 /// How error messages name a kind.
@@ -181,6 +183,7 @@ impl<'a> Ctx<'a> {
                 return Ok(Some(Mem {
                     off: off / 8,
                     ty: m.ty,
+                    bits: m.bitfield_size,
                 }));
             }
             if mname.is_empty() {
@@ -188,6 +191,7 @@ impl<'a> Ctx<'a> {
                     return Ok(Some(Mem {
                         off: off / 8 + inner.off,
                         ty: inner.ty,
+                        bits: inner.bits,
                     }));
                 }
             }
@@ -200,6 +204,7 @@ impl<'a> Ctx<'a> {
         let mut id = self.struct_id(sname)?;
         let mut off = 0u32;
         let mut ty = id;
+        let mut bits = 0;
         for part in path.split('.') {
             let m = self
                 .member_in(id, part, 0)?
@@ -207,8 +212,9 @@ impl<'a> Ctx<'a> {
             off += m.off;
             ty = m.ty;
             id = m.ty;
+            bits = m.bits;
         }
-        Ok(Mem { off, ty })
+        Ok(Mem { off, ty, bits })
     }
 
     /// Offset of a pointer member, checking that it is a pointer.
@@ -223,9 +229,12 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// Offset of an integer member of `width` bytes.
+    /// Offset of an integer member of `width` bytes (not a bitfield).
     fn int(&self, sname: &str, path: &str, width: u32) -> Result<u32, String> {
         let m = self.path(sname, path)?;
+        if m.bits != 0 {
+            return Err(format!("{sname}.{path} is a {}-bit bitfield", m.bits));
+        }
         let sz = self.size_of(m.ty)?;
         if sz != width {
             return Err(format!("{sname}.{path} is {sz} bytes, expected {width}"));
@@ -293,6 +302,69 @@ fn s(e: impl std::fmt::Display) -> String {
 
 fn prog(steps: &[Step]) -> Result<Program, String> {
     Program::from_steps(steps).ok_or_else(|| "program too long".to_string())
+}
+
+/// The task-list and socket walk: `init_task` from the symbols, every offset from the BTF.
+fn task_walk(c: &Ctx<'_>, symbols: &Symbols) -> Result<TaskWalk, String> {
+    if symbols.addresses_hidden() {
+        return Err("init_task unknown: symbol addresses are hidden".into());
+    }
+    let init_task_va = symbols
+        .get("init_task")
+        .ok_or("init_task unknown: not in the symbols")?;
+    let t = "task_struct";
+    let tasks = c.path(t, "tasks")?;
+    let lh = c.strip(tasks.ty)?;
+    if lh.kind != Kind::Struct || c.name(lh.name_off) != "list_head" {
+        return Err("task_struct.tasks is not a struct list_head".into());
+    }
+    // sock_common is struct sock's first member; its offsets are offsets in struct sock.
+    let skc = |name: &str, width: u32| c.int("sock", &format!("__sk_common.{name}"), width);
+    let v6 = |name: &str| -> Result<Option<u32>, String> {
+        let Ok(m) = c.path("sock", &format!("__sk_common.{name}")) else {
+            return Ok(None); // no IPv6 in this kernel
+        };
+        match c.size_of(m.ty)? {
+            16 => Ok(Some(m.off)),
+            n => Err(format!("sock.{name} is {n} bytes, expected 16")),
+        }
+    };
+    let proto = c.path("sock", "sk_protocol")?;
+    if proto.bits != 0 {
+        return Err(format!("sock.sk_protocol is a {}-bit bitfield", proto.bits));
+    }
+    let protocol_width = c.size_of(proto.ty)?;
+    if !matches!(protocol_width, 1 | 2) {
+        return Err(format!(
+            "sock.sk_protocol is {protocol_width} bytes, expected 1 or 2"
+        ));
+    }
+    let w = TaskWalk {
+        init_task_va,
+        tasks_off: tasks.off,
+        files_off: c.ptr(t, "files")?,
+        fdt_off: c.ptr("files_struct", "fdt")?,
+        max_fds_off: c.int("fdtable", "max_fds", 4)?,
+        fd_off: c.ptr("fdtable", "fd")?,
+        f_inode_off: c.ptr("file", "f_inode")?,
+        i_mode_off: c.int("inode", "i_mode", 2)?,
+        private_data_off: c.ptr("file", "private_data")?,
+        sk_off: c.ptr("socket", "sk")?,
+        family_off: skc("skc_family", 2)?,
+        state_off: skc("skc_state", 1)?,
+        daddr_off: skc("skc_daddr", 4)?,
+        rcv_saddr_off: skc("skc_rcv_saddr", 4)?,
+        dport_off: skc("skc_dport", 2)?,
+        num_off: skc("skc_num", 2)?,
+        v6_daddr_off: v6("skc_v6_daddr")?,
+        v6_rcv_saddr_off: v6("skc_v6_rcv_saddr")?,
+        protocol_off: proto.off,
+        protocol_width,
+        type_off: c.int("sock", "sk_type", 2)?,
+    };
+    w.validate()
+        .map_err(|e| format!("derived offsets do not validate: {e:?}"))?;
+    Ok(w)
 }
 
 /// Build a profile from BTF bytes and symbol text.
@@ -574,6 +646,12 @@ pub fn build(btf_bytes: &[u8], symbols: &Symbols, opts: &BuildOptions) -> Result
     for (k, v) in p.key_offsets.iter_mut().zip(keys) {
         *k = Some(v);
     }
+
+    // Task walk (optional: without it the rest of the profile still works).
+    match task_walk(&c, symbols) {
+        Ok(w) => p.walk = Some(w),
+        Err(e) => notes.push(format!("task walk unavailable: {e}")),
+    }
     p.validate()
         .map_err(|e| format!("built profile does not validate: {e:?}"))?;
     Ok(Built { profile: p, notes })
@@ -656,5 +734,33 @@ pub fn describe(p: &KernelProfile) -> String {
     for f in FieldId::ALL {
         let _ = writeln!(o, "field {:<12} {}", f.name(), fmt_steps(p.field(f)));
     }
+    describe_walk(&mut o, p.walk.as_ref());
     o
+}
+
+fn describe_walk(o: &mut String, w: Option<&TaskWalk>) {
+    let Some(w) = w else {
+        let _ = writeln!(o, "task walk          none");
+        return;
+    };
+    let v6 = |v: Option<u32>| {
+        v.map(|v| format!("+{v:#x}"))
+            .unwrap_or_else(|| "none".into())
+    };
+    let _ = writeln!(
+        o,
+        "task walk          init_task va {:#x}; task tasks +{:#x}, files +{:#x}; files fdt +{:#x}; fdtable max_fds +{:#x}, fd +{:#x}",
+        w.init_task_va, w.tasks_off, w.files_off, w.fdt_off, w.max_fds_off, w.fd_off
+    );
+    let _ = writeln!(
+        o,
+        "socket walk        file f_inode +{:#x}, private_data +{:#x}; inode i_mode +{:#x}; socket sk +{:#x}",
+        w.f_inode_off, w.private_data_off, w.i_mode_off, w.sk_off
+    );
+    let _ = writeln!(
+        o,
+        "sock               family +{:#x}, state +{:#x}, daddr +{:#x}, rcv_saddr +{:#x}, dport +{:#x}, num +{:#x}, v6_daddr {}, v6_rcv_saddr {}, protocol u{}@{:#x}, type +{:#x}",
+        w.family_off, w.state_off, w.daddr_off, w.rcv_saddr_off, w.dport_off, w.num_off,
+        v6(w.v6_daddr_off), v6(w.v6_rcv_saddr_off), w.protocol_width * 8, w.protocol_off, w.type_off
+    );
 }

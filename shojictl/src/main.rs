@@ -127,6 +127,15 @@ enum Cmd {
         #[command(flatten)]
         key: KeyArg,
     },
+    /// List the guest's processes as Shoji reads them from kernel memory (JSON lines; the
+    /// last says whether the list is complete). Needs a pushed profile with the task walk.
+    Tasks {
+        /// Each process's IPv4/IPv6 sockets too.
+        #[arg(long)]
+        sockets: bool,
+        #[command(flatten)]
+        key: KeyArg,
+    },
     /// OCI runtime hook: reads the OCI state on standard input; registers on create,
     /// unregisters on stop, and sweeps stale registrations.
     OciHook {
@@ -534,6 +543,12 @@ fn events_cmd(from: u64, follow: bool, key: &KeyArg) -> Result<(), String> {
     }
 }
 
+fn tasks_cmd(sockets: bool, key: &KeyArg) -> Result<(), String> {
+    let text = agent(key)?.list_tasks(sockets).map_err(|e| e.to_string())?;
+    print!("{text}");
+    Ok(())
+}
+
 fn oci_hook_cmd(cfg: &HookConfig, key: &KeyArg) -> Result<(), String> {
     use std::io::Read;
     let mut text = String::new();
@@ -665,6 +680,7 @@ fn main() -> ExitCode {
         Cmd::Unregister { id, key } => finish(unregister_cmd(id, &key)),
         Cmd::Stats { key } => finish(stats_cmd(&key)),
         Cmd::Events { from, follow, key } => finish(events_cmd(from, follow, &key)),
+        Cmd::Tasks { sockets, key } => finish(tasks_cmd(sockets, &key)),
         Cmd::OciHook {
             bridge,
             uplink,

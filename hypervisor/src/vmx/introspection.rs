@@ -10,9 +10,11 @@ use super::{guest_cpl, rdmsr, vmread, EFER_LMA};
 use crate::guest::{address_space, AddressSpace, GuestRam};
 use crate::setup::Setup;
 use shoji_introspect::paging::{translate, PageTables};
+use shoji_introspect::tasks::WalkLimits;
 use shoji_introspect::{
     check_agent, copy_from_guest, copy_to_guest, Caller, CpuState, Introspector,
 };
+use shoji_mgmt::http::SliceWriter;
 use shoji_shared::profile::{KernelProfile, ENCODED_LEN};
 use shoji_shared::vmcall::{
     whoami, ProfileState, Status, AGENT_KEY_LEN, MAX_BUFFER_LEN, PUSH_PROFILE_LEN, WHOAMI_LEN,
@@ -320,4 +322,74 @@ pub fn current_task(setup: &Setup) -> Option<TaskIdentity> {
     };
     let id = a.intro.attribute_sender(&mem, &cpu);
     id.is_actor().then_some(id)
+}
+
+/// Why the guest's processes cannot be listed now, if they cannot: no profile, or one without
+/// the task walk (`/tasks` answers 503 with this text).
+pub fn tasks_ready() -> Result<(), &'static str> {
+    match ACTIVE.lock().as_ref() {
+        None => Err("no kernel profile has been pushed: the agent pushes one (shojictl profile --push)"),
+        Some(a) if a.intro.profile().walk.is_none() => Err(
+            "the kernel profile has no task walk (init_task or a socket member was not found when it was built)",
+        ),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Room for one task's line (its sockets included) before it joins the answer.
+const TASK_LINE: usize = 4096;
+/// Room kept for the last (`{"end":...}`) line.
+const END_LINE: usize = 256;
+
+/// The guest's processes (with their sockets when `sockets`) as JSON lines and a last
+/// `{"end":...}` line, in at most `budget` bytes: read at this exit through the guest's kernel
+/// page tables, bounded by [`WalkLimits::DEFAULT`]. A task whose line would pass the budget ends
+/// the list ("output full"). Lock order: the policy engine (for the container of each task),
+/// then the active profile; the profile's lock is never held while the engine's is taken.
+pub fn tasks_json(
+    setup: &Setup,
+    sockets: bool,
+    budget: usize,
+    out: &mut dyn core::fmt::Write,
+) -> core::fmt::Result {
+    let mem = GuestRam::from_setup(setup);
+    let top = ram_top(setup);
+    let Some(st) = caller_state() else {
+        return out.write_str("{\"end\":\"the guest is not in 64-bit paging at this exit\",\"complete\":false,\"tasks\":0,\"sockets\":0,\"reads\":0}\n");
+    };
+    let cpu = kernel_view(&mem, &st.cpu);
+    let room = budget.saturating_sub(END_LINE);
+    let mut used = 0usize;
+    let mut failed = Ok(());
+    let summary = super::policy::with_containers(|containers| {
+        let mut active = ACTIVE.lock();
+        let a = active.as_mut()?;
+        learn_direct_map_once(&mut a.intro, &mem, &cpu, top);
+        Some(
+            a.intro
+                .walk_tasks(&mem, &cpu, sockets, WalkLimits::DEFAULT, &mut |entry| {
+                    let mut buf = [0u8; TASK_LINE];
+                    let mut line = SliceWriter::new(&mut buf);
+                    let container = containers.container_of(&entry.id).map(|c| c.0);
+                    if entry.write_json(container, sockets, &mut line).is_err()
+                        || used.saturating_add(line.len()) > room
+                    {
+                        return false;
+                    }
+                    used += line.len();
+                    match core::str::from_utf8(line.written()) {
+                        Ok(text) => {
+                            failed = out.write_str(text);
+                            failed.is_ok()
+                        }
+                        Err(_) => false,
+                    }
+                }),
+        )
+    });
+    failed?;
+    match summary {
+        Some(s) => s.write_json(out),
+        None => out.write_str("{\"end\":\"no kernel profile\",\"complete\":false,\"tasks\":0,\"sockets\":0,\"reads\":0}\n"),
+    }
 }

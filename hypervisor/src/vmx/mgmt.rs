@@ -187,6 +187,17 @@ impl shoji_mgmt::Backend for Backend<'_> {
     fn unblock(&mut self, id: u32) -> bool {
         super::policy::admin_unblock(id)
     }
+
+    fn tasks_ready(&mut self) -> Result<(), &'static str> {
+        super::introspection::tasks_ready()
+    }
+
+    fn tasks(&mut self, sockets: bool, budget: usize, out: &mut dyn Write) -> fmt::Result {
+        match super::launch::setup() {
+            Some(setup) => super::introspection::tasks_json(setup, sockets, budget, out),
+            None => Err(fmt::Error),
+        }
+    }
 }
 
 /// The NIC's counters: frames and drops by direction, Shoji's exits by cause, registers.

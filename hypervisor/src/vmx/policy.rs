@@ -21,7 +21,8 @@ use shoji_netfilter::events::{Event, EventKind, PolicyChange};
 use shoji_netfilter::registry::{ContainerSlot, RegistryError};
 use shoji_netfilter::report;
 use shoji_shared::vmcall::{
-    Status, AGENT_KEY_LEN, MAX_BUFFER_LEN, READ_COUNTERS_LEN, READ_EVENTS_LEN, UNREGISTER_LEN,
+    Status, AGENT_KEY_LEN, LIST_TASKS_LEN, LIST_TASKS_MIN_OUT, LIST_TASKS_SOCKETS, MAX_BUFFER_LEN,
+    READ_COUNTERS_LEN, READ_EVENTS_LEN, UNREGISTER_LEN,
 };
 use shoji_shared::{
     ContainerId, ContainerMembership, Direction, DropReason, FrameFilter, FrameMeta, FrameSink,
@@ -341,6 +342,74 @@ pub fn read_counters(
     let mut mem = GuestRam::from_setup(setup);
     copy_to_guest(&mut mem, &st.caller, out, &buf[..written]).map_err(refuse)?;
     Ok(written as u64)
+}
+
+/// ListTasks: `RBX` = request (the agent key, then flags as u32 LE: bit 0 = with sockets),
+/// `RCX` = [`LIST_TASKS_LEN`], `RDX`/`RSI` = output buffer (at least [`LIST_TASKS_MIN_OUT`]
+/// bytes). Writes what `/tasks` answers, JSON lines ending in the `{"end":...}` line, as many
+/// whole tasks as fit; returns the bytes written.
+pub fn list_tasks(
+    setup: &Setup,
+    va: u64,
+    len: u64,
+    out: u64,
+    out_len: u64,
+) -> Result<u64, Refusal> {
+    let (req, st) =
+        fixed_agent_request::<LIST_TASKS_LEN>(setup, va, len, out_len, LIST_TASKS_MIN_OUT)?;
+    let mut flags = [0u8; 4];
+    flags.copy_from_slice(&req[AGENT_KEY_LEN..LIST_TASKS_LEN]);
+    let flags = u32::from_le_bytes(flags);
+    if flags & !LIST_TASKS_SOCKETS != 0 {
+        return Err(refuse(Status::InvalidArgument));
+    }
+    introspection::tasks_ready().map_err(|_| refuse(Status::NoProfile))?;
+    let mut w = GuestWriter {
+        mem: GuestRam::from_setup(setup),
+        caller: st.caller,
+        at: out,
+        left: out_len as usize,
+        written: 0,
+        failed: None,
+    };
+    let r = introspection::tasks_json(
+        setup,
+        flags & LIST_TASKS_SOCKETS != 0,
+        out_len as usize,
+        &mut w,
+    );
+    match (r, w.failed) {
+        (_, Some(status)) => Err(refuse(status)),
+        (Err(_), None) => Err(refuse(Status::Full)),
+        (Ok(()), None) => Ok(w.written as u64),
+    }
+}
+
+/// `fmt::Write` into the caller's output buffer, through its own page tables.
+struct GuestWriter<'a> {
+    mem: GuestRam<'a>,
+    caller: shoji_introspect::Caller,
+    at: u64,
+    left: usize,
+    written: usize,
+    failed: Option<Status>,
+}
+
+impl core::fmt::Write for GuestWriter<'_> {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let b = s.as_bytes();
+        if b.len() > self.left {
+            return Err(core::fmt::Error);
+        }
+        if let Err(status) = copy_to_guest(&mut self.mem, &self.caller, self.at, b) {
+            self.failed = Some(status);
+            return Err(core::fmt::Error);
+        }
+        self.at = self.at.wrapping_add(b.len() as u64);
+        self.left -= b.len();
+        self.written += b.len();
+        Ok(())
+    }
 }
 
 /// What a ReadEvents call returns: bytes written, the next sequence number, events missed.

@@ -209,8 +209,17 @@ fn memory_call(setup: &Setup, f: Function, regs: &mut GuestRegs) -> Status {
                 Err(e) => policy_status(Err(e), regs),
             }
         }
-        // Version and LogCounters are answered in `handle`; ListTasks is reserved.
-        Function::Version | Function::LogCounters | Function::ListTasks => Status::Unsupported,
+        Function::ListTasks => {
+            match policy::list_tasks(setup, regs.rbx, regs.rcx, regs.rdx, regs.rsi) {
+                Ok(n) => {
+                    regs.rbx = n;
+                    Status::Ok
+                }
+                Err(e) => policy_status(Err(e), regs),
+            }
+        }
+        // Version and LogCounters are answered in `handle`.
+        Function::Version | Function::LogCounters => Status::Unsupported,
     }
 }
 
