@@ -14,6 +14,11 @@
 //!   gets a shadow copy, [`MtrrShadow`], and the hardware MTRRs never change.
 //! - IA32_TSC and IA32_TSC_ADJUST move Shoji's clock: the guest's writes become a VMCS TSC
 //!   offset, [`TscState`].
+//! - IA32_MISC_ENABLE's XD disable (bit 34) and limit-CPUID (bit 22) change the CPU under Shoji
+//!   too: with XD disabled, EFER.NXE is reserved and the VM exit that loads Shoji's EFER fails;
+//!   with CPUID limited, Shoji's own CPUID reads change. The guest may clear them (Linux does at
+//!   boot), never set them: a write that sets one the hardware has clear is #GP, as on a CPU
+//!   where they are reserved.
 //!
 //! Every other MSR goes straight to the hardware (the bitmap lets it through), so unknown MSRs
 //! fault in the guest exactly as they would on bare metal.
@@ -51,6 +56,12 @@ pub const IA32_MISC_ENABLE: u32 = 0x1a0;
 pub const MISC_ENABLE_BTS_UNAVAILABLE: u64 = 1 << 11;
 /// IA32_MISC_ENABLE bit 12: processor event based sampling unavailable (read-only).
 pub const MISC_ENABLE_PEBS_UNAVAILABLE: u64 = 1 << 12;
+/// IA32_MISC_ENABLE bit 22: limit CPUID's largest basic leaf to 2.
+pub const MISC_ENABLE_LIMIT_CPUID: u64 = 1 << 22;
+/// IA32_MISC_ENABLE bit 34: XD (execute-disable) bit disable.
+pub const MISC_ENABLE_XD_DISABLE: u64 = 1 << 34;
+/// The IA32_MISC_ENABLE bits the guest may clear but not set.
+pub const MISC_ENABLE_CLEAR_ONLY: u64 = MISC_ENABLE_LIMIT_CPUID | MISC_ENABLE_XD_DISABLE;
 /// IA32_MTRR_PHYSBASE0; PHYSBASEn is `IA32_MTRR_PHYSBASE0 + 2n`.
 pub const IA32_MTRR_PHYSBASE0: u32 = 0x200;
 /// IA32_MTRR_PHYSMASK0; PHYSMASKn is `IA32_MTRR_PHYSMASK0 + 2n`.
@@ -236,9 +247,15 @@ pub fn write(msr: u32, value: u64, native: impl FnOnce(u32) -> u64) -> MsrAnswer
             }
         }
         // The guest writes back the "unavailable" bits it read; they are read-only on the
-        // hardware, so the hardware's own bits go in their place.
+        // hardware, so the hardware's own bits go in their place. XD disable and limit-CPUID
+        // may be cleared, not set.
         IA32_MISC_ENABLE => {
-            MsrAnswer::WriteValue((value & !UNAVAILABLE) | (native(msr) & UNAVAILABLE))
+            let hw = native(msr);
+            if value & MISC_ENABLE_CLEAR_ONLY & !hw != 0 {
+                MsrAnswer::GeneralProtection
+            } else {
+                MsrAnswer::WriteValue((value & !UNAVAILABLE) | (hw & UNAVAILABLE))
+            }
         }
         // Any state component but PT: the hardware judges it. PT is refused as by a CPU whose
         // IA32_XSS lacks it (CPUID.(0xd,1):ECX hides it).
@@ -780,15 +797,62 @@ mod tests {
             write(IA32_MISC_ENABLE, 1 << 11, |_| 1 << 12),
             MsrAnswer::WriteValue(1 << 12)
         );
-        // Every other bit is the guest's, whatever the hardware has.
+        // Every other bit is the guest's, whatever the hardware has (XD disable and
+        // limit-CPUID included when the hardware has them set: clearing them is allowed).
+        let others = !0x1800 & !MISC_ENABLE_CLEAR_ONLY;
         assert_eq!(
-            write(IA32_MISC_ENABLE, !0x1800, |_| 0),
+            write(IA32_MISC_ENABLE, others, |_| 0),
+            MsrAnswer::WriteValue(others)
+        );
+        assert_eq!(
+            write(IA32_MISC_ENABLE, !0x1800, |_| MISC_ENABLE_CLEAR_ONLY),
             MsrAnswer::WriteValue(!0x1800)
         );
         assert_eq!(
             write(IA32_MISC_ENABLE, 0, |_| !0x1800),
             MsrAnswer::WriteValue(0)
         );
+    }
+
+    #[test]
+    fn misc_enable_xd_disable_and_limit_cpuid_may_be_cleared_not_set() {
+        assert_eq!(MISC_ENABLE_XD_DISABLE, 0x4_0000_0000);
+        assert_eq!(MISC_ENABLE_LIMIT_CPUID, 0x40_0000);
+        let hw = 0x0085_0089;
+        for bit in [MISC_ENABLE_XD_DISABLE, MISC_ENABLE_LIMIT_CPUID] {
+            // Setting it where the hardware has it clear: #GP, nothing written.
+            assert_eq!(
+                write(IA32_MISC_ENABLE, hw | bit, |_| hw),
+                MsrAnswer::GeneralProtection,
+                "{bit:#x}"
+            );
+            // Keeping it set where the hardware has it set (a read-modify-write of another
+            // bit), or clearing it: written.
+            assert_eq!(
+                write(IA32_MISC_ENABLE, hw | bit | 1, |_| hw | bit),
+                MsrAnswer::WriteValue(hw | bit | 1),
+                "{bit:#x}"
+            );
+            assert_eq!(
+                write(IA32_MISC_ENABLE, hw, |_| hw | bit),
+                MsrAnswer::WriteValue(hw),
+                "{bit:#x}"
+            );
+        }
+        // Both at once, one of them already set: still refused for the other.
+        assert_eq!(
+            write(IA32_MISC_ENABLE, hw | MISC_ENABLE_CLEAR_ONLY, |_| hw
+                | MISC_ENABLE_LIMIT_CPUID),
+            MsrAnswer::GeneralProtection
+        );
+        // The neighbours (bits 21, 23, 33, 35) are the guest's.
+        for bit in [1u64 << 21, 1 << 23, 1 << 33, 1 << 35] {
+            assert_eq!(
+                write(IA32_MISC_ENABLE, hw | bit, |_| hw),
+                MsrAnswer::WriteValue(hw | bit),
+                "{bit:#x}"
+            );
+        }
     }
 
     #[test]

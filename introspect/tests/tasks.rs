@@ -14,31 +14,17 @@ use shoji_shared::GuestMemory;
 /// Where `init_task` lives: the kernel image, outside the direct map.
 const INIT_TASK_VA: u64 = 0xffff_ffff_8261_4000;
 
-/// Offsets for the synthetic objects: `tasks` and `files` past every member the profile's field
-/// programs touch in the 16 KiB a synthetic task has; the socket layout as in Linux.
+/// The Debian 12 fixture's walk (its real file, socket and `struct sock` offsets), with
+/// `tasks` and `files` moved past every member the profile's field programs touch in the 16 KiB
+/// a synthetic task has.
 fn walk() -> TaskWalk {
     TaskWalk {
         init_task_va: INIT_TASK_VA,
         tasks_off: 0x3f00,
         files_off: 0x3f10,
-        fdt_off: 0x20,
-        max_fds_off: 0,
-        fd_off: 8,
-        f_inode_off: 0x20,
-        i_mode_off: 0,
-        private_data_off: 0xc8,
-        sk_off: 0x18,
-        family_off: 0x10,
-        state_off: 0x12,
-        daddr_off: 0,
-        rcv_saddr_off: 4,
-        dport_off: 0xc,
-        num_off: 0xe,
-        v6_daddr_off: Some(0x38),
-        v6_rcv_saddr_off: Some(0x48),
-        protocol_off: 0x20c,
-        protocol_width: 2,
-        type_off: 0x20a,
+        ..fixture("debian12-6.1")
+            .walk
+            .expect("the fixture has the task walk")
     }
 }
 

@@ -447,6 +447,41 @@ mod tests {
     }
 
     #[test]
+    fn list_tasks_request_layout_and_answer() {
+        let text = b"{\"pid\":1}\n{\"end\":\"complete\"}\n".to_vec();
+        let n = text.len() as u64;
+        let (mut a, _) = agent(vec![
+            (
+                Reply {
+                    rax: 0,
+                    rbx: n,
+                    ..Reply::default()
+                },
+                text,
+            ),
+            ok(0),
+            status(Status::NotAuthorized, 0),
+            ok(MAX_BUFFER_LEN as u64 + 1),
+        ]);
+        assert_eq!(
+            a.list_tasks(true).unwrap(),
+            "{\"pid\":1}\n{\"end\":\"complete\"}\n"
+        );
+        assert_eq!(a.list_tasks(false).unwrap(), "");
+        let (f, req, out) = &a.transport.calls[0];
+        assert_eq!(*f, Function::ListTasks);
+        assert_eq!(req.len(), 36);
+        assert_eq!(&req[..32], &KEY);
+        assert_eq!(&req[32..], &[1, 0, 0, 0]);
+        assert_eq!(*out, MAX_BUFFER_LEN);
+        assert_eq!(&a.transport.calls[1].1[32..], &[0, 0, 0, 0]);
+        let refused = a.list_tasks(true).unwrap_err().to_string();
+        assert!(refused.contains("list tasks"), "{refused}");
+        let lying = a.list_tasks(true).unwrap_err().to_string();
+        assert!(lying.contains("wrote 65537 bytes"), "{lying}");
+    }
+
+    #[test]
     fn unregister_request_layout() {
         let (mut a, _) = agent(vec![ok(0)]);
         a.unregister(0x0102_0304).unwrap();

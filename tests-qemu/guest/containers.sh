@@ -372,6 +372,9 @@ admin_block_b() {
         /tmp/policy-b2.toml > /tmp/policy-b-wide.toml
     sed 's/^id = 102/id = 112/' /tmp/policy-b2.toml > /tmp/policy-b-renamed.toml
     ctr admin-b-ping-a-before $CRUN exec B ping -c 2 -W 5 "$A_IP"
+    # For the administrator's `shoji-admin tasks` at the sync point: the containers' first
+    # processes as crun knows them.
+    echo "SHOJI-TEST: ctr-pids A=$(ctr_pid A) B=$(ctr_pid B)"
     sync_peer admin-block
     ctr admin-b-ping-a-blocked $CRUN exec B ping -c 2 -W 3 "$A_IP"
     ctr admin-a-ping-peer $CRUN exec A ping -c 2 -W 5 "$PEER"

@@ -584,10 +584,12 @@ fn admin_block(
     tools: &crate::mgmt::AdminTools,
     peer_log: &mut String,
 ) -> Result<()> {
-    use crate::mgmt::{admin_once, first_line, rule_id, rules_of};
+    use crate::mgmt::{admin_once, first_line, rule_id, rules_of, task_lines};
     let limit = t(120);
     let mut id = None;
+    let mut tasks = (false, String::new());
     sync(m, ns, rep, "admin-block", t(1500), peer_log, |rep, _| {
+        tasks = admin_once(ns, tools, dir, "tasks", &["tasks"], limit);
         let args = ["block", "--container", "102"];
         let (ok, text) = admin_once(ns, tools, dir, "block B", &args, limit);
         id = rule_id(&text);
@@ -597,6 +599,39 @@ fn admin_block(
             first_line(&text),
         );
     })?;
+    // The containers' first processes (crun's pids, printed by the guest before the sync) in
+    // the administrator's task list, each with its container; the host's init with none.
+    let console = m.text(Stream::Console);
+    let pid_of = |name: &str| -> Option<u64> {
+        console
+            .lines()
+            .find_map(|l| l.split_once("SHOJI-TEST: ctr-pids ").map(|(_, r)| r))?
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+    };
+    let lines = task_lines(&tasks.1).unwrap_or_default();
+    let container_of = |pid: Option<u64>| {
+        let t = lines
+            .iter()
+            .find(|t| pid.is_some() && t["pid"].as_u64() == pid)?;
+        Some(t["container"].clone())
+    };
+    let (a, b) = (container_of(pid_of("A")), container_of(pid_of("B")));
+    let init = container_of(Some(1));
+    rep.check(
+        "management: `shoji-admin tasks` lists each container's first process (crun's pid) with its container (A 101, B 102) and the host's init with none",
+        tasks.0
+            && a == Some(serde_json::json!(101))
+            && b == Some(serde_json::json!(102))
+            && init == Some(serde_json::Value::Null),
+        format!(
+            "pids A={:?} B={:?}: container {a:?} / {b:?}; init: {init:?}; {} lines ({})",
+            pid_of("A"),
+            pid_of("B"),
+            lines.len(),
+            lines.last().map(|l| l.to_string()).unwrap_or_else(|| first_line(&tasks.1))
+        ),
+    );
     sync(m, ns, rep, "admin-unblock", t(1500), peer_log, |rep, _| {
         let (_, listed) = admin_once(ns, tools, dir, "blocks", &["blocks"], limit);
         let rule = rules_of(&listed).and_then(|r| r.first().cloned());

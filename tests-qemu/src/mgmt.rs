@@ -643,7 +643,202 @@ fn phases(
         udp9 == 0 && arp9 == 0 && udp77 > 0 && arp77 > 0,
         format!("tcpdump on the peer's tap: as Shoji {udp9} UDP + {arp9} ARP; as 10.0.2.77 {udp77} UDP + {arp77} ARP"),
     );
+    admin_tasks(m, p, rep, t)?;
     admin_rules(m, p, rep, t, &lines)
+}
+
+/// The guest's port where uid 1000 listens for the peer's held connection.
+const TASKS_PORT: &str = "7781";
+
+/// What the guest's own /proc says about the process holding the peer's connection
+/// (`tasks-witness` line): pid, comm, executable inode, uid, and its /proc/net/tcp line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TasksWitness {
+    pub pid: u64,
+    pub comm: String,
+    pub exe_inode: u64,
+    pub uid: u64,
+    /// `a.b.c.d:port` of both ends, from /proc/net/tcp's hex.
+    pub local: String,
+    pub remote: String,
+}
+
+/// An endpoint of `/proc/net/tcp` (`0F02000A:1E65`: IPv4 as one host-order word) or
+/// `/proc/net/tcp6` (four such words) as `10.0.2.15:7781` or `[fe80::1]:7781`; an IPv4-mapped
+/// IPv6 address is written as IPv4, as [`endpoint`] writes Shoji's.
+fn proc_net_endpoint(hex: &str) -> Option<String> {
+    let (a, p) = hex.split_once(':')?;
+    let port = u16::from_str_radix(p, 16).ok()?;
+    let word = |i: usize| -> Option<[u8; 4]> {
+        let w = u32::from_str_radix(a.get(i * 8..i * 8 + 8)?, 16).ok()?;
+        Some(w.swap_bytes().to_be_bytes())
+    };
+    let ip = match a.len() {
+        8 => std::net::IpAddr::from(word(0)?),
+        32 => {
+            let mut b = [0u8; 16];
+            for i in 0..4 {
+                b[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+            }
+            std::net::IpAddr::from(b)
+        }
+        _ => return None,
+    };
+    Some(endpoint(&std::net::SocketAddr::new(ip, port).to_string()))
+}
+
+/// An `addr:port` endpoint with an IPv4-mapped IPv6 address (`[::ffff:10.0.2.15]:7781`, what a
+/// dual-stack socket holds) written as IPv4 (`10.0.2.15:7781`); others unchanged.
+pub fn endpoint(text: &str) -> String {
+    match text.parse::<std::net::SocketAddr>() {
+        Ok(std::net::SocketAddr::V6(a)) => match a.ip().to_ipv4_mapped() {
+            Some(v4) => format!("{v4}:{}", a.port()),
+            None => text.to_owned(),
+        },
+        _ => text.to_owned(),
+    }
+}
+
+/// Parse the guest's `SHOJI-TEST: tasks-witness ...` line.
+pub fn tasks_witness(console: &str) -> Option<TasksWitness> {
+    let line = console
+        .lines()
+        .find_map(|l| l.split_once("SHOJI-TEST: tasks-witness ").map(|(_, r)| r))?;
+    let field = |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
+    };
+    let tcp = line.split_once("tcp=[")?.1.trim_end().trim_end_matches(']');
+    let cols: Vec<&str> = tcp.split_whitespace().collect();
+    Some(TasksWitness {
+        pid: field("pid")?.parse().ok()?,
+        comm: field("comm")?.to_owned(),
+        exe_inode: field("exe_inode")?.parse().ok()?,
+        uid: field("status_uid")?.parse().ok()?,
+        local: proc_net_endpoint(cols.get(1)?)?,
+        remote: proc_net_endpoint(cols.get(2)?)?,
+    })
+}
+
+/// The JSON lines of a `/tasks` answer (`None` if any line is not a JSON object).
+pub fn task_lines(text: &str) -> Option<Vec<serde_json::Value>> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .filter(|v| v.is_object())
+        })
+        .collect()
+}
+
+/// The task in `lines` holding a TCP socket from `local` to `remote` in state ESTABLISHED.
+pub fn task_with_socket<'a>(
+    lines: &'a [serde_json::Value],
+    local: &str,
+    remote: &str,
+) -> Option<&'a serde_json::Value> {
+    lines.iter().find(|t| {
+        t["sockets"].as_array().is_some_and(|ss| {
+            ss.iter().any(|s| {
+                s["protocol"] == "tcp"
+                    && s["state"] == "ESTABLISHED"
+                    && s["local"].as_str().map(endpoint).as_deref() == Some(local)
+                    && s["remote"].as_str().map(endpoint).as_deref() == Some(remote)
+            })
+        })
+    })
+}
+
+/// Whether `task` is the witnessed process: pid, uid, comm and executable inode all agree.
+fn same_process(task: &serde_json::Value, w: &TasksWitness) -> bool {
+    task["pid"].as_u64() == Some(w.pid)
+        && task["tgid"].as_u64() == Some(w.pid)
+        && task["uid"].as_u64() == Some(w.uid)
+        && task["comm"].as_str() == Some(w.comm.as_str())
+        && task["exe_inode"].as_u64() == Some(w.exe_inode)
+}
+
+/// Phase 3b: the guest's processes with their sockets, as the administrator (`/tasks`) and the
+/// agent (`ListTasks`) read them, against the guest's own /proc.
+fn admin_tasks(
+    m: &mut Machine,
+    p: &mut Phase<'_>,
+    rep: &mut Report,
+    t: &dyn Fn(u64) -> Duration,
+) -> Result<()> {
+    m.wait_for(Stream::Console, "SHOJI-TEST: MGMT-TASKS-READY", t(900), &[])?;
+    // The peer connects to uid 1000's listener and holds the connection open.
+    let hold = format!(
+        "exec 3<>/dev/tcp/{}/{TASKS_PORT} && echo tasks-hello >&3 && sleep 900",
+        crate::netns::GUEST_IP
+    );
+    let mut c = p.ns.command("bash", ["-c", &hold]);
+    c.stdin(std::process::Stdio::null());
+    let mut holder = GroupChild::spawn(&mut c)?;
+    m.wait_for(
+        Stream::Console,
+        "SHOJI-TEST: MGMT-TASKS-WITNESS-DONE",
+        t(300),
+        &[],
+    )?;
+    let with = p.admin("tasks --sockets", &["tasks", "--sockets"]);
+    let without = p.admin("tasks", &["tasks"]);
+    let unsigned = p.admin("unsigned tasks", &["--no-key", "tasks"]);
+    holder.kill();
+    send_msg(p.ns, "next", &mut p.log);
+    let console = m.text(Stream::Console);
+    let witness = tasks_witness(&console);
+    let lines = task_lines(&with.text).unwrap_or_default();
+    let found = witness
+        .as_ref()
+        .and_then(|w| task_with_socket(&lines, &w.local, &w.remote));
+    let end = lines.last().cloned().unwrap_or_default();
+    rep.check(
+        "management: `shoji-admin tasks --sockets` lists the guest process holding the peer's TCP connection with the pid, uid, comm, executable inode and both endpoints the guest's /proc gives (/proc/net/tcp, the owner of the socket's inode)",
+        with.ok
+            && witness.as_ref().is_some_and(|w| w.uid == 1000 && w.remote.starts_with(crate::netns::PEER_IP))
+            && found.zip(witness.as_ref()).is_some_and(|(t, w)| same_process(t, w)),
+        format!(
+            "guest: {witness:?}; Shoji: {}",
+            found.map(|t| t.to_string()).unwrap_or_else(|| format!("no task with that socket in {} lines ({})", lines.len(), first_line(&with.text)))
+        ),
+    );
+    let listed = task_lines(&without.text).unwrap_or_default();
+    let init = listed.iter().find(|t| t["pid"] == 1);
+    rep.check(
+        "management: the list is complete and names init (pid 1, uid 0) and no sockets without ?sockets=1",
+        end["end"] == "complete"
+            && listed.last().is_some_and(|e| e["end"] == "complete")
+            && init.is_some_and(|t| t["uid"] == 0 && t.get("sockets").is_none())
+            && listed.len() > 5,
+        format!("last line with sockets: {end}; without: {} lines, init: {:?}", listed.len(), init.map(|t| t.to_string())),
+    );
+    rep.check(
+        "management: an unsigned GET /tasks is refused with 401",
+        unsigned.code == Some(2) && unsigned.text.contains("401"),
+        first_line(&unsigned.text),
+    );
+    // The agent's view through the ListTasks VMCALL (`[tasks-agent] ` lines).
+    let agent_text: String = console
+        .lines()
+        .filter_map(|l| l.split_once("[tasks-agent] ").map(|(_, r)| r))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let agent_lines = task_lines(&agent_text).unwrap_or_default();
+    let agent_found = witness
+        .as_ref()
+        .and_then(|w| task_with_socket(&agent_lines, &w.local, &w.remote));
+    rep.check(
+        "management: the agent's `shojictl tasks --sockets` (ListTasks VMCALL) lists the same process with the same socket",
+        agent_found.zip(witness.as_ref()).is_some_and(|(t, w)| same_process(t, w)),
+        format!(
+            "{} lines from the agent; {}",
+            agent_lines.len(),
+            agent_found.map(|t| t.to_string()).unwrap_or_else(|| "the process is not among them".into())
+        ),
+    );
+    Ok(())
 }
 
 /// Phase 4: the administrator's rules against uid 1000, with root and the agent beside it.
@@ -785,6 +980,60 @@ pub fn first_line(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tasks_witness_and_the_task_holding_its_socket() {
+        let console = "x\nSHOJI-TEST: tasks-witness pid=812 comm=nc exe_inode=4321 status_uid=1000 tcp=[3: 0F02000A:1E65 0202000A:B3A2 01 00000000:00000000 00:00000000 00000000 1000 0 9876 1 0000000000000000 20 4 30 10 -1]\n";
+        let w = tasks_witness(console).unwrap();
+        assert_eq!(
+            w,
+            TasksWitness {
+                pid: 812,
+                comm: "nc".into(),
+                exe_inode: 4321,
+                uid: 1000,
+                local: "10.0.2.15:7781".into(),
+                remote: "10.0.2.2:45986".into(),
+            }
+        );
+        let text = concat!(
+            "{\"pid\":1,\"tgid\":1,\"uid\":0,\"comm\":\"init\",\"exe_inode\":1,\"sockets\":[]}\n",
+            "{\"pid\":812,\"tgid\":812,\"uid\":1000,\"comm\":\"nc\",\"exe_inode\":4321,\"sockets\":[{\"protocol\":\"tcp\",\"state\":\"ESTABLISHED\",\"local\":\"10.0.2.15:7781\",\"remote\":\"10.0.2.2:45986\"}]}\n",
+            "{\"end\":\"complete\"}\n"
+        );
+        let lines = task_lines(text).unwrap();
+        let t = task_with_socket(&lines, &w.local, &w.remote).unwrap();
+        assert!(same_process(t, &w));
+        let mut other = w.clone();
+        other.exe_inode = 4322;
+        assert!(!same_process(t, &other));
+        assert!(task_with_socket(&lines, &w.local, "10.0.2.2:1").is_none());
+        assert!(task_lines("{}\nnot json\n").is_none());
+        // A dual-stack listener's connection: /proc/net/tcp6 and Shoji both say IPv4-mapped.
+        let v6 = "SHOJI-TEST: tasks-witness pid=310 comm=nc exe_inode=15 status_uid=1000 tcp=[1: 0000000000000000FFFF00000F02000A:1E65 0000000000000000FFFF00000202000A:BCC0 01 00000000:00000000 00:00000000 00000000 1000 0 777 1]";
+        let w6 = tasks_witness(v6).unwrap();
+        assert_eq!(
+            (w6.local.as_str(), w6.remote.as_str()),
+            ("10.0.2.15:7781", "10.0.2.2:48320")
+        );
+        let text6 = "{\"pid\":310,\"tgid\":310,\"uid\":1000,\"comm\":\"nc\",\"exe_inode\":15,\"sockets\":[{\"family\":\"ipv6\",\"protocol\":\"tcp\",\"state\":\"ESTABLISHED\",\"local\":\"[::ffff:10.0.2.15]:7781\",\"remote\":\"[::ffff:10.0.2.2]:48320\"}]}\n";
+        let lines6 = task_lines(text6).unwrap();
+        assert!(same_process(
+            task_with_socket(&lines6, &w6.local, &w6.remote).unwrap(),
+            &w6
+        ));
+        // A real IPv6 address stays IPv6.
+        assert_eq!(
+            proc_net_endpoint("000080FE000000000000000015000000:0222").as_deref(),
+            Some("[fe80::15]:546")
+        );
+        assert_eq!(endpoint("[fe80::15]:546"), "[fe80::15]:546");
+        assert_eq!(proc_net_endpoint("0F02000A"), None);
+        assert!(tasks_witness(
+            "SHOJI-TEST: tasks-witness pid=none comm= exe_inode= status_uid= tcp=[]"
+        )
+        .is_none());
+    }
 
     #[test]
     fn the_admin_key_is_a_key_and_not_the_agents() {

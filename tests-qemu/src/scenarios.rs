@@ -1382,6 +1382,29 @@ fn msr_checks(rep: &mut Report, console: &str, with_shoji: bool) {
             line,
         );
     }
+    let limit = intro_line(console, "msr-misc-limit-cpuid").unwrap_or("no line");
+    let unchanged = |line: &str| {
+        field(line, "before").is_some() && field(line, "before") == field(line, "after")
+    };
+    if with_shoji {
+        let xd = intro_line(console, "msr-misc-xd-disable").unwrap_or("no line");
+        rep.check(
+            "setting IA32_MISC_ENABLE's limit-CPUID (bit 22) or XD disable (bit 34) is #GP under Shoji; the MSR is unchanged",
+            [limit, xd]
+                .iter()
+                .all(|l| l.contains("write=refused(EIO)") && unchanged(l)),
+            format!("{limit} / {xd}"),
+        );
+    } else {
+        rep.check(
+            "control: without Shoji the limit-CPUID bit (22) of IA32_MISC_ENABLE is set (reads back) and put back",
+            limit.contains(" rc=0 ")
+                && limit.contains("write=accepted")
+                && limit.contains("readback=same")
+                && limit.contains("restore=accepted"),
+            limit,
+        );
+    }
     expect_step(
         rep,
         console,
