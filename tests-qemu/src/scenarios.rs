@@ -914,6 +914,9 @@ fn linux(
     }
     if sc.net_load() {
         rx_flood(sc, m, rep, ns, t)?;
+        if sc.mgmt() {
+            mgmt_load(m, rep, ns, &sc.dir(), t)?;
+        }
     }
     milestone(
         sc,
@@ -1740,6 +1743,138 @@ fn call_after(console: &str, pat: &str) -> Option<usize> {
     None
 }
 
+/// The VM exits of every CPU at each LogCounters call, in call order (the sum of the
+/// `exits cpuN: total=` lines of the call).
+fn exits_per_call(hv: &str) -> Vec<u64> {
+    let mut calls: Vec<u64> = Vec::new();
+    for l in hv.lines() {
+        let Some((_, r)) = l.split_once("shoji-hv: exits cpu") else {
+            continue;
+        };
+        let Some(total) = field(r, "total").and_then(|v| v.parse::<u64>().ok()) else {
+            continue;
+        };
+        if l.contains(markers::HV_EXITS) {
+            calls.push(total);
+        } else if let Some(c) = calls.last_mut() {
+            *c += total;
+        }
+    }
+    calls
+}
+
+/// One stretch of the management-load phase: guest TX frames, Shoji's exits, the guest's rate.
+#[derive(Debug, Clone, Copy)]
+struct LoadStretch {
+    frames: u64,
+    exits: u64,
+    pps: u64,
+}
+
+impl LoadStretch {
+    fn exits_per_frame(&self) -> f64 {
+        self.exits as f64 / self.frames.max(1) as f64
+    }
+}
+
+/// The stretch between the `eth0 stats mgmt-NAME-start` and `-end` LogCounters calls, with the
+/// rate of the `probe flood (NAME):` line.
+fn load_stretch(console: &str, hv: &str, name: &str) -> Option<LoadStretch> {
+    let exits = exits_per_call(hv);
+    let nic = nic_per_call(hv);
+    let at = |label: &str| call_after(console, &format!("{} {label} ", markers::ETH0_STATS));
+    let (a, b) = (
+        at(&format!("mgmt-{name}-start"))?,
+        at(&format!("mgmt-{name}-end"))?,
+    );
+    let frames = nic
+        .get(b)?
+        .as_ref()?
+        .0
+        .seen
+        .checked_sub(nic.get(a)?.as_ref()?.0.seen)?;
+    let exits = exits.get(b)?.checked_sub(*exits.get(a)?)?;
+    let line = console
+        .lines()
+        .find(|l| l.contains(&format!("probe flood ({name}):")))?;
+    let pps = field(line, "pps")?.parse().ok()?;
+    Some(LoadStretch { frames, exits, pps })
+}
+
+/// The cost of management traffic (`bochs-shoji`): the guest floods the peer twice, the second
+/// time while the peer scrapes `/metrics` without pause. Shoji must keep answering, and the
+/// guest's flood must not be disturbed by more than a generous bound: exits per frame within a
+/// quarter (plus 0.1), the guest's rate at least half. The figures are reported either way.
+fn mgmt_load(
+    m: &mut Machine,
+    rep: &mut Report,
+    ns: &Netns,
+    dir: &std::path::Path,
+    t: &dyn Fn(u64) -> Duration,
+) -> Result<()> {
+    m.wait_for(Stream::Console, "SHOJI-TEST: MGMT-LOAD-READY", t(900), &[])?;
+    let log = dir.join("mgmt-load-scrapes.txt");
+    let url = format!(
+        "http://{}:{}/metrics",
+        crate::mgmt::MGMT_IP,
+        crate::mgmt::MGMT_PORT
+    );
+    let script = format!(
+        "while :; do curl -s -o /dev/null -m 30 -w '%{{http_code}}\\n' {url}; done >> {}",
+        log.display()
+    );
+    let mut c = ns.command("bash", ["-c", &script]);
+    c.stdin(std::process::Stdio::null());
+    let mut scraper = crate::util::GroupChild::spawn(&mut c)?;
+    // The scrapes are flowing before the guest starts its flood.
+    let answered = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.trim() == "200")
+            .count()
+    };
+    let until = std::time::Instant::now() + t(60);
+    while answered(&log) == 0 && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let before = answered(&log);
+    let mut peer_log = String::new();
+    crate::netns::send_msg(ns, "next", &mut peer_log);
+    m.wait_for(Stream::Console, "SHOJI-TEST: MGMT-LOAD-DONE", t(600), &[])?;
+    let during = answered(&log).saturating_sub(before);
+    scraper.kill();
+    crate::netns::send_msg(ns, "next", &mut peer_log);
+    let console = m.text(Stream::Console);
+    let hv = m.text(Stream::ShojiLog);
+    let quiet = load_stretch(&console, &hv, "quiet");
+    let busy = load_stretch(&console, &hv, "busy");
+    let detail = match (quiet, busy) {
+        (Some(q), Some(b)) => format!(
+            "quiet: {} frames, {:.3} exits/frame, {} pps (guest time); while scraped ({during} scrapes answered): {} frames, {:.3} exits/frame, {} pps",
+            q.frames,
+            q.exits_per_frame(),
+            q.pps,
+            b.frames,
+            b.exits_per_frame(),
+            b.pps
+        ),
+        _ => format!("figures missing: quiet {quiet:?}, busy {busy:?}; {during} scrapes answered"),
+    };
+    rep.check(
+        "management: scraping /metrics without pause during a guest UDP flood leaves the guest's flood within bounds (exits per frame within 25 % + 0.1, rate at least half) and every scrape answered",
+        during >= 2
+            && quiet.zip(busy).is_some_and(|(q, b)| {
+                q.frames > 0
+                    && b.frames > 0
+                    && b.exits_per_frame() <= q.exits_per_frame() * 1.25 + 0.1
+                    && b.pps * 2 >= q.pps
+            }),
+        detail,
+    );
+    Ok(())
+}
+
 /// Frames Shoji's NIC counters show in one direction: delivered, and seen (delivered + dropped).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct DirCount {
@@ -2345,6 +2480,41 @@ mod tests {
             (tx.delivered, tx.seen, rx.delivered, rx.seen),
             (50, 52, 60, 60)
         );
+    }
+
+    #[test]
+    fn management_load_stretches_from_the_counters() {
+        let console = "SHOJI-TEST: eth0 stats mgmt-quiet-start tx_packets=1 rx_packets=1 tx_bytes=1 rx_bytes=1\n\
+            probe log-counters: status=0\n\
+            probe flood (quiet): sent=1000 errors=0 seconds=0.1 pps=10000\n\
+            SHOJI-TEST: eth0 stats mgmt-quiet-end tx_packets=1 rx_packets=1 tx_bytes=1 rx_bytes=1\n\
+            probe log-counters: status=0\n\
+            SHOJI-TEST: eth0 stats mgmt-busy-start tx_packets=1 rx_packets=1 tx_bytes=1 rx_bytes=1\n\
+            probe log-counters: status=0\n\
+            probe flood (busy): sent=1000 errors=0 seconds=0.1 pps=9000\n\
+            SHOJI-TEST: eth0 stats mgmt-busy-end tx_packets=1 rx_packets=1 tx_bytes=1 rx_bytes=1\n\
+            probe log-counters: status=0\n";
+        let call = |exits0: u64, exits1: u64, tx: u64| {
+            format!(
+                "shoji-hv: exits cpu0: total={exits0}\nshoji-hv: exits cpu1: total={exits1}\n\
+                 shoji-hv: e1000 tx: frames={tx} bytes=0 dropped=0\n\
+                 shoji-hv: e1000 rx: frames=0 bytes=0 dropped=0\n"
+            )
+        };
+        let hv = [
+            call(100, 1, 0),
+            call(1100, 1, 1000),
+            call(1200, 1, 1000),
+            call(2500, 3, 2000),
+        ]
+        .concat();
+        assert_eq!(exits_per_call(&hv), [101, 1101, 1201, 2503]);
+        let q = load_stretch(console, &hv, "quiet").unwrap();
+        assert_eq!((q.frames, q.exits, q.pps), (1000, 1000, 10_000));
+        let b = load_stretch(console, &hv, "busy").unwrap();
+        assert_eq!((b.frames, b.exits, b.pps), (1000, 1302, 9000));
+        assert!((b.exits_per_frame() - 1.302).abs() < 1e-9);
+        assert!(load_stretch(console, &hv, "other").is_none());
     }
 
     #[test]
