@@ -1399,11 +1399,13 @@ fn msr_checks(rep: &mut Report, console: &str, with_shoji: bool) {
             format!("{limit} / {xd}"),
         );
     } else {
+        // Bochs accepts the write and keeps none of IA32_MISC_ENABLE's bits (it reads 0 before
+        // and after), so the bit's effect cannot be shown on this bed: the control shows that
+        // the #GP under Shoji is Shoji's answer, not the emulated CPU's.
         rep.check(
-            "control: without Shoji the limit-CPUID bit (22) of IA32_MISC_ENABLE is set (reads back) and put back",
+            "control: without Shoji the CPU accepts a write setting IA32_MISC_ENABLE's limit-CPUID bit (22) (no #GP; Bochs keeps none of the register's bits)",
             limit.contains(" rc=0 ")
                 && limit.contains("write=accepted")
-                && limit.contains("readback=same")
                 && limit.contains("restore=accepted"),
             limit,
         );
