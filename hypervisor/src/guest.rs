@@ -130,7 +130,7 @@ mod tests {
 
     #[test]
     fn guest_ram_refuses_holes_and_shoji() {
-        let mut setup: Setup = empty_setup();
+        let mut setup: Setup = Setup::zeroed_for_tests();
         setup.region_base = 0x100_0000;
         setup.region_size = 0x10_0000;
         crate::setup::add_ram_range(&mut setup.ram, &mut setup.ram_count, 0, 0xa_0000);
@@ -142,34 +142,6 @@ mod tests {
         assert_eq!(ram.check(0x100_0000, 1), Err(MemError::Hypervisor));
         assert_eq!(ram.check(0xff_ffff, 2), Err(MemError::Hypervisor));
         assert_eq!(ram.check(u64::MAX, 2), Err(MemError::BadRange));
-    }
-
-    fn empty_setup() -> Setup {
-        Setup {
-            magic: 0,
-            region_base: 0,
-            region_size: 0,
-            image_base: 0,
-            image_size: 0,
-            arena_next: 0,
-            arena_end: 0,
-            host_cr3: 0,
-            phys_top: 0,
-            log_port: 0,
-            log_level: 0,
-            expose_memory: 0,
-            agent_key_set: 0,
-            agent_key: [0; 32],
-            cpu_count: 0,
-            ram_count: 0,
-            ram: [[0; 2]; crate::setup::MAX_RAM_RANGES],
-            mediate_nic: 0,
-            tsc_hz: 0,
-            mgmt: shoji_mgmt::Settings::default(),
-            ecam_base: 0,
-            ecam_bus_start: 0,
-            ecam_bus_end: 0,
-        }
     }
 
     #[test]

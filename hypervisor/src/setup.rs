@@ -74,6 +74,38 @@ pub struct Setup {
     pub ecam_bus_end: u8,
 }
 
+#[cfg(test)]
+impl Setup {
+    /// A setup page with every field zero (no region, no RAM, no NIC, no ECAM window).
+    pub(crate) fn zeroed_for_tests() -> Setup {
+        Setup {
+            magic: 0,
+            region_base: 0,
+            region_size: 0,
+            image_base: 0,
+            image_size: 0,
+            arena_next: 0,
+            arena_end: 0,
+            host_cr3: 0,
+            phys_top: 0,
+            log_port: 0,
+            log_level: 0,
+            expose_memory: 0,
+            agent_key_set: 0,
+            agent_key: [0; 32],
+            cpu_count: 0,
+            ram_count: 0,
+            ram: [[0; 2]; MAX_RAM_RANGES],
+            mediate_nic: 0,
+            tsc_hz: 0,
+            mgmt: shoji_mgmt::Settings::default(),
+            ecam_base: 0,
+            ecam_bus_start: 0,
+            ecam_bus_end: 0,
+        }
+    }
+}
+
 /// The platform's ECAM window (segment 0), as the boot application read it from the MCFG:
 /// where the PCI Express configuration space of each bus, device and function lies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,6 +200,41 @@ mod tests {
         assert_eq!(later.function_page(0x0f, 0, 0), None);
         assert_eq!(q35.function_page(0, 32, 0), None);
         assert_eq!(q35.function_page(0, 0, 8), None);
+    }
+
+    #[test]
+    fn the_ecam_window_is_taken_from_the_setup_page_only_when_it_names_one() {
+        let mut s = Setup::zeroed_for_tests();
+        assert_eq!(EcamWindow::from_setup(&s), None, "no MCFG: base 0");
+        s.ecam_base = 0xb000_0000;
+        s.ecam_bus_start = 0;
+        s.ecam_bus_end = 255;
+        assert_eq!(
+            EcamWindow::from_setup(&s),
+            Some(EcamWindow {
+                base: 0xb000_0000,
+                bus_start: 0,
+                bus_end: 255
+            })
+        );
+        // One bus, not bus 0.
+        s.ecam_base = 0xe000_0000;
+        s.ecam_bus_start = 7;
+        s.ecam_bus_end = 7;
+        assert_eq!(
+            EcamWindow::from_setup(&s),
+            Some(EcamWindow {
+                base: 0xe000_0000,
+                bus_start: 7,
+                bus_end: 7
+            })
+        );
+        // Buses the wrong way round: no window.
+        s.ecam_bus_start = 8;
+        assert_eq!(EcamWindow::from_setup(&s), None);
+        s.ecam_bus_start = 0;
+        s.ecam_base = 0;
+        assert_eq!(EcamWindow::from_setup(&s), None, "buses without a base");
     }
 
     #[test]
