@@ -1139,6 +1139,18 @@ const INTROSPECTION_EXPECT: &[(&str, bool, &str, &str)] = &[
         markers::WHOAMI_MATCH,
         "whoami matches again",
     ),
+    (
+        "tasks-list",
+        true,
+        "\"end\":\"complete\"",
+        "the agent lists the guest's processes through ListTasks (the profile's task walk): the list is complete",
+    ),
+    (
+        "tasks-uid1000",
+        false,
+        "NotAuthorized",
+        "uid 1000 holding a copy of the key cannot list the guest's processes",
+    ),
 ];
 
 /// What each step of the guest's policy ABI checks must show: (step, must succeed, text its last
@@ -1458,6 +1470,24 @@ fn introspection_checks(rep: &mut Report, console: &str, with_shoji: bool) {
     for (name, ok, text, what) in INTROSPECTION_EXPECT {
         expect_step(rep, console, name, *ok, text, what);
     }
+    // The agent's list names init as the guest's /proc does (pid 1, uid 0, comm init), and the
+    // shell that ran the list (`sh`, uid 0) among the rest.
+    let listed: Vec<serde_json::Value> = console
+        .lines()
+        .filter_map(|l| l.split_once("[tasks-list] ").map(|(_, r)| r))
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let init = listed.iter().find(|t| t["pid"] == 1);
+    rep.check(
+        "the agent's task list names init (pid 1, uid 0, comm init, not a kernel thread) and kernel threads as such",
+        init.is_some_and(|t| t["uid"] == 0 && t["comm"] == "init" && t["kthread"] == false)
+            && listed.iter().any(|t| t["comm"] == "kthreadd" && t["kthread"] == true),
+        format!(
+            "{} lines; init: {}",
+            listed.len(),
+            init.map(|t| t.to_string()).unwrap_or_else(|| "not listed".into())
+        ),
+    );
 }
 
 /// The peer floods the guest's UDP sink from the namespace while the guest counts (the RX
