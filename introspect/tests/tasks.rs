@@ -517,3 +517,155 @@ fn entries_render_as_json_lines_that_parse_and_escape_what_the_guest_names() {
     assert_eq!(t["container"], serde_json::Value::Null);
     assert!(t.get("sockets").is_none());
 }
+
+/// One task whose fd array holds `max_fds` slots with sockets at the given descriptors (the
+/// array's page holds 512, so descriptors past `max_fds` can hold sockets the walk must not see).
+fn task_with_sockets_at(max_fds: u32, fds: &[usize]) -> World {
+    let mut w = World::new();
+    let t = w.add(10, 0, 1, &[]);
+    w.files(t, &[]);
+    let wk = walk();
+    let g = &mut w.g;
+    let task_pa = g.pa(t);
+    let fs = g.pa(g.r64(task_pa + wk.files_off as u64));
+    let fdt = g.pa(g.r64(fs + wk.fdt_off as u64));
+    g.w32(fdt + wk.max_fds_off as u64, max_fds);
+    let arr = g.pa(g.r64(fdt + wk.fd_off as u64));
+    // A donor task's socket file, placed at each descriptor.
+    let donor = w.add(11, 0, 1, &[TCP]);
+    let g = &mut w.g;
+    let dfs = g.pa(g.r64(g.pa(donor) + wk.files_off as u64));
+    let dfdt = g.pa(g.r64(dfs + wk.fdt_off as u64));
+    let darr = g.pa(g.r64(dfdt + wk.fd_off as u64));
+    let file = g.r64(darr);
+    for &fd in fds {
+        g.w64(arr + 8 * fd as u64, file);
+    }
+    w
+}
+
+#[test]
+fn descriptors_are_read_in_chunks_up_to_max_fds_and_no_further() {
+    // 40 descriptors: two chunks (32 + 8); sockets at 0, 33 and 39 are seen, 40 and 45 are not.
+    let w = task_with_sockets_at(40, &[0, 33, 39, 40, 45]);
+    let (seen, _) = collect(&w, true, WalkLimits::DEFAULT);
+    assert_eq!(
+        (seen[0].0, seen[0].3.len(), seen[0].4),
+        (Some(10), 3, false)
+    );
+    // max_fds exactly at the limit is not cut; one more is.
+    let limits = WalkLimits {
+        max_fds: 40,
+        ..WalkLimits::DEFAULT
+    };
+    let (seen, _) = collect(&w, true, limits);
+    assert_eq!((seen[0].3.len(), seen[0].4), (3, false));
+    let limits = WalkLimits {
+        max_fds: 39,
+        ..WalkLimits::DEFAULT
+    };
+    let (seen, _) = collect(&w, true, limits);
+    assert_eq!((seen[0].3.len(), seen[0].4), (2, true));
+}
+
+#[test]
+fn empty_descriptors_cost_no_reads_of_their_own() {
+    // One socket among 64 descriptors: the list head, the task's link, its file table (files,
+    // fdt, max_fds, fd: 4 reads), two chunks of 32 descriptors, and the socket (f_inode,
+    // i_mode, private_data, sk, family, two addresses, state, two ports, protocol, type: 12).
+    let mut w = World::new();
+    w.add(10, 0, 1, &[TCP]);
+    let (seen, s) = collect(&w, true, WalkLimits::DEFAULT);
+    assert_eq!(seen[0].3.len(), 1);
+    assert_eq!(s.reads, 1 + 1 + 4 + 2 + 12);
+    // A regular file costs its inode's two reads.
+    let mut w = World::new();
+    w.add(10, 0, 1, &[File::Regular]);
+    let (_, s) = collect(&w, true, WalkLimits::DEFAULT);
+    assert_eq!(s.reads, 1 + 1 + 4 + 2 + 2);
+}
+
+#[test]
+fn state_and_protocol_names() {
+    use shoji_introspect::tasks::{tcp_state_name, Socket};
+    let states = [
+        "ESTABLISHED",
+        "SYN_SENT",
+        "SYN_RECV",
+        "FIN_WAIT1",
+        "FIN_WAIT2",
+        "TIME_WAIT",
+        "CLOSE",
+        "CLOSE_WAIT",
+        "LAST_ACK",
+        "LISTEN",
+        "CLOSING",
+        "NEW_SYN_RECV",
+    ];
+    for (i, name) in states.iter().enumerate() {
+        assert_eq!(tcp_state_name(i as u8 + 1), *name);
+    }
+    assert_eq!(tcp_state_name(0), "UNKNOWN");
+    assert_eq!(tcp_state_name(13), "UNKNOWN");
+    let json = |protocol: u16, state: u8| {
+        let s = Socket {
+            family: AF_INET,
+            protocol,
+            sock_type: 2,
+            state,
+            ..Socket::default()
+        };
+        let mut out = String::new();
+        s.write_json(&mut out).unwrap();
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    for (p, name) in [
+        (1, "icmp"),
+        (6, "tcp"),
+        (17, "udp"),
+        (58, "icmpv6"),
+        (132, "sctp"),
+        (136, "udplite"),
+    ] {
+        assert_eq!(json(p, 1)["protocol"], name);
+    }
+    assert_eq!(json(255, 1)["protocol"], 255);
+    // Only TCP has TCP states; the others are connected (1) or not.
+    assert_eq!(json(6, 10)["state"], "LISTEN");
+    assert_eq!(json(17, 1)["state"], "CONNECTED");
+    assert_eq!(json(17, 7)["state"], "UNCONNECTED");
+    assert_eq!(json(1, 10)["state"], "UNCONNECTED");
+}
+
+#[test]
+fn a_one_byte_protocol_is_read_as_one_byte() {
+    let mut w = World::new();
+    let t = w.add(10, 0, 1, &[TCP]);
+    // The same socket, read with a one-byte sk_protocol whose next byte is not zero.
+    let wk = walk();
+    let g = &mut w.g;
+    let fs = g.pa(g.r64(g.pa(t) + wk.files_off as u64));
+    let fdt = g.pa(g.r64(fs + wk.fdt_off as u64));
+    let arr = g.pa(g.r64(fdt + wk.fd_off as u64));
+    let file = g.pa(g.r64(arr));
+    let sock = g.pa(g.r64(file + wk.private_data_off as u64));
+    let sk = g.pa(g.r64(sock + wk.sk_off as u64));
+    g.mem
+        .write(sk + wk.protocol_off as u64 + 1, &[0xff])
+        .unwrap();
+    let mut p = w.g.profile;
+    p.walk = Some(TaskWalk {
+        protocol_width: 1,
+        ..wk
+    });
+    let mut intro = Introspector::new(p).unwrap();
+    let mut protocols = Vec::new();
+    intro.walk_tasks(&w.g.mem, &w.g.cpu(), true, WalkLimits::DEFAULT, &mut |e| {
+        protocols.extend(e.sockets().iter().map(|s| s.protocol));
+        true
+    });
+    assert_eq!(protocols, [6]);
+    // Read as two bytes, the same memory is another protocol: the width matters.
+    let (seen, _) = collect(&w, true, WalkLimits::DEFAULT);
+    assert_eq!(seen[0].3[0].protocol, 0xff06);
+}
