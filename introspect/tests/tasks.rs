@@ -578,6 +578,20 @@ fn empty_descriptors_cost_no_reads_of_their_own() {
     let (seen, s) = collect(&w, true, WalkLimits::DEFAULT);
     assert_eq!(seen[0].3.len(), 1);
     assert_eq!(s.reads, 1 + 1 + 4 + 2 + 12);
+    // Descriptors holding what is no kernel pointer (a user address, a misaligned one) are
+    // skipped without a read.
+    let mut bogus = World::new();
+    let t = bogus.add(10, 0, 1, &[TCP]);
+    let wk = walk();
+    let g = &mut bogus.g;
+    let fs = g.pa(g.r64(g.pa(t) + wk.files_off as u64));
+    let fdt = g.pa(g.r64(fs + wk.fdt_off as u64));
+    let arr = g.pa(g.r64(fdt + wk.fd_off as u64));
+    g.w64(arr + 8 * 5, 0x0000_7fff_0000_1000);
+    g.w64(arr + 8 * 6, 0xffff_8880_0000_1004);
+    let (seen, s) = collect(&bogus, true, WalkLimits::DEFAULT);
+    assert_eq!(seen[0].3.len(), 1);
+    assert_eq!(s.reads, 1 + 1 + 4 + 2 + 12);
     // A regular file costs its inode's two reads.
     let mut w = World::new();
     w.add(10, 0, 1, &[File::Regular]);
