@@ -111,6 +111,10 @@ pub enum WalkEnd {
     Read(WalkError),
     /// The active profile has no task walk.
     NoWalk,
+    /// No kernel profile is active (nothing was walked).
+    NoProfile,
+    /// The guest was not in 64-bit paging at this exit (nothing was walked).
+    NotPaged,
 }
 
 impl WalkEnd {
@@ -124,6 +128,8 @@ impl WalkEnd {
             WalkEnd::BadLink(_) => "broken task list",
             WalkEnd::Read(_) => "unreadable task list",
             WalkEnd::NoWalk => "the kernel profile has no task walk",
+            WalkEnd::NoProfile => "no kernel profile",
+            WalkEnd::NotPaged => "the guest is not in 64-bit paging at this exit",
         }
     }
 }
@@ -209,12 +215,7 @@ impl Introspector {
         limits: WalkLimits,
         visit: &mut dyn FnMut(&TaskEntry) -> bool,
     ) -> WalkSummary {
-        let mut summary = WalkSummary {
-            tasks: 0,
-            sockets: 0,
-            reads: 0,
-            end: WalkEnd::NoWalk,
-        };
+        let mut summary = WalkSummary::not_started(WalkEnd::NoWalk);
         let Some(walk) = self.profile().walk else {
             return summary;
         };
@@ -573,6 +574,16 @@ impl TaskEntry {
 }
 
 impl WalkSummary {
+    /// A walk that did not start, and why.
+    pub fn not_started(end: WalkEnd) -> WalkSummary {
+        WalkSummary {
+            tasks: 0,
+            sockets: 0,
+            reads: 0,
+            end,
+        }
+    }
+
     /// The last line of an answer: `{"end":...}` with the counts (ending in a newline).
     pub fn write_json(&self, w: &mut dyn core::fmt::Write) -> core::fmt::Result {
         writeln!(

@@ -176,6 +176,20 @@ impl World {
         }
     }
 
+    /// Physical address of `task`'s `fdtable` (its file table must exist).
+    fn fd_table(&self, task: u64) -> u64 {
+        let wk = walk();
+        let g = &self.g;
+        let fs = g.pa(g.r64(g.pa(task) + wk.files_off as u64));
+        g.pa(g.r64(fs + wk.fdt_off as u64))
+    }
+
+    /// Physical address of `task`'s fd array.
+    fn fd_array(&self, task: u64) -> u64 {
+        self.g
+            .pa(self.g.r64(self.fd_table(task) + walk().fd_off as u64))
+    }
+
     fn intro(&self) -> Introspector {
         Introspector::new(self.g.profile).unwrap()
     }
@@ -524,22 +538,14 @@ fn task_with_sockets_at(max_fds: u32, fds: &[usize]) -> World {
     let mut w = World::new();
     let t = w.add(10, 0, 1, &[]);
     w.files(t, &[]);
-    let wk = walk();
-    let g = &mut w.g;
-    let task_pa = g.pa(t);
-    let fs = g.pa(g.r64(task_pa + wk.files_off as u64));
-    let fdt = g.pa(g.r64(fs + wk.fdt_off as u64));
-    g.w32(fdt + wk.max_fds_off as u64, max_fds);
-    let arr = g.pa(g.r64(fdt + wk.fd_off as u64));
+    let fdt = w.fd_table(t);
+    w.g.w32(fdt + walk().max_fds_off as u64, max_fds);
+    let arr = w.fd_array(t);
     // A donor task's socket file, placed at each descriptor.
     let donor = w.add(11, 0, 1, &[TCP]);
-    let g = &mut w.g;
-    let dfs = g.pa(g.r64(g.pa(donor) + wk.files_off as u64));
-    let dfdt = g.pa(g.r64(dfs + wk.fdt_off as u64));
-    let darr = g.pa(g.r64(dfdt + wk.fd_off as u64));
-    let file = g.r64(darr);
+    let file = w.g.r64(w.fd_array(donor));
     for &fd in fds {
-        g.w64(arr + 8 * fd as u64, file);
+        w.g.w64(arr + 8 * fd as u64, file);
     }
     w
 }
@@ -582,13 +588,9 @@ fn empty_descriptors_cost_no_reads_of_their_own() {
     // skipped without a read.
     let mut bogus = World::new();
     let t = bogus.add(10, 0, 1, &[TCP]);
-    let wk = walk();
-    let g = &mut bogus.g;
-    let fs = g.pa(g.r64(g.pa(t) + wk.files_off as u64));
-    let fdt = g.pa(g.r64(fs + wk.fdt_off as u64));
-    let arr = g.pa(g.r64(fdt + wk.fd_off as u64));
-    g.w64(arr + 8 * 5, 0x0000_7fff_0000_1000);
-    g.w64(arr + 8 * 6, 0xffff_8880_0000_1004);
+    let arr = bogus.fd_array(t);
+    bogus.g.w64(arr + 8 * 5, 0x0000_7fff_0000_1000);
+    bogus.g.w64(arr + 8 * 6, 0xffff_8880_0000_1004);
     let (seen, s) = collect(&bogus, true, WalkLimits::DEFAULT);
     assert_eq!(seen[0].3.len(), 1);
     assert_eq!(s.reads, 1 + 1 + 4 + 2 + 12);
@@ -657,10 +659,8 @@ fn a_one_byte_protocol_is_read_as_one_byte() {
     let t = w.add(10, 0, 1, &[TCP]);
     // The same socket, read with a one-byte sk_protocol whose next byte is not zero.
     let wk = walk();
+    let arr = w.fd_array(t);
     let g = &mut w.g;
-    let fs = g.pa(g.r64(g.pa(t) + wk.files_off as u64));
-    let fdt = g.pa(g.r64(fs + wk.fdt_off as u64));
-    let arr = g.pa(g.r64(fdt + wk.fd_off as u64));
     let file = g.pa(g.r64(arr));
     let sock = g.pa(g.r64(file + wk.private_data_off as u64));
     let sk = g.pa(g.r64(sock + wk.sk_off as u64));
@@ -682,4 +682,26 @@ fn a_one_byte_protocol_is_read_as_one_byte() {
     // Read as two bytes, the same memory is another protocol: the width matters.
     let (seen, _) = collect(&w, true, WalkLimits::DEFAULT);
     assert_eq!(seen[0].3[0].protocol, 0xff06);
+}
+
+#[test]
+fn a_walk_that_did_not_start_ends_its_answer_with_the_reason() {
+    use shoji_introspect::tasks::WalkSummary;
+    for (end, text) in [
+        (WalkEnd::NoProfile, "no kernel profile"),
+        (
+            WalkEnd::NotPaged,
+            "the guest is not in 64-bit paging at this exit",
+        ),
+        (WalkEnd::NoWalk, "the kernel profile has no task walk"),
+    ] {
+        let mut out = String::new();
+        WalkSummary::not_started(end).write_json(&mut out).unwrap();
+        assert_eq!(
+            out,
+            format!(
+                "{{\"end\":\"{text}\",\"complete\":false,\"tasks\":0,\"sockets\":0,\"reads\":0}}\n"
+            )
+        );
+    }
 }

@@ -10,7 +10,7 @@ use super::{guest_cpl, rdmsr, vmread, EFER_LMA};
 use crate::guest::{address_space, AddressSpace, GuestRam};
 use crate::setup::Setup;
 use shoji_introspect::paging::{translate, PageTables};
-use shoji_introspect::tasks::WalkLimits;
+use shoji_introspect::tasks::{WalkEnd, WalkLimits, WalkSummary};
 use shoji_introspect::{
     check_agent, copy_from_guest, copy_to_guest, Caller, CpuState, Introspector,
 };
@@ -355,7 +355,7 @@ pub fn tasks_json(
     let mem = GuestRam::from_setup(setup);
     let top = ram_top(setup);
     let Some(st) = caller_state() else {
-        return out.write_str("{\"end\":\"the guest is not in 64-bit paging at this exit\",\"complete\":false,\"tasks\":0,\"sockets\":0,\"reads\":0}\n");
+        return WalkSummary::not_started(WalkEnd::NotPaged).write_json(out);
     };
     let cpu = kernel_view(&mem, &st.cpu);
     let room = budget.saturating_sub(END_LINE);
@@ -388,8 +388,7 @@ pub fn tasks_json(
         )
     });
     failed?;
-    match summary {
-        Some(s) => s.write_json(out),
-        None => out.write_str("{\"end\":\"no kernel profile\",\"complete\":false,\"tasks\":0,\"sockets\":0,\"reads\":0}\n"),
-    }
+    summary
+        .unwrap_or(WalkSummary::not_started(WalkEnd::NoProfile))
+        .write_json(out)
 }
